@@ -1,0 +1,114 @@
+"""Resolve a Config from a preset, an optional YAML file and `--set section.key=value` overrides.
+
+Order (later wins): pydantic defaults < preset < --config file < --set. The run id is a hash of the
+resolved config, so the same command always lands in (and resumes) the same run directory.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+from pydantic import ValidationError
+
+from configs.schema import Config
+
+PRESETS_DIR = Path(__file__).parent / "presets"
+
+
+class ConfigError(ValueError):
+    """A config problem, worded for the person who typed it."""
+
+
+def available_presets() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def _merge(base: dict[str, Any], delta: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in delta.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def parse_value(raw: str) -> Any:
+    """YAML scalar/list parsing, plus `1e-5` as a float (YAML 1.1 reads it as a string)."""
+    try:
+        value: Any = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def parse_override(item: str) -> dict[str, Any]:
+    """`train.lr=1e-5` -> {"train": {"lr": 1e-5}}; the value is parsed as YAML (numbers, lists, null)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {item!r}: expected section.key=value")
+    parts = key.strip().split(".")
+    value = parse_value(raw)
+    for part in reversed(parts):
+        value = {part: value}
+    return value
+
+
+def _format_errors(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "config"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"unknown key '{where}'")
+        else:
+            shown = e.get("input")
+            lines.append(f"{where}={shown!r}: {e['msg']}" if not isinstance(shown, dict) else f"{where}: {e['msg']}")
+    return "; ".join(lines)
+
+
+def resolve(
+    preset: str = "default", config_file: str | Path | None = None, overrides: Iterable[str] = ()
+) -> Config:
+    preset_path = PRESETS_DIR / f"{preset}.yaml"
+    if not preset_path.exists():
+        raise ConfigError(f"unknown preset {preset!r}; available: {', '.join(available_presets())}")
+    data = _merge({"run": {"preset": preset}}, _read_yaml(preset_path))
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.exists():
+            raise ConfigError(f"--config {path}: no such file")
+        data = _merge(data, _read_yaml(path))
+    for item in overrides:
+        data = _merge(data, parse_override(item))
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e)) from None
+
+
+def config_digest(cfg: Config) -> str:
+    blob = json.dumps(cfg.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def run_id(cfg: Config) -> str:
+    return f"{cfg.run.preset}-{config_digest(cfg)[:10]}"
+
+
+def to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

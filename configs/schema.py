@@ -1,0 +1,178 @@
+"""Every default of segflow lives here.
+
+Presets (configs/presets/*.yaml) and `--set` overrides only hold deltas against these models.
+All models are frozen and reject unknown keys, so a typo fails at load time with the key named.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# Registries that configs may name (house rule 3): the loader rejects anything else, listing these.
+ESTIMATORS = ("grpo", "dr_grpo", "rloo")
+TASKS = ("arith", "gsm8k", "math")
+LOSS_AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class RunSection(Section):
+    preset: str = "default"
+    seed: int = 0
+    iterations: int = Field(24, ge=0, description="RL iterations (rollout -> grade -> advantage -> train).")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when present, else cpu.")
+    torch_threads: int = Field(0, ge=0, description="torch intra-op threads for training; 0 = all cores.")
+
+
+class ArithSection(Section):
+    """Synthetic running-sum task: `a + b - c ...`, solved step by step, GSM8K answer format."""
+
+    n_train: int = Field(4000, ge=1)
+    n_test: int = Field(256, ge=1)
+    min_terms: int = Field(3, ge=2)
+    max_terms: int = Field(4, ge=2)
+    max_operand: int = Field(9, ge=1)
+    seed: int = 1234
+
+    @model_validator(mode="after")
+    def _terms_ordered(self) -> "ArithSection":
+        if self.max_terms < self.min_terms:
+            raise ValueError(f"data.arith.max_terms={self.max_terms} is below min_terms={self.min_terms}")
+        return self
+
+
+class DataSection(Section):
+    task: Literal["arith", "gsm8k", "math"] = "arith"
+    source: str = Field(
+        "synthetic",
+        description="'synthetic' (arith), a local directory/JSONL file, or a Hugging Face dataset id.",
+    )
+    subset: str | None = Field(None, description="Hub dataset configuration name (e.g. 'main' for openai/gsm8k).")
+    test_source: str | None = Field(None, description="Source of the test split when it differs (e.g. MATH-500).")
+    train_split: str = "train"
+    test_split: str = "test"
+    question_field: str = "question"
+    answer_field: str = Field("answer", description="Final answer; for GSM8K the text after `####` is used.")
+    solution_field: str | None = Field(None, description="Worked solution column, if the dataset has one.")
+    prompt_template: str = Field("{question}\n", description="Plain template; `{question}` is replaced.")
+    use_chat_template: bool = Field(False, description="Wrap the prompt with the tokenizer's chat template.")
+    max_prompt_tokens: int = Field(96, ge=1, description="Longer prompts are dropped at prep time.")
+    train_limit: int | None = Field(None, ge=1)
+    test_limit: int | None = Field(None, ge=1)
+    arith: ArithSection = ArithSection()
+
+
+class TinyModelSection(Section):
+    """Tiny Qwen2-architecture model built from scratch for the embedded default."""
+
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 2
+    intermediate_size: int = 256
+    max_position_embeddings: int = 128
+
+
+class ModelSection(Section):
+    name_or_path: str = Field("tiny", description="'tiny' builds the embedded model; else hub id or local dir.")
+    dtype: Literal["float32", "bfloat16", "auto"] = Field(
+        "auto", description="auto = bfloat16 on CUDA with bf16 support, float32 elsewhere."
+    )
+    tiny: TinyModelSection = TinyModelSection()
+
+
+class WarmStartSection(Section):
+    """SFT on worked solutions (loss on completion tokens only). Only for the tiny model."""
+
+    enabled: bool = True
+    steps: int = Field(300, ge=0)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(3e-3, gt=0)
+
+
+class RolloutSection(Section):
+    backend: Literal["vllm"] = "vllm"
+    prompts_per_iteration: int = Field(32, ge=1)
+    samples_per_prompt: int = Field(8, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(48, ge=1)
+    stop: tuple[str, ...] = ()
+    max_model_len: int = Field(128, ge=16)
+    kv_cache_gib: float = Field(1.0, gt=0, description="CPU KV-cache size (VLLM_CPU_KVCACHE_SPACE).")
+    gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
+    enforce_eager: bool = True
+
+
+class RewardSection(Section):
+    correct: float = 1.0
+    wrong: float = 0.0
+    truncated: float = Field(0.0, description="Score of a response cut by max_tokens, whatever it contains.")
+    no_answer: float = 0.0
+    multiple_answers: float | None = Field(
+        None, description="SPO's guard: score when `####` appears more than once (the paper uses -2)."
+    )
+
+
+class AdvantageSection(Section):
+    estimator: str = "grpo"
+    eps: float = Field(1e-6, gt=0, description="Added to the group std before dividing.")
+
+    @field_validator("estimator")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in ESTIMATORS:
+            raise ValueError(f"advantage.estimator={v!r} is not one of {', '.join(ESTIMATORS)}")
+        return v
+
+
+class TrainSection(Section):
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    epochs: int = Field(1, ge=1)
+    mini_batch_size: int = Field(256, ge=1, description="Sequences per optimiser step.")
+    micro_batch_size: int = Field(64, ge=1, description="Sequences per forward pass (gradient accumulation).")
+    clip_eps: float = Field(0.2, gt=0)
+    grad_clip: float = Field(1.0, gt=0)
+    warmup_steps: int = Field(0, ge=0)
+    schedule: Literal["constant", "linear"] = "constant"
+    loss_agg: str = "token-mean"
+    logprob_chunk: int = Field(1024, ge=1, description="Positions per chunk in the log-prob pass.")
+
+    @field_validator("loss_agg")
+    @classmethod
+    def _known_agg(cls, v: str) -> str:
+        if v not in LOSS_AGGREGATIONS:
+            raise ValueError(f"train.loss_agg={v!r} is not one of {', '.join(LOSS_AGGREGATIONS)}")
+        return v
+
+
+class EvalSection(Section):
+    every: int = Field(8, ge=1, description="Evaluate every k iterations (and always at the end).")
+    limit: int | None = Field(None, ge=1, description="Evaluate on the first N held-out problems.")
+    max_tokens: int = Field(48, ge=1)
+
+
+class Config(Section):
+    run: RunSection = RunSection()
+    data: DataSection = DataSection()
+    model: ModelSection = ModelSection()
+    warm_start: WarmStartSection = WarmStartSection()
+    rollout: RolloutSection = RolloutSection()
+    reward: RewardSection = RewardSection()
+    advantage: AdvantageSection = AdvantageSection()
+    train: TrainSection = TrainSection()
+    eval: EvalSection = EvalSection()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Config":
+        if self.train.mini_batch_size % self.train.micro_batch_size:
+            raise ValueError(
+                f"train.mini_batch_size={self.train.mini_batch_size} must be a multiple of "
+                f"train.micro_batch_size={self.train.micro_batch_size}"
+            )
+        if self.data.task == "arith" and self.data.source != "synthetic":
+            raise ValueError(f"data.source={self.data.source!r}: the arith task is synthetic only")
+        return self

@@ -1,0 +1,1 @@
+"""segflow flows: compose tasks, no math."""

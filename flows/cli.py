@@ -1,0 +1,155 @@
+"""`segflow` command line: run, sql, advantages, presets."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=False, help="RL post-training for LLM reasoning, as Prefect flows.")
+
+
+def _env_defaults(runs_dir: Path) -> None:
+    """Process-wide settings that must be in place before prefect / vllm are imported."""
+    os.environ.setdefault("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(runs_dir.resolve() / ".prefect-results"))
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _fail(msg: str) -> None:
+    typer.secho(f"error: {msg}", fg="red", err=True)
+    raise typer.Exit(2)
+
+
+@app.callback(invoke_without_command=True)
+def main(ctx: typer.Context) -> None:
+    if ctx.invoked_subcommand is None:  # bare `segflow` runs the embedded default
+        ctx.invoke(run)
+
+
+@app.command()
+def run(
+    preset: str = typer.Option("default", help="Preset name in configs/presets/."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML file with config deltas."),
+    set_: List[str] = typer.Option([], "--set", help="Override, e.g. --set train.lr=1e-5 (repeatable)."),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where runs are written."),
+) -> None:
+    """Run (or resume) the rl_train flow. The same command always resumes the same run."""
+    from configs.loader import ConfigError, resolve
+
+    try:
+        cfg = resolve(preset, config, set_)
+    except ConfigError as e:
+        _fail(str(e))
+    _env_defaults(runs_dir)
+    from flows.rl_train import rl_train
+
+    summary = rl_train(cfg, str(runs_dir))
+    _print_summary(summary)
+
+
+def _print_summary(s: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"run {s['run_id']}")
+    t.add_column("held-out accuracy after")
+    t.add_column("value", justify="right")
+    for k, v in s["eval_accuracy"].items():
+        t.add_row("warm start / start model" if k == "0" else f"iteration {k}", f"{v:.3f}")
+    st = Table(title="seconds per stage (this invocation)")
+    st.add_column("stage")
+    st.add_column("seconds", justify="right")
+    for k, v in s["stage_seconds"].items():
+        st.add_row(k, f"{v:.1f}")
+    console = Console()
+    console.print(t, st)
+    console.print(f"initial {s['initial_eval_accuracy']:.3f} -> final {s['final_eval_accuracy']:.3f}, "
+                  f"wall {s['wall_seconds']:.0f} s; stages executed {sum(s['stages_executed'].values())}, "
+                  f"cached {sum(s['stages_cached'].values())}")
+
+
+@app.command()
+def sql(
+    query: str = typer.Argument(..., help="SQL over views runs, prompts, rollouts, grades, advantages, metrics, eval_results."),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
+    fmt: str = typer.Option("table", "--format", help="table | csv | json (a list of row objects)."),
+) -> None:
+    """Query every run's artifacts with DuckDB."""
+    import duckdb
+
+    from storage.catalog import query as run_query
+
+    if fmt not in ("table", "csv", "json"):
+        _fail(f"--format {fmt!r}: expected table, csv or json")
+    try:
+        cols, rows = run_query(runs_dir, query)
+    except duckdb.Error as e:
+        _fail(str(e).splitlines()[0])
+    if fmt == "json":
+        print(json.dumps([dict(zip(cols, r)) for r in rows], default=str, indent=1))
+    elif fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(cols)
+        w.writerows(rows)
+        sys.stdout.write(buf.getvalue())
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        t = Table()
+        for c in cols:
+            t.add_column(c)
+        for r in rows:
+            t.add_row(*("" if v is None else str(v) for v in r))
+        Console().print(t)
+
+
+@app.command()
+def advantages(
+    estimator: str = typer.Option(..., help="Estimator name (storage/sql/adv_<name>.sql)."),
+    rollouts: Path = typer.Option(..., exists=True, dir_okay=False),
+    grades: Path = typer.Option(..., exists=True, dir_okay=False),
+    out: Path = typer.Option(..., help="Advantages Parquet to write."),
+    set_: List[str] = typer.Option([], "--set", help="Estimator parameter, e.g. --set eps=1e-8."),
+) -> None:
+    """Recompute advantages for existing rollouts with any estimator, using the flow's SQL."""
+    from configs.loader import parse_value
+    from configs.schema import AdvantageSection
+    from storage.advantages import compute_advantages
+    from storage.parquet import write_parquet
+    from storage.schemas import ADVANTAGES
+
+    params = AdvantageSection().model_dump()
+    params.pop("estimator")
+    for item in set_:
+        k, sep, v = item.partition("=")
+        if not sep or k not in params:
+            _fail(f"--set {item!r}: expected one of {', '.join(sorted(params))}=value")
+        params[k] = parse_value(v)
+    try:
+        table = compute_advantages(estimator, rollouts, grades, params)
+    except ValueError as e:
+        _fail(str(e))
+    ref = write_parquet(table, ADVANTAGES, out)
+    print(f"wrote {table.num_rows} rows to {ref.path} (sha256 {ref.sha256[:12]})")
+
+
+@app.command()
+def presets() -> None:
+    """List the available presets."""
+    from configs.loader import available_presets
+
+    for p in available_presets():
+        print(p)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,136 @@
+"""The `rl_train` flow: prepare_dataset -> warm_start -> per iteration generate_rollouts -> grade ->
+compute_advantages -> train_policy -> (every k) evaluate.
+
+The flow only composes tasks and reports. Every stage is cached by its inputs (content handles of
+upstream artifacts + config + code version), so re-running the same command resumes where the last
+run stopped and recomputes nothing that finished. Report artifacts are made here, in the flow body,
+so a resumed run still shows them (specs/prefect.md §3).
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections import defaultdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, \
+    update_progress_artifact
+
+from configs.loader import run_id as make_run_id
+from configs.loader import to_yaml
+from configs.schema import Config
+from storage.handles import FileRef, atomic_write_text
+from storage.layout import RunLayout
+from storage.metrics import read_metrics
+from storage.parquet import write_parquet
+from storage.schemas import RUNS
+from tasks.advantage import compute_advantages
+from tasks.common import CODE_VERSION, ensure
+from tasks.engine import shutdown_engine
+from tasks.evaluate import evaluate
+from tasks.grade import grade
+from tasks.models import resolve_model_dir
+from tasks.prepare import prepare_dataset, warm_start
+from tasks.rollout import generate_rollouts
+from tasks.train import train_policy
+
+# Metrics shown in the per-iteration table artifact and the terminal summary.
+TABLE_METRICS = ("reward_mean", "accuracy", "frac_zero_std_groups", "frac_truncated", "adv_std", "clipfrac",
+                 "approx_kl", "logprob_gap_mean", "generation_seconds", "weight_load_seconds", "train_seconds")
+
+
+def artifact_key(*parts: str) -> str:
+    return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")
+
+
+def start_run(cfg: Config, layout: RunLayout) -> None:
+    """Save the resolved config (and the runs-table row) before any work starts."""
+    text = to_yaml(cfg)
+    if not layout.config.exists() or layout.config.read_text() != text:
+        atomic_write_text(layout.config, text)
+    if not layout.run_table.exists():
+        write_parquet([{"run_id": layout.run_id, "preset": cfg.run.preset, "estimator": cfg.advantage.estimator,
+                        "task": cfg.data.task, "model": cfg.model.name_or_path,
+                        "created_at": datetime.now(timezone.utc),
+                        "config_json": json.dumps(cfg.model_dump(mode="json"), sort_keys=True)}],
+                      RUNS, layout.run_table)
+
+
+@flow(name="rl_train", log_prints=True)
+def rl_train(cfg: Config, runs_dir: str) -> dict:
+    wall0 = time.perf_counter()
+    layout = RunLayout(runs_dir=str(Path(runs_dir).resolve()), run_id=make_run_id(cfg))
+    start_run(cfg, layout)
+    print(f"run {layout.run_id} -> {layout.root}")
+    stage_seconds: dict[str, float] = defaultdict(float)
+    executed: dict[str, int] = defaultdict(int)
+    cached: dict[str, int] = defaultdict(int)
+
+    def stage(name: str, fn, *args):
+        t0 = time.perf_counter()
+        out, hit = ensure(fn, cfg, layout, *args, CODE_VERSION)
+        stage_seconds[name] += time.perf_counter() - t0
+        (cached if hit else executed)[name] += 1
+        return out
+
+    key = artifact_key("rl-train", layout.run_id)
+    progress_id = create_progress_artifact(0.0, key=f"{key}-progress", description=f"iterations of {layout.run_id}")
+    try:
+        data = stage("prepare_dataset", prepare_dataset)
+        if cfg.model.name_or_path == "tiny":
+            if not cfg.warm_start.enabled:
+                raise ValueError("model.name_or_path='tiny' needs warm_start.enabled=true (it starts untrained)")
+            policy = stage("warm_start", warm_start, data.train).artifact
+        else:
+            policy = FileRef.of(resolve_model_dir(cfg.model.name_or_path))
+        evals = {0: read_metrics(stage("evaluate", evaluate, policy, data.test, 0).metrics)["eval_accuracy"]}
+        print(f"start accuracy (held-out, greedy): {evals[0]:.3f}")
+        rows = []
+        for it in range(1, cfg.run.iterations + 1):
+            roll = stage("generate_rollouts", generate_rollouts, policy, it - 1, data.train, it)
+            grades = stage("grade", grade, roll.artifact, data.train, it)
+            adv = stage("compute_advantages", compute_advantages, roll.artifact, grades.artifact, it)
+            trained = stage("train_policy", train_policy, policy, roll.artifact, adv.artifact, it)
+            policy = trained.artifact
+            metrics = {}
+            for out in (roll, grades, adv, trained):
+                metrics.update(read_metrics(out.metrics))
+            row = {"iteration": it, **{k: round(metrics[k], 4) for k in TABLE_METRICS if k in metrics}}
+            if it % cfg.eval.every == 0 or it == cfg.run.iterations:
+                evals[it] = read_metrics(stage("evaluate", evaluate, policy, data.test, it).metrics)["eval_accuracy"]
+                row["eval_accuracy"] = round(evals[it], 4)
+                print(f"iteration {it}: held-out accuracy {evals[it]:.3f}")
+            rows.append(row)
+            print(f"iteration {it}: reward {metrics.get('reward_mean', 0):.3f}, "
+                  f"train accuracy {metrics.get('accuracy', 0):.3f}")
+            update_progress_artifact(progress_id, 100.0 * it / max(1, cfg.run.iterations))
+    finally:
+        shutdown_engine()
+
+    wall = time.perf_counter() - wall0
+    summary = {
+        "run_id": layout.run_id, "preset": cfg.run.preset, "estimator": cfg.advantage.estimator,
+        "iterations_completed": cfg.run.iterations, "initial_eval_accuracy": evals[0],
+        "final_eval_accuracy": evals[max(evals)], "eval_accuracy": {str(k): v for k, v in evals.items()},
+        "wall_seconds": round(wall, 2), "stage_seconds": {k: round(v, 2) for k, v in stage_seconds.items()},
+        "stages_executed": dict(executed), "stages_cached": dict(cached), "code_version": CODE_VERSION,
+    }
+    atomic_write_text(layout.summary, json.dumps(summary, indent=2))
+    if rows:
+        create_table_artifact(rows, key=f"{key}-metrics", description=f"per-iteration metrics of {layout.run_id}")
+    create_markdown_artifact(summary_markdown(summary), key=f"{key}-summary", description="run summary")
+    update_progress_artifact(progress_id, 100.0)
+    return summary
+
+
+def summary_markdown(s: dict) -> str:
+    lines = [f"# {s['run_id']}", "", f"preset `{s['preset']}`, estimator `{s['estimator']}`, "
+             f"{s['iterations_completed']} iterations, {s['wall_seconds']:.0f} s", "",
+             "| iteration | held-out accuracy |", "|---|---|"]
+    lines += [f"| {k} | {v:.3f} |" for k, v in s["eval_accuracy"].items()]
+    lines += ["", "| stage | seconds (this invocation) |", "|---|---|"]
+    lines += [f"| {k} | {v:.1f} |" for k, v in s["stage_seconds"].items()]
+    return "\n".join(lines)

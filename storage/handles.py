@@ -1,0 +1,120 @@
+"""Content handles and atomic writes.
+
+Stages pass `FileRef`s (path + sha256 of the bytes), never data. Because the digest is part of the
+handle, a downstream Prefect cache key changes whenever upstream content changes, and a cached
+handle whose file was deleted or rewritten is detected by `FileRef.is_valid()`.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from pydantic import BaseModel, ConfigDict
+
+_CHUNK = 1 << 20
+
+
+class FileRef(BaseModel):
+    """A file or directory by content. For a directory the digest covers every file's relative path and bytes."""
+
+    model_config = ConfigDict(frozen=True)
+    path: str
+    sha256: str
+
+    @classmethod
+    def of(cls, path: str | Path) -> "FileRef":
+        p = Path(path)
+        return cls(path=str(p), sha256=digest(p))
+
+    def is_valid(self) -> bool:
+        p = Path(self.path)
+        return p.exists() and digest(p) == self.sha256
+
+
+def _hash_file(h: "hashlib._Hash", path: Path) -> None:
+    with open(path, "rb") as f:
+        while block := f.read(_CHUNK):
+            h.update(block)
+
+
+def digest(path: str | Path) -> str:
+    p = Path(path)
+    h = hashlib.sha256()
+    if p.is_dir():
+        for f in sorted(x for x in p.rglob("*") if x.is_file()):
+            h.update(str(f.relative_to(p)).encode() + b"\0")
+            _hash_file(h, f)
+    else:
+        _hash_file(h, p)
+    return h.hexdigest()
+
+
+def _fsync_dir(d: Path) -> None:
+    fd = os.open(d, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_path(dest: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to `dest`; on success fsync it and rename it over `dest`.
+
+    On any exception the temporary file is removed, so a reader never sees a half-written artifact.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, dest)
+        _fsync_dir(dest.parent)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def atomic_write_text(dest: str | Path, text: str) -> FileRef:
+    with atomic_path(dest) as tmp:
+        tmp.write_text(text)
+    return FileRef.of(dest)
+
+
+@contextmanager
+def atomic_dir(dest: str | Path) -> Iterator[Path]:
+    """Like `atomic_path` for a directory (e.g. a model checkpoint): build it aside, rename when complete."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    try:
+        yield tmp
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                with open(f, "rb+") as fh:
+                    os.fsync(fh.fileno())
+        if dest.exists():
+            # A previous attempt's complete output (e.g. a refreshed cache entry): replace it whole.
+            old = dest.with_name(f".{dest.name}.old")
+            os.replace(dest, old)
+            os.replace(tmp, dest)
+            _rmtree(old)
+        else:
+            os.replace(tmp, dest)
+        _fsync_dir(dest.parent)
+    finally:
+        if tmp.exists():
+            _rmtree(tmp)
+
+
+def _rmtree(p: Path) -> None:
+    import shutil
+
+    shutil.rmtree(p, ignore_errors=True)

@@ -1,0 +1,91 @@
+"""The run directory layout: every path segflow writes is built here and nowhere else.
+
+    <runs_dir>/<run_id>/
+        config.yaml                      resolved config, written before any work starts
+        run.parquet                      one row describing the run            (catalog view `runs`)
+        data/prompts-<split>.parquet     prepared prompts                      (`prompts`)
+        models/warm_start/               SFT'd tiny model (HF directory)
+        iterations/<k>/rollouts.parquet  sampled responses of iteration k      (`rollouts`)
+        iterations/<k>/grades.parquet                                          (`grades`)
+        iterations/<k>/advantages.parquet                                      (`advantages`)
+        iterations/<k>/metrics-<stage>.parquet                                 (`metrics`)
+        checkpoints/<k>/                 policy after training in iteration k (HF directory + optimizer)
+        eval/<k>/results.parquet         evaluation of the policy after iteration k (0 = start) (`eval_results`)
+        eval/<k>/metrics-eval.parquet                                          (`metrics`)
+        summary.json
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+# Catalog view -> glob relative to the runs directory. The single source for where each table lives.
+TABLE_GLOBS = {
+    "runs": "*/run.parquet",
+    "prompts": "*/data/prompts-*.parquet",
+    "rollouts": "*/iterations/*/rollouts.parquet",
+    "grades": "*/iterations/*/grades.parquet",
+    "advantages": "*/iterations/*/advantages.parquet",
+    "metrics": "*/**/metrics-*.parquet",
+    "eval_results": "*/eval/*/results.parquet",
+}
+
+
+def _k(iteration: int) -> str:
+    return f"{iteration:04d}"
+
+
+class RunLayout(BaseModel):
+    """Paths of one run. A pydantic model so it hashes stably as a Prefect task input."""
+
+    model_config = ConfigDict(frozen=True)
+    runs_dir: str
+    run_id: str
+
+    @property
+    def root(self) -> Path:
+        return Path(self.runs_dir) / self.run_id
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def run_table(self) -> Path:
+        return self.root / "run.parquet"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    def prompts(self, split: str) -> Path:
+        return self.root / "data" / f"prompts-{split}.parquet"
+
+    @property
+    def warm_start(self) -> Path:
+        return self.root / "models" / "warm_start"
+
+    def iteration_dir(self, iteration: int) -> Path:
+        return self.root / "iterations" / _k(iteration)
+
+    def rollouts(self, iteration: int) -> Path:
+        return self.iteration_dir(iteration) / "rollouts.parquet"
+
+    def grades(self, iteration: int) -> Path:
+        return self.iteration_dir(iteration) / "grades.parquet"
+
+    def advantages(self, iteration: int) -> Path:
+        return self.iteration_dir(iteration) / "advantages.parquet"
+
+    def metrics(self, iteration: int, stage: str) -> Path:
+        return self.iteration_dir(iteration) / f"metrics-{stage}.parquet"
+
+    def checkpoint(self, iteration: int) -> Path:
+        return self.root / "checkpoints" / _k(iteration)
+
+    def eval_results(self, iteration: int) -> Path:
+        return self.root / "eval" / _k(iteration) / "results.parquet"
+
+    def eval_metrics(self, iteration: int) -> Path:
+        return self.root / "eval" / _k(iteration) / "metrics-eval.parquet"

@@ -1,0 +1,1 @@
+"""segflow stage tasks: thin Prefect tasks around the pure core in tasks/algos."""

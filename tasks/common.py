@@ -1,0 +1,69 @@
+"""What every stage task shares: the cache policy, the code version, and `ensure`.
+
+Cache key = task inputs + task source + CODE_VERSION (a digest of every .py/.sql file segflow ships),
+never the flow run id, so a new run of the same command hits the cache (specs/prefect.md §1).
+Prefect only hashes the task's own source, so CODE_VERSION is what invalidates a stage when a helper
+it calls changes.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from prefect.cache_policies import INPUTS, TASK_SOURCE
+from pydantic import BaseModel
+
+from storage.handles import FileRef
+
+_ROOT = Path(__file__).resolve().parent.parent
+_PACKAGES = ("configs", "storage", "tasks")  # the code stages run; flows only compose them
+
+
+def _code_version() -> str:
+    h = hashlib.sha256()
+    for pkg in _PACKAGES:
+        for f in sorted((_ROOT / pkg).rglob("*")):
+            if f.suffix in {".py", ".sql"} and "__pycache__" not in f.parts:
+                h.update(str(f.relative_to(_ROOT)).encode())
+                h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+CODE_VERSION = _code_version()
+
+STAGE = dict(cache_policy=INPUTS + TASK_SOURCE, persist_result=True, cache_result_in_memory=False)
+
+
+class StageOutput(BaseModel):
+    """What a stage returns: its main artifact and its metrics file."""
+
+    artifact: FileRef
+    metrics: FileRef | None = None
+
+
+def file_refs(obj: Any) -> Iterator[FileRef]:
+    if isinstance(obj, FileRef):
+        yield obj
+    elif isinstance(obj, BaseModel):
+        for name in type(obj).model_fields:
+            yield from file_refs(getattr(obj, name))
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from file_refs(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from file_refs(v)
+
+
+def ensure(task: Callable, *args: Any, **kwargs: Any) -> tuple[Any, bool]:
+    """Run (or cache-hit) `task`; if a cached result points at a missing or changed file, recompute it.
+
+    Prefect's cache does not know files exist (specs/prefect.md §1, "cache hits on deleted files").
+    Returns (result, cached): `cached` is True when nothing was recomputed.
+    """
+    state = task(*args, return_state=True, **kwargs)
+    out = state.result()
+    if all(ref.is_valid() for ref in file_refs(out)):
+        return out, state.name == "Cached"
+    return task.with_options(refresh_cache=True)(*args, **kwargs), False

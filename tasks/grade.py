@@ -1,0 +1,39 @@
+"""Stage: grade. Scores every rollout against its prompt's reference answer."""
+from __future__ import annotations
+
+from prefect import task
+
+from configs.schema import Config
+from storage.handles import FileRef
+from storage.layout import RunLayout
+from storage.metrics import write_metrics
+from storage.parquet import read_parquet, write_parquet
+from storage.schemas import GRADES, PROMPTS, ROLLOUTS
+from tasks.algos.metrics import grade_metrics, group_metrics
+from tasks.common import STAGE, StageOutput
+from tasks.graders import grade_all, scheme_of
+
+
+def references(prompts: FileRef) -> dict[str, str]:
+    t = read_parquet(prompts, PROMPTS)
+    return dict(zip(t["prompt_id"].to_pylist(), t["reference"].to_pylist()))
+
+
+@task(name="grade", **STAGE)
+def grade(cfg: Config, layout: RunLayout, rollouts: FileRef, train: FileRef, iteration: int,
+          code_version: str) -> StageOutput:
+    r = read_parquet(rollouts, ROLLOUTS)
+    refs = references(train)
+    pids = r["prompt_id"].to_pylist()
+    grades = grade_all(cfg.data.task, r["completion_text"].to_pylist(), [refs[p] for p in pids],
+                       r["finish_reason"].to_pylist(), scheme_of(cfg.reward))
+    rows = [
+        {"run_id": layout.run_id, "iteration": iteration, "prompt_id": p, "sample_index": s,
+         "score": g.score, "status": g.status, "extracted": g.extracted}
+        for p, s, g in zip(pids, r["sample_index"].to_pylist(), grades)
+    ]
+    ref = write_parquet(rows, GRADES, layout.grades(iteration))
+    scores = [g.score for g in grades]
+    metrics = write_metrics(layout.metrics(iteration, "grade"), layout.run_id, iteration, "grade",
+                            {**grade_metrics(scores, [g.status for g in grades]), **group_metrics(scores, pids)})
+    return StageOutput(artifact=ref, metrics=metrics)

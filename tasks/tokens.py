@@ -1,0 +1,46 @@
+"""Tokenizer loading and prompt rendering, shared by data prep and every stage that needs ids."""
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+from configs.schema import DataSection, ModelSection
+
+
+_GENERIC_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
+@lru_cache(maxsize=4)
+def load_tokenizer(name_or_path: str):
+    """'tiny' builds the embedded character tokenizer; anything else is a hub id or local directory."""
+    if name_or_path == "tiny":
+        from tasks.tiny_model import build_tokenizer
+
+        return build_tokenizer()
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    config = Path(name_or_path) / "tokenizer_config.json"
+    if config.exists() and json.loads(config.read_text()).get("tokenizer_class") in _GENERIC_CLASSES:
+        # transformers 5 maps config.json's model_type (qwen2) to Qwen2Tokenizer and swaps in its
+        # byte-level pre-tokenizer, which silently drops spaces from our character tokenizer.
+        return PreTrainedTokenizerFast.from_pretrained(name_or_path)
+    return AutoTokenizer.from_pretrained(name_or_path)
+
+
+def render_prompt(question: str, data: DataSection, tokenizer) -> str:
+    text = data.prompt_template.format(question=question)
+    if data.use_chat_template:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                             add_generation_prompt=True)
+    return text
+
+
+def encode_prompt(text: str, data: DataSection, tokenizer) -> list[int]:
+    # A chat template already contains its special tokens; a plain prompt gets the tokenizer's defaults
+    # (e.g. BOS for Llama-family tokenizers), the same ids at sampling and training time.
+    return list(tokenizer(text, add_special_tokens=not data.use_chat_template)["input_ids"])
+
+
+def model_tokenizer(model: ModelSection):
+    return load_tokenizer(model.name_or_path)

@@ -1,0 +1,203 @@
+"""torch + transformers training: batching, completion log-probs, the SFT warm start and the RL update.
+
+Sequences are right-padded `prompt + completion` token ids (the ids vLLM sampled, EOS included, so
+the stop action is trained). Position ids are given explicitly so padding can never shift them.
+Only positions that predict a completion token go through the LM head, chunked (tasks/algos/logprobs).
+"""
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from configs.schema import TrainSection
+from tasks.algos.logprobs import token_logprobs
+from tasks.algos.losses import aggregate, ppo_clip_loss
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("run.device='cuda' but torch sees no CUDA device (install the GPU build, see README)")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # [B, L]
+    attention_mask: torch.Tensor  # [B, L]
+    position_ids: torch.Tensor  # [B, L]
+    comp_ids: torch.Tensor  # [B, Tc] completion token ids, right-padded
+    comp_mask: torch.Tensor  # [B, Tc] bool, True on real completion tokens
+    pred_rows: torch.Tensor  # [N] row of the position predicting each completion token
+    pred_cols: torch.Tensor  # [N] its column (prompt_len - 1 + j)
+
+
+def pack(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], pad_id: int,
+         device: torch.device) -> Batch:
+    b = len(prompts)
+    lens = [len(p) + len(c) for p, c in zip(prompts, completions)]
+    width, tc = max(lens), max(1, max(len(c) for c in completions))
+    ids = torch.full((b, width), pad_id, dtype=torch.long)
+    att = torch.zeros((b, width), dtype=torch.long)
+    comp = torch.full((b, tc), pad_id, dtype=torch.long)
+    cmask = torch.zeros((b, tc), dtype=torch.bool)
+    rows, cols = [], []
+    for i, (p, c) in enumerate(zip(prompts, completions)):
+        seq = list(p) + list(c)
+        ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        att[i, : len(seq)] = 1
+        comp[i, : len(c)] = torch.tensor(list(c), dtype=torch.long)
+        cmask[i, : len(c)] = True
+        rows += [i] * len(c)
+        cols += range(len(p) - 1, len(p) - 1 + len(c))
+    pos = (att.cumsum(-1) - 1).clamp(min=0)
+    to = lambda t: t.to(device)  # noqa: E731
+    return Batch(to(ids), to(att), to(pos), to(comp), to(cmask),
+                 to(torch.tensor(rows, dtype=torch.long)), to(torch.tensor(cols, dtype=torch.long)))
+
+
+def completion_logprobs(model, batch: Batch, temperature: float, chunk: int) -> torch.Tensor:
+    """log pi(completion token | prefix) at `temperature`, [B, Tc] float32, 0 where comp_mask is False."""
+    hidden = model.model(
+        input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids
+    ).last_hidden_state
+    h = hidden[batch.pred_rows, batch.pred_cols]
+    lp = token_logprobs(h, model.lm_head.weight, batch.comp_ids[batch.comp_mask], temperature, chunk)
+    out = torch.zeros(batch.comp_mask.shape, dtype=torch.float32, device=lp.device)
+    return out.masked_scatter(batch.comp_mask, lp)
+
+
+def make_scheduler(optimizer, cfg: TrainSection, total_steps: int):
+    def factor(step: int) -> float:
+        if cfg.warmup_steps and step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.schedule == "linear":
+            rest = max(1, total_steps - cfg.warmup_steps)
+            return max(0.0, 1.0 - (step - cfg.warmup_steps) / rest)
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def sft(model, examples: Sequence[tuple[list[int], list[int]]], *, steps: int, batch_size: int, lr: float,
+        seed: int, pad_id: int, device: torch.device, on_step: Callable[[int, float], None] | None = None) -> float:
+    """Supervised warm start: token-mean NLL on completion tokens only. Returns the last-50-step mean loss."""
+    rng = random.Random(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * max(0.05, 1 - s / max(1, steps)))
+    model.train()
+    recent: list[float] = []
+    for step in range(steps):
+        chosen = rng.sample(range(len(examples)), min(batch_size, len(examples)))
+        batch = pack([examples[i][0] for i in chosen], [examples[i][1] for i in chosen], pad_id, device)
+        lp = completion_logprobs(model, batch, 1.0, 4096)
+        loss = -(lp * batch.comp_mask).sum() / batch.comp_mask.sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        recent = (recent + [loss.item()])[-50:]
+        if on_step:
+            on_step(step, loss.item())
+    model.eval()
+    return sum(recent) / max(1, len(recent))
+
+
+@dataclass
+class Sample:
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    sampler_logprobs: list[float]
+    advantage: float
+
+
+def rl_update(model, optimizer, scheduler, samples: Sequence[Sample], cfg: TrainSection, *, temperature: float,
+              pad_id: int, device: torch.device, seed: int, norm_len: float | None = None,
+              on_step: Callable[[int, int], None] | None = None) -> dict[str, float]:
+    """One iteration of policy updates on `samples` (PPO-clip, importance ratio vs the pre-update policy).
+
+    pi_old is recomputed by the trainer before any update; the gap to the sampler's log-probs is
+    reported (`logprob_gap_*`): ~0 means sampler and trainer agree on the same weights.
+    """
+    micro = cfg.micro_batch_size
+    model.eval()
+    old: list[torch.Tensor] = []
+    gap_sum, gap_max, n_tok = 0.0, 0.0, 0
+    with torch.no_grad():
+        for s in range(0, len(samples), micro):
+            part = samples[s : s + micro]
+            batch = pack([x.prompt_ids for x in part], [x.completion_ids for x in part], pad_id, device)
+            lp = completion_logprobs(model, batch, temperature, cfg.logprob_chunk)
+            for i, x in enumerate(part):
+                row = lp[i, : len(x.completion_ids)].cpu()
+                old.append(row)
+                if x.sampler_logprobs:
+                    d = (row - torch.tensor(x.sampler_logprobs, dtype=torch.float32)).abs()
+                    gap_sum, gap_max, n_tok = gap_sum + d.sum().item(), max(gap_max, d.max().item()), n_tok + d.numel()
+
+    model.train()
+    rng = random.Random(seed)
+    order = list(range(len(samples)))
+    stats = {"loss": 0.0, "clipfrac": 0.0, "ratio_mean": 0.0, "grad_norm": 0.0, "approx_kl": 0.0}
+    n_updates, total_tokens = 0, 0
+    steps_per_epoch = math.ceil(len(samples) / cfg.mini_batch_size)
+    for epoch in range(cfg.epochs):
+        rng.shuffle(order)
+        for m in range(steps_per_epoch):
+            idx = order[m * cfg.mini_batch_size : (m + 1) * cfg.mini_batch_size]
+            num_tokens = float(sum(len(samples[i].completion_ids) for i in idx)) or 1.0
+            optimizer.zero_grad(set_to_none=True)
+            loss_total, clipped, ratio_sum, kl_sum = 0.0, 0.0, 0.0, 0.0
+            for s in range(0, len(idx), micro):
+                part = idx[s : s + micro]
+                batch = pack([samples[i].prompt_ids for i in part], [samples[i].completion_ids for i in part],
+                             pad_id, device)
+                lp = completion_logprobs(model, batch, temperature, cfg.logprob_chunk)
+                old_lp = torch.zeros_like(lp)
+                adv = torch.zeros_like(lp)
+                for r, i in enumerate(part):
+                    old_lp[r, : len(old[i])] = old[i].to(device)
+                    adv[r, :] = samples[i].advantage
+                tok_loss, st = ppo_clip_loss(lp, old_lp, adv, cfg.clip_eps)
+                mask = batch.comp_mask
+                loss = aggregate(tok_loss, mask, cfg.loss_agg, num_seqs=len(idx), num_tokens=num_tokens,
+                                 norm_len=norm_len)
+                loss.backward()
+                loss_total += loss.item()
+                clipped += (st["clipped"] & mask).sum().item()
+                ratio_sum += (st["ratio"] * mask).sum().item()
+                kl_sum += ((old_lp - lp.detach()) * mask).sum().item()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            n_updates += 1
+            total_tokens += int(num_tokens)
+            stats["loss"] += loss_total
+            stats["clipfrac"] += clipped / num_tokens
+            stats["ratio_mean"] += ratio_sum / num_tokens
+            stats["approx_kl"] += kl_sum / num_tokens
+            stats["grad_norm"] += float(grad_norm)
+            if on_step:
+                on_step(n_updates, cfg.epochs * steps_per_epoch)
+    model.eval()
+    out = {k: v / max(1, n_updates) for k, v in stats.items()}
+    out.update(
+        optimizer_steps=float(n_updates),
+        trained_tokens=float(total_tokens),
+        lr=float(scheduler.get_last_lr()[0]),
+        logprob_gap_mean=gap_sum / max(1, n_tok),
+        logprob_gap_max=gap_max,
+    )
+    return out

@@ -1,0 +1,72 @@
+import pytest
+
+from configs.loader import ConfigError, parse_override, resolve, run_id, to_yaml
+from configs.schema import Config
+
+
+def test_defaults_are_the_embedded_default():
+    cfg = resolve("default")
+    assert cfg.model.name_or_path == "tiny" and cfg.data.task == "arith" and cfg.advantage.estimator == "grpo"
+
+
+def test_models_are_frozen():
+    cfg = Config()
+    with pytest.raises(Exception):
+        cfg.run.seed = 3  # type: ignore[misc]
+
+
+def test_unknown_key_is_rejected_with_its_name():
+    with pytest.raises(ConfigError, match=r"unknown key 'train\.lrr'"):
+        resolve("default", overrides=["train.lrr=1e-5"])
+    with pytest.raises(ConfigError, match=r"unknown key 'bogus'"):
+        resolve("default", overrides=["bogus.x=1"])
+
+
+def test_bad_value_names_field_and_value():
+    with pytest.raises(ConfigError, match=r"train\.lr=-1"):
+        resolve("default", overrides=["train.lr=-1"])
+    with pytest.raises(ConfigError, match=r"advantage\.estimator.*'ppo'.*grpo"):
+        resolve("default", overrides=["advantage.estimator=ppo"])
+
+
+def test_cross_field_check():
+    with pytest.raises(ConfigError, match="mini_batch_size=100 must be a multiple"):
+        resolve("default", overrides=["train.mini_batch_size=100", "train.micro_batch_size=64"])
+
+
+def test_unknown_preset_lists_available():
+    with pytest.raises(ConfigError, match="unknown preset 'nope'; available: .*default"):
+        resolve("nope")
+
+
+def test_override_values_are_typed():
+    assert parse_override("train.lr=1e-5") == {"train": {"lr": 1e-5}}
+    assert parse_override("rollout.stop=['a', 'b']") == {"rollout": {"stop": ["a", "b"]}}
+    assert parse_override("eval.limit=null") == {"eval": {"limit": None}}
+    with pytest.raises(ConfigError):
+        parse_override("no-equals-sign")
+
+
+def test_config_file_then_overrides_win(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("train:\n  lr: 0.001\n  epochs: 3\n")
+    cfg = resolve("default", f, ["train.lr=0.002"])
+    assert cfg.train.lr == 0.002 and cfg.train.epochs == 3
+
+
+def test_run_id_is_deterministic_and_config_sensitive():
+    a, b = resolve("default"), resolve("default")
+    assert run_id(a) == run_id(b) and run_id(a).startswith("default-")
+    assert run_id(resolve("default", overrides=["run.seed=1"])) != run_id(a)
+
+
+def test_resolved_yaml_round_trips():
+    import yaml
+
+    cfg = resolve("default", overrides=["train.lr=3e-4"])
+    assert Config.model_validate(yaml.safe_load(to_yaml(cfg))) == cfg
+
+
+@pytest.mark.parametrize("preset", ["default", "gsm8k_qwen05b", "math500_r1distill"])
+def test_presets_load(preset):
+    assert resolve(preset).run.preset == preset

@@ -1,0 +1,128 @@
+import json
+
+import pyarrow as pa
+import pytest
+
+from storage.catalog import open_catalog, query
+from storage.handles import FileRef, atomic_dir, atomic_path
+from storage.layout import TABLE_GLOBS, RunLayout
+from storage.metrics import read_metrics, write_metrics
+from storage.parquet import SchemaMismatch, read_parquet, write_parquet
+from storage.schemas import ALL, GRADES, METRICS
+
+
+def _grade_rows(run="r1", it=1, n=3):
+    return [{"run_id": run, "iteration": it, "prompt_id": f"p{i}", "sample_index": 0, "score": float(i % 2),
+             "status": "ok" if i % 2 else "wrong", "extracted": str(i)} for i in range(n)]
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    dest = tmp_path / "a" / "x.parquet"
+    with pytest.raises(RuntimeError):
+        with atomic_path(dest) as tmp:
+            tmp.write_text("partial")
+            raise RuntimeError("killed mid-write")
+    assert not dest.exists()
+    assert list(dest.parent.iterdir()) == []
+
+
+def test_atomic_dir_replaces_whole_directory(tmp_path):
+    dest = tmp_path / "ckpt"
+    with atomic_dir(dest) as d:
+        (d / "a.txt").write_text("1")
+    with pytest.raises(ValueError):
+        with atomic_dir(dest) as d:
+            (d / "b.txt").write_text("2")
+            raise ValueError("boom")
+    assert sorted(p.name for p in dest.iterdir()) == ["a.txt"]
+    with atomic_dir(dest) as d:
+        (d / "c.txt").write_text("3")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+    assert sorted(p.name for p in dest.iterdir()) == ["c.txt"]
+
+
+def test_fileref_detects_change_and_deletion(tmp_path):
+    ref = write_parquet(_grade_rows(), GRADES, tmp_path / "g.parquet")
+    assert ref.is_valid()
+    write_parquet(_grade_rows(n=4), GRADES, tmp_path / "g.parquet")
+    assert not ref.is_valid()
+    (tmp_path / "g.parquet").unlink()
+    assert not ref.is_valid()
+
+
+def test_directory_digest_covers_names_and_bytes(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "w.bin").write_bytes(b"abc")
+    a = FileRef.of(tmp_path / "d")
+    (tmp_path / "d" / "w.bin").write_bytes(b"abd")
+    assert FileRef.of(tmp_path / "d").sha256 != a.sha256
+
+
+def test_schema_mismatch_names_the_columns(tmp_path):
+    rows = _grade_rows()
+    for r in rows:
+        r.pop("status")
+        r["stauts"] = "ok"
+    with pytest.raises(SchemaMismatch, match=r"missing columns \['status'\].*unexpected columns \['stauts'\]"):
+        write_parquet(rows, GRADES, tmp_path / "g.parquet")
+    assert not (tmp_path / "g.parquet").exists()
+
+
+def test_schema_mismatch_on_wrong_type(tmp_path):
+    t = pa.table({f.name: (pa.array(["high"]) if f.name == "score" else pa.array([None], f.type)) for f in GRADES})
+    with pytest.raises(SchemaMismatch, match="column 'score' is string, expected double"):
+        write_parquet(t, GRADES, tmp_path / "g.parquet")
+
+
+def test_read_checks_schema(tmp_path):
+    ref = write_parquet(_grade_rows(), GRADES, tmp_path / "g.parquet")
+    assert read_parquet(ref, GRADES).num_rows == 3
+    with pytest.raises(SchemaMismatch):
+        read_parquet(ref, METRICS)
+
+
+def test_catalog_views_exist_on_empty_dir(tmp_path):
+    con = open_catalog(tmp_path)
+    for name in TABLE_GLOBS:
+        cols = [c[0] for c in con.execute(f"describe {name}").fetchall()]
+        assert set(ALL[name].names) <= set(cols), name
+        assert con.execute(f"select count(*) from {name}").fetchone()[0] == 0
+
+
+def test_catalog_unions_runs(tmp_path):
+    for run in ("r1", "r2"):
+        lay = RunLayout(runs_dir=str(tmp_path), run_id=run)
+        write_parquet(_grade_rows(run), GRADES, lay.grades(1))
+        write_metrics(lay.metrics(1, "grade"), run, 1, "grade", {"reward_mean": 0.5 if run == "r1" else 0.25})
+        write_metrics(lay.eval_metrics(0), run, 0, "eval", {"eval_accuracy": 0.1})
+    cols, rows = query(tmp_path, "select run_id, count(*) from grades group by 1 order by 1")
+    assert rows == [("r1", 3), ("r2", 3)]
+    _, rows = query(tmp_path, "select run_id, value from metrics where name='reward_mean' order by 1")
+    assert rows == [("r1", 0.5), ("r2", 0.25)]
+    _, rows = query(tmp_path, "select count(*) from metrics where stage='eval'")
+    assert rows == [(2,)]
+
+
+def test_metrics_round_trip(tmp_path):
+    ref = write_metrics(tmp_path / "metrics-x.parquet", "r", 3, "x", {"a": 1, "b": 2.5})
+    assert read_metrics(ref) == {"a": 1.0, "b": 2.5}
+
+
+def test_sql_cli_formats(tmp_path):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    lay = RunLayout(runs_dir=str(tmp_path), run_id="r1")
+    write_parquet(_grade_rows(), GRADES, lay.grades(1))
+    runner = CliRunner()
+    res = runner.invoke(app, ["sql", "select prompt_id, score from grades order by 1", "--runs-dir", str(tmp_path),
+                              "--format", "json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output) == [{"prompt_id": "p0", "score": 0.0}, {"prompt_id": "p1", "score": 1.0},
+                                      {"prompt_id": "p2", "score": 0.0}]
+    res = runner.invoke(app, ["sql", "select prompt_id from grades order by 1", "--runs-dir", str(tmp_path),
+                              "--format", "csv"])
+    assert res.output.splitlines() == ["prompt_id", "p0", "p1", "p2"]
+    res = runner.invoke(app, ["sql", "select * from nope", "--runs-dir", str(tmp_path)])
+    assert res.exit_code == 2 and "nope" in res.output
