@@ -29,7 +29,7 @@ from storage.parquet import write_parquet
 from storage.schemas import RUNS
 from tasks.advantage import compute_advantages
 from tasks.common import CODE_VERSION, ensure
-from tasks.engine import shutdown_engine
+from tasks.engine import current_engine, shutdown_engine
 from tasks.evaluate import evaluate
 from tasks.grade import grade
 from tasks.models import resolve_model_dir
@@ -76,6 +76,7 @@ def rl_train(cfg: Config, runs_dir: str) -> dict:
         (cached if hit else executed)[name] += 1
         return out
 
+    owns_engine = current_engine() is None  # leave an engine we were handed (tests, notebooks) running
     key = artifact_key("rl-train", layout.run_id)
     progress_id = create_progress_artifact(0.0, key=f"{key}-progress", description=f"iterations of {layout.run_id}")
     try:
@@ -108,7 +109,8 @@ def rl_train(cfg: Config, runs_dir: str) -> dict:
                   f"train accuracy {metrics.get('accuracy', 0):.3f}")
             update_progress_artifact(progress_id, 100.0 * it / max(1, cfg.run.iterations))
     finally:
-        shutdown_engine()
+        if owns_engine:
+            shutdown_engine()
 
     wall = time.perf_counter() - wall0
     summary = {

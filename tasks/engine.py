@@ -66,6 +66,11 @@ class VLLMEngine:
         self.start_seconds = time.perf_counter() - t0
         self.loaded = self.model_dir
 
+    def compatible(self, cfg: RolloutSection, dtype: str) -> bool:
+        """Can this engine serve `cfg` by a weight reload alone?"""
+        keys = ("max_model_len", "kv_cache_gib", "gpu_memory_utilization", "enforce_eager")
+        return dtype == self.dtype and all(getattr(cfg, k) == getattr(self.cfg, k) for k in keys)
+
     def load_weights(self, model_dir: str | Path) -> float:
         """Load a checkpoint's weights into the running engine. Returns seconds; 0 if already loaded."""
         model_dir = str(model_dir)
@@ -124,6 +129,8 @@ def get_engine(model_dir: str | Path, cfg: RolloutSection, dtype: str, seed: int
     `weight_load_seconds` (0 when the weights were already loaded).
     """
     global _ENGINE
+    if _ENGINE is not None and not _ENGINE.compatible(cfg, dtype):
+        shutdown_engine()  # e.g. a different context length: a new engine, not a weight reload
     if _ENGINE is None:
         _ENGINE = VLLMEngine(str(model_dir), cfg, dtype, seed)
         return _ENGINE, {"engine_start_seconds": _ENGINE.start_seconds, "weight_load_seconds": 0.0}

@@ -51,3 +51,14 @@ def tiny_model_dir(tmp_path_factory):
     tok = tiny_model.build_tokenizer()
     tiny_model.save(tiny_model.build_model(TinyModelSection(), len(tok), seed=0), tok, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def live_engine(tiny_model_dir):
+    """The process-wide vLLM engine (the one flows use), started once for the session."""
+    from configs.schema import RolloutSection
+    from tasks.engine import get_engine, shutdown_engine
+
+    engine, _ = get_engine(tiny_model_dir, RolloutSection(), "float32", 0)
+    yield engine
+    shutdown_engine()
