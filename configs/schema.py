@@ -20,9 +20,9 @@ class Section(BaseModel):
 
 
 class RunSection(Section):
-    preset: str = "default"
-    seed: int = 0
-    iterations: int = Field(24, ge=0, description="RL iterations (rollout -> grade -> advantage -> train).")
+    preset: str = Field("default", description="Preset the run came from (set by --preset).")
+    seed: int = Field(0, description="Seeds model init, SFT, prompt order and every sampling seed.")
+    iterations: int = Field(40, ge=0, description="RL iterations (rollout -> grade -> advantage -> train).")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when present, else cpu.")
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads for training; 0 = all cores.")
 
@@ -45,7 +45,7 @@ class ArithSection(Section):
 
 
 class DataSection(Section):
-    task: Literal["arith", "gsm8k", "math"] = "arith"
+    task: Literal["arith", "gsm8k", "math"] = Field("arith", description="Selects the grader and answer format.")
     source: str = Field(
         "synthetic",
         description="'synthetic' (arith), a local directory/JSONL file, or a Hugging Face dataset id.",
@@ -54,7 +54,7 @@ class DataSection(Section):
     test_source: str | None = Field(None, description="Source of the test split when it differs (e.g. MATH-500).")
     train_split: str = "train"
     test_split: str = "test"
-    question_field: str = "question"
+    question_field: str = Field("question", description="Dataset column holding the question.")
     answer_field: str = Field("answer", description="Final answer; for GSM8K the text after `####` is used.")
     solution_field: str | None = Field(None, description="Worked solution column, if the dataset has one.")
     prompt_template: str = Field("{question}\n", description="Plain template; `{question}` is replaced.")
@@ -87,15 +87,15 @@ class WarmStartSection(Section):
     """SFT on worked solutions (loss on completion tokens only). Only for the tiny model."""
 
     enabled: bool = True
-    steps: int = Field(300, ge=0)
+    steps: int = Field(350, ge=0)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(3e-3, gt=0)
 
 
 class RolloutSection(Section):
-    backend: Literal["vllm"] = "vllm"
-    prompts_per_iteration: int = Field(32, ge=1)
-    samples_per_prompt: int = Field(8, ge=1)
+    backend: Literal["vllm", "hf"] = Field("vllm", description="vllm, or hf (transformers generate; slow fallback).")
+    prompts_per_iteration: int = Field(64, ge=1)
+    samples_per_prompt: int = Field(16, ge=1)
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     max_tokens: int = Field(48, ge=1)
@@ -129,7 +129,7 @@ class AdvantageSection(Section):
 
 
 class TrainSection(Section):
-    lr: float = Field(1e-4, gt=0)
+    lr: float = Field(2e-5, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     epochs: int = Field(1, ge=1)
     mini_batch_size: int = Field(256, ge=1, description="Sequences per optimiser step.")
@@ -150,7 +150,7 @@ class TrainSection(Section):
 
 
 class EvalSection(Section):
-    every: int = Field(8, ge=1, description="Evaluate every k iterations (and always at the end).")
+    every: int = Field(10, ge=1, description="Evaluate every k iterations (and always at the end).")
     limit: int | None = Field(None, ge=1, description="Evaluate on the first N held-out problems.")
     max_tokens: int = Field(48, ge=1)
 

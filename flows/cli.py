@@ -143,6 +143,47 @@ def advantages(
 
 
 @app.command()
+def grade(
+    task: str = typer.Option(..., help="arith | gsm8k | math"),
+    input: Path = typer.Option(..., exists=True, dir_okay=False, help='JSONL lines {"response": ..., "reference": ...}'),
+    out: Optional[Path] = typer.Option(None, help="Write JSONL here instead of stdout."),
+    set_: List[str] = typer.Option([], "--set", help="Reward scheme, e.g. --set truncated=-1 (see RewardSection)."),
+) -> None:
+    """Grade responses with the pipeline's graders. Optional per-line "finish_reason" ("length" = truncated)."""
+    from configs.loader import parse_value
+    from configs.schema import RewardSection
+    from storage.handles import atomic_write_text
+    from tasks.graders import grade_all, scheme_of
+
+    reward = RewardSection().model_dump()
+    for item in set_:
+        k, sep, v = item.partition("=")
+        if not sep or k not in reward:
+            _fail(f"--set {item!r}: expected one of {', '.join(sorted(reward))}=value")
+        reward[k] = parse_value(v)
+    rows = []
+    for n, line in enumerate(input.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            rows.append((str(row["response"]), str(row["reference"]), str(row.get("finish_reason", "stop"))))
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            _fail(f"{input}:{n}: expected a JSON object with 'response' and 'reference' ({e})")
+    try:
+        grades = grade_all(task, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
+                           scheme_of(RewardSection(**reward)))
+    except ValueError as e:
+        _fail(str(e))
+    text = "".join(json.dumps({"score": None if g.score != g.score else g.score, "status": g.status, "extracted": g.extracted}) + "\n"
+                   for g in grades)
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        atomic_write_text(out, text)
+
+
+@app.command()
 def presets() -> None:
     """List the available presets."""
     from configs.loader import available_presets

@@ -69,7 +69,7 @@ class VLLMEngine:
     def compatible(self, cfg: RolloutSection, dtype: str) -> bool:
         """Can this engine serve `cfg` by a weight reload alone?"""
         keys = ("max_model_len", "kv_cache_gib", "gpu_memory_utilization", "enforce_eager")
-        return dtype == self.dtype and all(getattr(cfg, k) == getattr(self.cfg, k) for k in keys)
+        return cfg.backend == "vllm" and dtype == self.dtype and all(getattr(cfg, k) == getattr(self.cfg, k) for k in keys)
 
     def load_weights(self, model_dir: str | Path) -> float:
         """Load a checkpoint's weights into the running engine. Returns seconds; 0 if already loaded."""
@@ -119,10 +119,10 @@ class VLLMEngine:
 
 
 # One engine per flow process. Tasks ask for it lazily, so a fully cached rerun never starts it.
-_ENGINE: VLLMEngine | None = None
+_ENGINE = None  # VLLMEngine | HFEngine
 
 
-def get_engine(model_dir: str | Path, cfg: RolloutSection, dtype: str, seed: int) -> tuple[VLLMEngine, dict]:
+def get_engine(model_dir: str | Path, cfg: RolloutSection, dtype: str, seed: int):
     """The live engine with `model_dir`'s weights loaded, starting it on first use.
 
     Returns (engine, timings) with `engine_start_seconds` (0 unless started by this call) and
@@ -132,13 +132,42 @@ def get_engine(model_dir: str | Path, cfg: RolloutSection, dtype: str, seed: int
     if _ENGINE is not None and not _ENGINE.compatible(cfg, dtype):
         shutdown_engine()  # e.g. a different context length: a new engine, not a weight reload
     if _ENGINE is None:
-        _ENGINE = VLLMEngine(str(model_dir), cfg, dtype, seed)
+        if cfg.backend == "hf":
+            from tasks.hf_engine import HFEngine  # noqa: PLC0415 - avoids a circular import
+
+            import torch  # noqa: PLC0415
+
+            _ENGINE = HFEngine(str(model_dir), dtype=dtype, device="cuda" if torch.cuda.is_available() else "cpu")
+        else:
+            _ENGINE = VLLMEngine(str(model_dir), cfg, dtype, seed)
         return _ENGINE, {"engine_start_seconds": _ENGINE.start_seconds, "weight_load_seconds": 0.0}
     load = _ENGINE.load_weights(model_dir)
     return _ENGINE, {"engine_start_seconds": 0.0, "weight_load_seconds": load}
 
 
-def current_engine() -> VLLMEngine | None:
+def continue_prefixes(engine, prefixes: Sequence[Sequence[int]], n: int, *, seed_key: Sequence[object],
+                      max_tokens: int, temperature: float, top_p: float, stop: Sequence[str] = (),
+                      max_model_len: int | None = None) -> list[list[Completion]]:
+    """`n` continuations of each token-id prefix (SPO's Monte Carlo values and tree levels use this).
+
+    Seeds derive from (*seed_key, prefix index, j), so results do not depend on batching. The token
+    budget of a prefix is min(max_tokens, max_model_len - len(prefix)). On vLLM, requests that
+    share a prefix reuse its KV blocks through the prefix cache, so n samples cost one prefill.
+    Returns one list of `n` completions per prefix, in order.
+    """
+    from tasks.algos.seeding import derive_seed
+
+    requests = []
+    for i, p in enumerate(prefixes):
+        budget = max_tokens if max_model_len is None else min(max_tokens, max_model_len - len(p))
+        if budget < 1:
+            raise ValueError(f"prefix {i} has {len(p)} tokens: no room left under max_model_len={max_model_len}")
+        requests += [Request(list(p), derive_seed(*seed_key, i, j), budget) for j in range(n)]
+    outs = engine.generate(requests, temperature=temperature, top_p=top_p, stop=stop, progress=False)
+    return [outs[i * n : (i + 1) * n] for i in range(len(prefixes))]
+
+
+def current_engine():
     return _ENGINE
 
 

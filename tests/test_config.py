@@ -70,3 +70,9 @@ def test_resolved_yaml_round_trips():
 @pytest.mark.parametrize("preset", ["default", "gsm8k_qwen05b", "math500_r1distill"])
 def test_presets_load(preset):
     assert resolve(preset).run.preset == preset
+
+
+def test_config_reference_doc_is_current():
+    from configs.reference import DOC, render
+
+    assert DOC.read_text() == render(), "docs/config.md is stale: run `python -m configs.reference`"

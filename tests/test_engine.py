@@ -90,3 +90,39 @@ def test_weight_update_matches_fresh_engine(live_engine, tiny_model_dir, tmp_pat
     assert after != before, "the engine still generates from the old weights"
     assert after == _fresh_engine_greedy(other)
     assert live_engine.load_weights(other) == 0.0  # unchanged weights are not re-read
+
+
+def test_prefix_continuation_by_token_ids(live_engine, tiny_model_dir):
+    from tasks.engine import continue_prefixes
+
+    live_engine.load_weights(tiny_model_dir)
+    prefixes = [PROMPTS[0], PROMPTS[0] + [75, 8], PROMPTS[1]]
+    a = continue_prefixes(live_engine, prefixes, 3, seed_key=("t", 1), max_tokens=10, temperature=1.0, top_p=1.0,
+                          max_model_len=128)
+    assert [len(x) for x in a] == [3, 3, 3]
+    assert all(1 <= len(c.token_ids) <= 10 for x in a for c in x)
+    # the same prefix alone (different batch) continues identically: seeds are per (prefix index, j)
+    b = continue_prefixes(live_engine, prefixes[:2], 3, seed_key=("t", 1), max_tokens=10, temperature=1.0, top_p=1.0)
+    assert [c.token_ids for c in b[1]] == [c.token_ids for c in a[1]]
+    with pytest.raises(ValueError, match="no room"):
+        continue_prefixes(live_engine, [[5] * 128], 1, seed_key=("t",), max_tokens=4, temperature=1.0, top_p=1.0,
+                          max_model_len=128)
+
+
+def test_hf_backend_same_interface_and_agrees_with_trainer(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from tasks.hf_engine import HFEngine
+    from tasks.trainer import completion_logprobs, pack
+
+    e = HFEngine(str(tiny_model_dir))
+    reqs = [Request(p, s, 12) for s, p in enumerate(PROMPTS)]
+    a = e.generate(reqs, temperature=0.8, top_p=1.0)
+    assert [x.token_ids for x in a] == [x.token_ids for x in e.generate(reqs, temperature=0.8, top_p=1.0)]
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    batch = pack(PROMPTS, [o.token_ids for o in a], 0, torch.device("cpu"))
+    with torch.no_grad():
+        lp = completion_logprobs(model, batch, 0.8, 64)
+    for i, o in enumerate(a):
+        assert o.finish_reason in ("stop", "length") and len(o.logprobs) == len(o.token_ids)
+        torch.testing.assert_close(lp[i, : len(o.token_ids)], torch.tensor(o.logprobs), atol=1e-3, rtol=0)
