@@ -12,7 +12,7 @@ from storage.schemas import ADVANTAGES
 
 
 def sql_path(estimator: str) -> Path:
-    path = SQL_DIR / f"adv_{estimator}.sql"
+    path = SQL_DIR / f"adv_{estimator}.sql"  # house rule 2: the config name is the file name
     if not path.exists():
         known = sorted(p.stem.removeprefix("adv_") for p in SQL_DIR.glob("adv_*.sql"))
         raise ValueError(f"estimator {estimator!r} has no SQL file; known: {', '.join(known)}")
@@ -38,6 +38,7 @@ def compute_advantages(estimator: str, rollouts: str | Path, grades: str | Path,
             f"from read_parquet({quote(str(rollouts))})"
         )
         con.execute(f"create view grades as select * from read_parquet({quote(str(grades))})")
+        con.execute((SQL_DIR / "scored_groups.sql").read_text())
         table = con.sql(sql, params={k: params[k] for k in used}).to_arrow_table()
     finally:
         con.close()

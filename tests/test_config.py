@@ -76,3 +76,11 @@ def test_config_reference_doc_is_current():
     from configs.reference import DOC, render
 
     assert DOC.read_text() == render(), "docs/config.md is stale: run `python -m configs.reference`"
+
+
+def test_registries_agree_with_the_pure_core():
+    from configs.schema import ESTIMATORS, LOSS_AGGREGATIONS
+    from tasks.algos import estimators, losses
+
+    assert set(ESTIMATORS) == set(estimators.REGISTRY)
+    assert LOSS_AGGREGATIONS == losses.AGGREGATIONS

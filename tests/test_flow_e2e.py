@@ -45,6 +45,15 @@ def test_flow_end_to_end_then_every_stage_is_a_cache_hit(prefect_harness, live_e
     _, rows = query(runs, "select preset, final_eval_accuracy from runs")
     assert rows == [("default", first["final_eval_accuracy"])]
 
+    # Report artifacts: a progress bar, the per-iteration table and the summary, keyed by run id.
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        kinds = {a.key: a.type for a in client.read_artifacts() if a.key}
+    key = "rl-train-" + first["run_id"]
+    assert kinds.get(f"{key}-progress") == "progress"
+    assert kinds.get(f"{key}-metrics") == "table" and kinds.get(f"{key}-summary") == "markdown"
+
     second = rl_train(small_config, str(runs))
     assert second["stages_executed"] == {}
     assert set(second["stages_cached"]) == STAGES
