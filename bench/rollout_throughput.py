@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
+from configs.schema import TinyModelSection  # noqa: E402
 from report import write_section  # noqa: E402
 
 
@@ -28,11 +29,14 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=512)
     ap.add_argument("--max-tokens", type=int, default=48)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--hidden", type=int, default=TinyModelSection().hidden_size)
+    ap.add_argument("--layers", type=int, default=TinyModelSection().num_layers)
+    ap.add_argument("--heads", type=int, default=TinyModelSection().num_heads)
     opts = ap.parse_args()
 
     import torch
 
-    from configs.schema import ArithSection, RolloutSection, TinyModelSection
+    from configs.schema import ArithSection, RolloutSection
     from tasks import tiny_model
     from tasks.algos import arith
     from tasks.engine import Request, VLLMEngine
@@ -44,7 +48,9 @@ def main() -> None:
     problems = arith.generate(2000, a.min_terms, a.max_terms, a.max_operand, seed=a.seed)
     examples = [(tok(p.question + "\n")["input_ids"], tok(p.solution)["input_ids"] + [tok.eos_token_id])
                 for p in problems]
-    model = tiny_model.build_model(TinyModelSection(), len(tok), seed=0)
+    shape = TinyModelSection(hidden_size=opts.hidden, num_layers=opts.layers, num_heads=opts.heads,
+                             intermediate_size=4 * opts.hidden)
+    model = tiny_model.build_model(shape, len(tok), seed=0)
     sft(model, examples, steps=200, batch_size=64, lr=3e-3, seed=0, pad_id=tok.pad_token_id,
         device=torch.device("cpu"))
     model_dir = Path(tempfile.mkdtemp()) / "model"
@@ -70,10 +76,11 @@ def main() -> None:
         lines.append(f"| {name} | {', '.join(f'{x:.0f}' for x in rates[name])} | {statistics.median(rates[name]):.0f} |")
     lines += ["", f"vLLM / HF generate, per round: {', '.join(f'{x:.2f}' for x in ratios)}; median "
               f"**{statistics.median(ratios):.2f}x** (target ≥ 4x). {opts.samples} samples x ≤ {opts.max_tokens} "
-              f"tokens, temperature 1.0, tiny Qwen2 ({sum(p.numel() for p in model.parameters()) / 1e3:.0f}k "
-              f"parameters) after 200 SFT steps; vLLM engine start {vllm.start_seconds:.1f} s, HF load "
+              f"tokens, temperature 1.0, Qwen2 (hidden {opts.hidden}, {opts.layers} layers, "
+              f"{sum(p.numel() for p in model.parameters()) / 1e3:.0f}k parameters) after 200 SFT steps; vLLM engine start {vllm.start_seconds:.1f} s, HF load "
               f"{hf.start_seconds:.1f} s (not in the rates)."]
-    write_section("Rollout throughput: vLLM vs HF generate", "\n".join(lines))
+    size = f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters"
+    write_section(f"Rollout throughput: vLLM vs HF generate, {size}", "\n".join(lines))
 
 
 if __name__ == "__main__":
