@@ -27,6 +27,19 @@ def _fail(msg: str) -> None:
     raise typer.Exit(2)
 
 
+def _apply_sets(values: dict, items: List[str]) -> dict:
+    """Flat `key=value` overrides onto `values` (a section's defaults); unknown keys fail with the options."""
+    from configs.loader import parse_value
+
+    out = dict(values)
+    for item in items:
+        k, sep, v = item.partition("=")
+        if not sep or k not in out:
+            _fail(f"--set {item!r}: expected one of {', '.join(sorted(out))}=value")
+        out[k] = parse_value(v)
+    return out
+
+
 @app.callback(invoke_without_command=True)
 def main(ctx: typer.Context) -> None:
     if ctx.invoked_subcommand is None:  # bare `segflow` runs the embedded default
@@ -121,7 +134,6 @@ def advantages(
     set_: List[str] = typer.Option([], "--set", help="Estimator parameter, e.g. --set eps=1e-8."),
 ) -> None:
     """Recompute advantages for existing rollouts with any estimator, using the flow's SQL."""
-    from configs.loader import parse_value
     from configs.schema import AdvantageSection
     from storage.advantages import compute_advantages
     from storage.parquet import write_parquet
@@ -129,11 +141,7 @@ def advantages(
 
     params = AdvantageSection().model_dump()
     params.pop("estimator")
-    for item in set_:
-        k, sep, v = item.partition("=")
-        if not sep or k not in params:
-            _fail(f"--set {item!r}: expected one of {', '.join(sorted(params))}=value")
-        params[k] = parse_value(v)
+    params = _apply_sets(params, set_)
     try:
         table = compute_advantages(estimator, rollouts, grades, params)
     except ValueError as e:
@@ -150,17 +158,11 @@ def grade(
     set_: List[str] = typer.Option([], "--set", help="Reward scheme, e.g. --set truncated=-1 (see RewardSection)."),
 ) -> None:
     """Grade responses with the pipeline's graders. Optional per-line "finish_reason" ("length" = truncated)."""
-    from configs.loader import parse_value
     from configs.schema import RewardSection
     from storage.handles import atomic_write_text
     from tasks.graders import grade_all, scheme_of
 
-    reward = RewardSection().model_dump()
-    for item in set_:
-        k, sep, v = item.partition("=")
-        if not sep or k not in reward:
-            _fail(f"--set {item!r}: expected one of {', '.join(sorted(reward))}=value")
-        reward[k] = parse_value(v)
+    reward = _apply_sets(RewardSection().model_dump(), set_)
     rows = []
     for n, line in enumerate(input.read_text().splitlines(), 1):
         if not line.strip():

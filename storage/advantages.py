@@ -5,7 +5,7 @@ import re
 from pathlib import Path
 
 import duckdb
-import pyarrow as pa  # noqa: F401 - the return type
+import pyarrow as pa
 
 from storage.catalog import SQL_DIR, quote
 from storage.schemas import ADVANTAGES

@@ -1,0 +1,58 @@
+import json
+
+import numpy as np
+from typer.testing import CliRunner
+
+from flows.cli import app
+from storage.parquet import read_parquet
+from storage.schemas import ADVANTAGES
+from tasks.algos import estimators
+
+runner = CliRunner()
+
+
+def test_grade_command(tmp_path):
+    f = tmp_path / "in.jsonl"
+    f.write_text("\n".join(json.dumps(x) for x in [
+        {"response": "3+5=8\n#### 8", "reference": "8"},
+        {"response": "#### 8", "reference": "8", "finish_reason": "length"},
+        {"response": "nothing", "reference": "8"},
+    ]) + "\n")
+    res = runner.invoke(app, ["grade", "--task", "arith", "--input", str(f), "--set", "truncated=-1"])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(x) for x in res.output.splitlines()]
+    assert [(r["score"], r["status"]) for r in rows] == [(1.0, "ok"), (-1.0, "truncated"), (0.0, "no_answer")]
+    out = tmp_path / "out.jsonl"
+    assert runner.invoke(app, ["grade", "--task", "arith", "--input", str(f), "--out", str(out)]).exit_code == 0
+    assert len(out.read_text().splitlines()) == 3
+
+
+def test_grade_command_rejects_bad_input(tmp_path):
+    f = tmp_path / "in.jsonl"
+    f.write_text('{"response": "x"}\n')
+    res = runner.invoke(app, ["grade", "--task", "gsm8k", "--input", str(f)])
+    assert res.exit_code == 2 and "in.jsonl:1" in res.output and "reference" in res.output
+    res = runner.invoke(app, ["grade", "--task", "poetry", "--input", str(f)])
+    assert res.exit_code == 2
+
+
+def test_advantages_command_recomputes_with_any_estimator(tmp_path):
+    from tests.test_estimators import _write_batch
+
+    scores, groups = [1.0, 0.0, 0.0, 1.0, 1.0], ["a", "a", "a", "b", "b"]
+    _write_batch(tmp_path, scores, groups)
+    out = tmp_path / "adv.parquet"
+    res = runner.invoke(app, ["advantages", "--estimator", "rloo", "--rollouts", str(tmp_path / "rollouts.parquet"),
+                              "--grades", str(tmp_path / "grades.parquet"), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    got = read_parquet(out, ADVANTAGES)["advantage"].to_pylist()
+    np.testing.assert_allclose(got, estimators.rloo(scores, groups))
+    res = runner.invoke(app, ["advantages", "--estimator", "ppo", "--rollouts", str(tmp_path / "rollouts.parquet"),
+                              "--grades", str(tmp_path / "grades.parquet"), "--out", str(out)])
+    assert res.exit_code == 2 and "known: " in res.output
+
+
+def test_run_rejects_bad_config_before_any_work(tmp_path):
+    res = runner.invoke(app, ["run", "--set", "train.lrr=1", "--runs-dir", str(tmp_path)])
+    assert res.exit_code == 2 and "unknown key 'train.lrr'" in res.output
+    assert list(tmp_path.iterdir()) == []
