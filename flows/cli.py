@@ -76,11 +76,13 @@ def _print_summary(s: dict) -> None:
     t.add_column("value", justify="right")
     for k, v in s["eval_accuracy"].items():
         t.add_row("warm start / start model" if k == "0" else f"iteration {k}", f"{v:.3f}")
-    st = Table(title="seconds per stage (this invocation)")
+    st = Table(title="seconds per stage")
     st.add_column("stage")
-    st.add_column("seconds", justify="right")
+    st.add_column("wall, this invocation", justify="right")
+    st.add_column("measured work, whole run", justify="right")
     for k, v in s["stage_seconds"].items():
-        st.add_row(k, f"{v:.1f}")
+        work = s.get("compute_seconds", {}).get(k)
+        st.add_row(k, f"{v:.1f}", "" if work is None else f"{work:.1f}")
     console = Console()
     console.print(t, st)
     console.print(f"initial {s['initial_eval_accuracy']:.3f} -> final {s['final_eval_accuracy']:.3f}, "

@@ -42,6 +42,12 @@ TABLE_METRICS = ("reward_mean", "accuracy", "frac_zero_std_groups", "frac_trunca
                  "approx_kl", "logprob_gap_mean", "generation_seconds", "weight_load_seconds", "train_seconds")
 
 
+# Seconds each stage measured for its own work (metric name per stage). Unlike stage_seconds (wall
+# time of this invocation, near 0 when cached), these describe the run however often it is resumed.
+COMPUTE_METRICS = {"warm_start": "sft_seconds", "generate_rollouts": "generation_seconds",
+                   "train_policy": "train_seconds", "evaluate": "eval_generation_seconds"}
+
+
 def artifact_key(*parts: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")
 
@@ -68,12 +74,15 @@ def rl_train(cfg: Config, runs_dir: str) -> dict:
     stage_seconds: dict[str, float] = defaultdict(float)
     executed: dict[str, int] = defaultdict(int)
     cached: dict[str, int] = defaultdict(int)
+    compute_seconds: dict[str, float] = defaultdict(float)
 
     def stage(name: str, fn, *args):
         t0 = time.perf_counter()
         out, hit = ensure(fn, cfg, layout, *args, CODE_VERSION)
         stage_seconds[name] += time.perf_counter() - t0
         (cached if hit else executed)[name] += 1
+        if name in COMPUTE_METRICS:  # the stage's own measured work: stable across cached reruns
+            compute_seconds[name] += read_metrics(out.metrics).get(COMPUTE_METRICS[name], 0.0)
         return out
 
     owns_engine = current_engine() is None  # leave an engine we were handed (tests, notebooks) running
@@ -118,6 +127,7 @@ def rl_train(cfg: Config, runs_dir: str) -> dict:
         "iterations_completed": cfg.run.iterations, "initial_eval_accuracy": evals[0],
         "final_eval_accuracy": evals[max(evals)], "eval_accuracy": {str(k): v for k, v in evals.items()},
         "wall_seconds": round(wall, 2), "stage_seconds": {k: round(v, 2) for k, v in stage_seconds.items()},
+        "compute_seconds": {k: round(v, 2) for k, v in compute_seconds.items()},
         "stages_executed": dict(executed), "stages_cached": dict(cached), "code_version": CODE_VERSION,
     }
     atomic_write_text(layout.summary, json.dumps(summary, indent=2))

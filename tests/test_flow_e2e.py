@@ -58,6 +58,7 @@ def test_flow_end_to_end_then_every_stage_is_a_cache_hit(prefect_harness, live_e
     assert second["stages_executed"] == {}
     assert set(second["stages_cached"]) == STAGES
     assert second["final_eval_accuracy"] == first["final_eval_accuracy"]
+    assert second["compute_seconds"] == first["compute_seconds"] and first["compute_seconds"]["train_policy"] > 0
 
     # A deleted artifact is recomputed (only that stage: its content is identical, so downstream stays cached).
     (root / "iterations" / "0002" / "grades.parquet").unlink()
