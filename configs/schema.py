@@ -132,6 +132,10 @@ class TrainSection(Section):
     schedule: Literal["constant", "linear"] = "constant"
     loss_agg: Literal[LOSS_AGGREGATIONS] = Field("token-mean", description="See tasks/algos/losses.py::aggregate.")
     logprob_chunk: int = Field(1024, ge=1, description="Positions per chunk in the log-prob pass.")
+    prob_mask_rho: float | None = Field(
+        None, gt=0, le=1,
+        description="SPO probability mask: only tokens with p_old < rho carry gradient (0.9 in the paper); null = off.",
+    )
 
 
 class EvalSection(Section):

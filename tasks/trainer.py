@@ -147,6 +147,11 @@ def rl_update(model, optimizer, scheduler, samples: Sequence[Sample], cfg: Train
                     d = (row - torch.tensor(x.sampler_logprobs, dtype=torch.float32)).abs()
                     gap_sum, gap_max, n_tok = gap_sum + d.sum().item(), max(gap_max, d.max().item()), n_tok + d.numel()
 
+    # Tokens that carry gradient: every completion token, or with SPO's probability mask (spec §3.2)
+    # only those the pre-update policy gave p < rho. Counted up front for the global normaliser.
+    rho = cfg.prob_mask_rho
+    trained = [int((o.exp() < rho).sum()) if rho is not None else len(o) for o in old]
+
     model.train()
     rng = random.Random(seed)
     order = list(range(len(samples)))
@@ -157,7 +162,7 @@ def rl_update(model, optimizer, scheduler, samples: Sequence[Sample], cfg: Train
         rng.shuffle(order)
         for m in range(steps_per_epoch):
             idx = order[m * cfg.mini_batch_size : (m + 1) * cfg.mini_batch_size]
-            num_tokens = float(sum(len(samples[i].completion_ids) for i in idx)) or 1.0
+            num_tokens = float(sum(trained[i] for i in idx)) or 1.0
             optimizer.zero_grad(set_to_none=True)
             loss_total, clipped, ratio_sum, kl_sum = 0.0, 0.0, 0.0, 0.0
             for s in range(0, len(idx), micro):
@@ -171,7 +176,7 @@ def rl_update(model, optimizer, scheduler, samples: Sequence[Sample], cfg: Train
                     old_lp[r, : len(old[i])] = old[i].to(device)
                     adv[r, :] = samples[i].advantage
                 tok_loss, st = ppo_clip_loss(lp, old_lp, adv, cfg.clip_eps)
-                mask = batch.comp_mask
+                mask = batch.comp_mask if rho is None else batch.comp_mask & (old_lp.exp() < rho)
                 loss = aggregate(tok_loss, mask, cfg.loss_agg, num_seqs=len(idx), num_tokens=num_tokens,
                                  norm_len=norm_len)
                 loss.backward()
@@ -199,5 +204,6 @@ def rl_update(model, optimizer, scheduler, samples: Sequence[Sample], cfg: Train
         lr=float(scheduler.get_last_lr()[0]),
         logprob_gap_mean=gap_sum / max(1, n_tok),
         logprob_gap_max=gap_max,
+        frac_tokens_trained=sum(trained) / max(1, sum(len(o) for o in old)),
     )
     return out
