@@ -80,17 +80,18 @@ def test_killed_run_resumes_from_last_completed_stage(tmp_path):
     args = ["--runs-dir", str(tmp_path / "runs")] + [a for s in SMALL + ["run.iterations=4"] for a in ("--set", s)]
     proc = _segflow(args, env, start_new_session=True)
     deadline = time.time() + 600
-    ckpt = None
+    marker = None
     while time.time() < deadline and proc.poll() is None:
-        found = list((tmp_path / "runs").glob("*/checkpoints/0002/model.safetensors"))
+        # iteration 3's rollouts exist only after train_policy(2) returned and its cache record was written
+        found = list((tmp_path / "runs").glob("*/iterations/0003/rollouts.parquet"))
         if found:
-            ckpt = found[0]
+            marker = found[0]
             break
         time.sleep(0.2)
-    assert ckpt is not None, f"no checkpoint before exit; stderr: {proc.stderr.read()[-2000:] if proc.stderr else ''}"
+    assert marker is not None, f"iteration 3 never started; stderr: {proc.stderr.read()[-2000:] if proc.stderr else ''}"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    run_dir = ckpt.parent.parent.parent
+    run_dir = marker.parent.parent.parent
     assert not (run_dir / "summary.json").exists()
 
     resumed = _segflow(args, env)
