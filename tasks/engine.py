@@ -101,9 +101,9 @@ class VLLMEngine:
         result = []
         for o in outs:
             c = o.outputs[0]
-            lps = [next(iter(d.values())).logprob if tok not in d else d[tok].logprob
-                   for tok, d in zip(c.token_ids, c.logprobs or [])]
-            result.append(Completion(list(c.token_ids), [float(x) for x in lps], str(c.finish_reason), c.text))
+            # logprobs=0 returns exactly the sampled token's entry; a missing one should fail, not be guessed
+            lps = [float(d[tok].logprob) for tok, d in zip(c.token_ids, c.logprobs or [])]
+            result.append(Completion(list(c.token_ids), lps, str(c.finish_reason), c.text))
         return result
 
     def shutdown(self) -> None:
