@@ -10,8 +10,12 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # Registries that configs may name (house rule 3): the loader rejects anything else, listing these.
-ESTIMATORS = ("grpo", "dr_grpo", "rloo")
+ESTIMATORS = ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline", "rec", "opmd", "asymre")
 LOSS_AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
+CLIP_MODES = ("none", "one-side", "two-side", "dual-clip")
+TOKEN_WEIGHTS = ("none", "importance", "truncated")
+REGULARIZERS = ("none", "k2", "forward-kl")
+KL_ESTIMATORS = ("k1", "k2", "k3")
 
 
 class Section(BaseModel):
@@ -116,8 +120,18 @@ class RewardSection(Section):
 
 
 class AdvantageSection(Section):
+    """Every field is also a named SQL parameter: storage/sql/adv_<estimator>.sql binds those it uses."""
+
     estimator: Literal[ESTIMATORS] = Field("grpo", description="storage/sql/adv_<estimator>.sql and its numpy twin.")
-    eps: float = Field(1e-6, gt=0, description="Added to the group std before dividing.")
+    eps: float = Field(1e-6, gt=0, description="Added to the group std before dividing (grpo, rec).")
+    whiten_eps: float = Field(1e-8, gt=0, description="reinforce_pp_baseline: added to the batch variance.")
+    rec_std_normalize: bool = Field(False, description="rec: divide by the kept group std (REC-*-IS/NoIS: false).")
+    rec_drop: Literal["none", "balance"] = Field(
+        "none", description="rec: RED-Drop 'balance' drops surplus negatives so a group has no more than its positives."
+    )
+    opmd_baseline: Literal["mean", "logavgexp"] = Field("mean", description="opmd: group mean or tau*log-avg-exp(r/tau).")
+    opmd_tau: float = Field(1.0, gt=0, description="opmd: temperature of the log-avg-exp baseline.")
+    asymre_shift: float = Field(-0.1, description="asymre: baseline = group mean + shift (negative leans positive).")
 
 
 class TrainSection(Section):
@@ -126,12 +140,37 @@ class TrainSection(Section):
     epochs: int = Field(1, ge=1)
     mini_batch_size: int = Field(256, ge=1, description="Sequences per optimiser step.")
     micro_batch_size: int = Field(64, ge=1, description="Sequences per forward pass (gradient accumulation).")
-    clip_eps: float = Field(0.2, gt=0)
+    clip_mode: Literal[CLIP_MODES] = Field(
+        "one-side", description="Clip mask on the ratio (tasks/algos/policy_loss.py). one-side + importance = PPO-clip.",
+    )
+    clip_eps: float = Field(0.2, gt=0, description="eps_low: the ratio's lower clip is 1 - clip_eps.")
+    clip_eps_high: float | None = Field(None, gt=0, description="eps_high (DAPO uses 0.28); null = clip_eps.")
+    dual_clip_c: float = Field(3.0, gt=1, description="dual-clip: negative-advantage tokens with ratio > c get no gradient.")
+    weight: Literal[TOKEN_WEIGHTS] = Field(
+        "importance", description="Per-token weight: none (NoIS), importance ratio, or truncated ratio.",
+    )
+    truncate_max: float = Field(2.0, gt=0, description="weight=truncated: w = min(ratio, truncate_max).")
+    regularizer: Literal[REGULARIZERS] = Field(
+        "none", description="k2: c (log pi - log pi_old)^2 (OPMD); forward-kl: -c log pi (AsymRE).",
+    )
+    regularizer_coef: float = Field(0.1, ge=0)
+    kl_coef: float = Field(0.0, ge=0, description="KL penalty to the reference (start) policy; 0 = off, no reference pass.")
+    kl_estimator: Literal[KL_ESTIMATORS] = Field("k3", description="k1 = d, k2 = d^2/2, k3 = exp(-d) - 1 + d; d = log pi - log pi_ref.")
+    kl_placement: Literal["loss", "reward"] = Field(
+        "loss", description="loss: + kl_coef * Agg(KL); reward: score - kl_coef * sum_t KL before the estimator.",
+    )
+    entropy_coef: float = Field(0.0, ge=0, description="Entropy bonus: loss -= entropy_coef * Agg(H).")
     grad_clip: float = Field(1.0, gt=0)
     warmup_steps: int = Field(0, ge=0)
     schedule: Literal["constant", "linear"] = "constant"
     loss_agg: Literal[LOSS_AGGREGATIONS] = Field("token-mean", description="See tasks/algos/losses.py::aggregate.")
     logprob_chunk: int = Field(1024, ge=1, description="Positions per chunk in the log-prob pass.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward (less memory).")
+    lora_rank: int = Field(0, ge=0, description="LoRA rank (peft); 0 = full fine-tuning.")
+    lora_alpha: float = Field(16.0, gt=0)
+    lora_targets: tuple[str, ...] = Field(
+        ("q_proj", "k_proj", "v_proj", "o_proj"), description="Module names that get LoRA adapters."
+    )
     prob_mask_rho: float | None = Field(
         None, gt=0, le=1,
         description="SPO probability mask: only tokens with p_old < rho carry gradient (0.9 in the paper); null = off.",

@@ -133,9 +133,13 @@ def advantages(
     rollouts: Path = typer.Option(..., exists=True, dir_okay=False),
     grades: Path = typer.Option(..., exists=True, dir_okay=False),
     out: Path = typer.Option(..., help="Advantages Parquet to write."),
-    set_: List[str] = typer.Option([], "--set", help="Estimator parameter, e.g. --set eps=1e-8."),
+    set_: List[str] = typer.Option([], "--set", help="Advantage parameter, e.g. --set eps=1e-8 (see `advantage` in docs/config.md)."),
+    kl: Optional[Path] = typer.Option(None, exists=True, dir_okay=False, help="ref_logprobs.parquet: subtract kl_coef * kl from each score."),
+    kl_coef: float = typer.Option(0.0, help="KL-in-reward coefficient used with --kl."),
 ) -> None:
     """Recompute advantages for existing rollouts with any estimator, using the flow's SQL."""
+    from pydantic import ValidationError
+
     from configs.schema import AdvantageSection
     from storage.advantages import compute_advantages
     from storage.parquet import write_parquet
@@ -145,7 +149,12 @@ def advantages(
     params.pop("estimator")
     params = _apply_sets(params, set_)
     try:
-        table = compute_advantages(estimator, rollouts, grades, params)
+        params = AdvantageSection(estimator="grpo", **params).model_dump()  # validates types and ranges
+    except ValidationError as e:
+        err = e.errors()[0]
+        _fail(f"--set {'.'.join(str(x) for x in err['loc'])}={err.get('input')!r}: {err['msg']}")
+    try:
+        table = compute_advantages(estimator, rollouts, grades, {**params, "kl_reward_coef": kl_coef}, kl=kl)
     except ValueError as e:
         _fail(str(e))
     ref = write_parquet(table, ADVANTAGES, out)

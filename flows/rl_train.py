@@ -1,5 +1,5 @@
 """The `rl_train` flow: prepare_dataset -> warm_start -> per iteration generate_rollouts -> grade ->
-compute_advantages -> train_policy -> (every k) evaluate.
+[reference_logprobs, with a KL penalty] -> compute_advantages -> train_policy -> (every k) evaluate.
 
 The flow only composes tasks and reports. Every stage is cached by its inputs (content handles of
 upstream artifacts + config + code version), so re-running the same command resumes where the last
@@ -34,12 +34,13 @@ from tasks.evaluate import evaluate
 from tasks.grade import grade
 from tasks.models import resolve_model_dir
 from tasks.prepare import prepare_dataset, warm_start
+from tasks.reference import reference_logprobs
 from tasks.rollout import generate_rollouts
 from tasks.train import train_policy
 
 # Metrics shown in the per-iteration table artifact and the terminal summary.
 TABLE_METRICS = ("reward_mean", "accuracy", "frac_zero_std_groups", "frac_truncated", "adv_std", "clipfrac",
-                 "approx_kl", "logprob_gap_mean", "generation_seconds", "weight_load_seconds", "train_seconds")
+                 "approx_kl", "kl_ref", "entropy", "logprob_gap_mean", "generation_seconds", "weight_load_seconds", "train_seconds")
 
 
 # Seconds each stage measured for its own work (metric name per stage). Unlike stage_seconds (wall
@@ -96,18 +97,25 @@ def rl_train(cfg: Config, runs_dir: str) -> dict:
             policy = stage("warm_start", warm_start, data.train).artifact
         else:
             policy = FileRef.of(resolve_model_dir(cfg.model.name_or_path))
+        start = policy  # the reference policy of the KL penalty and the base of LoRA adapters
         evals = {0: read_metrics(stage("evaluate", evaluate, policy, data.test, 0).metrics)["eval_accuracy"]}
         print(f"start accuracy (held-out, greedy): {evals[0]:.3f}")
         rows = []
         for it in range(1, cfg.run.iterations + 1):
             roll = stage("generate_rollouts", generate_rollouts, policy, it - 1, data.train, it)
             grades = stage("grade", grade, roll.artifact, data.train, it)
-            adv = stage("compute_advantages", compute_advantages, roll.artifact, grades.artifact, it)
-            trained = stage("train_policy", train_policy, policy, roll.artifact, adv.artifact, it)
+            ref = stage("reference_logprobs", reference_logprobs, start, roll.artifact, it) \
+                if cfg.train.kl_coef > 0 else None
+            in_reward = ref is not None and cfg.train.kl_placement == "reward"
+            adv = stage("compute_advantages", compute_advantages, roll.artifact, grades.artifact,
+                        ref.artifact if in_reward else None, it)
+            trained = stage("train_policy", train_policy, start, policy, roll.artifact, adv.artifact,
+                            ref.artifact if ref is not None and not in_reward else None, it)
             policy = trained.artifact
             metrics = {}
-            for out in (roll, grades, adv, trained):
-                metrics.update(read_metrics(out.metrics))
+            for out in (roll, grades, ref, adv, trained):
+                if out is not None:
+                    metrics.update(read_metrics(out.metrics))
             row = {"iteration": it, **{k: round(metrics[k], 4) for k in TABLE_METRICS if k in metrics}}
             if it % cfg.eval.every == 0 or it == cfg.run.iterations:
                 evals[it] = read_metrics(stage("evaluate", evaluate, policy, data.test, it).metrics)["eval_accuracy"]

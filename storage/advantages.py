@@ -19,27 +19,50 @@ def sql_path(estimator: str) -> Path:
     return path
 
 
-def compute_advantages(estimator: str, rollouts: str | Path, grades: str | Path, params: dict) -> pa.Table:
-    """Advantages table (schema ADVANTAGES) for `estimator` over one set of rollout/grade files.
+def sql_params(sql: str) -> set[str]:
+    """Named parameters ($name) a SQL text uses, ignoring `--` comments (they may mention parameters)."""
+    code = "\n".join(line.split("--", 1)[0] for line in sql.splitlines())
+    return set(re.findall(r"\$(\w+)", code))
 
-    `params` are the estimator's named SQL parameters (e.g. eps); only those the file uses are bound.
-    """
-    sql = sql_path(estimator).read_text()
-    code = "\n".join(line.split("--", 1)[0] for line in sql.splitlines())  # comments may mention params
-    used = set(re.findall(r"\$(\w+)", code))
+
+def _bind(sql: str, params: dict, name: str) -> dict:
+    used = sql_params(sql)
     missing = used - set(params)
     if missing:
-        raise ValueError(f"{sql_path(estimator).name} needs parameters {sorted(missing)}")
+        raise ValueError(f"{name} needs parameters {sorted(missing)}")
+    return {k: params[k] for k in used}
+
+
+def compute_advantages(estimator: str, rollouts: str | Path, grades: str | Path, params: dict,
+                       kl: str | Path | None = None) -> pa.Table:
+    """Advantages table (schema ADVANTAGES) for `estimator` over one set of rollout/grade files.
+
+    `params` are named SQL parameters (the advantage config section's fields; only those a file
+    uses are bound). `kl` is an optional reference-log-prob file (schema REF_LOGPROBS) whose per-response
+    `kl` is subtracted from the score times `kl_reward_coef` (KL penalty in the reward).
+    """
+    params = {"kl_reward_coef": 0.0, **params}
+    sql = sql_path(estimator).read_text()
+    shared = (SQL_DIR / "scored_groups.sql").read_text()
     con = duckdb.connect(":memory:")
     try:
-        # Only the columns the estimators need: list columns of token ids stay on disk.
+        # Only the columns the estimators need; projection pushdown skips `num_tokens`'s list column
+        # unless an estimator (REINFORCE++ whitening) reads it.
         con.execute(
-            "create view rollouts as select run_id, iteration, prompt_id, sample_index, finish_reason "
-            f"from read_parquet({quote(str(rollouts))})"
+            "create view rollouts as select run_id, iteration, prompt_id, sample_index, seed, finish_reason, "
+            f"len(completion_token_ids) as num_tokens from read_parquet({quote(str(rollouts))})"
         )
         con.execute(f"create view grades as select * from read_parquet({quote(str(grades))})")
-        con.execute((SQL_DIR / "scored_groups.sql").read_text())
-        table = con.sql(sql, params={k: params[k] for k in used}).to_arrow_table()
+        if kl is not None:
+            con.execute("create view kl_penalty as select run_id, iteration, prompt_id, sample_index, kl "
+                        f"from read_parquet({quote(str(kl))})")
+        else:
+            con.execute("create view kl_penalty as select null::varchar as run_id, null::integer as iteration, "
+                        "null::varchar as prompt_id, null::integer as sample_index, null::double as kl where false")
+        # DuckDB cannot bind parameters inside CREATE VIEW: inline the (numeric) coefficient.
+        coef = float(params["kl_reward_coef"])
+        con.execute(shared.replace("$kl_reward_coef", repr(coef)))
+        table = con.sql(sql, params=_bind(sql, params, sql_path(estimator).name)).to_arrow_table()
     finally:
         con.close()
     return table.cast(ADVANTAGES)

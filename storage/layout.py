@@ -7,6 +7,7 @@
         models/warm_start/               SFT'd tiny model (HF directory)
         iterations/<k>/rollouts.parquet  sampled responses of iteration k      (`rollouts`)
         iterations/<k>/grades.parquet                                          (`grades`)
+        iterations/<k>/ref_logprobs.parquet reference-model log-probs + KL, when train.kl_coef > 0 (`ref_logprobs`)
         iterations/<k>/advantages.parquet                                      (`advantages`)
         iterations/<k>/metrics-<stage>.parquet                                 (`metrics`)
         checkpoints/<k>/                 policy after training in iteration k (HF directory + optimizer)
@@ -26,6 +27,7 @@ TABLE_GLOBS = {
     "prompts": "*/data/prompts-*.parquet",
     "rollouts": "*/iterations/*/rollouts.parquet",
     "grades": "*/iterations/*/grades.parquet",
+    "ref_logprobs": "*/iterations/*/ref_logprobs.parquet",
     "advantages": "*/iterations/*/advantages.parquet",
     "metrics": "*/**/metrics-*.parquet",
     "eval_results": "*/eval/*/results.parquet",
@@ -74,6 +76,9 @@ class RunLayout(BaseModel):
 
     def grades(self, iteration: int) -> Path:
         return self.iteration_dir(iteration) / "grades.parquet"
+
+    def ref_logprobs(self, iteration: int) -> Path:
+        return self.iteration_dir(iteration) / "ref_logprobs.parquet"
 
     def advantages(self, iteration: int) -> Path:
         return self.iteration_dir(iteration) / "advantages.parquet"

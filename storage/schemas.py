@@ -78,6 +78,19 @@ ADVANTAGES = pa.schema(
     ]
 )
 
+# One row per response: log-probs of its completion tokens under the reference model (the run's
+# start policy) and the summed KL estimate to it, when a KL penalty is configured (train.kl_coef > 0).
+REF_LOGPROBS = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("iteration", pa.int32()),
+        ("prompt_id", pa.string()),
+        ("sample_index", pa.int32()),
+        ("ref_logprobs", pa.list_(pa.float32())),
+        ("kl", pa.float64()),  # sum over tokens of train.kl_estimator(log pi_sampler - log pi_ref)
+    ]
+)
+
 # One row per (iteration, metric name). Long format so any new metric is just new rows.
 METRICS = pa.schema(
     [
@@ -110,6 +123,7 @@ ALL = {
     "rollouts": ROLLOUTS,
     "grades": GRADES,
     "advantages": ADVANTAGES,
+    "ref_logprobs": REF_LOGPROBS,
     "metrics": METRICS,
     "eval_results": EVAL_RESULTS,
 }

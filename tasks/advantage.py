@@ -14,10 +14,18 @@ from tasks.algos.metrics import advantage_metrics
 from tasks.common import STAGE, StageOutput
 
 
+def sql_params(cfg: Config) -> dict:
+    """Named SQL parameters: the advantage section, plus the KL-in-reward coefficient."""
+    in_reward = cfg.train.kl_coef > 0 and cfg.train.kl_placement == "reward"
+    return {**cfg.advantage.model_dump(), "kl_reward_coef": cfg.train.kl_coef if in_reward else 0.0}
+
+
 @task(name="compute_advantages", **STAGE)
-def compute_advantages(cfg: Config, layout: RunLayout, rollouts: FileRef, grades: FileRef, iteration: int,
-                       code_version: str) -> StageOutput:
-    table = run_sql(cfg.advantage.estimator, rollouts.path, grades.path, {"eps": cfg.advantage.eps})
+def compute_advantages(cfg: Config, layout: RunLayout, rollouts: FileRef, grades: FileRef, reference: FileRef | None,
+                       iteration: int, code_version: str) -> StageOutput:
+    """`reference` is the reference log-probs file when the KL penalty is in the reward, else None."""
+    table = run_sql(cfg.advantage.estimator, rollouts.path, grades.path, sql_params(cfg),
+                    kl=reference.path if reference is not None else None)
     ref = write_parquet(table, ADVANTAGES, layout.advantages(iteration))
     metrics = write_metrics(layout.metrics(iteration, "advantage"), layout.run_id, iteration, "advantage",
                             advantage_metrics(table["advantage"].to_pylist()))

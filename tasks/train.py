@@ -1,4 +1,10 @@
-"""Stage: train_policy. One iteration of policy-gradient updates; writes the next checkpoint."""
+"""Stage: train_policy. One iteration of policy-gradient updates; writes the next checkpoint.
+
+A checkpoint is a Hugging Face directory (safetensors) that both `from_pretrained` and the vLLM
+engine load, plus `optimizer.pt` (AdamW moments and the schedule, carried into the next iteration).
+With LoRA (train.lora_rank > 0) the directory holds the merged weights for the engine and
+`adapter/` holds the trained adapter, which the next iteration loads on top of the start policy.
+"""
 from __future__ import annotations
 
 import math
@@ -12,50 +18,91 @@ from storage.handles import FileRef, atomic_dir
 from storage.layout import RunLayout
 from storage.metrics import write_metrics
 from storage.parquet import read_parquet
-from storage.schemas import ADVANTAGES, ROLLOUTS
+from storage.schemas import ADVANTAGES, REF_LOGPROBS, ROLLOUTS
 from tasks.common import STAGE, StageOutput
 from tasks.progress import bar
 
 OPTIMIZER_FILE = "optimizer.pt"
+ADAPTER_DIR = "adapter"
 
 
-def load_samples(rollouts: FileRef, advantages: FileRef):
+def load_samples(rollouts: FileRef, advantages: FileRef, reference: FileRef | None = None):
     from tasks.trainer import Sample
 
     r = read_parquet(rollouts, ROLLOUTS)
     a = read_parquet(advantages, ADVANTAGES)
     adv = {(p, s): v for p, s, v in zip(a["prompt_id"].to_pylist(), a["sample_index"].to_pylist(),
                                          a["advantage"].to_pylist())}
+    ref: dict = {}
+    if reference is not None:
+        t = read_parquet(reference, REF_LOGPROBS)
+        ref = {(p, s): v for p, s, v in zip(t["prompt_id"].to_pylist(), t["sample_index"].to_pylist(),
+                                             t["ref_logprobs"].to_pylist())}
     samples = []
     for p, s, pr, c, lp in zip(r["prompt_id"].to_pylist(), r["sample_index"].to_pylist(),
                                r["prompt_token_ids"].to_pylist(), r["completion_token_ids"].to_pylist(),
                                r["sampling_logprobs"].to_pylist()):
         if (p, s) not in adv:
             raise KeyError(f"{advantages.path}: no advantage for prompt {p!r} sample {s}")
+        if reference is not None and (p, s) not in ref:
+            raise KeyError(f"{reference.path}: no reference log-probs for prompt {p!r} sample {s}")
         if c:  # an empty completion carries no token to train
-            samples.append(Sample(pr, c, lp, adv[(p, s)]))
+            samples.append(Sample(pr, c, lp, adv[(p, s)], ref.get((p, s))))
     return samples
 
 
-@task(name="train_policy", **STAGE)
-def train_policy(cfg: Config, layout: RunLayout, policy: FileRef, rollouts: FileRef, advantages: FileRef,
-                 iteration: int, code_version: str) -> StageOutput:
+def load_policy(cfg: Config, path: str):
+    """(model, tokenizer, device) for a checkpoint directory, on the configured device and dtype."""
     import torch
     from transformers import AutoModelForCausalLM
 
     from tasks.tokens import load_tokenizer
-    from tasks.trainer import make_scheduler, resolve_device, resolve_dtype, rl_update
+    from tasks.trainer import resolve_device, resolve_dtype
 
     device = resolve_device(cfg.run.device)
     if cfg.run.torch_threads:
         torch.set_num_threads(cfg.run.torch_threads)
-    dtype = resolve_dtype(cfg.model.dtype, device)
-    model = AutoModelForCausalLM.from_pretrained(policy.path, dtype=dtype).to(device)
-    tok = load_tokenizer(policy.path)
-    samples = load_samples(rollouts, advantages)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(cfg.model.dtype, device)).to(device)
+    model.eval()
+    return model, load_tokenizer(path), device
+
+
+def add_lora(cfg: Config, model, adapter: Path | None):
+    """Inject LoRA adapters (peft) into `model` in place; load trained adapter weights when given."""
+    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    lora = LoraConfig(r=cfg.train.lora_rank, lora_alpha=cfg.train.lora_alpha,
+                      target_modules=list(cfg.train.lora_targets), lora_dropout=0.0, bias="none")
+    peft_model = get_peft_model(model, lora)
+    if adapter is not None:
+        set_peft_model_state_dict(peft_model, load_file(str(adapter / "adapter_model.safetensors")))
+    return peft_model
+
+
+@task(name="train_policy", **STAGE)
+def train_policy(cfg: Config, layout: RunLayout, start: FileRef, policy: FileRef, rollouts: FileRef,
+                 advantages: FileRef, reference: FileRef | None, iteration: int, code_version: str) -> StageOutput:
+    """`start` is the run's start policy (LoRA base), `policy` the latest checkpoint, `reference` the
+    reference log-probs file when the KL penalty is in the loss."""
+    import torch
+
+    from tasks.trainer import make_scheduler, rl_update
+
+    peft_model = None
+    if cfg.train.lora_rank:
+        adapter = Path(policy.path) / ADAPTER_DIR
+        model, tok, device = load_policy(cfg, start.path)
+        peft_model = add_lora(cfg, model, adapter if adapter.exists() else None)
+    else:
+        model, tok, device = load_policy(cfg, policy.path)
+    if cfg.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    samples = load_samples(rollouts, advantages, reference)
     steps_per_iter = cfg.train.epochs * math.ceil(
         cfg.rollout.prompts_per_iteration * cfg.rollout.samples_per_prompt / cfg.train.mini_batch_size)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     sched = make_scheduler(opt, cfg.train, total_steps=cfg.run.iterations * steps_per_iter)
     state_file = Path(policy.path) / OPTIMIZER_FILE
     if state_file.exists():  # continue AdamW moments and the schedule from the previous iteration
@@ -68,9 +115,15 @@ def train_policy(cfg: Config, layout: RunLayout, policy: FileRef, rollouts: File
                           pad_id=tok.pad_token_id, device=device, seed=iteration, norm_len=cfg.rollout.max_tokens,
                           on_step=lambda i, n: advance(1, ""))
     stats["train_seconds"] = time.perf_counter() - t0
+    stats["trainable_parameters"] = float(sum(p.numel() for p in params))
     with atomic_dir(layout.checkpoint(iteration)) as tmp:
+        torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, tmp / OPTIMIZER_FILE)
+        if peft_model is not None:
+            peft_model.save_pretrained(tmp / ADAPTER_DIR)
+            model = peft_model.merge_and_unload()  # the engine and from_pretrained read plain weights
+        if cfg.train.gradient_checkpointing:
+            model.gradient_checkpointing_disable()
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-        torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, tmp / OPTIMIZER_FILE)
     metrics = write_metrics(layout.metrics(iteration, "train"), layout.run_id, iteration, "train", stats)
     return StageOutput(artifact=FileRef.of(layout.checkpoint(iteration)), metrics=metrics)

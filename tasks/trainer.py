@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 
 from configs.schema import TrainSection
-from tasks.algos.logprobs import token_logprobs
-from tasks.algos.losses import aggregate, ppo_clip_loss
+from tasks.algos.logprobs import token_logprobs, token_logprobs_entropy
+from tasks.algos.policy_loss import LossSpec, policy_loss
 
 
 def resolve_device(device: str) -> torch.device:
@@ -67,15 +68,25 @@ def pack(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]],
                  to(torch.tensor(rows, dtype=torch.long)), to(torch.tensor(cols, dtype=torch.long)))
 
 
-def completion_logprobs(model, batch: Batch, temperature: float, chunk: int) -> torch.Tensor:
-    """log pi(completion token | prefix) at `temperature`, [B, Tc] float32, 0 where comp_mask is False."""
+def completion_logprobs(model, batch: Batch, temperature: float, chunk: int, with_entropy: bool = False):
+    """log pi(completion token | prefix) at `temperature`, [B, Tc] float32, 0 where comp_mask is False.
+
+    With `with_entropy`, also the entropy of each of those positions' distributions, [B, Tc].
+    """
     hidden = model.model(
         input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids
     ).last_hidden_state
     h = hidden[batch.pred_rows, batch.pred_cols]
-    lp = token_logprobs(h, model.lm_head.weight, batch.comp_ids[batch.comp_mask], temperature, chunk)
-    out = torch.zeros(batch.comp_mask.shape, dtype=torch.float32, device=lp.device)
-    return out.masked_scatter(batch.comp_mask, lp)
+    targets = batch.comp_ids[batch.comp_mask]
+
+    def scatter(values: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(batch.comp_mask.shape, dtype=torch.float32, device=values.device)
+        return out.masked_scatter(batch.comp_mask, values)
+
+    if with_entropy:
+        lp, ent = token_logprobs_entropy(h, model.lm_head.weight, targets, temperature, chunk)
+        return scatter(lp), scatter(ent)
+    return scatter(token_logprobs(h, model.lm_head.weight, targets, temperature, chunk))
 
 
 def make_scheduler(optimizer, cfg: TrainSection, total_steps: int):
@@ -121,31 +132,55 @@ class Sample:
     completion_ids: list[int]
     sampler_logprobs: list[float]
     advantage: float
+    ref_logprobs: list[float] | None = None  # reference-policy log-probs, for a KL penalty in the loss
+
+
+def loss_spec(cfg: TrainSection) -> LossSpec:
+    """The policy loss the config describes. A KL penalty placed in the reward is not part of the loss."""
+    return LossSpec(
+        clip_mode=cfg.clip_mode, eps_low=cfg.clip_eps,
+        eps_high=cfg.clip_eps if cfg.clip_eps_high is None else cfg.clip_eps_high, dual_clip_c=cfg.dual_clip_c,
+        weight=cfg.weight, truncate_max=cfg.truncate_max, regularizer=cfg.regularizer,
+        regularizer_coef=cfg.regularizer_coef, kl_coef=cfg.kl_coef if cfg.kl_placement == "loss" else 0.0,
+        kl_estimator=cfg.kl_estimator, entropy_coef=cfg.entropy_coef, agg=cfg.loss_agg,
+    )
+
+
+def _rows(values: Sequence[Sequence[float]], shape: torch.Size, device: torch.device) -> torch.Tensor:
+    out = torch.zeros(shape, dtype=torch.float32)
+    for r, v in enumerate(values):
+        out[r, : len(v)] = torch.as_tensor(v, dtype=torch.float32)
+    return out.to(device)
 
 
 def rl_update(model, optimizer, scheduler, samples: Sequence[Sample], cfg: TrainSection, *, temperature: float,
               pad_id: int, device: torch.device, seed: int, norm_len: float | None = None,
               on_step: Callable[[int, int], None] | None = None) -> dict[str, float]:
-    """One iteration of policy updates on `samples` (PPO-clip, importance ratio vs the pre-update policy).
+    """One iteration of policy updates on `samples` with the loss `loss_spec(cfg)` describes.
 
     pi_old is recomputed by the trainer before any update; the gap to the sampler's log-probs is
     reported (`logprob_gap_*`): ~0 means sampler and trainer agree on the same weights.
+    Metric sums are over trained tokens and divided by their count (per optimiser step, then averaged).
     """
+    spec = loss_spec(cfg)
     micro = cfg.micro_batch_size
     model.eval()
     old: list[torch.Tensor] = []
-    gap_sum, gap_max, n_tok = 0.0, 0.0, 0
+    gap_sum, gap_max, n_tok, ent_sum = 0.0, 0.0, 0, 0.0
     with torch.no_grad():
         for s in range(0, len(samples), micro):
             part = samples[s : s + micro]
             batch = pack([x.prompt_ids for x in part], [x.completion_ids for x in part], pad_id, device)
-            lp = completion_logprobs(model, batch, temperature, cfg.logprob_chunk)
+            lp, ent = completion_logprobs(model, batch, temperature, cfg.logprob_chunk, with_entropy=True)
+            ent_sum += float((ent * batch.comp_mask).sum())
             for i, x in enumerate(part):
                 row = lp[i, : len(x.completion_ids)].cpu()
                 old.append(row)
                 if x.sampler_logprobs:
                     d = (row - torch.tensor(x.sampler_logprobs, dtype=torch.float32)).abs()
                     gap_sum, gap_max, n_tok = gap_sum + d.sum().item(), max(gap_max, d.max().item()), n_tok + d.numel()
+    if spec.kl_coef > 0 and any(x.ref_logprobs is None for x in samples):
+        raise ValueError("train.kl_coef > 0 (kl_placement=loss) but the samples carry no reference log-probs")
 
     # Tokens that carry gradient: every completion token, or with SPO's probability mask (spec §3.2)
     # only those the pre-update policy gave p < rho. Counted up front for the global normaliser.
@@ -155,55 +190,65 @@ def rl_update(model, optimizer, scheduler, samples: Sequence[Sample], cfg: Train
     model.train()
     rng = random.Random(seed)
     order = list(range(len(samples)))
-    stats = {"loss": 0.0, "clipfrac": 0.0, "ratio_mean": 0.0, "grad_norm": 0.0, "approx_kl": 0.0}
+    keys = ("loss", "clipfrac", "clipfrac_upper", "clipfrac_lower", "clipfrac_dual", "ratio_mean", "approx_kl",
+            "kl_ref", "grad_norm")
+    stats = dict.fromkeys(keys, 0.0)
     n_updates, total_tokens = 0, 0
     steps_per_epoch = math.ceil(len(samples) / cfg.mini_batch_size)
+    t0 = time.perf_counter()
     for epoch in range(cfg.epochs):
         rng.shuffle(order)
         for m in range(steps_per_epoch):
             idx = order[m * cfg.mini_batch_size : (m + 1) * cfg.mini_batch_size]
             num_tokens = float(sum(trained[i] for i in idx)) or 1.0
             optimizer.zero_grad(set_to_none=True)
-            loss_total, clipped, ratio_sum, kl_sum = 0.0, 0.0, 0.0, 0.0
+            step = dict.fromkeys(("loss", "clip_upper", "clip_lower", "clip_dual", "ratio", "kl_old", "kl_ref"), 0.0)
             for s in range(0, len(idx), micro):
-                part = idx[s : s + micro]
-                batch = pack([samples[i].prompt_ids for i in part], [samples[i].completion_ids for i in part],
-                             pad_id, device)
-                lp = completion_logprobs(model, batch, temperature, cfg.logprob_chunk)
-                old_lp = torch.zeros_like(lp)
-                adv = torch.zeros_like(lp)
-                for r, i in enumerate(part):
-                    old_lp[r, : len(old[i])] = old[i].to(device)
-                    adv[r, :] = samples[i].advantage
-                tok_loss, st = ppo_clip_loss(lp, old_lp, adv, cfg.clip_eps)
+                part = [samples[i] for i in idx[s : s + micro]]
+                batch = pack([x.prompt_ids for x in part], [x.completion_ids for x in part], pad_id, device)
+                out = completion_logprobs(model, batch, temperature, cfg.logprob_chunk,
+                                          with_entropy=spec.entropy_coef > 0)
+                lp, ent = out if spec.entropy_coef > 0 else (out, None)
+                old_lp = _rows([old[i] for i in idx[s : s + micro]], lp.shape, device)
+                adv = torch.tensor([x.advantage for x in part], dtype=torch.float32, device=device)[:, None]
+                adv = adv.expand_as(lp)
+                ref = _rows([x.ref_logprobs for x in part], lp.shape, device) if spec.kl_coef > 0 else None
                 mask = batch.comp_mask if rho is None else batch.comp_mask & (old_lp.exp() < rho)
-                loss = aggregate(tok_loss, mask, cfg.loss_agg, num_seqs=len(idx), num_tokens=num_tokens,
-                                 norm_len=norm_len)
+                loss, st = policy_loss(lp, old_lp, adv, mask, spec, ref_logp=ref, entropy=ent, num_seqs=len(idx),
+                                       num_tokens=num_tokens, norm_len=norm_len)
                 loss.backward()
-                loss_total += loss.item()
-                clipped += (st["clipped"] & mask).sum().item()
-                ratio_sum += (st["ratio"] * mask).sum().item()
-                kl_sum += ((old_lp - lp.detach()) * mask).sum().item()
+                step["loss"] += loss.item()
+                for k, v in st.items():
+                    step[k] += v
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
             scheduler.step()
             n_updates += 1
             total_tokens += int(num_tokens)
-            stats["loss"] += loss_total
-            stats["clipfrac"] += clipped / num_tokens
-            stats["ratio_mean"] += ratio_sum / num_tokens
-            stats["approx_kl"] += kl_sum / num_tokens
+            stats["loss"] += step["loss"]
+            clipped = step["clip_upper"] + step["clip_lower"] + step["clip_dual"]
+            for name, value in (("clipfrac", clipped), ("clipfrac_upper", step["clip_upper"]),
+                                ("clipfrac_lower", step["clip_lower"]), ("clipfrac_dual", step["clip_dual"]),
+                                ("ratio_mean", step["ratio"]), ("approx_kl", step["kl_old"]),
+                                ("kl_ref", step["kl_ref"])):
+                stats[name] += value / num_tokens
             stats["grad_norm"] += float(grad_norm)
             if on_step:
                 on_step(n_updates, cfg.epochs * steps_per_epoch)
+    seconds = time.perf_counter() - t0
     model.eval()
     out = {k: v / max(1, n_updates) for k, v in stats.items()}
+    if spec.kl_coef == 0:
+        del out["kl_ref"]
+    all_tokens = sum(len(o) for o in old)
     out.update(
         optimizer_steps=float(n_updates),
         trained_tokens=float(total_tokens),
+        train_tokens_per_second=total_tokens / max(seconds, 1e-9),
         lr=float(scheduler.get_last_lr()[0]),
+        entropy=ent_sum / max(1, all_tokens),
         logprob_gap_mean=gap_sum / max(1, n_tok),
         logprob_gap_max=gap_max,
-        frac_tokens_trained=sum(trained) / max(1, sum(len(o) for o in old)),
+        frac_tokens_trained=sum(trained) / max(1, all_tokens),
     )
     return out

@@ -40,7 +40,7 @@ def test_advantages_command_recomputes_with_any_estimator(tmp_path):
     from tests.test_estimators import _write_batch
 
     scores, groups = [1.0, 0.0, 0.0, 1.0, 1.0], ["a", "a", "a", "b", "b"]
-    _write_batch(tmp_path, scores, groups)
+    _write_batch(tmp_path, scores, groups, [1] * 5, [4, 3, 2, 1, 0])
     out = tmp_path / "adv.parquet"
     res = runner.invoke(app, ["advantages", "--estimator", "rloo", "--rollouts", str(tmp_path / "rollouts.parquet"),
                               "--grades", str(tmp_path / "grades.parquet"), "--out", str(out)])
@@ -50,6 +50,16 @@ def test_advantages_command_recomputes_with_any_estimator(tmp_path):
     res = runner.invoke(app, ["advantages", "--estimator", "ppo", "--rollouts", str(tmp_path / "rollouts.parquet"),
                               "--grades", str(tmp_path / "grades.parquet"), "--out", str(out)])
     assert res.exit_code == 2 and "known: " in res.output
+    # estimator options: RED-Drop drops sample 2 (the negative with the smallest seed) of group a
+    res = runner.invoke(app, ["advantages", "--estimator", "rec", "--rollouts", str(tmp_path / "rollouts.parquet"),
+                              "--grades", str(tmp_path / "grades.parquet"), "--out", str(out),
+                              "--set", "rec_drop=balance"])
+    assert res.exit_code == 0, res.output
+    np.testing.assert_allclose(read_parquet(out, ADVANTAGES)["advantage"].to_pylist(), [0.5, -0.5, 0.0, 0.0, 0.0])
+    res = runner.invoke(app, ["advantages", "--estimator", "rec", "--rollouts", str(tmp_path / "rollouts.parquet"),
+                              "--grades", str(tmp_path / "grades.parquet"), "--out", str(out),
+                              "--set", "rec_drop=sometimes"])
+    assert res.exit_code == 2 and "rec_drop='sometimes'" in res.output
 
 
 def test_run_rejects_bad_config_before_any_work(tmp_path):

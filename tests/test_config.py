@@ -1,6 +1,6 @@
 import pytest
 
-from configs.loader import ConfigError, parse_override, resolve, run_id, to_yaml
+from configs.loader import ConfigError, available_presets, parse_override, resolve, run_id, to_yaml
 from configs.schema import Config
 
 
@@ -67,7 +67,7 @@ def test_resolved_yaml_round_trips():
     assert Config.model_validate(yaml.safe_load(to_yaml(cfg))) == cfg
 
 
-@pytest.mark.parametrize("preset", ["default", "gsm8k_qwen05b", "math500_r1distill"])
+@pytest.mark.parametrize("preset", available_presets())
 def test_presets_load(preset):
     assert resolve(preset).run.preset == preset
 

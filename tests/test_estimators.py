@@ -4,9 +4,10 @@ import math
 import numpy as np
 import pytest
 
-from storage.advantages import compute_advantages
+from configs.schema import AdvantageSection
+from storage.advantages import compute_advantages, sql_path
 from storage.parquet import write_parquet
-from storage.schemas import GRADES, ROLLOUTS
+from storage.schemas import GRADES, REF_LOGPROBS, ROLLOUTS
 from tasks.algos import estimators
 
 G = ["a", "a", "a", "a", "b", "b"]
@@ -29,31 +30,80 @@ def test_rloo_golden():
     np.testing.assert_allclose(estimators.rloo([3.0, 1.0, 2.0], ["g"] * 3), [1.5, -1.5, 0.0])
 
 
+def test_reinforce_pp_baseline_golden():
+    # x = r - group mean: a -> [.5, -.5], b -> [1, -1]; lengths 1,3,2,2 -> token mean mu = (.5 - 1.5 + 2 - 2)/8 = -1/8
+    # token variance = (1*(5/8)^2 + 3*(3/8)^2 + 2*(9/8)^2 + 2*(7/8)^2)/8 = 0.609375
+    out = estimators.reinforce_pp_baseline([1.0, 0.0, 2.0, 0.0], ["a", "a", "b", "b"], [1, 3, 2, 2], whiten_eps=0.0)
+    sd = math.sqrt(0.609375)
+    np.testing.assert_allclose(out, [0.625 / sd, -0.375 / sd, 1.125 / sd, -0.875 / sd])
+
+
+def test_rec_golden_and_red_drop():
+    scores, groups = [1.0, 0.0, 0.0, 0.0], ["g"] * 4
+    np.testing.assert_allclose(estimators.rec(scores, groups, keys=[0, 1, 2, 3]), [0.75, -0.25, -0.25, -0.25])
+    # balance: 1 positive, 3 negatives -> the 2 negatives with the smallest keys (samples 3 and 1) are dropped,
+    # the kept pair {1, 0} has mean .5
+    out = estimators.rec(scores, groups, keys=[9, 5, 7, 1], rec_drop="balance")
+    np.testing.assert_allclose(out, [0.5, 0.0, -0.5, 0.0])
+    out = estimators.rec(scores, groups, keys=[9, 5, 7, 1], rec_drop="balance", rec_std_normalize=True, eps=0.0)
+    np.testing.assert_allclose(out, [1.0, 0.0, -1.0, 0.0])
+    # more positives than negatives: nothing is dropped
+    np.testing.assert_allclose(estimators.rec([1.0, 1.0, 0.0], ["g"] * 3, keys=[0, 1, 2], rec_drop="balance"),
+                               [1 / 3, 1 / 3, -2 / 3])
+
+
+def test_opmd_golden():
+    np.testing.assert_allclose(estimators.opmd([1.0, 0.0], ["g", "g"]), [0.5, -0.5])
+    lae = math.log((math.e + 1) / 2)  # tau = 1: log mean exp(r)
+    np.testing.assert_allclose(estimators.opmd([1.0, 0.0], ["g", "g"], opmd_baseline="logavgexp"), [1 - lae, -lae])
+    lae2 = 2 * math.log((math.exp(0.5) + 1) / 2)  # tau = 2
+    np.testing.assert_allclose(estimators.opmd([1.0, 0.0], ["g", "g"], "logavgexp", 2.0), [1 - lae2, -lae2])
+
+
+def test_asymre_golden():
+    # baseline = mean + shift = .5 - .1
+    np.testing.assert_allclose(estimators.asymre([1.0, 0.0], ["g", "g"]), [0.6, -0.4])
+    np.testing.assert_allclose(estimators.asymre([1.0, 1.0], ["g", "g"], asymre_shift=-0.25), [0.25, 0.25])
+
+
+def _compute(name, scores, groups, **params):
+    n = len(scores)
+    return estimators.compute(name, scores, groups, {**DEFAULTS, **params}, lengths=np.ones(n), keys=np.arange(n))
+
+
+DEFAULTS = AdvantageSection().model_dump()
+
+
 @pytest.mark.parametrize("name", sorted(estimators.REGISTRY))
-def test_singleton_all_equal_and_nan(name):
-    f = estimators.REGISTRY[name]
-    assert f([0.7], ["solo"]).tolist() == [0.0]
-    assert f([1.0, 1.0, 1.0], ["g"] * 3).tolist() == [0.0, 0.0, 0.0]
-    out = f([1.0, float("nan"), 0.0], ["g"] * 3)
+def test_singleton_and_nan(name):
+    assert _compute(name, [0.7], ["solo"]).tolist() == [0.0]
+    out = _compute(name, [1.0, float("nan"), 0.0], ["g"] * 3)
     assert out[1] == 0.0 and out[0] > 0 > out[2]
     # a NaN leaves a one-member group: no baseline, so zero
-    assert f([1.0, float("nan")], ["g", "g"]).tolist() == [0.0, 0.0]
+    assert _compute(name, [1.0, float("nan")], ["g", "g"]).tolist() == [0.0, 0.0]
 
 
-def _write_batch(tmp_path, scores, groups):
-    rollouts = [{"run_id": "r", "iteration": 1, "prompt_id": g, "sample_index": i, "policy_version": 0, "seed": 0,
-                 "prompt_token_ids": [1], "completion_token_ids": [2], "sampling_logprobs": [-0.1],
+@pytest.mark.parametrize("name", sorted(set(estimators.REGISTRY) - {"asymre"}))
+def test_all_equal_group_gets_zero(name):
+    assert _compute(name, [1.0, 1.0, 1.0], ["g"] * 3).tolist() == [0.0, 0.0, 0.0]
+
+
+def test_asymre_all_equal_group_gets_the_shift():
+    np.testing.assert_allclose(_compute("asymre", [1.0, 1.0], ["g", "g"]), [0.1, 0.1])
+
+
+def _write_batch(tmp_path, scores, groups, lengths, keys):
+    rollouts = [{"run_id": "r", "iteration": 1, "prompt_id": g, "sample_index": i, "policy_version": 0, "seed": int(k),
+                 "prompt_token_ids": [1], "completion_token_ids": [2] * int(n), "sampling_logprobs": [-0.1] * int(n),
                  "logprobs_mode": "processed_logprobs", "finish_reason": "stop", "completion_text": "x"}
-                for i, g in enumerate(groups)]
+                for i, (g, n, k) in enumerate(zip(groups, lengths, keys))]
     grades = [{"run_id": "r", "iteration": 1, "prompt_id": g, "sample_index": i, "score": s, "status": "ok",
                "extracted": ""} for i, (g, s) in enumerate(zip(groups, scores))]
     write_parquet(rollouts, ROLLOUTS, tmp_path / "rollouts.parquet")
     write_parquet(grades, GRADES, tmp_path / "grades.parquet")
 
 
-@pytest.mark.parametrize("name", sorted(estimators.REGISTRY))
-@pytest.mark.parametrize("seed", range(5))
-def test_sql_matches_numpy(tmp_path, name, seed):
+def _random_batch(seed):
     rng = np.random.default_rng(seed)
     sizes = rng.integers(1, 9, size=12)  # mixed sizes including singletons
     groups = [f"p{g:02d}" for g, n in enumerate(sizes) for _ in range(n)]
@@ -61,12 +111,40 @@ def test_sql_matches_numpy(tmp_path, name, seed):
     scores[rng.random(len(groups)) < 0.1] = np.nan  # failed grades
     first = groups.index("p03")
     scores[first : first + sizes[3]] = 1.0  # one all-equal group
-    _write_batch(tmp_path, scores.tolist(), groups)
-    table = compute_advantages(name, tmp_path / "rollouts.parquet", tmp_path / "grades.parquet", {"eps": 1e-6})
+    lengths = rng.integers(1, 7, size=len(groups))
+    keys = rng.integers(0, 2**40, size=len(groups))
+    return scores, groups, lengths, keys
+
+
+PARAM_VARIANTS = [{}, {"rec_drop": "balance"}, {"rec_drop": "balance", "rec_std_normalize": True},
+                  {"opmd_baseline": "logavgexp", "opmd_tau": 0.5}, {"asymre_shift": -0.3, "eps": 1e-3}]
+
+
+@pytest.mark.parametrize("name", sorted(estimators.REGISTRY))
+@pytest.mark.parametrize("seed", range(4))
+def test_sql_matches_numpy(tmp_path, name, seed):
+    scores, groups, lengths, keys = _random_batch(seed)
+    _write_batch(tmp_path, scores.tolist(), groups, lengths, keys)
+    params = {**DEFAULTS, **PARAM_VARIANTS[seed % len(PARAM_VARIANTS)]}
+    table = compute_advantages(name, tmp_path / "rollouts.parquet", tmp_path / "grades.parquet", params)
     sql = dict(zip(table["sample_index"].to_pylist(), table["advantage"].to_pylist()))
-    ref = estimators.REGISTRY[name](scores, groups, eps=1e-6)
+    ref = estimators.compute(name, scores, groups, params, lengths=lengths, keys=keys)
     np.testing.assert_allclose([sql[i] for i in range(len(groups))], ref, rtol=1e-9, atol=1e-9)
     assert set(table["estimator"].to_pylist()) == {name}
+
+
+def test_kl_in_reward_shapes_the_score(tmp_path):
+    scores, groups = [1.0, 0.0, 1.0, 0.0], ["a", "a", "b", "b"]
+    _write_batch(tmp_path, scores, groups, [1] * 4, range(4))
+    kl = [0.0, 2.0, 4.0, 0.0]
+    write_parquet([{"run_id": "r", "iteration": 1, "prompt_id": g, "sample_index": i, "ref_logprobs": [-1.0], "kl": k}
+                   for i, (g, k) in enumerate(zip(groups, kl))], REF_LOGPROBS, tmp_path / "ref.parquet")
+    params = {**DEFAULTS, "kl_reward_coef": 0.5}
+    table = compute_advantages("dr_grpo", tmp_path / "rollouts.parquet", tmp_path / "grades.parquet", params,
+                               kl=tmp_path / "ref.parquet")
+    shaped = np.array(scores) - 0.5 * np.array(kl)  # a: [1, -1] b: [-1, 0]
+    np.testing.assert_allclose(table["advantage"].to_numpy(), estimators.dr_grpo(shaped, groups))
+    np.testing.assert_allclose(table["advantage"].to_numpy(), [1.0, -1.0, -0.5, 0.5])
 
 
 def test_unknown_estimator_lists_known(tmp_path):
@@ -74,9 +152,14 @@ def test_unknown_estimator_lists_known(tmp_path):
         compute_advantages("ppo", tmp_path / "r", tmp_path / "g", {})
 
 
-def test_every_registered_estimator_has_sql():
-    from storage.advantages import sql_path
-
+def test_every_registered_estimator_has_a_documented_sql_file():
     for name in estimators.REGISTRY:
-        header = sql_path(name).read_text().splitlines()[:8]
-        assert any("grain" in line for line in header) and any("singleton" in line for line in header)
+        header = "\n".join(sql_path(name).read_text().splitlines()[:16])
+        for word in ("grain", "singleton", "all-equal", "NaN", "std"):
+            assert word in header, f"adv_{name}.sql header does not state {word!r}"
+
+
+def test_config_names_every_estimator():
+    from configs.schema import ESTIMATORS
+
+    assert set(ESTIMATORS) == set(estimators.REGISTRY)

@@ -2,6 +2,7 @@
 -- numpy twin: tasks/algos/estimators.py::dr_grpo
 -- grain:      one row per response (run_id, iteration, prompt_id, sample_index)
 -- inputs:     view `scored_groups` (storage/sql/scored_groups.sql); no parameters (no std division)
+-- std:        not used
 -- singleton:  a group with < 2 finite scores -> advantage 0
 -- all-equal:  advantage 0
 -- NaN/inf:    left out of the group mean, advantage 0

@@ -2,6 +2,7 @@
 -- numpy twin: tasks/algos/estimators.py::rloo
 -- grain:      one row per response (run_id, iteration, prompt_id, sample_index)
 -- inputs:     view `scored_groups` (storage/sql/scored_groups.sql); no parameters
+-- std:        not used
 -- singleton:  n < 2 finite scores -> advantage 0 (no other member to form a baseline)
 -- all-equal:  advantage 0
 -- NaN/inf:    left out of n and of the baseline, advantage 0

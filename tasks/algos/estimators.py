@@ -1,13 +1,16 @@
 """Response-level advantage estimators: the numpy reference of storage/sql/adv_<name>.sql.
 
-Shapes: `scores` [N] float (NaN or inf = failed/unscorable grade), `groups` [N] hashable prompt ids.
+Shapes: `scores` [N] float (NaN or inf = failed/unscorable grade), `groups` [N] hashable prompt ids,
+`lengths` [N] completion token counts (REINFORCE++ whitening), `keys` [N] int sample seeds (the
+deterministic order in which RED-Drop drops negatives). Formulas: rl_algorithms.md §A.3, §A.4, §B.1.
 Conventions shared by every estimator here (also stated in each SQL file's header):
   * group statistics use only finite scores; a NaN/inf score gets advantage 0;
   * std is the population std (ddof=0), as in the SPO reference's GRPO; eps is added to the std;
-  * a singleton group, or a group whose scores are all equal, gets advantage 0.
+  * a group with fewer than 2 finite scores gets advantage 0 (no baseline can be formed).
 """
 from __future__ import annotations
 
+import inspect
 from typing import Callable, Hashable, Sequence
 
 import numpy as np
@@ -18,10 +21,10 @@ def _group_index(groups: Sequence[Hashable]) -> tuple[np.ndarray, int]:
     return inv, int(inv.max()) + 1 if len(inv) else 0
 
 
-def _group_stats(scores: np.ndarray, groups: Sequence[Hashable]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-response (group mean, group population std, group count of valid scores)."""
+def _group_stats(scores: np.ndarray, groups: Sequence[Hashable], keep: np.ndarray | None = None):
+    """Per-response (group mean, group population std, group count) over finite (and kept) scores."""
     inv, g = _group_index(groups)
-    valid = np.isfinite(scores)
+    valid = np.isfinite(scores) if keep is None else np.isfinite(scores) & keep
     x = np.where(valid, scores, 0.0)
     n = np.bincount(inv, weights=valid.astype(float), minlength=g)
     s = np.bincount(inv, weights=x, minlength=g)
@@ -31,27 +34,121 @@ def _group_stats(scores: np.ndarray, groups: Sequence[Hashable]) -> tuple[np.nda
     return mean[inv], np.sqrt(var)[inv], n[inv]
 
 
-def grpo(scores: np.ndarray, groups: Sequence[Hashable], eps: float = 1e-6) -> np.ndarray:
-    """GRPO (Shao et al. 2024): (r_i - mean_g) / (std_g + eps), population std."""
-    scores = np.asarray(scores, dtype=float)
-    mean, std, n = _group_stats(scores, groups)
-    adv = (scores - mean) / (std + eps)
+def _finish(scores: np.ndarray, n: np.ndarray, adv: np.ndarray) -> np.ndarray:
     return np.where(~np.isfinite(scores) | (n < 2), 0.0, adv)
 
 
-def dr_grpo(scores: np.ndarray, groups: Sequence[Hashable], eps: float = 1e-6) -> np.ndarray:
+def grpo(scores, groups, eps: float = 1e-6) -> np.ndarray:
+    """GRPO (Shao et al. 2024): (r_i - mean_g) / (std_g + eps), population std."""
+    scores = np.asarray(scores, dtype=float)
+    mean, std, n = _group_stats(scores, groups)
+    return _finish(scores, n, (scores - mean) / (std + eps))
+
+
+def dr_grpo(scores, groups) -> np.ndarray:
     """Dr. GRPO (Liu et al. 2025): r_i - mean_g, no std division."""
     scores = np.asarray(scores, dtype=float)
     mean, _, n = _group_stats(scores, groups)
-    return np.where(~np.isfinite(scores) | (n < 2), 0.0, scores - mean)
+    return _finish(scores, n, scores - mean)
 
 
-def rloo(scores: np.ndarray, groups: Sequence[Hashable], eps: float = 1e-6) -> np.ndarray:
+def rloo(scores, groups) -> np.ndarray:
     """RLOO (Ahmadian et al. 2024): r_i - mean_{j != i} r_j = n/(n-1) (r_i - mean_g)."""
     scores = np.asarray(scores, dtype=float)
     mean, _, n = _group_stats(scores, groups)
     safe = np.where(n < 2, 2.0, n)
-    return np.where(~np.isfinite(scores) | (n < 2), 0.0, safe / (safe - 1.0) * (scores - mean))
+    return _finish(scores, n, safe / (safe - 1.0) * (scores - mean))
 
 
-REGISTRY: dict[str, Callable[..., np.ndarray]] = {"grpo": grpo, "dr_grpo": dr_grpo, "rloo": rloo}
+def reinforce_pp_baseline(scores, groups, lengths, whiten_eps: float = 1e-8) -> np.ndarray:
+    """REINFORCE++-baseline (OpenRLHF): x_i = r_i - mean_g, then whitened over every token of the batch.
+
+    With an outcome reward and gamma = 1 each token of response i carries x_i, so the token-level
+    mean and population variance are length-weighted: mu = sum T_i x_i / sum T_i, A_i = (x_i - mu) / sqrt(var + eps).
+    Responses with advantage 0 by the shared conventions (failed grade, < 2 finite scores) are left
+    out of the whitening statistics and stay 0.
+    """
+    scores = np.asarray(scores, dtype=float)
+    mean, _, n = _group_stats(scores, groups)
+    live = np.isfinite(scores) & (n >= 2)
+    w = np.where(live, np.asarray(lengths, dtype=float), 0.0)
+    if w.sum() <= 0:
+        return np.zeros_like(scores)
+    x = np.where(live, scores - mean, 0.0)
+    mu = (w * x).sum() / w.sum()
+    var = (w * (x - mu) ** 2).sum() / w.sum()
+    return np.where(live, (x - mu) / np.sqrt(var + whiten_eps), 0.0)
+
+
+def rec(scores, groups, keys, eps: float = 1e-6, rec_std_normalize: bool = False,
+        rec_drop: str = "none") -> np.ndarray:
+    """REC advantages (Yao et al. 2025, Trinity `rec`): r_i - mean_kept, optionally / (std_kept + eps).
+
+    RED-Drop (`rec_drop='balance'`): positives are r_i >= group mean; when a group has more negatives
+    than positives, the surplus negatives with the smallest `keys` are dropped (advantage 0) and the
+    statistics are recomputed on the kept responses.
+    """
+    scores = np.asarray(scores, dtype=float)
+    keep = np.isfinite(scores)
+    if rec_drop == "balance":
+        keep = keep & ~_balance_drop(scores, groups, np.asarray(keys))
+    elif rec_drop != "none":
+        raise ValueError(f"advantage.rec_drop={rec_drop!r} is not one of none, balance")
+    mean, std, n = _group_stats(scores, groups, keep)
+    adv = scores - mean
+    if rec_std_normalize:
+        adv = adv / (std + eps)
+    return np.where(keep & (n >= 2), adv, 0.0)
+
+
+def _balance_drop(scores: np.ndarray, groups, keys: np.ndarray) -> np.ndarray:
+    mean, _, _ = _group_stats(scores, groups)
+    valid = np.isfinite(scores)
+    pos, neg = valid & (scores >= mean), valid & (scores < mean)
+    inv, g = _group_index(groups)
+    surplus = np.bincount(inv, weights=neg, minlength=g) - np.bincount(inv, weights=pos, minlength=g)
+    drop = np.zeros(len(scores), dtype=bool)
+    for gi in np.flatnonzero(surplus > 0):
+        idx = np.flatnonzero((inv == gi) & neg)
+        drop[idx[np.argsort(keys[idx], kind="stable")][: int(surplus[gi])]] = True
+    return drop
+
+
+def opmd(scores, groups, opmd_baseline: str = "mean", opmd_tau: float = 1.0) -> np.ndarray:
+    """OPMD (Kimi k1.5; Trinity `opmd`): r_i - b, b = group mean or tau * log(mean_j exp(r_j / tau))."""
+    scores = np.asarray(scores, dtype=float)
+    mean, _, n = _group_stats(scores, groups)
+    if opmd_baseline == "mean":
+        return _finish(scores, n, scores - mean)
+    if opmd_baseline != "logavgexp":
+        raise ValueError(f"advantage.opmd_baseline={opmd_baseline!r} is not one of mean, logavgexp")
+    inv, g = _group_index(groups)
+    valid = np.isfinite(scores)
+    e = np.bincount(inv, weights=np.where(valid, np.exp(np.where(valid, scores, 0.0) / opmd_tau), 0.0), minlength=g)
+    base = opmd_tau * np.log(np.divide(e[inv], np.maximum(n, 1.0)))
+    return _finish(scores, n, scores - base)
+
+
+def asymre(scores, groups, asymre_shift: float = -0.1) -> np.ndarray:
+    """AsymRE (Arnal et al. 2025; Trinity `asymre`): r_i - (mean_g + shift); shift < 0 leans positive."""
+    scores = np.asarray(scores, dtype=float)
+    mean, _, n = _group_stats(scores, groups)
+    return _finish(scores, n, scores - (mean + asymre_shift))
+
+
+REGISTRY: dict[str, Callable[..., np.ndarray]] = {
+    "grpo": grpo, "dr_grpo": dr_grpo, "rloo": rloo, "reinforce_pp_baseline": reinforce_pp_baseline,
+    "rec": rec, "opmd": opmd, "asymre": asymre,
+}
+
+
+def compute(name: str, scores, groups, params: dict, lengths=None, keys=None) -> np.ndarray:
+    """Dispatch by name, passing only the parameters (and columns) the estimator takes."""
+    fn = REGISTRY[name]
+    wanted = inspect.signature(fn).parameters
+    kwargs = {k: v for k, v in params.items() if k in wanted}
+    if "lengths" in wanted:
+        kwargs["lengths"] = lengths
+    if "keys" in wanted:
+        kwargs["keys"] = keys
+    return fn(scores, groups, **kwargs)

@@ -15,6 +15,33 @@ def _chunk_logprobs(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor
     return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
+def _chunk_logprobs_entropy(h, weight, targets, temperature):
+    logits = (h @ weight.T).float() / temperature
+    lse = torch.logsumexp(logits, dim=-1)
+    lp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse
+    entropy = lse - (torch.softmax(logits, dim=-1) * logits).sum(-1)  # H = lse - sum_v p_v z_v
+    return lp, entropy
+
+
+def token_logprobs_entropy(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0, chunk: int = 1024
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """As token_logprobs, plus the per-position entropy of the full distribution ([N] each, float32)."""
+    lps, ents = [], []
+    for s in range(0, hidden.shape[0], chunk):
+        h, y = hidden[s : s + chunk], targets[s : s + chunk]
+        if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
+            lp, ent = checkpoint(_chunk_logprobs_entropy, h, weight, y, temperature, use_reentrant=False)
+        else:
+            lp, ent = _chunk_logprobs_entropy(h, weight, y, temperature)
+        lps.append(lp)
+        ents.append(ent)
+    if not lps:
+        empty = hidden.new_zeros(0, dtype=torch.float32)
+        return empty, empty
+    return torch.cat(lps), torch.cat(ents)
+
+
 def token_logprobs(
     hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0, chunk: int = 1024
 ) -> torch.Tensor:

@@ -1,0 +1,26 @@
+-- REINFORCE++-baseline (OpenRLHF; rl_algorithms.md §B.1): x = r - group mean, then whitened over
+-- every token of the batch. numpy twin: tasks/algos/estimators.py::reinforce_pp_baseline
+-- grain:      one row per response (run_id, iteration, prompt_id, sample_index)
+-- inputs:     view `scored_groups`; parameter $whiten_eps
+-- std:        token-weighted population std of x over the batch (not per group)
+-- whitening:  outcome reward, gamma = 1: each of the response's num_tokens tokens carries x, so the
+--             batch mean and population variance are weighted by num_tokens;
+--             A = (x - mean) / sqrt(var + $whiten_eps) (OpenRLHF: population var, eps 1e-8)
+-- singleton:  a group with < 2 finite scores -> advantage 0, left out of the whitening statistics
+-- all-equal:  x = 0; such responses stay in the whitening statistics (they are valid tokens)
+-- NaN/inf:    advantage 0, left out of the whitening statistics
+with centred as (
+    select *, score - group_mean as x, (score is not null and group_n >= 2) as live
+    from scored_groups
+),
+batch as (
+    select sum(num_tokens * x) / sum(num_tokens) as mu,
+           sum(num_tokens * x * x) / sum(num_tokens) as m2
+    from centred where live and num_tokens > 0
+)
+select run_id, iteration, prompt_id, sample_index,
+       'reinforce_pp_baseline' as estimator,
+       case when not live or batch.mu is null then 0.0
+            else (x - batch.mu) / sqrt(greatest(batch.m2 - batch.mu * batch.mu, 0.0) + $whiten_eps) end as advantage
+from centred, batch
+order by prompt_id, sample_index
