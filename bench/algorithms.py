@@ -1,10 +1,13 @@
-"""Every algorithm preset on the embedded default, 3 seeds, equal rollout budgets: final held-out accuracy.
+"""Algorithm presets on the embedded default, 3 seeds, equal rollout budgets: held-out accuracy.
 
-    .venv/bin/python bench/algorithms.py [--presets grpo rloo ...] [--seeds 0 1 2] [--set key=value ...]
+    .venv/bin/python bench/algorithms.py [--presets grpo rloo spo_chain:train.prob_mask_rho=null ...]
+        [--seeds 0 1 2] [--set key=value ...] [--section TITLE] [--plot docs/img/NAME.png]
 
 Each (preset, seed) is one `segflow run --preset P --set run.seed=S` process; all share one runs
-directory and PREFECT_HOME. The rollout budget (iterations x prompts x samples) is the embedded
-default's for every preset, unless --set changes it for all of them. Results go to BENCHMARKS.md.
+directory and PREFECT_HOME. A preset may carry its own overrides after a colon (comma-separated).
+The rollout budget (iterations x prompts x samples) is the same for every preset; --set changes
+it for all of them. SPO-chain additionally spends Monte Carlo tokens, so the plot shows accuracy
+against iterations and against total generated tokens. Results go to BENCHMARKS.md.
 """
 from __future__ import annotations
 
@@ -28,16 +31,18 @@ SEGFLOW = ROOT / ".venv" / "bin" / "segflow"
 PRESETS = ["grpo", "dr_grpo", "rloo", "reinforce_pp_baseline", "rec_oneside_nois", "opmd", "asymre"]
 
 
-def run(preset: str, seed: int, runs_dir: Path, overrides: list[str], env: dict) -> tuple[float, dict]:
-    args = ["run", "--preset", preset, "--runs-dir", str(runs_dir), "--set", f"run.seed={seed}"]
-    for o in overrides:
+def run(spec: str, seed: int, runs_dir: Path, overrides: list[str], env: dict) -> tuple[float, dict]:
+    preset, _, own = spec.partition(":")
+    overrides = overrides + [o for o in own.split(",") if o]
+    args = ["run", "--preset", preset, "--runs-dir", str(runs_dir)]
+    for o in [*overrides, f"run.seed={seed}"]:
         args += ["--set", o]
     t0 = time.perf_counter()
     res = subprocess.run([str(SEGFLOW), *args], cwd=ROOT, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if res.returncode != 0:
         sys.exit(f"segflow {' '.join(args)} failed:\n{res.stderr[-4000:]}")
-    rid = run_id(resolve(preset, overrides=[f"run.seed={seed}", *overrides]))
+    rid = run_id(resolve(preset, overrides=[*overrides, f"run.seed={seed}"]))
     return wall, json.loads((runs_dir / rid / "summary.json").read_text())
 
 
@@ -52,6 +57,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--work", type=Path, default=None, help="Runs directory (default: a new temp dir).")
+    ap.add_argument("--section", default="Algorithms on the embedded default")
+    ap.add_argument("--plot", type=Path, default=None, help="PNG: accuracy vs iterations and vs generated tokens.")
     opts = ap.parse_args()
     work = opts.work or Path(tempfile.mkdtemp(prefix="segflow-algos-"))
     env = {**os.environ, "PREFECT_HOME": str(work / "prefect-home")}
@@ -76,7 +83,32 @@ def main() -> None:
     budget = ", ".join(opts.overrides) if opts.overrides else "the embedded default's"
     lines += ["", f"Held-out accuracy (%), greedy, mean ± std over seeds {opts.seeds}; same SFT start per seed, "
               f"same rollout budget for every preset ({budget} settings)."]
-    write_section("Algorithms on the embedded default", "\n".join(lines))
+    if opts.plot:
+        plot(results, opts.plot)
+        lines.append(f"\n![accuracy vs iterations and generated tokens]({opts.plot.as_posix()})")
+    write_section(opts.section, "\n".join(lines))
+
+
+def plot(results: dict[str, list[dict]], path: Path) -> None:
+    """Mean held-out accuracy over seeds against iterations and against generated tokens (rollouts + MC)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for preset, rows in results.items():
+        its = sorted(int(k) for k in rows[0]["eval_accuracy"])
+        acc = [100 * statistics.mean(r["eval_accuracy"][str(i)] for r in rows) for i in its]
+        tok = [statistics.mean(r.get("generated_tokens_at_eval", {}).get(str(i), 0.0) for r in rows) for i in its]
+        ax1.plot(its, acc, marker="o", label=preset)
+        ax2.plot([t / 1e6 for t in tok], acc, marker="o", label=preset)
+    ax1.set(xlabel="RL iteration", ylabel="held-out accuracy, greedy (%)")
+    ax2.set(xlabel="generated tokens, rollouts + Monte Carlo (millions)", ylabel="held-out accuracy, greedy (%)")
+    ax1.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(ROOT / path if not path.is_absolute() else path, dpi=110)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # Registries that configs may name (house rule 3): the loader rejects anything else, listing these.
-ESTIMATORS = ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline", "rec", "opmd", "asymre")
+RESPONSE_ESTIMATORS = ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline", "rec", "opmd", "asymre")
+SEGMENT_ESTIMATORS = ("spo_chain",)  # per-segment advantages from Monte Carlo values (spo section)
+ESTIMATORS = RESPONSE_ESTIMATORS + SEGMENT_ESTIMATORS
 LOSS_AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 CLIP_MODES = ("none", "one-side", "two-side", "dual-clip")
 TOKEN_WEIGHTS = ("none", "importance", "truncated")
@@ -134,6 +136,26 @@ class AdvantageSection(Section):
     asymre_shift: float = Field(-0.1, description="asymre: baseline = group mean + shift (negative leans positive).")
 
 
+class SPOSection(Section):
+    """SPO-chain (spo.md §1.1, §2.1): cutpoints, Monte Carlo segment values, advantage normalisation."""
+
+    rho: float = Field(0.9, gt=0, le=1, description="A token with p < rho is a cutpoint (p at the sampling temperature).")
+    interval: int = Field(5, ge=1, description="Cutpoints per segment: a boundary before every interval-th cutpoint.")
+    mc_samples: int = Field(9, ge=1, description="N: Monte Carlo continuations per (deduplicated) boundary prefix.")
+    prob_source: Literal["teacher_forced", "sampler"] = Field(
+        "teacher_forced", description="Cutpoint probabilities: a forward pass of the policy, or the sampler's log-probs.",
+    )
+    normalize: Literal["batch", "micro_batch", "none"] = Field(
+        "batch", description="Whiten segment advantages over the iteration's trained tokens, per micro-batch "
+        "(the reference), or not at all.",
+    )
+    prompt_value: Literal["group", "reference"] = Field(
+        "group", description="V(prompt): the group's mean reward, or as the reference (MC only when the first "
+        "token is a cutpoint, else the first segment gets 0).",
+    )
+    whiten_eps: float = Field(1e-8, gt=0)
+
+
 class TrainSection(Section):
     lr: float = Field(2e-5, gt=0)
     weight_decay: float = Field(0.0, ge=0)
@@ -164,7 +186,9 @@ class TrainSection(Section):
     warmup_steps: int = Field(0, ge=0)
     schedule: Literal["constant", "linear"] = "constant"
     loss_agg: Literal[LOSS_AGGREGATIONS] = Field("token-mean", description="See tasks/algos/losses.py::aggregate.")
-    logprob_chunk: int = Field(1024, ge=1, description="Positions per chunk in the log-prob pass.")
+    logprob_chunk: int = Field(
+        256, ge=1, description="Positions per chunk in the log-prob pass: one [chunk x vocab] logit block at a time.",
+    )
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward (less memory).")
     lora_rank: int = Field(0, ge=0, description="LoRA rank (peft); 0 = full fine-tuning.")
     lora_alpha: float = Field(16.0, gt=0)
@@ -181,6 +205,9 @@ class EvalSection(Section):
     every: int = Field(10, ge=1, description="Evaluate every k iterations (and always at the end).")
     limit: int | None = Field(None, ge=1, description="Evaluate on the first N held-out problems.")
     max_tokens: int = Field(48, ge=1)
+    samples: int = Field(0, ge=0, description="k sampled answers per problem for avg@k and pass@k (besides greedy); 0 = greedy only.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the k samples.")
+    top_p: float = Field(1.0, gt=0, le=1)
 
 
 class Config(Section):
@@ -191,6 +218,7 @@ class Config(Section):
     rollout: RolloutSection = RolloutSection()
     reward: RewardSection = RewardSection()
     advantage: AdvantageSection = AdvantageSection()
+    spo: SPOSection = SPOSection()
     train: TrainSection = TrainSection()
     eval: EvalSection = EvalSection()
 
@@ -201,6 +229,10 @@ class Config(Section):
                 f"train.mini_batch_size={self.train.mini_batch_size} must be a multiple of "
                 f"train.micro_batch_size={self.train.micro_batch_size}"
             )
+        if self.advantage.estimator in SEGMENT_ESTIMATORS and self.train.kl_coef > 0 and \
+                self.train.kl_placement == "reward":
+            raise ValueError(f"advantage.estimator={self.advantage.estimator!r} takes its values from Monte Carlo "
+                             "rollouts: train.kl_placement='reward' is not supported, use 'loss'")
         if self.data.task == "arith" and self.data.source != "synthetic":
             raise ValueError(f"data.source={self.data.source!r}: the arith task is synthetic only")
         return self

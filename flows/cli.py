@@ -72,10 +72,13 @@ def _print_summary(s: dict) -> None:
     from rich.table import Table
 
     t = Table(title=f"run {s['run_id']}")
+    avg = s.get("eval_avg_at_k", {})
     t.add_column("held-out accuracy after")
-    t.add_column("value", justify="right")
+    t.add_column("greedy", justify="right")
+    t.add_column("avg@k, sampled", justify="right")
     for k, v in s["eval_accuracy"].items():
-        t.add_row("warm start / start model" if k == "0" else f"iteration {k}", f"{v:.3f}")
+        t.add_row("warm start / start model" if k == "0" else f"iteration {k}", f"{v:.3f}",
+                  f"{avg[k]:.3f}" if k in avg else "")
     st = Table(title="seconds per stage")
     st.add_column("stage")
     st.add_column("wall, this invocation", justify="right")

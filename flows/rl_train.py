@@ -1,5 +1,5 @@
 """The `rl_train` flow: prepare_dataset -> warm_start -> per iteration generate_rollouts -> grade ->
-[reference_logprobs, with a KL penalty] -> compute_advantages -> train_policy -> (every k) evaluate.
+[reference_logprobs, with a KL penalty] -> [spo_values, SPO-chain] -> compute_advantages -> train_policy -> (every k) evaluate.
 
 The flow only composes tasks and reports. Every stage is cached by its inputs (content handles of
 upstream artifacts + config + code version), so re-running the same command resumes where the last
@@ -21,7 +21,7 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 
 from configs.loader import run_id as make_run_id
 from configs.loader import to_yaml
-from configs.schema import Config
+from configs.schema import SEGMENT_ESTIMATORS, Config
 from storage.handles import FileRef, atomic_write_text
 from storage.layout import RunLayout
 from storage.metrics import read_metrics
@@ -35,17 +35,19 @@ from tasks.grade import grade
 from tasks.models import resolve_model_dir
 from tasks.prepare import prepare_dataset, warm_start
 from tasks.reference import reference_logprobs
+from tasks.spo_values import spo_values
 from tasks.rollout import generate_rollouts
 from tasks.train import train_policy
 
 # Metrics shown in the per-iteration table artifact and the terminal summary.
 TABLE_METRICS = ("reward_mean", "accuracy", "frac_zero_std_groups", "frac_truncated", "adv_std", "clipfrac",
-                 "approx_kl", "kl_ref", "entropy", "logprob_gap_mean", "generation_seconds", "weight_load_seconds", "train_seconds")
+                 "approx_kl", "kl_ref", "entropy", "logprob_gap_mean", "segments_per_response", "mc_generated_tokens",
+                 "generation_seconds", "mc_seconds", "weight_load_seconds", "train_seconds")
 
 
 # Seconds each stage measured for its own work (metric name per stage). Unlike stage_seconds (wall
 # time of this invocation, near 0 when cached), these describe the run however often it is resumed.
-COMPUTE_METRICS = {"warm_start": "sft_seconds", "generate_rollouts": "generation_seconds",
+COMPUTE_METRICS = {"warm_start": "sft_seconds", "generate_rollouts": "generation_seconds", "spo_values": "mc_seconds",
                    "train_policy": "train_seconds", "evaluate": "eval_generation_seconds"}
 
 
@@ -98,29 +100,44 @@ def rl_train(cfg: Config, runs_dir: str) -> dict:
         else:
             policy = FileRef.of(resolve_model_dir(cfg.model.name_or_path))
         start = policy  # the reference policy of the KL penalty and the base of LoRA adapters
-        evals = {0: read_metrics(stage("evaluate", evaluate, policy, data.test, 0).metrics)["eval_accuracy"]}
+        sampled: dict[int, float] = {}  # avg@k per evaluated iteration, when eval.samples > 0
+
+        def run_eval(it: int) -> float:
+            m = read_metrics(stage("evaluate", evaluate, policy, data.test, it).metrics)
+            if "eval_avg_at_k" in m:
+                sampled[it] = m["eval_avg_at_k"]
+            return m["eval_accuracy"]
+
+        evals = {0: run_eval(0)}
         print(f"start accuracy (held-out, greedy): {evals[0]:.3f}")
         rows = []
+        generated = 0.0  # rollout + Monte Carlo tokens so far: the x axis of accuracy-vs-compute comparisons
+        tokens_at_eval = {0: 0.0}
         for it in range(1, cfg.run.iterations + 1):
             roll = stage("generate_rollouts", generate_rollouts, policy, it - 1, data.train, it)
             grades = stage("grade", grade, roll.artifact, data.train, it)
             ref = stage("reference_logprobs", reference_logprobs, start, roll.artifact, it) \
                 if cfg.train.kl_coef > 0 else None
             in_reward = ref is not None and cfg.train.kl_placement == "reward"
+            spo = stage("spo_values", spo_values, policy, roll.artifact, grades.artifact, data.train, it) \
+                if cfg.advantage.estimator in SEGMENT_ESTIMATORS else None
             adv = stage("compute_advantages", compute_advantages, roll.artifact, grades.artifact,
-                        ref.artifact if in_reward else None, it)
+                        ref.artifact if in_reward else None, spo.artifact if spo else None, it)
             trained = stage("train_policy", train_policy, start, policy, roll.artifact, adv.artifact,
                             ref.artifact if ref is not None and not in_reward else None, it)
             policy = trained.artifact
             metrics = {}
-            for out in (roll, grades, ref, adv, trained):
+            for out in (roll, grades, ref, spo, adv, trained):
                 if out is not None:
                     metrics.update(read_metrics(out.metrics))
+            generated += metrics.get("generated_tokens", 0.0) + metrics.get("mc_generated_tokens", 0.0)
             row = {"iteration": it, **{k: round(metrics[k], 4) for k in TABLE_METRICS if k in metrics}}
             if it % cfg.eval.every == 0 or it == cfg.run.iterations:
-                evals[it] = read_metrics(stage("evaluate", evaluate, policy, data.test, it).metrics)["eval_accuracy"]
+                evals[it] = run_eval(it)
+                tokens_at_eval[it] = generated
                 row["eval_accuracy"] = round(evals[it], 4)
-                print(f"iteration {it}: held-out accuracy {evals[it]:.3f}")
+                print(f"iteration {it}: held-out accuracy {evals[it]:.3f}"
+                      + (f", avg@{cfg.eval.samples} {sampled[it]:.3f}" if it in sampled else ""))
             rows.append(row)
             print(f"iteration {it}: reward {metrics.get('reward_mean', 0):.3f}, "
                   f"train accuracy {metrics.get('accuracy', 0):.3f}")
@@ -134,6 +151,8 @@ def rl_train(cfg: Config, runs_dir: str) -> dict:
         "run_id": layout.run_id, "preset": cfg.run.preset, "estimator": cfg.advantage.estimator,
         "iterations_completed": cfg.run.iterations, "initial_eval_accuracy": evals[0],
         "final_eval_accuracy": evals[max(evals)], "eval_accuracy": {str(k): v for k, v in evals.items()},
+        "eval_avg_at_k": {str(k): v for k, v in sampled.items()},
+        "generated_tokens": generated, "generated_tokens_at_eval": {str(k): v for k, v in tokens_at_eval.items()},
         "wall_seconds": round(wall, 2), "stage_seconds": {k: round(v, 2) for k, v in stage_seconds.items()},
         "compute_seconds": {k: round(v, 2) for k, v in compute_seconds.items()},
         "stages_executed": dict(executed), "stages_cached": dict(cached), "code_version": CODE_VERSION,
@@ -149,8 +168,10 @@ def rl_train(cfg: Config, runs_dir: str) -> dict:
 def summary_markdown(s: dict) -> str:
     lines = [f"# {s['run_id']}", "", f"preset `{s['preset']}`, estimator `{s['estimator']}`, "
              f"{s['iterations_completed']} iterations, {s['wall_seconds']:.0f} s", "",
-             "| iteration | held-out accuracy |", "|---|---|"]
-    lines += [f"| {k} | {v:.3f} |" for k, v in s["eval_accuracy"].items()]
+             "| iteration | held-out accuracy (greedy) | avg@k (sampled) |", "|---|---|---|"]
+    avg = s.get("eval_avg_at_k", {})
+    lines += [f"| {k} | {v:.3f} | {avg[k]:.3f} |" if k in avg else f"| {k} | {v:.3f} | |"
+              for k, v in s["eval_accuracy"].items()]
     lines += ["", "| stage | seconds (this invocation) |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in s["stage_seconds"].items()]
     return "\n".join(lines)

@@ -8,7 +8,21 @@ import duckdb
 import pyarrow as pa
 
 from storage.catalog import SQL_DIR, quote
-from storage.schemas import ADVANTAGES
+from storage.schemas import ADVANTAGES, SEGMENT_ADVANTAGES
+
+SEGMENT_ESTIMATORS = ("spo_chain",)  # over segments.parquet, not rollouts + grades
+
+
+def compute_segment_advantages(estimator: str, segments: str | Path, params: dict) -> pa.Table:
+    """Segment advantages (schema SEGMENT_ADVANTAGES) from a segments file (schema SEGMENTS)."""
+    sql = sql_path(estimator).read_text()
+    con = duckdb.connect(":memory:")
+    try:
+        con.execute(f"create view segments as select * from read_parquet({quote(str(segments))})")
+        table = con.sql(sql, params=_bind(sql, params, sql_path(estimator).name)).to_arrow_table()
+    finally:
+        con.close()
+    return table.cast(SEGMENT_ADVANTAGES)
 
 
 def sql_path(estimator: str) -> Path:
@@ -46,22 +60,22 @@ def compute_advantages(estimator: str, rollouts: str | Path, grades: str | Path,
     shared = (SQL_DIR / "scored_groups.sql").read_text()
     con = duckdb.connect(":memory:")
     try:
-        # Only the columns the estimators need; projection pushdown skips `num_tokens`'s list column
-        # unless an estimator (REINFORCE++ whitening) reads it.
+        # Only the columns the estimators need; a view costs nothing unless an estimator reads it
+        # (REC reads seeds, REINFORCE++ token counts; GRPO/RLOO read the grades alone).
         con.execute(
             "create view rollouts as select run_id, iteration, prompt_id, sample_index, seed, finish_reason, "
             f"len(completion_token_ids) as num_tokens from read_parquet({quote(str(rollouts))})"
         )
-        con.execute(f"create view grades as select * from read_parquet({quote(str(grades))})")
-        if kl is not None:
+        if kl is None:
+            con.execute(f"create view grades as select * from read_parquet({quote(str(grades))})")
+        else:
+            con.execute(f"create view grades_raw as select * from read_parquet({quote(str(grades))})")
             con.execute("create view kl_penalty as select run_id, iteration, prompt_id, sample_index, kl "
                         f"from read_parquet({quote(str(kl))})")
-        else:
-            con.execute("create view kl_penalty as select null::varchar as run_id, null::integer as iteration, "
-                        "null::varchar as prompt_id, null::integer as sample_index, null::double as kl where false")
-        # DuckDB cannot bind parameters inside CREATE VIEW: inline the (numeric) coefficient.
-        coef = float(params["kl_reward_coef"])
-        con.execute(shared.replace("$kl_reward_coef", repr(coef)))
+            # DuckDB cannot bind parameters inside CREATE VIEW: inline the (numeric) coefficient.
+            shaping = (SQL_DIR / "kl_in_reward.sql").read_text()
+            con.execute(shaping.replace("$kl_reward_coef", repr(float(params["kl_reward_coef"]))))
+        con.execute(shared)
         table = con.sql(sql, params=_bind(sql, params, sql_path(estimator).name)).to_arrow_table()
     finally:
         con.close()

@@ -3,7 +3,8 @@
     con = open_catalog("runs")
     con.sql("select run_id, avg(score) from grades group by 1")
 
-Views: runs, prompts, rollouts, grades, ref_logprobs, advantages, metrics, eval_results (see storage/layout.py).
+Views: runs, prompts, rollouts, grades, ref_logprobs, advantages, mc_rollouts, segments,
+segment_advantages, metrics, eval_results (see storage/layout.py).
 A view whose files do not exist yet is empty but has the right columns, so queries never fail on a
 fresh directory. The runs view also carries summary.json fields once a run has finished.
 """

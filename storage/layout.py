@@ -9,6 +9,9 @@
         iterations/<k>/grades.parquet                                          (`grades`)
         iterations/<k>/ref_logprobs.parquet reference-model log-probs + KL, when train.kl_coef > 0 (`ref_logprobs`)
         iterations/<k>/advantages.parquet                                      (`advantages`)
+        iterations/<k>/mc_rollouts.parquet   SPO-chain Monte Carlo continuations (`mc_rollouts`)
+        iterations/<k>/segments.parquet      SPO-chain segments with values  (`segments`)
+        iterations/<k>/segment_advantages.parquet                              (`segment_advantages`)
         iterations/<k>/metrics-<stage>.parquet                                 (`metrics`)
         checkpoints/<k>/                 policy after training in iteration k (HF directory + optimizer)
         eval/<k>/results.parquet         evaluation of the policy after iteration k (0 = start) (`eval_results`)
@@ -29,6 +32,9 @@ TABLE_GLOBS = {
     "grades": "*/iterations/*/grades.parquet",
     "ref_logprobs": "*/iterations/*/ref_logprobs.parquet",
     "advantages": "*/iterations/*/advantages.parquet",
+    "mc_rollouts": "*/iterations/*/mc_rollouts.parquet",
+    "segments": "*/iterations/*/segments.parquet",
+    "segment_advantages": "*/iterations/*/segment_advantages.parquet",
     "metrics": "*/**/metrics-*.parquet",
     "eval_results": "*/eval/*/results.parquet",
 }
@@ -82,6 +88,15 @@ class RunLayout(BaseModel):
 
     def advantages(self, iteration: int) -> Path:
         return self.iteration_dir(iteration) / "advantages.parquet"
+
+    def mc_rollouts(self, iteration: int) -> Path:
+        return self.iteration_dir(iteration) / "mc_rollouts.parquet"
+
+    def segments(self, iteration: int) -> Path:
+        return self.iteration_dir(iteration) / "segments.parquet"
+
+    def segment_advantages(self, iteration: int) -> Path:
+        return self.iteration_dir(iteration) / "segment_advantages.parquet"
 
     def metrics(self, iteration: int, stage: str) -> Path:
         return self.iteration_dir(iteration) / f"metrics-{stage}.parquet"

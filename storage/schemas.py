@@ -91,6 +91,47 @@ REF_LOGPROBS = pa.schema(
     ]
 )
 
+# One row per SPO-chain segment of a response (spo_values stage): its token span [start, end), its
+# low-probability tokens and the values at both ends (NaN = unknown).
+SEGMENTS = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("iteration", pa.int32()),
+        ("prompt_id", pa.string()),
+        ("sample_index", pa.int32()),
+        ("segment_index", pa.int32()),
+        ("start_token", pa.int32()),
+        ("end_token", pa.int32()),
+        ("num_cutpoints", pa.int32()),
+        ("v_start", pa.float64()),  # V(prefix before the segment): group mean, MC mean, or NaN
+        ("n_start", pa.int32()),  # samples behind v_start
+        ("v_end", pa.float64()),  # V(prefix after it): MC mean, or the response's own reward for the last one
+        ("n_end", pa.int32()),
+    ]
+)
+
+# One row per segment: its advantage (compute_advantages, storage/sql/adv_spo_chain.sql).
+SEGMENT_ADVANTAGES = pa.schema(
+    [f for f in SEGMENTS if f.name not in ("n_start", "n_end")] + [pa.field("advantage", pa.float64())]
+)
+
+# One row per Monte Carlo continuation of a deduplicated boundary prefix (SPO-chain values).
+MC_ROLLOUTS = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("iteration", pa.int32()),
+        ("prefix_id", pa.string()),  # hash of (prompt token ids, response prefix token ids)
+        ("prompt_id", pa.string()),
+        ("prefix_tokens", pa.int32()),  # response tokens in the prefix (position + 1)
+        ("sample_index", pa.int32()),
+        ("seed", pa.int64()),
+        ("completion_token_ids", _ids),
+        ("finish_reason", pa.string()),
+        ("score", pa.float64()),
+        ("status", pa.string()),
+    ]
+)
+
 # One row per (iteration, metric name). Long format so any new metric is just new rows.
 METRICS = pa.schema(
     [
@@ -109,6 +150,7 @@ EVAL_RESULTS = pa.schema(
         ("iteration", pa.int32()),
         ("split", pa.string()),
         ("prompt_id", pa.string()),
+        ("decoding", pa.string()),  # greedy | sampled (eval.samples per problem at eval.temperature)
         ("sample_index", pa.int32()),
         ("num_tokens", pa.int32()),
         ("score", pa.float64()),
@@ -123,6 +165,9 @@ ALL = {
     "rollouts": ROLLOUTS,
     "grades": GRADES,
     "advantages": ADVANTAGES,
+    "segments": SEGMENTS,
+    "segment_advantages": SEGMENT_ADVANTAGES,
+    "mc_rollouts": MC_ROLLOUTS,
     "ref_logprobs": REF_LOGPROBS,
     "metrics": METRICS,
     "eval_results": EVAL_RESULTS,

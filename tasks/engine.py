@@ -53,6 +53,7 @@ class VLLMEngine:
         from vllm import LLM  # imported lazily: a fully cached rerun never pays for it
 
         self.llm = LLM(
+            **_batching(self.cfg.max_model_len),
             model=self.model_dir,
             tokenizer=self.model_dir,
             dtype=self.dtype,
@@ -118,6 +119,20 @@ class VLLMEngine:
             self.llm = None
 
 
+def _batching(max_model_len: int) -> dict:
+    """Scheduler limits. On CPU a step must never split a prompt's prefill: vLLM then rewinds the
+    request's seeded generator (`set_offset`), which CPU generators do not support (the run dies with
+    "CPU Generator does not use offset"). A token budget of max_num_seqs * max_model_len rules that out;
+    max_num_seqs is lowered for long contexts to keep the budget <= 64K tokens. GPUs keep vLLM's defaults.
+    """
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return {}
+    seqs = max(1, min(256, 65536 // max_model_len))
+    return {"max_num_seqs": seqs, "max_num_batched_tokens": seqs * max_model_len}
+
+
 # One engine per flow process. Tasks ask for it lazily, so a fully cached rerun never starts it.
 _ENGINE = None  # VLLMEngine | HFEngine
 
@@ -146,23 +161,27 @@ def get_engine(model_dir: str | Path, cfg: RolloutSection, dtype: str, seed: int
 
 
 def continue_prefixes(engine, prefixes: Sequence[Sequence[int]], n: int, *, seed_key: Sequence[object],
-                      max_tokens: int, temperature: float, top_p: float, stop: Sequence[str] = (),
-                      max_model_len: int | None = None) -> list[list[Completion]]:
+                      max_tokens: int | Sequence[int], temperature: float, top_p: float, stop: Sequence[str] = (),
+                      max_model_len: int | None = None,
+                      prefix_keys: Sequence[object] | None = None) -> list[list[Completion]]:
     """`n` continuations of each token-id prefix (SPO's Monte Carlo values and tree levels use this).
 
-    Seeds derive from (*seed_key, prefix index, j), so results do not depend on batching. The token
-    budget of a prefix is min(max_tokens, max_model_len - len(prefix)). On vLLM, requests that
-    share a prefix reuse its KV blocks through the prefix cache, so n samples cost one prefill.
-    Returns one list of `n` completions per prefix, in order.
+    Seeds derive from (*seed_key, prefix key, j), the prefix key being its index unless `prefix_keys`
+    names each prefix (then a prefix's samples do not depend on what else is in the batch).
+    `max_tokens` is one budget or one per prefix; a prefix's budget is also capped at
+    max_model_len - len(prefix). On vLLM, requests that share a prefix reuse its KV blocks through
+    the prefix cache, so n samples cost one prefill. Returns one list of `n` completions per prefix.
     """
     from tasks.algos.seeding import derive_seed
 
+    budgets = [max_tokens] * len(prefixes) if isinstance(max_tokens, int) else list(max_tokens)
+    keys = list(range(len(prefixes))) if prefix_keys is None else list(prefix_keys)
     requests = []
-    for i, p in enumerate(prefixes):
-        budget = max_tokens if max_model_len is None else min(max_tokens, max_model_len - len(p))
+    for i, (p, cap) in enumerate(zip(prefixes, budgets)):
+        budget = cap if max_model_len is None else min(cap, max_model_len - len(p))
         if budget < 1:
             raise ValueError(f"prefix {i} has {len(p)} tokens: no room left under max_model_len={max_model_len}")
-        requests += [Request(list(p), derive_seed(*seed_key, i, j), budget) for j in range(n)]
+        requests += [Request(list(p), derive_seed(*seed_key, keys[i], j), budget) for j in range(n)]
     outs = engine.generate(requests, temperature=temperature, top_p=top_p, stop=stop, progress=False)
     return [outs[i * n : (i + 1) * n] for i in range(len(prefixes))]
 

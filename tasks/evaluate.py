@@ -1,4 +1,5 @@
-"""Stage: evaluate. Greedy decoding of held-out problems on the live engine, graded like training."""
+"""Stage: evaluate. Held-out problems on the live engine, graded like training: greedy decoding, plus
+`eval.samples` sampled answers per problem (avg@k, the paper's GSM8K "pass@1", and pass@k)."""
 from __future__ import annotations
 
 import time
@@ -12,6 +13,7 @@ from storage.metrics import write_metrics
 from storage.parquet import read_parquet, write_parquet
 from storage.schemas import EVAL_RESULTS, PROMPTS
 from tasks.algos.metrics import grade_metrics
+from tasks.algos.seeding import derive_seed
 from tasks.common import STAGE, StageOutput
 from tasks.engine import Request, get_engine
 from tasks.graders import grade_all, scheme_of
@@ -24,25 +26,41 @@ def evaluate(cfg: Config, layout: RunLayout, policy: FileRef, test: FileRef, ite
     prompts = read_parquet(test, PROMPTS)
     if cfg.eval.limit:
         prompts = prompts.slice(0, cfg.eval.limit)
-    ids = prompts["prompt_token_ids"].to_pylist()
+    ids, pids = prompts["prompt_token_ids"].to_pylist(), prompts["prompt_id"].to_pylist()
+    refs = prompts["reference"].to_pylist()
     engine, timings = get_engine(policy.path, cfg.rollout, engine_dtype(cfg), cfg.run.seed)
-    requests = [Request(p, 0, min(cfg.eval.max_tokens, cfg.rollout.max_model_len - len(p))) for p in ids]
+    budget = [min(cfg.eval.max_tokens, cfg.rollout.max_model_len - len(p)) for p in ids]
     t0 = time.perf_counter()
-    outs = engine.generate(requests, temperature=0.0, top_p=1.0, stop=cfg.rollout.stop)
+    greedy = engine.generate([Request(p, 0, b) for p, b in zip(ids, budget)], temperature=0.0, top_p=1.0,
+                             stop=cfg.rollout.stop)
+    # The same seeds at every iteration, so evaluations of successive checkpoints are paired.
+    keys = [(i, s) for i in range(len(ids)) for s in range(cfg.eval.samples)]
+    sampled = engine.generate([Request(ids[i], derive_seed(layout.run_id, "eval", pids[i], s), budget[i])
+                               for i, s in keys], temperature=cfg.eval.temperature, top_p=cfg.eval.top_p,
+                              stop=cfg.rollout.stop) if keys else []
     gen_seconds = time.perf_counter() - t0
-    grades = grade_all(cfg.data.task, [o.text for o in outs], prompts["reference"].to_pylist(),
+    outs = greedy + sampled
+    index = [(i, 0, "greedy") for i in range(len(ids))] + [(i, s, "sampled") for i, s in keys]
+    grades = grade_all(cfg.data.task, [o.text for o in outs], [refs[i] for i, _, _ in index],
                        [o.finish_reason for o in outs], scheme_of(cfg.reward))
     rows = [
-        {"run_id": layout.run_id, "iteration": iteration, "split": cfg.data.test_split, "prompt_id": pid,
-         "sample_index": 0, "num_tokens": len(o.token_ids), "score": g.score, "status": g.status,
+        {"run_id": layout.run_id, "iteration": iteration, "split": cfg.data.test_split, "prompt_id": pids[i],
+         "decoding": mode, "sample_index": s, "num_tokens": len(o.token_ids), "score": g.score, "status": g.status,
          "completion_text": o.text}
-        for pid, o, g in zip(prompts["prompt_id"].to_pylist(), outs, grades)
+        for (i, s, mode), o, g in zip(index, outs, grades)
     ]
     ref = write_parquet(rows, EVAL_RESULTS, layout.eval_results(iteration))
-    m = grade_metrics([g.score for g in grades], [g.status for g in grades])
-    metrics = write_metrics(layout.eval_metrics(iteration), layout.run_id, iteration, "eval", {
+    g0 = grades[: len(ids)]
+    m = grade_metrics([g.score for g in g0], [g.status for g in g0])
+    values = {
         "eval_accuracy": m["accuracy"], "eval_reward_mean": m["reward_mean"], "eval_frac_truncated": m["frac_truncated"],
-        "eval_mean_tokens": sum(len(o.token_ids) for o in outs) / max(1, len(outs)), "eval_problems": len(outs),
+        "eval_mean_tokens": sum(len(o.token_ids) for o in greedy) / max(1, len(greedy)), "eval_problems": len(ids),
         "eval_generation_seconds": gen_seconds, **{f"eval_{k}": v for k, v in timings.items()},
-    })
+    }
+    if keys:
+        ok = [g.status == "ok" for g in grades[len(ids):]]
+        solved = {i for (i, _), hit in zip(keys, ok) if hit}
+        values.update(eval_avg_at_k=sum(ok) / len(ok), eval_pass_at_k=len(solved) / len(ids),
+                      eval_k=float(cfg.eval.samples))
+    metrics = write_metrics(layout.eval_metrics(iteration), layout.run_id, iteration, "eval", values)
     return StageOutput(artifact=ref, metrics=metrics)

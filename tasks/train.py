@@ -18,7 +18,7 @@ from storage.handles import FileRef, atomic_dir
 from storage.layout import RunLayout
 from storage.metrics import write_metrics
 from storage.parquet import read_parquet
-from storage.schemas import ADVANTAGES, REF_LOGPROBS, ROLLOUTS
+from storage.schemas import ADVANTAGES, REF_LOGPROBS, ROLLOUTS, SEGMENT_ADVANTAGES
 from tasks.common import STAGE, StageOutput
 from tasks.progress import bar
 
@@ -26,13 +26,31 @@ OPTIMIZER_FILE = "optimizer.pt"
 ADAPTER_DIR = "adapter"
 
 
-def load_samples(rollouts: FileRef, advantages: FileRef, reference: FileRef | None = None):
+def _segment_token_advantages(segment_advantages: FileRef, lengths: dict) -> dict:
+    """(prompt id, sample index) -> per-token advantages built from the segment advantages table."""
+    from tasks.algos.spo_chain import token_advantages
+
+    t = read_parquet(segment_advantages, SEGMENT_ADVANTAGES)
+    spans: dict = {}
+    for p, s, a, b, v in zip(t["prompt_id"].to_pylist(), t["sample_index"].to_pylist(), t["start_token"].to_pylist(),
+                             t["end_token"].to_pylist(), t["advantage"].to_pylist()):
+        spans.setdefault((p, s), []).append((a, b, v))
+    return {key: token_advantages(n, spans.get(key, [])) for key, n in lengths.items()}
+
+
+def load_samples(rollouts: FileRef, advantages: FileRef, reference: FileRef | None = None, per_token: bool = False):
+    """Training samples; with `per_token` the advantages file holds segment advantages (SPO-chain)."""
     from tasks.trainer import Sample
 
     r = read_parquet(rollouts, ROLLOUTS)
-    a = read_parquet(advantages, ADVANTAGES)
-    adv = {(p, s): v for p, s, v in zip(a["prompt_id"].to_pylist(), a["sample_index"].to_pylist(),
-                                         a["advantage"].to_pylist())}
+    if per_token:
+        lengths = {(p, s): len(c) for p, s, c in zip(r["prompt_id"].to_pylist(), r["sample_index"].to_pylist(),
+                                                     r["completion_token_ids"].to_pylist())}
+        adv = _segment_token_advantages(advantages, lengths)
+    else:
+        a = read_parquet(advantages, ADVANTAGES)
+        adv = {(p, s): v for p, s, v in zip(a["prompt_id"].to_pylist(), a["sample_index"].to_pylist(),
+                                             a["advantage"].to_pylist())}
     ref: dict = {}
     if reference is not None:
         t = read_parquet(reference, REF_LOGPROBS)
@@ -47,7 +65,8 @@ def load_samples(rollouts: FileRef, advantages: FileRef, reference: FileRef | No
         if reference is not None and (p, s) not in ref:
             raise KeyError(f"{reference.path}: no reference log-probs for prompt {p!r} sample {s}")
         if c:  # an empty completion carries no token to train
-            samples.append(Sample(pr, c, lp, adv[(p, s)], ref.get((p, s))))
+            a = adv[(p, s)]
+            samples.append(Sample(pr, c, lp, 0.0 if per_token else a, ref.get((p, s)), a if per_token else None))
     return samples
 
 
@@ -98,7 +117,9 @@ def train_policy(cfg: Config, layout: RunLayout, start: FileRef, policy: FileRef
         model, tok, device = load_policy(cfg, policy.path)
     if cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    samples = load_samples(rollouts, advantages, reference)
+    from configs.schema import SEGMENT_ESTIMATORS
+
+    samples = load_samples(rollouts, advantages, reference, per_token=cfg.advantage.estimator in SEGMENT_ESTIMATORS)
     steps_per_iter = cfg.train.epochs * math.ceil(
         cfg.rollout.prompts_per_iteration * cfg.rollout.samples_per_prompt / cfg.train.mini_batch_size)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -113,6 +134,8 @@ def train_policy(cfg: Config, layout: RunLayout, start: FileRef, policy: FileRef
     with bar(f"train iteration {iteration}", steps_per_iter) as advance:
         stats = rl_update(model, opt, sched, samples, cfg.train, temperature=cfg.rollout.temperature,
                           pad_id=tok.pad_token_id, device=device, seed=iteration, norm_len=cfg.rollout.max_tokens,
+                          whiten_micro_batch=cfg.advantage.estimator in SEGMENT_ESTIMATORS
+                          and cfg.spo.normalize == "micro_batch",
                           on_step=lambda i, n: advance(1, ""))
     stats["train_seconds"] = time.perf_counter() - t0
     stats["trainable_parameters"] = float(sum(p.numel() for p in params))

@@ -133,6 +133,7 @@ class Sample:
     sampler_logprobs: list[float]
     advantage: float
     ref_logprobs: list[float] | None = None  # reference-policy log-probs, for a KL penalty in the loss
+    token_advantages: list[float] | None = None  # per-token advantages (SPO segments); else `advantage` broadcast
 
 
 def loss_spec(cfg: TrainSection) -> LossSpec:
@@ -153,10 +154,33 @@ def _rows(values: Sequence[Sequence[float]], shape: torch.Size, device: torch.de
     return out.to(device)
 
 
+def _advantages(part: Sequence[Sample], shape: torch.Size, device: torch.device) -> torch.Tensor:
+    if all(x.token_advantages is None for x in part):
+        return torch.tensor([x.advantage for x in part], dtype=torch.float32, device=device)[:, None].expand(shape)
+    return _rows([x.token_advantages if x.token_advantages is not None else [x.advantage] * len(x.completion_ids)
+                  for x in part], shape, device)
+
+
+def whiten_masked(adv: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """(A - mean) / sqrt(var + eps) over masked entries (unbiased var); unmasked entries unchanged."""
+    m = mask.bool()
+    n = int(m.sum())
+    if n < 2:
+        return adv
+    vals = adv[m]
+    out = adv.clone()
+    out[m] = (vals - vals.mean()) / torch.sqrt(vals.var(unbiased=True) + eps)
+    return out
+
+
 def rl_update(model, optimizer, scheduler, samples: Sequence[Sample], cfg: TrainSection, *, temperature: float,
               pad_id: int, device: torch.device, seed: int, norm_len: float | None = None,
+              whiten_micro_batch: bool = False,
               on_step: Callable[[int, int], None] | None = None) -> dict[str, float]:
     """One iteration of policy updates on `samples` with the loss `loss_spec(cfg)` describes.
+
+    `whiten_micro_batch` whitens the advantages over the trained tokens of each micro-batch, as the
+    SPO reference does (spo.md §3.3: unbiased variance, eps 1e-8).
 
     pi_old is recomputed by the trainer before any update; the gap to the sampler's log-probs is
     reported (`logprob_gap_*`): ~0 means sampler and trainer agree on the same weights.
@@ -210,10 +234,11 @@ def rl_update(model, optimizer, scheduler, samples: Sequence[Sample], cfg: Train
                                           with_entropy=spec.entropy_coef > 0)
                 lp, ent = out if spec.entropy_coef > 0 else (out, None)
                 old_lp = _rows([old[i] for i in idx[s : s + micro]], lp.shape, device)
-                adv = torch.tensor([x.advantage for x in part], dtype=torch.float32, device=device)[:, None]
-                adv = adv.expand_as(lp)
+                adv = _advantages(part, lp.shape, device)
                 ref = _rows([x.ref_logprobs for x in part], lp.shape, device) if spec.kl_coef > 0 else None
                 mask = batch.comp_mask if rho is None else batch.comp_mask & (old_lp.exp() < rho)
+                if whiten_micro_batch:
+                    adv = whiten_masked(adv, mask)
                 loss, st = policy_loss(lp, old_lp, adv, mask, spec, ref_logp=ref, entropy=ent, num_seqs=len(idx),
                                        num_tokens=num_tokens, norm_len=norm_len)
                 loss.backward()

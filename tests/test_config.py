@@ -79,8 +79,12 @@ def test_config_reference_doc_is_current():
 
 
 def test_registries_agree_with_the_pure_core():
-    from configs.schema import ESTIMATORS, LOSS_AGGREGATIONS
-    from tasks.algos import estimators, losses
+    from configs import schema
+    from storage.advantages import SEGMENT_ESTIMATORS
+    from tasks.algos import estimators, losses, policy_loss
 
-    assert set(ESTIMATORS) == set(estimators.REGISTRY)
-    assert LOSS_AGGREGATIONS == losses.AGGREGATIONS
+    assert set(schema.RESPONSE_ESTIMATORS) == set(estimators.REGISTRY)
+    assert schema.SEGMENT_ESTIMATORS == SEGMENT_ESTIMATORS
+    assert schema.LOSS_AGGREGATIONS == losses.AGGREGATIONS
+    assert (schema.CLIP_MODES, schema.TOKEN_WEIGHTS, schema.REGULARIZERS, schema.KL_ESTIMATORS) == \
+        (policy_loss.CLIP_MODES, policy_loss.TOKEN_WEIGHTS, policy_loss.REGULARIZERS, policy_loss.KL_ESTIMATORS)

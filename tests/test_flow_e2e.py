@@ -103,3 +103,36 @@ def test_killed_run_resumes_from_last_completed_stage(tmp_path):
     assert cached["prepare_dataset"] == 1 and cached["warm_start"] == 1
     assert cached["train_policy"] >= 2  # iterations 1 and 2 finished before the kill
     assert executed["train_policy"] <= 2
+
+
+def test_spo_chain_flow_end_to_end(prefect_harness, live_engine, tmp_path):
+    from configs.loader import resolve
+    from flows.rl_train import rl_train
+    from tests.conftest import SMALL
+
+    cfg = resolve("spo_chain", overrides=SMALL + ["spo.mc_samples=2", "spo.interval=1"])
+    runs = tmp_path / "runs"
+    summary = rl_train(cfg, str(runs))
+    assert summary["stages_executed"]["spo_values"] == 2 and summary["estimator"] == "spo_chain"
+    # Segments tile every response: they start at 0, are contiguous, and end at its last token.
+    _, rows = query(runs, "select r.prompt_id, r.sample_index, len(r.completion_token_ids), "
+                          "list(s.start_token order by s.segment_index), list(s.end_token order by s.segment_index) "
+                          "from rollouts r join segments s using (run_id, iteration, prompt_id, sample_index) "
+                          "group by all")
+    assert rows
+    for _, _, n, starts, ends in rows:
+        assert starts[0] == 0 and ends[-1] == n and starts[1:] == ends[:-1]
+    # The last segment closes with the response's own reward; MC values come from N=2 graded continuations.
+    _, rows = query(runs, "select count(*) from segments s join grades g using (run_id, iteration, prompt_id, "
+                          "sample_index) where s.end_token = (select max(end_token) from segments x where "
+                          "x.run_id = s.run_id and x.iteration = s.iteration and x.prompt_id = s.prompt_id and "
+                          "x.sample_index = s.sample_index) and s.v_end is distinct from g.score")
+    assert rows == [(0,)]
+    _, rows = query(runs, "select count(*), count(distinct prefix_id), min(sample_index), max(sample_index) "
+                          "from mc_rollouts")
+    assert rows[0][0] == 2 * rows[0][1] and rows[0][0] > 0 and rows[0][2:] == (0, 1)
+    _, rows = query(runs, "select count(*) from segment_advantages a join segments s using "
+                          "(run_id, iteration, prompt_id, sample_index, segment_index)")
+    assert rows[0][0] > 0
+    _, rows = query(runs, "select min(value) from metrics where name = 'mc_generated_tokens'")
+    assert rows[0][0] > 0

@@ -10,4 +10,3 @@ select run_id, iteration, prompt_id, sample_index,
        case when score is null or group_n < 2 then 0.0
             else (score - group_mean) / (group_std + $eps) end as advantage
 from scored_groups
-order by prompt_id, sample_index

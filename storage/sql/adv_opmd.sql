@@ -18,4 +18,3 @@ select run_id, iteration, prompt_id, sample_index,
             when $opmd_baseline = 'logavgexp' then score - lae
             else score - group_mean end as advantage
 from base
-order by prompt_id, sample_index

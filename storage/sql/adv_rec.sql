@@ -1,7 +1,7 @@
 -- REC advantage (Yao et al. 2025 "Group-relative REINFORCE is secretly off-policy", Trinity `rec`)
 -- with the RED-Drop balance option. numpy twin: tasks/algos/estimators.py::rec
 -- grain:      one row per response (run_id, iteration, prompt_id, sample_index)
--- inputs:     view `scored_groups`; parameters $eps, $rec_std_normalize, $rec_drop
+-- inputs:     view `scored_groups`, view `rollouts` (seeds); parameters $eps, $rec_std_normalize, $rec_drop
 -- RED-Drop:   $rec_drop = 'balance': positives are score >= group mean. If a group has more negatives
 --             than positives, the surplus negatives with the smallest `seed` (the per-sample seed,
 --             a deterministic pseudo-random order) are dropped: advantage 0, out of the statistics.
@@ -11,9 +11,11 @@
 -- all-equal:  advantage 0
 -- NaN/inf:    advantage 0, never kept
 with labelled as (
-    select *, score is not null and score >= group_mean as is_pos,
-              score is not null and score < group_mean as is_neg
-    from scored_groups
+    select s.*, r.seed,
+           s.score is not null and s.score >= s.group_mean as is_pos,
+           s.score is not null and s.score < s.group_mean as is_neg
+    from scored_groups s
+    join rollouts r using (run_id, iteration, prompt_id, sample_index)
 ),
 ranked as (
     select *,
@@ -40,4 +42,3 @@ select run_id, iteration, prompt_id, sample_index,
             when $rec_std_normalize then (score - kept_mean) / (kept_std + $eps)
             else score - kept_mean end as advantage
 from stats
-order by prompt_id, sample_index

@@ -1,7 +1,7 @@
 -- REINFORCE++-baseline (OpenRLHF; rl_algorithms.md §B.1): x = r - group mean, then whitened over
 -- every token of the batch. numpy twin: tasks/algos/estimators.py::reinforce_pp_baseline
 -- grain:      one row per response (run_id, iteration, prompt_id, sample_index)
--- inputs:     view `scored_groups`; parameter $whiten_eps
+-- inputs:     view `scored_groups`, view `rollouts` (token counts); parameter $whiten_eps
 -- std:        token-weighted population std of x over the batch (not per group)
 -- whitening:  outcome reward, gamma = 1: each of the response's num_tokens tokens carries x, so the
 --             batch mean and population variance are weighted by num_tokens;
@@ -10,8 +10,9 @@
 -- all-equal:  x = 0; such responses stay in the whitening statistics (they are valid tokens)
 -- NaN/inf:    advantage 0, left out of the whitening statistics
 with centred as (
-    select *, score - group_mean as x, (score is not null and group_n >= 2) as live
-    from scored_groups
+    select s.*, r.num_tokens, s.score - s.group_mean as x, (s.score is not null and s.group_n >= 2) as live
+    from scored_groups s
+    join rollouts r using (run_id, iteration, prompt_id, sample_index)
 ),
 batch as (
     select sum(num_tokens * x) / sum(num_tokens) as mu,
@@ -23,4 +24,3 @@ select run_id, iteration, prompt_id, sample_index,
        case when not live or batch.mu is null then 0.0
             else (x - batch.mu) / sqrt(greatest(batch.m2 - batch.mu * batch.mu, 0.0) + $whiten_eps) end as advantage
 from centred, batch
-order by prompt_id, sample_index

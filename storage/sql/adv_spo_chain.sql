@@ -1,0 +1,30 @@
+-- SPO-chain segment advantages (Guo et al. 2025, spo.md §2.1, §3.3): A_k = V(end of segment k) - V(start of k).
+-- numpy twin: tasks/algos/spo_chain.py::segment_advantages (+ ::whiten for $normalize = 'batch')
+-- grain:      one row per segment (run_id, iteration, prompt_id, sample_index, segment_index)
+-- inputs:     view `segments` (segments.parquet of the spo_values stage: token span, cutpoints, V at both ends);
+--             parameters $normalize ('none' | 'batch' | 'micro_batch'), $masked (prob mask on), $whiten_eps
+-- unknown V:  a NaN/null start or end value (no finite MC grade, or the reference's missing V(prompt)) -> 0
+-- std:        $normalize = 'batch': (A - mean) / sqrt(var_pop + $whiten_eps) over the trained tokens of the
+--             whole iteration: a segment weighs its cutpoints when the probability mask is on (only those
+--             tokens train), its length otherwise. Segments that train no token keep their raw value.
+--             'micro_batch' (the reference's whitening) and 'none' leave A raw here; the trainer whitens
+--             micro-batches.
+-- singleton:  not applicable (values come from Monte Carlo, not from groups)
+-- all-equal:  segments whose values are all equal get A = 0 (before whitening)
+-- NaN/inf:    as unknown V
+with raw as (
+    select *,
+           case when isfinite(v_start) and isfinite(v_end) then v_end - v_start else 0.0 end as a,
+           case when $masked then num_cutpoints else end_token - start_token end as w
+    from segments
+),
+batch as (
+    select sum(w * a) / sum(w) as mu, sum(w * a * a) / sum(w) as m2 from raw where w > 0
+)
+select run_id, iteration, prompt_id, sample_index, segment_index, start_token, end_token, num_cutpoints,
+       v_start, v_end,
+       case when $normalize = 'batch' and w > 0 and batch.mu is not null
+            then (a - batch.mu) / sqrt(greatest(batch.m2 - batch.mu * batch.mu, 0.0) + $whiten_eps)
+            else a end as advantage
+from raw, batch
+order by prompt_id, sample_index, segment_index

@@ -1,0 +1,11 @@
+-- KL penalty in the reward (train.kl_placement = reward; rl_algorithms.md §B.4): the view `grades` as the
+-- estimators see it, each finite score lowered by $kl_reward_coef * kl, where kl is the response's summed
+-- per-token KL estimate to the reference model (ref_logprobs.parquet). Used only when a KL file is given,
+-- so runs without the penalty never pay for the join.
+-- grain:      one row per response (run_id, iteration, prompt_id, sample_index)
+-- inputs:     views `grades_raw` and `kl_penalty`
+create or replace temp view grades as
+select g.* replace (case when isfinite(g.score) then g.score - $kl_reward_coef * coalesce(k.kl, 0.0)
+                         else g.score end as score)
+from grades_raw g
+left join kl_penalty k using (run_id, iteration, prompt_id, sample_index)

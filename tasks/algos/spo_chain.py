@@ -1,0 +1,78 @@
+"""SPO-chain: cutpoints, segment boundaries, segment advantages (spo.md §1.1, §2.1, §3.3).
+
+Token indices are 0-based over the response. A *position* b names the state after response token
+b: prefix = prompt + response[0..b]; b = -1 is the prompt alone, b = T-1 the finished response.
+  cutpoints    low-probability tokens, p(y_t | s_t) < rho (probabilities at the sampling temperature)
+  boundaries   b = i - 1 for every `interval`-th cutpoint i (the 1st, 1+interval-th, ...): the state
+               just before the low-probability token, so every segment starts with one
+  positions    [-1] + boundaries + [T-1] (deduplicated); segment j spans tokens (P[j], P[j+1]]
+  advantage    A_j = V(P[j+1]) - V(P[j]); V(-1) from the prompt's group (or none, as the
+               reference when the first token is not a cutpoint), V(b) by Monte Carlo, V(T-1) = reward.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+
+def cutpoints(probs: Sequence[float], rho: float) -> list[int]:
+    """Indices of tokens with probability < rho, ascending."""
+    return [i for i, p in enumerate(probs) if p < rho]
+
+
+def boundaries(probs: Sequence[float], rho: float, interval: int) -> list[int]:
+    """MC boundary positions: i - 1 for the 1st, (1+interval)-th, ... cutpoint i (spo.md §1.1)."""
+    if interval < 1:
+        raise ValueError(f"spo.interval={interval} must be >= 1")
+    return [i - 1 for i in cutpoints(probs, rho)[::interval]]
+
+
+@dataclass(frozen=True)
+class Segment:
+    index: int
+    start: int  # first token (inclusive)
+    end: int  # last token + 1 (exclusive)
+    start_position: int  # value position before the segment: start - 1
+    end_position: int  # value position after the segment: end - 1
+    num_cutpoints: int
+
+
+def segments(probs: Sequence[float], rho: float, interval: int) -> list[Segment]:
+    """The segments of one response of length T = len(probs); empty for an empty response."""
+    n = len(probs)
+    if n == 0:
+        return []
+    low = cutpoints(probs, rho)
+    positions = sorted({-1, *boundaries(probs, rho, interval), n - 1})
+    out = []
+    for j, (a, b) in enumerate(zip(positions, positions[1:])):
+        count = sum(1 for i in low if a < i <= b)
+        out.append(Segment(j, a + 1, b + 1, a, b, count))
+    return out
+
+
+def segment_advantages(v_start: np.ndarray, v_end: np.ndarray) -> np.ndarray:
+    """A = V(end) - V(start); 0 where the start value is unknown (NaN) - the numpy twin of adv_spo_chain.sql."""
+    v_start, v_end = np.asarray(v_start, dtype=float), np.asarray(v_end, dtype=float)
+    return np.where(np.isnan(v_start) | np.isnan(v_end), 0.0, v_end - v_start)
+
+
+def whiten(adv: np.ndarray, weights: np.ndarray, eps: float = 1e-8) -> np.ndarray:
+    """(A - mean) / sqrt(var + eps), mean and population variance weighted by `weights` (trained tokens
+    per segment). Segments with weight 0 train no token and are left unchanged."""
+    adv, w = np.asarray(adv, dtype=float), np.asarray(weights, dtype=float)
+    if w.sum() <= 0:
+        return adv.copy()
+    mu = (w * adv).sum() / w.sum()
+    var = (w * (adv - mu) ** 2).sum() / w.sum()
+    return np.where(w > 0, (adv - mu) / np.sqrt(var + eps), adv)
+
+
+def token_advantages(length: int, segs: Sequence[tuple[int, int, float]]) -> list[float]:
+    """Per-token advantages of a response from (start, end, advantage) segments; uncovered tokens get 0."""
+    out = [0.0] * length
+    for start, end, a in segs:
+        out[start:end] = [a] * (end - start)
+    return out

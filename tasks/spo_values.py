@@ -1,0 +1,151 @@
+"""Stage: spo_values. SPO-chain's segments and their Monte Carlo values (spo.md §1.1, §2.1).
+
+For every response: per-token probabilities under the current policy at the sampling temperature
+(a teacher-forced pass, or the sampler's log-probs), cutpoints p < rho, a boundary before every
+`interval`-th cutpoint. Every boundary prefix (prompt + response[0..b], token ids, deduplicated
+across the batch) gets N continuations on the live engine; V(prefix) is their mean grade. The
+response's own reward closes its last segment and V(prompt) is its group's mean reward.
+Writes segments.parquet (one row per segment, values at both ends) and mc_rollouts.parquet.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections import defaultdict
+
+from prefect import task
+
+from configs.schema import Config
+from storage.handles import FileRef
+from storage.layout import RunLayout
+from storage.metrics import write_metrics
+from storage.parquet import read_parquet, write_parquet
+from storage.schemas import GRADES, MC_ROLLOUTS, PROMPTS, ROLLOUTS, SEGMENTS
+from tasks.algos.seeding import derive_seed
+from tasks.algos.spo_chain import segments as split_segments
+from tasks.common import STAGE, StageOutput
+from tasks.engine import continue_prefixes, get_engine
+from tasks.graders import grade_all, scheme_of
+from tasks.models import engine_dtype
+
+
+def prefix_id(prompt_ids: list[int], response_prefix: list[int]) -> str:
+    h = hashlib.sha256(repr((prompt_ids, response_prefix)).encode())
+    return h.hexdigest()[:20]
+
+
+def teacher_forced_probs(cfg: Config, policy: str, prompts: list[list[int]], comps: list[list[int]]) -> list[list[float]]:
+    import torch
+
+    from tasks.train import load_policy
+    from tasks.trainer import completion_logprobs, pack
+
+    model, tok, device = load_policy(cfg, policy)
+    out: list[list[float]] = []
+    micro = cfg.train.micro_batch_size
+    with torch.no_grad():
+        for s in range(0, len(comps), micro):
+            batch = pack(prompts[s : s + micro], comps[s : s + micro], tok.pad_token_id, device)
+            lp = completion_logprobs(model, batch, cfg.rollout.temperature, cfg.train.logprob_chunk).exp().cpu()
+            out += [lp[i, : len(c)].tolist() for i, c in enumerate(comps[s : s + micro])]
+    return out
+
+
+@task(name="spo_values", **STAGE)
+def spo_values(cfg: Config, layout: RunLayout, policy: FileRef, rollouts: FileRef, grades: FileRef, train: FileRef,
+               iteration: int, code_version: str) -> StageOutput:
+    from tasks.tokens import load_tokenizer
+
+    sp = cfg.spo
+    r = read_parquet(rollouts, ROLLOUTS)
+    g = read_parquet(grades, GRADES)
+    score = {(p, s): v for p, s, v in zip(g["prompt_id"].to_pylist(), g["sample_index"].to_pylist(),
+                                           g["score"].to_pylist())}
+    pids, sids = r["prompt_id"].to_pylist(), r["sample_index"].to_pylist()
+    prompts, comps = r["prompt_token_ids"].to_pylist(), r["completion_token_ids"].to_pylist()
+    t0 = time.perf_counter()
+    if sp.prob_source == "teacher_forced":
+        probs = teacher_forced_probs(cfg, policy.path, prompts, comps)
+    else:
+        probs = [[math.exp(x) for x in lp] for lp in r["sampling_logprobs"].to_pylist()]
+    prob_seconds = time.perf_counter() - t0
+
+    group: dict[str, list[float]] = defaultdict(list)
+    for p, s in zip(pids, sids):
+        if math.isfinite(score[(p, s)]):
+            group[p].append(score[(p, s)])
+
+    # Boundary prefixes needing a Monte Carlo value, deduplicated across the batch.
+    segs = [split_segments(pr, sp.rho, sp.interval) for pr in probs]
+    # The reference estimates V(prompt) by Monte Carlo only when the first token is a cutpoint.
+    mc_prompt = [sp.prompt_value == "reference" and bool(pr) and pr[0] < sp.rho for pr in probs]
+    wanted: dict[str, tuple[str, list[int], int]] = {}  # prefix id -> (prompt id, prefix token ids, response tokens)
+    for p, prompt, comp, ss, at_prompt in zip(pids, prompts, comps, segs, mc_prompt):
+        for seg in ss:
+            b = seg.start_position
+            if b >= 0 or at_prompt:
+                wanted.setdefault(prefix_id(prompt, comp[: b + 1]), (p, prompt + comp[: b + 1], b + 1))
+    table = read_parquet(train, PROMPTS)
+    refs = dict(zip(table["prompt_id"].to_pylist(), table["reference"].to_pylist()))
+    keys = sorted(wanted)
+    t1 = time.perf_counter()
+    engine, timings = get_engine(policy.path, cfg.rollout, engine_dtype(cfg), cfg.run.seed)
+    outs = continue_prefixes(
+        engine, [wanted[k][1] for k in keys], sp.mc_samples, seed_key=(layout.run_id, iteration, "mc"),
+        max_tokens=[cfg.rollout.max_tokens - wanted[k][2] for k in keys], temperature=cfg.rollout.temperature,
+        top_p=cfg.rollout.top_p, stop=cfg.rollout.stop, max_model_len=cfg.rollout.max_model_len, prefix_keys=keys,
+    ) if keys else []
+    mc_seconds = time.perf_counter() - t1
+
+    # Grade each continuation as the whole response: the prefix's response tokens + the continuation.
+    tok = load_tokenizer(policy.path)
+    flat = [(k, j, o) for k, os_ in zip(keys, outs) for j, o in enumerate(os_)]
+    texts = [tok.decode(wanted[k][1][len(wanted[k][1]) - wanted[k][2]:] + o.token_ids, skip_special_tokens=True)
+             for k, _, o in flat]
+    mc_grades = grade_all(cfg.data.task, texts, [refs[wanted[k][0]] for k, _, _ in flat],
+                          [o.finish_reason for _, _, o in flat], scheme_of(cfg.reward))
+    totals: dict[str, list[float]] = defaultdict(list)
+    for (k, _, _), gr in zip(flat, mc_grades):
+        if math.isfinite(gr.score):
+            totals[k].append(gr.score)
+    mc_rows = [{"run_id": layout.run_id, "iteration": iteration, "prefix_id": k, "prompt_id": wanted[k][0],
+                "prefix_tokens": wanted[k][2], "sample_index": j,
+                "seed": derive_seed(layout.run_id, iteration, "mc", k, j), "completion_token_ids": o.token_ids,
+                "finish_reason": o.finish_reason, "score": gr.score, "status": gr.status}
+               for (k, j, o), gr in zip(flat, mc_grades)]
+
+    def mean(vals: list[float] | None) -> tuple[float, int]:
+        return (sum(vals) / len(vals), len(vals)) if vals else (math.nan, 0)
+
+    def value(p: str, prompt: list[int], comp: list[int], position: int, own: float, at_prompt: bool):
+        if position == len(comp) - 1:
+            return own, 1
+        if position == -1 and not at_prompt:
+            return mean(group[p]) if sp.prompt_value == "group" else (math.nan, 0)
+        return mean(totals.get(prefix_id(prompt, comp[: position + 1])))
+
+    rows = []
+    for p, s, prompt, comp, ss, at_prompt in zip(pids, sids, prompts, comps, segs, mc_prompt):
+        own = score[(p, s)]
+        for seg in ss:
+            v0, n0 = value(p, prompt, comp, seg.start_position, own, at_prompt)
+            v1, n1 = value(p, prompt, comp, seg.end_position, own, at_prompt)
+            rows.append({"run_id": layout.run_id, "iteration": iteration, "prompt_id": p, "sample_index": s,
+                         "segment_index": seg.index, "start_token": seg.start, "end_token": seg.end,
+                         "num_cutpoints": seg.num_cutpoints, "v_start": v0, "n_start": n0, "v_end": v1, "n_end": n1})
+    write_parquet(mc_rows, MC_ROLLOUTS, layout.mc_rollouts(iteration))
+    ref = write_parquet(rows, SEGMENTS, layout.segments(iteration))
+    n_tokens = sum(len(c) for c in comps)
+    mc_tokens = sum(len(o.token_ids) for _, _, o in flat)
+    prefixes_total = sum(1 for ss in segs for seg in ss if seg.start_position >= 0) + sum(mc_prompt)
+    metrics = write_metrics(layout.metrics(iteration, "spo"), layout.run_id, iteration, "spo", {
+        "spo_prob_seconds": prob_seconds, "mc_seconds": mc_seconds, "mc_prefixes": float(prefixes_total),
+        "mc_prefixes_unique": float(len(keys)), "mc_generated_tokens": float(mc_tokens),
+        "mc_tokens_per_second": mc_tokens / max(mc_seconds, 1e-9),
+        "segments_per_response": len(rows) / max(1, len(comps)),
+        "frac_tokens_cutpoint": sum(seg.num_cutpoints for ss in segs for seg in ss) / max(1, n_tokens),
+        **{f"mc_{k}": v for k, v in timings.items()},
+    })
+    return StageOutput(artifact=ref, metrics=metrics)
+
