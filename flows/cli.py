@@ -133,9 +133,11 @@ def sql(
 @app.command()
 def advantages(
     estimator: str = typer.Option(..., help="Estimator name (storage/sql/adv_<name>.sql)."),
-    rollouts: Path = typer.Option(..., exists=True, dir_okay=False),
-    grades: Path = typer.Option(..., exists=True, dir_okay=False),
+    rollouts: Optional[Path] = typer.Option(None, exists=True, dir_okay=False),
+    grades: Optional[Path] = typer.Option(None, exists=True, dir_okay=False),
     out: Path = typer.Option(..., help="Advantages Parquet to write."),
+    segments: Optional[Path] = typer.Option(None, exists=True, dir_okay=False,
+                                            help="segments.parquet, for spo_chain (instead of rollouts + grades)."),
     set_: List[str] = typer.Option([], "--set", help="Advantage parameter, e.g. --set eps=1e-8 (see `advantage` in docs/config.md)."),
     kl: Optional[Path] = typer.Option(None, exists=True, dir_okay=False, help="ref_logprobs.parquet: subtract kl_coef * kl from each score."),
     kl_coef: float = typer.Option(0.0, help="KL-in-reward coefficient used with --kl."),
@@ -143,10 +145,25 @@ def advantages(
     """Recompute advantages for existing rollouts with any estimator, using the flow's SQL."""
     from pydantic import ValidationError
 
-    from configs.schema import AdvantageSection
-    from storage.advantages import compute_advantages
+    from configs.schema import AdvantageSection, SPOSection
+    from storage.advantages import SEGMENT_ESTIMATORS, compute_advantages, compute_segment_advantages
     from storage.parquet import write_parquet
-    from storage.schemas import ADVANTAGES
+    from storage.schemas import ADVANTAGES, SEGMENT_ADVANTAGES
+
+    if estimator in SEGMENT_ESTIMATORS:  # SPO-chain: --segments, and keys of the spo section
+        if segments is None:
+            _fail(f"--estimator {estimator} needs --segments PATH (segments.parquet of a run)")
+        params = _apply_sets({"normalize": SPOSection().normalize, "masked": True,
+                              "whiten_eps": SPOSection().whiten_eps}, set_)
+        try:
+            table = compute_segment_advantages(estimator, segments, params)
+        except Exception as e:  # noqa: BLE001 - a bad parameter value surfaces as a DuckDB error
+            _fail(f"{estimator}: {e}")
+        ref = write_parquet(table, SEGMENT_ADVANTAGES, out)
+        print(f"wrote {table.num_rows} rows to {ref.path} (sha256 {ref.sha256[:12]})")
+        return
+    if rollouts is None or grades is None:
+        _fail(f"--estimator {estimator} needs --rollouts PATH and --grades PATH")
 
     params = AdvantageSection().model_dump()
     params.pop("estimator")

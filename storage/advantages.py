@@ -55,6 +55,8 @@ def compute_advantages(estimator: str, rollouts: str | Path, grades: str | Path,
     uses are bound). `kl` is an optional reference-log-prob file (schema REF_LOGPROBS) whose per-response
     `kl` is subtracted from the score times `kl_reward_coef` (KL penalty in the reward).
     """
+    if estimator in SEGMENT_ESTIMATORS:
+        raise ValueError(f"estimator {estimator!r} works on segments (segments.parquet), not on rollouts + grades")
     params = {"kl_reward_coef": 0.0, **params}
     sql = sql_path(estimator).read_text()
     shared = (SQL_DIR / "scored_groups.sql").read_text()

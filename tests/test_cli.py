@@ -66,6 +66,24 @@ def test_advantages_command_recomputes_with_any_estimator(tmp_path):
     assert res.exit_code == 2 and "rec_drop='sometimes'" in res.output
 
 
+def test_advantages_command_for_spo_chain_segments(tmp_path):
+    from storage.parquet import write_parquet
+    from storage.schemas import SEGMENT_ADVANTAGES, SEGMENTS
+
+    rows = [{"run_id": "r", "iteration": 1, "prompt_id": "p", "sample_index": 0, "segment_index": i,
+             "start_token": 2 * i, "end_token": 2 * i + 2, "num_cutpoints": 1, "v_start": a, "n_start": 4,
+             "v_end": b, "n_end": 4} for i, (a, b) in enumerate([(0.5, 0.25), (0.25, 1.0)])]
+    write_parquet(rows, SEGMENTS, tmp_path / "segments.parquet")
+    out = tmp_path / "seg_adv.parquet"
+    res = runner.invoke(app, ["advantages", "--estimator", "spo_chain", "--segments", str(tmp_path / "segments.parquet"),
+                              "--out", str(out), "--set", "normalize=none"])
+    assert res.exit_code == 0, res.output
+    t = read_parquet(out, SEGMENT_ADVANTAGES)
+    assert sorted(zip(t["segment_index"].to_pylist(), t["advantage"].to_pylist())) == [(0, -0.25), (1, 0.75)]
+    res = runner.invoke(app, ["advantages", "--estimator", "spo_chain", "--out", str(out)])
+    assert res.exit_code == 2 and "--segments" in res.output
+
+
 def test_run_rejects_bad_config_before_any_work(tmp_path):
     res = runner.invoke(app, ["run", "--set", "train.lrr=1", "--runs-dir", str(tmp_path)])
     assert res.exit_code == 2 and "unknown key 'train.lrr'" in res.output
