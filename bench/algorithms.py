@@ -61,6 +61,7 @@ def main() -> None:
     ap.add_argument("--plot", type=Path, default=None, help="PNG: accuracy vs iterations and vs generated tokens.")
     opts = ap.parse_args()
     work = opts.work or Path(tempfile.mkdtemp(prefix="segflow-algos-"))
+    work.mkdir(parents=True, exist_ok=True)  # Prefect's ephemeral server cannot create a PREFECT_HOME's parents
     # A loaded 2-core machine can take longer than Prefect's default 20 s to start the ephemeral API.
     env = {**os.environ, "PREFECT_HOME": str(work / "prefect-home"), "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}
     env.pop("PREFECT_RESULTS_LOCAL_STORAGE_PATH", None)
