@@ -18,7 +18,6 @@ import math
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -39,25 +38,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     opts = ap.parse_args()
 
-    import torch
-
-    from configs.schema import ArithSection, RolloutSection
-    from tasks import tiny_model
-    from tasks.algos import arith
+    from configs.schema import RolloutSection
     from tasks.algos.spo_chain import boundaries
     from tasks.engine import Request, VLLMEngine, continue_prefixes
-    from tasks.trainer import sft
+    from tiny import sft_tiny_model
 
-    tok = tiny_model.build_tokenizer()
-    a = ArithSection()
-    problems = arith.generate(2000, a.min_terms, a.max_terms, a.max_operand, seed=a.seed)
-    examples = [(tok(p.question + "\n")["input_ids"], tok(p.solution)["input_ids"] + [tok.eos_token_id])
-                for p in problems]
-    model = tiny_model.build_model(tiny_model_shape(), len(tok), seed=0)
-    sft(model, examples, steps=200, batch_size=64, lr=3e-3, seed=0, pad_id=tok.pad_token_id,
-        device=torch.device("cpu"))
-    model_dir = Path(tempfile.mkdtemp()) / "model"
-    tiny_model.save(model, tok, model_dir)
+    model_dir, tok, examples, _ = sft_tiny_model()
     engine = VLLMEngine(str(model_dir), RolloutSection(), "float32", 0)
 
     prompts = [examples[i][0] for i in range(opts.prompts)]
@@ -119,12 +105,6 @@ def main() -> None:
              f"{statistics.median(times['reference']) / max(1, len(items)) * 1e3:.2f} ms."]
     write_section("SPO-chain Monte Carlo cost", "\n".join(lines))
     engine.shutdown()
-
-
-def tiny_model_shape():
-    from configs.schema import TinyModelSection
-
-    return TinyModelSection()
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -34,27 +33,14 @@ def main() -> None:
     ap.add_argument("--heads", type=int, default=TinyModelSection().num_heads)
     opts = ap.parse_args()
 
-    import torch
-
-    from configs.schema import ArithSection, RolloutSection
-    from tasks import tiny_model
-    from tasks.algos import arith
+    from configs.schema import RolloutSection
     from tasks.engine import Request, VLLMEngine
     from tasks.hf_engine import HFEngine
-    from tasks.trainer import sft
+    from tiny import sft_tiny_model
 
-    tok = tiny_model.build_tokenizer()
-    a = ArithSection()
-    problems = arith.generate(2000, a.min_terms, a.max_terms, a.max_operand, seed=a.seed)
-    examples = [(tok(p.question + "\n")["input_ids"], tok(p.solution)["input_ids"] + [tok.eos_token_id])
-                for p in problems]
     shape = TinyModelSection(hidden_size=opts.hidden, num_layers=opts.layers, num_heads=opts.heads,
                              intermediate_size=4 * opts.hidden)
-    model = tiny_model.build_model(shape, len(tok), seed=0)
-    sft(model, examples, steps=200, batch_size=64, lr=3e-3, seed=0, pad_id=tok.pad_token_id,
-        device=torch.device("cpu"))
-    model_dir = Path(tempfile.mkdtemp()) / "model"
-    tiny_model.save(model, tok, model_dir)
+    model_dir, _, examples, model = sft_tiny_model(shape)
 
     prompts = [examples[i % len(examples)][0] for i in range(opts.samples)]
     requests = [Request(p, seed=i, max_tokens=opts.max_tokens) for i, p in enumerate(prompts)]

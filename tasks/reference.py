@@ -27,20 +27,16 @@ def reference_logprobs(cfg: Config, layout: RunLayout, reference: FileRef, rollo
 
     from tasks.algos.policy_loss import kl_estimate
     from tasks.train import load_policy
-    from tasks.trainer import completion_logprobs, pack
+    from tasks.trainer import sequence_logprobs
 
     model, tok, device = load_policy(cfg, reference.path)
     r = read_parquet(rollouts, ROLLOUTS)
     prompts, comps = r["prompt_token_ids"].to_pylist(), r["completion_token_ids"].to_pylist()
     sampled = r["sampling_logprobs"].to_pylist()
-    micro = cfg.train.micro_batch_size
-    ref_rows: list[list[float]] = []
-    with torch.no_grad(), bar(f"reference log-probs {iteration}", len(comps)) as advance:
-        for s in range(0, len(comps), micro):
-            batch = pack(prompts[s : s + micro], comps[s : s + micro], tok.pad_token_id, device)
-            lp = completion_logprobs(model, batch, cfg.rollout.temperature, cfg.train.logprob_chunk).cpu()
-            ref_rows += [lp[i, : len(c)].tolist() for i, c in enumerate(comps[s : s + micro])]
-            advance(len(comps[s : s + micro]), "")
+    with bar(f"reference log-probs {iteration}", len(comps)) as advance:
+        ref_rows = sequence_logprobs(model, prompts, comps, pad_id=tok.pad_token_id, device=device,
+                                     temperature=cfg.rollout.temperature, chunk=cfg.train.logprob_chunk,
+                                     micro_batch=cfg.train.micro_batch_size, on_batch=lambda n: advance(n, ""))
     kls = [float(kl_estimate(torch.tensor(lp, dtype=torch.float32), torch.tensor(ref, dtype=torch.float32),
                              cfg.train.kl_estimator).sum()) if ref else 0.0
            for lp, ref in zip(sampled, ref_rows)]

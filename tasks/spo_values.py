@@ -36,20 +36,14 @@ def prefix_id(prompt_ids: list[int], response_prefix: list[int]) -> str:
 
 
 def teacher_forced_probs(cfg: Config, policy: str, prompts: list[list[int]], comps: list[list[int]]) -> list[list[float]]:
-    import torch
-
     from tasks.train import load_policy
-    from tasks.trainer import completion_logprobs, pack
+    from tasks.trainer import sequence_logprobs
 
     model, tok, device = load_policy(cfg, policy)
-    out: list[list[float]] = []
-    micro = cfg.train.micro_batch_size
-    with torch.no_grad():
-        for s in range(0, len(comps), micro):
-            batch = pack(prompts[s : s + micro], comps[s : s + micro], tok.pad_token_id, device)
-            lp = completion_logprobs(model, batch, cfg.rollout.temperature, cfg.train.logprob_chunk).exp().cpu()
-            out += [lp[i, : len(c)].tolist() for i, c in enumerate(comps[s : s + micro])]
-    return out
+    logprobs = sequence_logprobs(model, prompts, comps, pad_id=tok.pad_token_id, device=device,
+                                 temperature=cfg.rollout.temperature, chunk=cfg.train.logprob_chunk,
+                                 micro_batch=cfg.train.micro_batch_size)
+    return [[math.exp(x) for x in lp] for lp in logprobs]
 
 
 @task(name="spo_values", **STAGE)
@@ -81,11 +75,13 @@ def spo_values(cfg: Config, layout: RunLayout, policy: FileRef, rollouts: FileRe
     # The reference estimates V(prompt) by Monte Carlo only when the first token is a cutpoint.
     mc_prompt = [sp.prompt_value == "reference" and bool(pr) and pr[0] < sp.rho for pr in probs]
     wanted: dict[str, tuple[str, list[int], int]] = {}  # prefix id -> (prompt id, prefix token ids, response tokens)
-    for p, prompt, comp, ss, at_prompt in zip(pids, prompts, comps, segs, mc_prompt):
+    ids: dict[tuple[int, int], str] = {}  # (response index, position) -> prefix id, hashed once
+    for r_i, (p, prompt, comp, ss, at_prompt) in enumerate(zip(pids, prompts, comps, segs, mc_prompt)):
         for seg in ss:
             b = seg.start_position
             if b >= 0 or at_prompt:
-                wanted.setdefault(prefix_id(prompt, comp[: b + 1]), (p, prompt + comp[: b + 1], b + 1))
+                ids[(r_i, b)] = key = prefix_id(prompt, comp[: b + 1])
+                wanted.setdefault(key, (p, prompt + comp[: b + 1], b + 1))
     table = read_parquet(train, PROMPTS)
     refs = dict(zip(table["prompt_id"].to_pylist(), table["reference"].to_pylist()))
     keys = sorted(wanted)
@@ -118,19 +114,19 @@ def spo_values(cfg: Config, layout: RunLayout, policy: FileRef, rollouts: FileRe
     def mean(vals: list[float] | None) -> tuple[float, int]:
         return (sum(vals) / len(vals), len(vals)) if vals else (math.nan, 0)
 
-    def value(p: str, prompt: list[int], comp: list[int], position: int, own: float, at_prompt: bool):
+    def value(r_i: int, p: str, comp: list[int], position: int, own: float) -> tuple[float, int]:
         if position == len(comp) - 1:
             return own, 1
-        if position == -1 and not at_prompt:
+        if (r_i, position) not in ids:  # the prompt, without a Monte Carlo estimate
             return mean(group[p]) if sp.prompt_value == "group" else (math.nan, 0)
-        return mean(totals.get(prefix_id(prompt, comp[: position + 1])))
+        return mean(totals.get(ids[(r_i, position)]))
 
     rows = []
-    for p, s, prompt, comp, ss, at_prompt in zip(pids, sids, prompts, comps, segs, mc_prompt):
+    for r_i, (p, s, comp, ss) in enumerate(zip(pids, sids, comps, segs)):
         own = score[(p, s)]
         for seg in ss:
-            v0, n0 = value(p, prompt, comp, seg.start_position, own, at_prompt)
-            v1, n1 = value(p, prompt, comp, seg.end_position, own, at_prompt)
+            v0, n0 = value(r_i, p, comp, seg.start_position, own)
+            v1, n1 = value(r_i, p, comp, seg.end_position, own)
             rows.append({"run_id": layout.run_id, "iteration": iteration, "prompt_id": p, "sample_index": s,
                          "segment_index": seg.index, "start_token": seg.start, "end_token": seg.end,
                          "num_cutpoints": seg.num_cutpoints, "v_start": v0, "n_start": n0, "v_end": v1, "n_end": n1})

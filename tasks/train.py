@@ -13,7 +13,7 @@ from pathlib import Path
 
 from prefect import task
 
-from configs.schema import Config
+from configs.schema import SEGMENT_ESTIMATORS, Config
 from storage.handles import FileRef, atomic_dir
 from storage.layout import RunLayout
 from storage.metrics import write_metrics
@@ -117,8 +117,6 @@ def train_policy(cfg: Config, layout: RunLayout, start: FileRef, policy: FileRef
         model, tok, device = load_policy(cfg, policy.path)
     if cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    from configs.schema import SEGMENT_ESTIMATORS
-
     samples = load_samples(rollouts, advantages, reference, per_token=cfg.advantage.estimator in SEGMENT_ESTIMATORS)
     steps_per_iter = cfg.train.epochs * math.ceil(
         cfg.rollout.prompts_per_iteration * cfg.rollout.samples_per_prompt / cfg.train.mini_batch_size)

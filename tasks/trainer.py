@@ -89,6 +89,22 @@ def completion_logprobs(model, batch: Batch, temperature: float, chunk: int, wit
     return scatter(token_logprobs(h, model.lm_head.weight, targets, temperature, chunk))
 
 
+def sequence_logprobs(model, prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], *, pad_id: int,
+                      device: torch.device, temperature: float, chunk: int, micro_batch: int,
+                      on_batch: Callable[[int], None] | None = None) -> list[list[float]]:
+    """Per-token completion log-probs of every sequence, `micro_batch` sequences per forward pass, no grad."""
+    out: list[list[float]] = []
+    with torch.no_grad():
+        for s in range(0, len(completions), micro_batch):
+            part = completions[s : s + micro_batch]
+            batch = pack(prompts[s : s + micro_batch], part, pad_id, device)
+            lp = completion_logprobs(model, batch, temperature, chunk).cpu()
+            out += [lp[i, : len(c)].tolist() for i, c in enumerate(part)]
+            if on_batch:
+                on_batch(len(part))
+    return out
+
+
 def make_scheduler(optimizer, cfg: TrainSection, total_steps: int):
     def factor(step: int) -> float:
         if cfg.warmup_steps and step < cfg.warmup_steps:
