@@ -12,7 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 # Registries that configs may name (house rule 3): the loader rejects anything else, listing these.
 RESPONSE_ESTIMATORS = ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline", "rec", "opmd", "asymre")
 SEGMENT_ESTIMATORS = ("spo_chain",)  # per-segment advantages from Monte Carlo values (spo section)
-ESTIMATORS = RESPONSE_ESTIMATORS + SEGMENT_ESTIMATORS
+TREE_ESTIMATORS = ("spo_tree",)  # edge advantages from tree rollouts and a replay buffer (tree section)
+ESTIMATORS = RESPONSE_ESTIMATORS + SEGMENT_ESTIMATORS + TREE_ESTIMATORS
 LOSS_AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 CLIP_MODES = ("none", "one-side", "two-side", "dual-clip")
 TOKEN_WEIGHTS = ("none", "importance", "truncated")
@@ -156,6 +157,39 @@ class SPOSection(Section):
     whiten_eps: float = Field(1e-8, gt=0)
 
 
+class TreeSection(Section):
+    """SPO-tree (spo.md §1.2, §2.2): tree rollouts per question, edge advantages, replay buffer.
+    Advantage normalisation is spo.normalize; questions per iteration are rollout.prompts_per_iteration."""
+
+    branching: tuple[int, ...] = Field(
+        (6, 6, 6), min_length=1, description="Children per node at each level (6-6-6: 258 nodes, 216 leaves per question).",
+    )
+    segment_tokens: int = Field(
+        30, ge=1, description="M: new tokens per interior level; the last level runs to rollout.max_tokens.",
+    )
+    value: Literal["leaves", "children"] = Field(
+        "leaves", description="V(node): mean reward of the leaves below it, or the reference's mean of children's values.",
+    )
+    sibling_std: bool = Field(False, description="Divide A = V(node) - V(parent) by the std of the siblings' values.")
+    eps: float = Field(1e-8, gt=0, description="Added to the sibling std before dividing.")
+    drop_zero: bool = Field(True, description="Edges with A = 0 are not trained (the reference's rule).")
+    buffer_age: int = Field(8, ge=1, description="A: replay-buffer edges older than this many iterations are dropped.")
+    edges_per_question: int = Field(32, ge=1, description="E: at most this many edges per question per iteration.")
+    edges_per_iteration: int | None = Field(
+        None, ge=1, description="Cap on edges trained per iteration (null = every offered edge); the rest stay buffered.",
+    )
+    old_logprobs: Literal["generation", "recompute"] = Field(
+        "generation", description="pi_old of the ratio: the sampler's at generation time (buffered edges stay "
+        "off-policy-corrected), or recomputed by the current policy.",
+    )
+
+    @model_validator(mode="after")
+    def _positive(self) -> "TreeSection":
+        if any(b < 1 for b in self.branching):
+            raise ValueError(f"tree.branching={list(self.branching)}: every level needs at least one child")
+        return self
+
+
 class TrainSection(Section):
     lr: float = Field(2e-5, gt=0)
     weight_decay: float = Field(0.0, ge=0)
@@ -219,6 +253,7 @@ class Config(Section):
     reward: RewardSection = RewardSection()
     advantage: AdvantageSection = AdvantageSection()
     spo: SPOSection = SPOSection()
+    tree: TreeSection = TreeSection()
     train: TrainSection = TrainSection()
     eval: EvalSection = EvalSection()
 
@@ -229,7 +264,7 @@ class Config(Section):
                 f"train.mini_batch_size={self.train.mini_batch_size} must be a multiple of "
                 f"train.micro_batch_size={self.train.micro_batch_size}"
             )
-        if self.advantage.estimator in SEGMENT_ESTIMATORS and self.train.kl_coef > 0 and \
+        if self.advantage.estimator in SEGMENT_ESTIMATORS + TREE_ESTIMATORS and self.train.kl_coef > 0 and \
                 self.train.kl_placement == "reward":
             raise ValueError(f"advantage.estimator={self.advantage.estimator!r} takes its values from Monte Carlo "
                              "rollouts: train.kl_placement='reward' is not supported, use 'loss'")

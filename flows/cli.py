@@ -1,4 +1,4 @@
-"""`segflow` command line: run, sql, advantages, presets."""
+"""`segflow` command line: run, sql, advantages, tree, grade, presets."""
 from __future__ import annotations
 
 import csv
@@ -60,10 +60,21 @@ def run(
         cfg = resolve(preset, config, set_)
     except ConfigError as e:
         _fail(str(e))
+    from configs.loader import run_id
+    from storage.run_lock import RunLockedError, run_lock
+
+    try:  # fail at once, before Prefect starts, when another process is writing this run
+        with run_lock(runs_dir / run_id(cfg)):
+            pass
+    except RunLockedError as e:
+        _fail(str(e))
     _env_defaults(runs_dir)
     from flows.rl_train import rl_train
 
-    summary = rl_train(cfg, str(runs_dir))
+    try:
+        summary = rl_train(cfg, str(runs_dir))
+    except RunLockedError as e:  # it started in the moment between the check and the flow
+        _fail(str(e))
     _print_summary(summary)
 
 
@@ -138,6 +149,8 @@ def advantages(
     out: Path = typer.Option(..., help="Advantages Parquet to write."),
     segments: Optional[Path] = typer.Option(None, exists=True, dir_okay=False,
                                             help="segments.parquet, for spo_chain (instead of rollouts + grades)."),
+    nodes: Optional[Path] = typer.Option(None, exists=True, dir_okay=False,
+                                         help="tree_nodes.parquet, for spo_tree (instead of rollouts + grades)."),
     set_: List[str] = typer.Option([], "--set", help="Advantage parameter, e.g. --set eps=1e-8 (see `advantage` in docs/config.md)."),
     kl: Optional[Path] = typer.Option(None, exists=True, dir_okay=False, help="ref_logprobs.parquet: subtract kl_coef * kl from each score."),
     kl_coef: float = typer.Option(0.0, help="KL-in-reward coefficient used with --kl."),
@@ -146,10 +159,32 @@ def advantages(
     from pydantic import ValidationError
 
     from configs.schema import AdvantageSection, SPOSection
-    from storage.advantages import SEGMENT_ESTIMATORS, compute_advantages, compute_segment_advantages
+    from storage.advantages import (
+        SEGMENT_ESTIMATORS,
+        TREE_ESTIMATORS,
+        compute_advantages,
+        compute_segment_advantages,
+        compute_tree_advantages,
+    )
     from storage.parquet import write_parquet
     from storage.schemas import ADVANTAGES, SEGMENT_ADVANTAGES
 
+    if estimator in TREE_ESTIMATORS:  # SPO-tree: --nodes, and keys of the tree section
+        from configs.schema import TreeSection
+        from storage.schemas import TREE_ADVANTAGES
+        from tasks.advantage import tree_sql_params
+
+        if nodes is None:
+            _fail(f"--estimator {estimator} needs --nodes PATH (tree_nodes.parquet of a run)")
+        values = _apply_sets({k: getattr(TreeSection(), k) for k in ("value", "sibling_std", "eps", "drop_zero")}, set_)
+        try:
+            table = compute_tree_advantages(nodes, tree_sql_params(TreeSection(**values)))
+        except Exception as e:  # noqa: BLE001 - a bad value surfaces as a validation or DuckDB error
+            _fail(f"{estimator}: {e}")
+        ref = write_parquet(table, TREE_ADVANTAGES, out)
+        print(f"wrote {table.num_rows} rows ({sum(table['kept'].to_pylist())} kept edges) to {ref.path} "
+              f"(sha256 {ref.sha256[:12]})")
+        return
     if estimator in SEGMENT_ESTIMATORS:  # SPO-chain: --segments, and keys of the spo section
         if segments is None:
             _fail(f"--estimator {estimator} needs --segments PATH (segments.parquet of a run)")
@@ -179,6 +214,58 @@ def advantages(
         _fail(str(e))
     ref = write_parquet(table, ADVANTAGES, out)
     print(f"wrote {table.num_rows} rows to {ref.path} (sha256 {ref.sha256[:12]})")
+
+
+def _run_dir(run: str, runs_dir: Path) -> Path:
+    """A run given by its directory or by its id under --runs-dir."""
+    for cand in (Path(run), runs_dir / run):
+        if (cand / "config.yaml").exists():
+            return cand
+    _fail(f"no run {run!r}: neither {run} nor {runs_dir / run} holds a config.yaml")
+
+
+def _decoder(root: Path):
+    """Token ids -> text with the run's tokenizer (any local checkpoint holds it); None when there is none."""
+    dirs = sorted((root / "checkpoints").glob("*")) + [root / "models" / "warm_start"]
+    for d in dirs:
+        if (d / "tokenizer_config.json").exists():
+            from tasks.tokens import load_tokenizer
+
+            tok = load_tokenizer(str(d))
+            return lambda ids: tok.decode(ids, skip_special_tokens=True)
+    return None
+
+
+@app.command()
+def tree(
+    run: str = typer.Argument(..., help="Run id (under --runs-dir) or run directory."),
+    iteration: int = typer.Option(..., "--iteration", "-k", help="Iteration whose trees to show."),
+    question: Optional[str] = typer.Option(None, "--question", "-q", help="Prompt id; omitted = list the questions."),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
+    text: bool = typer.Option(True, "--text/--no-text", help="Show each segment's decoded text."),
+) -> None:
+    """Draw an SPO-tree: node values V, edge advantages A (* = trained), leaf grades."""
+    from storage.layout import RunLayout
+    from tasks.tree_view import read_tree, tree_lines
+
+    root = _run_dir(run, runs_dir)
+    layout = RunLayout(runs_dir=str(root.parent), run_id=root.name)
+    nodes, adv = layout.tree_nodes(iteration), layout.tree_advantages(iteration)
+    if not nodes.exists() or not adv.exists():
+        done = sorted(int(p.parent.name) for p in (root / "iterations").glob("*/tree_advantages.parquet"))
+        _fail(f"{root.name}: iteration {iteration} has no SPO-tree (tree_nodes + tree_advantages); "
+              f"iterations with trees: {done or 'none (not an spo_tree run?)'}")
+    rows = read_tree(nodes, adv)
+    if question is None:
+        for q in sorted({r["prompt_id"] for r in rows}):
+            r = next(x for x in rows if x["node_id"] == q)
+            print(f"{q}  V={r['value']:.2f}  nodes={sum(x['prompt_id'] == q for x in rows) - 1}")
+        return
+    try:
+        lines = tree_lines(rows, question, _decoder(root) if text else None)
+    except KeyError as e:
+        _fail(str(e.args[0]))
+    print("\n".join(lines))
 
 
 @app.command()

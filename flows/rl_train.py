@@ -1,5 +1,6 @@
 """The `rl_train` flow: prepare_dataset -> warm_start -> per iteration generate_rollouts -> grade ->
 [reference_logprobs, with a KL penalty] -> [spo_values, SPO-chain] -> compute_advantages -> train_policy -> (every k) evaluate.
+SPO-tree iterations are tree_rollouts -> compute_advantages -> replay_buffer -> train_policy.
 
 The flow only composes tasks and reports. Every stage is cached by its inputs (content handles of
 upstream artifacts + config + code version), so re-running the same command resumes where the last
@@ -16,16 +17,21 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, \
-    update_progress_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 
 from configs.loader import run_id as make_run_id
 from configs.loader import to_yaml
-from configs.schema import SEGMENT_ESTIMATORS, Config
+from configs.schema import SEGMENT_ESTIMATORS, TREE_ESTIMATORS, Config
 from storage.handles import FileRef, atomic_write_text
 from storage.layout import RunLayout
 from storage.metrics import read_metrics
 from storage.parquet import write_parquet
+from storage.run_lock import run_lock
 from storage.schemas import RUNS
 from tasks.advantage import compute_advantages
 from tasks.common import CODE_VERSION, ensure
@@ -35,20 +41,29 @@ from tasks.grade import grade
 from tasks.models import resolve_model_dir
 from tasks.prepare import prepare_dataset, warm_start
 from tasks.reference import reference_logprobs
-from tasks.spo_values import spo_values
+from tasks.replay import replay_buffer
 from tasks.rollout import generate_rollouts
+from tasks.spo_values import spo_values
 from tasks.train import train_policy
+from tasks.tree_rollouts import tree_rollouts
+from tasks.tree_view import read_tree, tree_markdown
 
 # Metrics shown in the per-iteration table artifact and the terminal summary.
 TABLE_METRICS = ("reward_mean", "accuracy", "frac_zero_std_groups", "frac_truncated", "adv_std", "clipfrac",
                  "approx_kl", "kl_ref", "entropy", "logprob_gap_mean", "segments_per_response", "mc_generated_tokens",
+                 "generated_tokens_per_sample",
+                 "nodes_per_tree", "kept_edges", "edges_trained", "buffer_size",
                  "generation_seconds", "mc_seconds", "weight_load_seconds", "train_seconds")
 
 
 # Seconds each stage measured for its own work (metric name per stage). Unlike stage_seconds (wall
 # time of this invocation, near 0 when cached), these describe the run however often it is resumed.
 COMPUTE_METRICS = {"warm_start": "sft_seconds", "generate_rollouts": "generation_seconds", "spo_values": "mc_seconds",
+                   "tree_rollouts": "generation_seconds",
                    "train_policy": "train_seconds", "evaluate": "eval_generation_seconds"}
+
+
+TREE_VIEW_QUESTIONS = 2  # questions per iteration drawn in the SPO-tree markdown artifact
 
 
 def artifact_key(*parts: str) -> str:
@@ -70,8 +85,16 @@ def start_run(cfg: Config, layout: RunLayout) -> None:
 
 @flow(name="rl_train", log_prints=True)
 def rl_train(cfg: Config, runs_dir: str) -> dict:
-    wall0 = time.perf_counter()
     layout = RunLayout(runs_dir=str(Path(runs_dir).resolve()), run_id=make_run_id(cfg))
+    # One writer per run: a second process on the same run id fails here, naming the holder's pid.
+    with run_lock(layout.root) as lock:
+        if lock.took_over_from is not None:
+            print(f"resuming after pid {lock.took_over_from}, which stopped without releasing the run")
+        return _train(cfg, layout)
+
+
+def _train(cfg: Config, layout: RunLayout) -> dict:
+    wall0 = time.perf_counter()
     start_run(cfg, layout)
     print(f"run {layout.run_id} -> {layout.root}")
     stage_seconds: dict[str, float] = defaultdict(float)
@@ -111,26 +134,29 @@ def rl_train(cfg: Config, runs_dir: str) -> dict:
         evals = {0: run_eval(0)}
         print(f"start accuracy (held-out, greedy): {evals[0]:.3f}")
         rows = []
+        buffer = None  # SPO-tree: the replay buffer's state file after the last iteration
         generated = 0.0  # rollout + Monte Carlo tokens so far: the x axis of accuracy-vs-compute comparisons
         tokens_at_eval = {0: 0.0}
         for it in range(1, cfg.run.iterations + 1):
-            roll = stage("generate_rollouts", generate_rollouts, policy, it - 1, data.train, it)
-            grades = stage("grade", grade, roll.artifact, data.train, it)
-            ref = stage("reference_logprobs", reference_logprobs, start, roll.artifact, it) \
-                if cfg.train.kl_coef > 0 else None
-            in_reward = ref is not None and cfg.train.kl_placement == "reward"
-            spo = stage("spo_values", spo_values, policy, roll.artifact, grades.artifact, data.train, it) \
-                if cfg.advantage.estimator in SEGMENT_ESTIMATORS else None
-            adv = stage("compute_advantages", compute_advantages, roll.artifact, grades.artifact,
-                        ref.artifact if in_reward else None, spo.artifact if spo else None, it)
-            trained = stage("train_policy", train_policy, start, policy, roll.artifact, adv.artifact,
-                            ref.artifact if ref is not None and not in_reward else None, it)
+            if cfg.advantage.estimator in TREE_ESTIMATORS:
+                outs, buffer = tree_iteration(stage, policy, start, data.train, buffer, it)
+                create_markdown_artifact(
+                    tree_markdown(read_tree(outs[0].artifact.path, outs[1].artifact.path), it, TREE_VIEW_QUESTIONS),
+                    key=f"{key}-trees", description=f"SPO-tree values and advantages, iteration {it}")
+            else:
+                outs = rollout_iteration(cfg, stage, policy, start, data.train, it)
+            trained = outs[-1]
             policy = trained.artifact
             metrics = {}
-            for out in (roll, grades, ref, spo, adv, trained):
+            for out in outs:
                 if out is not None:
                     metrics.update(read_metrics(out.metrics))
-            generated += metrics.get("generated_tokens", 0.0) + metrics.get("mc_generated_tokens", 0.0)
+            new_tokens = metrics.get("generated_tokens", 0.0) + metrics.get("mc_generated_tokens", 0.0)
+            generated += new_tokens
+            # Training samples this iteration's generation produced: kept tree edges, or responses.
+            made = metrics.get("kept_edges", metrics.get("samples", 0.0))
+            if made:
+                metrics["generated_tokens_per_sample"] = new_tokens / made
             row = {"iteration": it, **{k: round(metrics[k], 4) for k in TABLE_METRICS if k in metrics}}
             if it % cfg.eval.every == 0 or it == cfg.run.iterations:
                 evals[it] = run_eval(it)
@@ -163,6 +189,30 @@ def rl_train(cfg: Config, runs_dir: str) -> dict:
     create_markdown_artifact(summary_markdown(summary), key=f"{key}-summary", description="run summary")
     update_progress_artifact(progress_id, 100.0)
     return summary
+
+
+def rollout_iteration(cfg: Config, stage, policy: FileRef, start: FileRef, train: FileRef, it: int) -> tuple:
+    """generate_rollouts -> grade -> [reference_logprobs] -> [spo_values] -> compute_advantages -> train_policy."""
+    roll = stage("generate_rollouts", generate_rollouts, policy, it - 1, train, it)
+    grades = stage("grade", grade, roll.artifact, train, it)
+    ref = stage("reference_logprobs", reference_logprobs, start, roll.artifact, it) if cfg.train.kl_coef > 0 else None
+    in_reward = ref is not None and cfg.train.kl_placement == "reward"
+    spo = stage("spo_values", spo_values, policy, roll.artifact, grades.artifact, train, it) \
+        if cfg.advantage.estimator in SEGMENT_ESTIMATORS else None
+    adv = stage("compute_advantages", compute_advantages, roll.artifact, grades.artifact,
+                ref.artifact if in_reward else None, spo.artifact if spo else None, it)
+    trained = stage("train_policy", train_policy, start, policy, roll.artifact, adv.artifact,
+                    ref.artifact if ref is not None and not in_reward else None, it)
+    return (roll, grades, ref, spo, adv, trained)
+
+
+def tree_iteration(stage, policy: FileRef, start: FileRef, train: FileRef, buffer: FileRef | None, it: int) -> tuple:
+    """tree_rollouts -> compute_advantages -> replay_buffer -> train_policy. Returns (outputs, buffer state)."""
+    tree = stage("tree_rollouts", tree_rollouts, policy, it - 1, train, it)
+    adv = stage("compute_advantages", compute_advantages, tree.artifact, None, None, None, it)
+    replay = stage("replay_buffer", replay_buffer, buffer, tree.artifact, adv.artifact, train, it)
+    trained = stage("train_policy", train_policy, start, policy, replay.artifact, replay.artifact, None, it)
+    return (tree, adv, replay, trained), replay.state
 
 
 def summary_markdown(s: dict) -> str:

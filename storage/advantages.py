@@ -6,23 +6,58 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute
 
 from storage.catalog import SQL_DIR, quote
-from storage.schemas import ADVANTAGES, SEGMENT_ADVANTAGES
+from storage.schemas import (
+    ADVANTAGES,
+    REPLAY_BUFFER,
+    SEGMENT_ADVANTAGES,
+    TRAIN_EDGES,
+    TREE_ADVANTAGES,
+)
 
 SEGMENT_ESTIMATORS = ("spo_chain",)  # over segments.parquet, not rollouts + grades
+TREE_ESTIMATORS = ("spo_tree",)  # over tree_nodes.parquet
+
+
+def _run_on(views: dict[str, str | Path | pa.Table], sql_file: Path, params: dict) -> pa.Table:
+    """Run one SQL file with `views` (a Parquet path or an Arrow table each) and its named parameters."""
+    sql = sql_file.read_text()
+    con = duckdb.connect(":memory:")
+    try:
+        for name, source in views.items():
+            if isinstance(source, pa.Table):
+                con.register(name, source)
+            else:
+                con.execute(f"create view {name} as select * from read_parquet({quote(str(source))})")
+        return con.sql(sql, params=_bind(sql, params, sql_file.name)).to_arrow_table()
+    finally:
+        con.close()
+
+
+def compute_tree_advantages(nodes: str | Path, params: dict) -> pa.Table:
+    """Node values and edge advantages (schema TREE_ADVANTAGES) from a tree_nodes file (adv_spo_tree.sql)."""
+    return _run_on({"nodes": nodes}, sql_path("spo_tree"), params).cast(TREE_ADVANTAGES)
+
+
+def replay_take(pool: pa.Table, params: dict) -> tuple[pa.Table, pa.Table]:
+    """Split a replay-buffer pool (schema REPLAY_BUFFER) by storage/sql/replay_take.sql.
+
+    Returns (taken edges, schema TRAIN_EDGES; the buffer left over, schema REPLAY_BUFFER), each ordered by
+    (added_iteration, node_id) so the files are byte-stable.
+    """
+    out = _run_on({"pool": pool.cast(REPLAY_BUFFER)}, SQL_DIR / "replay_take.sql", params)
+    out = out.sort_by([("taken", "descending"), ("added_iteration", "ascending"), ("node_id", "ascending")])
+    taken = out.filter(out["taken"])
+    taken = taken.append_column("iteration", pa.array([params["iteration"]] * taken.num_rows, pa.int32()))
+    left = out.filter(pa.compute.invert(out["taken"]))
+    return taken.select(TRAIN_EDGES.names).cast(TRAIN_EDGES), left.select(REPLAY_BUFFER.names).cast(REPLAY_BUFFER)
 
 
 def compute_segment_advantages(estimator: str, segments: str | Path, params: dict) -> pa.Table:
     """Segment advantages (schema SEGMENT_ADVANTAGES) from a segments file (schema SEGMENTS)."""
-    sql = sql_path(estimator).read_text()
-    con = duckdb.connect(":memory:")
-    try:
-        con.execute(f"create view segments as select * from read_parquet({quote(str(segments))})")
-        table = con.sql(sql, params=_bind(sql, params, sql_path(estimator).name)).to_arrow_table()
-    finally:
-        con.close()
-    return table.cast(SEGMENT_ADVANTAGES)
+    return _run_on({"segments": segments}, sql_path(estimator), params).cast(SEGMENT_ADVANTAGES)
 
 
 def sql_path(estimator: str) -> Path:
@@ -55,8 +90,9 @@ def compute_advantages(estimator: str, rollouts: str | Path, grades: str | Path,
     uses are bound). `kl` is an optional reference-log-prob file (schema REF_LOGPROBS) whose per-response
     `kl` is subtracted from the score times `kl_reward_coef` (KL penalty in the reward).
     """
-    if estimator in SEGMENT_ESTIMATORS:
-        raise ValueError(f"estimator {estimator!r} works on segments (segments.parquet), not on rollouts + grades")
+    if estimator in SEGMENT_ESTIMATORS + TREE_ESTIMATORS:
+        what = "segments (segments.parquet)" if estimator in SEGMENT_ESTIMATORS else "trees (tree_nodes.parquet)"
+        raise ValueError(f"estimator {estimator!r} works on {what}, not on rollouts + grades")
     params = {"kl_reward_coef": 0.0, **params}
     sql = sql_path(estimator).read_text()
     shared = (SQL_DIR / "scored_groups.sql").read_text()

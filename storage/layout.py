@@ -12,6 +12,10 @@
         iterations/<k>/mc_rollouts.parquet   SPO-chain Monte Carlo continuations (`mc_rollouts`)
         iterations/<k>/segments.parquet      SPO-chain segments with values  (`segments`)
         iterations/<k>/segment_advantages.parquet                              (`segment_advantages`)
+        iterations/<k>/tree_nodes.parquet    SPO-tree nodes with tokens and leaf grades (`tree_nodes`)
+        iterations/<k>/tree_advantages.parquet node values and edge advantages          (`tree_advantages`)
+        iterations/<k>/replay_buffer.parquet edges left in the buffer after iteration k (`replay_buffer`)
+        iterations/<k>/train_edges.parquet   edges trained in iteration k              (`train_edges`)
         iterations/<k>/metrics-<stage>.parquet                                 (`metrics`)
         checkpoints/<k>/                 policy after training in iteration k (HF directory + optimizer)
         eval/<k>/results.parquet         evaluation of the policy after iteration k (0 = start) (`eval_results`)
@@ -35,6 +39,10 @@ TABLE_GLOBS = {
     "mc_rollouts": "*/iterations/*/mc_rollouts.parquet",
     "segments": "*/iterations/*/segments.parquet",
     "segment_advantages": "*/iterations/*/segment_advantages.parquet",
+    "tree_nodes": "*/iterations/*/tree_nodes.parquet",
+    "tree_advantages": "*/iterations/*/tree_advantages.parquet",
+    "replay_buffer": "*/iterations/*/replay_buffer.parquet",
+    "train_edges": "*/iterations/*/train_edges.parquet",
     "metrics": "*/**/metrics-*.parquet",
     "eval_results": "*/eval/*/results.parquet",
 }
@@ -97,6 +105,18 @@ class RunLayout(BaseModel):
 
     def segment_advantages(self, iteration: int) -> Path:
         return self.iteration_dir(iteration) / "segment_advantages.parquet"
+
+    def tree_nodes(self, iteration: int) -> Path:
+        return self.iteration_dir(iteration) / "tree_nodes.parquet"
+
+    def tree_advantages(self, iteration: int) -> Path:
+        return self.iteration_dir(iteration) / "tree_advantages.parquet"
+
+    def replay_buffer(self, iteration: int) -> Path:
+        return self.iteration_dir(iteration) / "replay_buffer.parquet"
+
+    def train_edges(self, iteration: int) -> Path:
+        return self.iteration_dir(iteration) / "train_edges.parquet"
 
     def metrics(self, iteration: int, stage: str) -> Path:
         return self.iteration_dir(iteration) / f"metrics-{stage}.parquet"

@@ -132,6 +132,71 @@ MC_ROLLOUTS = pa.schema(
     ]
 )
 
+# One row per SPO-tree node (tree_rollouts stage), roots included. A node's tokens are its own segment;
+# its prefix is the prompt + its ancestors' tokens, and [token_start, token_end) is its span in the response.
+TREE_NODES = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("iteration", pa.int32()),
+        ("policy_version", pa.int32()),
+        ("prompt_id", pa.string()),
+        ("node_id", pa.string()),  # <prompt_id>/<child index>/... ; the root is <prompt_id>
+        ("parent_id", pa.string()),  # null for the root
+        ("depth", pa.int32()),  # 0 = root (the prompt)
+        ("child_index", pa.int32()),
+        ("token_start", pa.int32()),
+        ("token_end", pa.int32()),
+        ("token_ids", _ids),
+        ("sampling_logprobs", pa.list_(pa.float32())),
+        ("seed", pa.int64()),
+        ("finish_reason", pa.string()),  # stop | length; null for the root
+        ("is_leaf", pa.bool_()),
+        ("score", pa.float64()),  # leaf reward (truncated leaves: reward.truncated); NaN for interior nodes
+        ("status", pa.string()),  # grade status of a leaf; null for interior nodes
+    ]
+)
+
+# One row per tree node: value, advantage of the edge into it, and whether it trains (adv_spo_tree.sql).
+TREE_ADVANTAGES = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("iteration", pa.int32()),
+        ("prompt_id", pa.string()),
+        ("node_id", pa.string()),
+        ("parent_id", pa.string()),
+        ("depth", pa.int32()),
+        ("is_leaf", pa.bool_()),
+        ("n_leaves", pa.int64()),  # leaves with a finite score below the node
+        ("value", pa.float64()),
+        ("parent_value", pa.float64()),
+        ("sibling_std", pa.float64()),
+        ("advantage", pa.float64()),  # null for roots
+        ("kept", pa.bool_()),
+    ]
+)
+
+# One row per edge waiting in the SPO-tree replay buffer after an iteration: a self-contained training sample.
+REPLAY_BUFFER = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("added_iteration", pa.int32()),
+        ("policy_version", pa.int32()),
+        ("prompt_id", pa.string()),
+        ("node_id", pa.string()),
+        ("depth", pa.int32()),
+        ("advantage", pa.float64()),
+        ("prefix_token_ids", _ids),  # prompt + the ancestors' tokens
+        ("completion_token_ids", _ids),  # the node's own tokens
+        ("sampling_logprobs", pa.list_(pa.float32())),  # at generation time (pi_old of the ratio)
+    ]
+)
+
+# One row per edge trained in an iteration: a buffer row + when it was taken, its age, its normalised advantage.
+TRAIN_EDGES = pa.schema(
+    [*REPLAY_BUFFER, pa.field("iteration", pa.int32()), pa.field("age", pa.int32()),
+     pa.field("train_advantage", pa.float64())]
+)
+
 # One row per (iteration, metric name). Long format so any new metric is just new rows.
 METRICS = pa.schema(
     [
@@ -169,6 +234,10 @@ ALL = {
     "segment_advantages": SEGMENT_ADVANTAGES,
     "mc_rollouts": MC_ROLLOUTS,
     "ref_logprobs": REF_LOGPROBS,
+    "tree_nodes": TREE_NODES,
+    "tree_advantages": TREE_ADVANTAGES,
+    "replay_buffer": REPLAY_BUFFER,
+    "train_edges": TRAIN_EDGES,
     "metrics": METRICS,
     "eval_results": EVAL_RESULTS,
 }

@@ -36,10 +36,12 @@ STAGE = dict(cache_policy=INPUTS + TASK_SOURCE, persist_result=True, cache_resul
 
 
 class StageOutput(BaseModel):
-    """What a stage returns: its main artifact and its metrics file."""
+    """What a stage returns: its main artifact, its metrics file, and state carried to the next iteration
+    (the SPO-tree replay buffer)."""
 
     artifact: FileRef
     metrics: FileRef | None = None
+    state: FileRef | None = None
 
 
 def file_refs(obj: Any) -> Iterator[FileRef]:

@@ -13,12 +13,18 @@ from pathlib import Path
 
 from prefect import task
 
-from configs.schema import SEGMENT_ESTIMATORS, Config
+from configs.schema import SEGMENT_ESTIMATORS, TREE_ESTIMATORS, Config
 from storage.handles import FileRef, atomic_dir
 from storage.layout import RunLayout
 from storage.metrics import write_metrics
 from storage.parquet import read_parquet
-from storage.schemas import ADVANTAGES, REF_LOGPROBS, ROLLOUTS, SEGMENT_ADVANTAGES
+from storage.schemas import (
+    ADVANTAGES,
+    REF_LOGPROBS,
+    ROLLOUTS,
+    SEGMENT_ADVANTAGES,
+    TRAIN_EDGES,
+)
 from tasks.common import STAGE, StageOutput
 from tasks.progress import bar
 
@@ -70,6 +76,31 @@ def load_samples(rollouts: FileRef, advantages: FileRef, reference: FileRef | No
     return samples
 
 
+def load_edge_samples(edges: FileRef):
+    """SPO-tree training samples (spo.md §2.2): prefix = prompt + root-to-parent tokens, response = the
+    node's tokens, pi_old = the sampler's log-probs at generation time, advantage = the edge's."""
+    from tasks.trainer import Sample
+
+    t = read_parquet(edges, TRAIN_EDGES)
+    return [Sample(p, c, lp, a) for p, c, lp, a in zip(
+        t["prefix_token_ids"].to_pylist(), t["completion_token_ids"].to_pylist(), t["sampling_logprobs"].to_pylist(),
+        t["train_advantage"].to_pylist()) if c]
+
+
+def reference_for(cfg: Config, start: FileRef, samples: list) -> None:
+    """Fill each sample's reference log-probs from the start policy (a KL penalty in the loss on
+    samples that have no reference_logprobs stage: SPO-tree edges)."""
+    from tasks.trainer import sequence_logprobs
+
+    model, tok, device = load_policy(cfg, start.path)
+    lps = sequence_logprobs(model, [x.prompt_ids for x in samples], [x.completion_ids for x in samples],
+                            pad_id=tok.pad_token_id, device=device, temperature=cfg.rollout.temperature,
+                            chunk=cfg.train.logprob_chunk, micro_batch=cfg.train.micro_batch_size)
+    for x, lp in zip(samples, lps):
+        x.ref_logprobs = lp
+    del model
+
+
 def load_policy(cfg: Config, path: str):
     """(model, tokenizer, device) for a checkpoint directory, on the configured device and dtype."""
     import torch
@@ -117,9 +148,18 @@ def train_policy(cfg: Config, layout: RunLayout, start: FileRef, policy: FileRef
         model, tok, device = load_policy(cfg, policy.path)
     if cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    samples = load_samples(rollouts, advantages, reference, per_token=cfg.advantage.estimator in SEGMENT_ESTIMATORS)
-    steps_per_iter = cfg.train.epochs * math.ceil(
-        cfg.rollout.prompts_per_iteration * cfg.rollout.samples_per_prompt / cfg.train.mini_batch_size)
+    tree = cfg.advantage.estimator in TREE_ESTIMATORS
+    if tree:  # `rollouts` is the iteration's train_edges file
+        samples = load_edge_samples(rollouts)
+        if cfg.train.kl_coef > 0:
+            reference_for(cfg, start, samples)
+        nominal = cfg.tree.edges_per_iteration or cfg.rollout.prompts_per_iteration * cfg.tree.edges_per_question
+    else:
+        samples = load_samples(rollouts, advantages, reference, per_token=cfg.advantage.estimator in SEGMENT_ESTIMATORS)
+        nominal = cfg.rollout.prompts_per_iteration * cfg.rollout.samples_per_prompt
+    # The schedule's length is nominal (a tree iteration's edge count varies); the bar counts real steps.
+    steps_per_iter = cfg.train.epochs * math.ceil(nominal / cfg.train.mini_batch_size)
+    steps_now = cfg.train.epochs * math.ceil(len(samples) / cfg.train.mini_batch_size)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     sched = make_scheduler(opt, cfg.train, total_steps=cfg.run.iterations * steps_per_iter)
@@ -129,11 +169,12 @@ def train_policy(cfg: Config, layout: RunLayout, start: FileRef, policy: FileRef
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
     t0 = time.perf_counter()
-    with bar(f"train iteration {iteration}", steps_per_iter) as advance:
+    with bar(f"train iteration {iteration}", steps_now) as advance:
         stats = rl_update(model, opt, sched, samples, cfg.train, temperature=cfg.rollout.temperature,
                           pad_id=tok.pad_token_id, device=device, seed=iteration, norm_len=cfg.rollout.max_tokens,
-                          whiten_micro_batch=cfg.advantage.estimator in SEGMENT_ESTIMATORS
+                          whiten_micro_batch=cfg.advantage.estimator in SEGMENT_ESTIMATORS + TREE_ESTIMATORS
                           and cfg.spo.normalize == "micro_batch",
+                          old_from_sampler=tree and cfg.tree.old_logprobs == "generation",
                           on_step=lambda i, n: advance(1, ""))
     stats["train_seconds"] = time.perf_counter() - t0
     stats["trainable_parameters"] = float(sum(p.numel() for p in params))

@@ -191,7 +191,7 @@ def whiten_masked(adv: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> t
 
 def rl_update(model, optimizer, scheduler, samples: Sequence[Sample], cfg: TrainSection, *, temperature: float,
               pad_id: int, device: torch.device, seed: int, norm_len: float | None = None,
-              whiten_micro_batch: bool = False,
+              whiten_micro_batch: bool = False, old_from_sampler: bool = False,
               on_step: Callable[[int, int], None] | None = None) -> dict[str, float]:
     """One iteration of policy updates on `samples` with the loss `loss_spec(cfg)` describes.
 
@@ -199,7 +199,9 @@ def rl_update(model, optimizer, scheduler, samples: Sequence[Sample], cfg: Train
     SPO reference does (spo.md §3.3: unbiased variance, eps 1e-8).
 
     pi_old is recomputed by the trainer before any update; the gap to the sampler's log-probs is
-    reported (`logprob_gap_*`): ~0 means sampler and trainer agree on the same weights.
+    reported (`logprob_gap_*`): ~0 means sampler and trainer agree on the same weights. With
+    `old_from_sampler`, pi_old is the sampler's log-probs instead (SPO-tree's replayed edges were sampled
+    by older policies; their ratio must correct for that), and the gap measures their staleness.
     Metric sums are over trained tokens and divided by their count (per optimiser step, then averaged).
     """
     spec = loss_spec(cfg)
@@ -215,9 +217,12 @@ def rl_update(model, optimizer, scheduler, samples: Sequence[Sample], cfg: Train
             ent_sum += float((ent * batch.comp_mask).sum())
             for i, x in enumerate(part):
                 row = lp[i, : len(x.completion_ids)].cpu()
-                old.append(row)
-                if x.sampler_logprobs:
-                    d = (row - torch.tensor(x.sampler_logprobs, dtype=torch.float32)).abs()
+                sampler = torch.tensor(x.sampler_logprobs, dtype=torch.float32) if x.sampler_logprobs else None
+                if old_from_sampler and sampler is None:
+                    raise ValueError("old_from_sampler=True but a sample carries no sampler log-probs")
+                old.append(sampler if old_from_sampler else row)
+                if sampler is not None:
+                    d = (row - sampler).abs()
                     gap_sum, gap_max, n_tok = gap_sum + d.sum().item(), max(gap_max, d.max().item()), n_tok + d.numel()
     if spec.kl_coef > 0 and any(x.ref_logprobs is None for x in samples):
         raise ValueError("train.kl_coef > 0 (kl_placement=loss) but the samples carry no reference log-probs")

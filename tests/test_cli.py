@@ -88,3 +88,71 @@ def test_run_rejects_bad_config_before_any_work(tmp_path):
     res = runner.invoke(app, ["run", "--set", "train.lrr=1", "--runs-dir", str(tmp_path)])
     assert res.exit_code == 2 and "unknown key 'train.lrr'" in res.output
     assert list(tmp_path.iterdir()) == []
+
+
+def _tree_run(tmp_path):
+    """A run directory holding one iteration's SPO-tree (the hand-built EARLY tree of test_spo_tree)."""
+    from storage.parquet import write_parquet
+    from storage.schemas import TREE_NODES
+    from tests.test_spo_tree import EARLY, nodes_table
+
+    root = tmp_path / "runs" / "spo_tree-x"
+    (root / "iterations" / "0001").mkdir(parents=True)
+    (root / "config.yaml").write_text("advantage:\n  estimator: spo_tree\n")
+    nodes = root / "iterations" / "0001" / "tree_nodes.parquet"
+    write_parquet(nodes_table({k.replace("r", "q7", 1): v for k, v in EARLY.items()}), TREE_NODES, nodes)
+    return root, nodes
+
+
+def test_advantages_command_for_spo_tree_nodes(tmp_path):
+    from storage.schemas import TREE_ADVANTAGES
+
+    _, nodes = _tree_run(tmp_path)
+    out = tmp_path / "tree_adv.parquet"
+    res = runner.invoke(app, ["advantages", "--estimator", "spo_tree", "--nodes", str(nodes), "--out", str(out),
+                              "--set", "value=children"])
+    assert res.exit_code == 0, res.output
+    adv = dict(zip(*(read_parquet(out, TREE_ADVANTAGES)[c].to_pylist() for c in ("node_id", "advantage"))))
+    assert np.isclose(adv["q7/0"], 1 / 3) and np.isclose(adv["q7/1"], -1 / 3)  # the reference's mean of children
+    res = runner.invoke(app, ["advantages", "--estimator", "spo_tree", "--nodes", str(nodes), "--out", str(out),
+                              "--set", "value=median"])
+    assert res.exit_code == 2 and "value" in res.output and "median" in res.output
+
+
+def test_tree_command_draws_values_and_advantages(tmp_path):
+    root, nodes = _tree_run(tmp_path)
+    res = runner.invoke(app, ["tree", str(root), "--iteration", "1", "--question", "q7", "--no-text"])
+    assert res.exit_code == 2 and "tree_nodes + tree_advantages" in res.output  # advantages not computed yet
+    runner.invoke(app, ["advantages", "--estimator", "spo_tree", "--nodes", str(nodes),
+                        "--out", str(nodes.parent / "tree_advantages.parquet")])
+    res = runner.invoke(app, ["tree", "spo_tree-x", "--runs-dir", str(root.parent), "-k", "1", "-q", "q7", "--no-text"])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert lines[0].startswith("q7  V=0.50 (4 leaves)")
+    assert any(line.startswith("├── /0  *A=+0.50  V=1.00") and "leaf 1.00 ok" in line for line in lines)
+    assert any("/1/2  *A=+0.67  V=1.00" in line for line in lines)
+    res = runner.invoke(app, ["tree", str(root), "-k", "1"])
+    assert res.exit_code == 0 and res.output.startswith("q7  V=0.50")
+    res = runner.invoke(app, ["tree", str(root), "-k", "1", "-q", "nope"])
+    assert res.exit_code == 2 and "nope" in res.output and "q7" in res.output
+
+
+def test_run_refuses_a_run_another_process_is_writing(tmp_path):
+    import subprocess
+    import sys
+
+    from configs.loader import resolve, run_id
+
+    run_dir = tmp_path / run_id(resolve("default"))
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom storage.run_lock import run_lock\n"
+                               f"with run_lock({str(run_dir)!r}):\n    print('held', flush=True)\n    time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        res = runner.invoke(app, ["run", "--runs-dir", str(tmp_path)])
+        assert res.exit_code == 2, res.output
+        assert f"locked by pid {holder.pid}" in res.output and str(run_dir) in res.output
+        assert not (run_dir / "config.yaml").exists()  # nothing was written
+    finally:
+        holder.kill()
+        holder.wait()

@@ -136,3 +136,46 @@ def test_spo_chain_flow_end_to_end(prefect_harness, live_engine, tmp_path):
     assert rows[0][0] > 0
     _, rows = query(runs, "select min(value) from metrics where name = 'mc_generated_tokens'")
     assert rows[0][0] > 0
+
+
+def test_spo_tree_flow_end_to_end_and_replay_buffer_resume(prefect_harness, live_engine, tmp_path):
+    from configs.loader import resolve
+    from flows.rl_train import rl_train
+    from storage.handles import digest
+    from tests.conftest import SMALL
+
+    cfg = resolve("spo_tree", overrides=SMALL + ["run.iterations=3", "rollout.prompts_per_iteration=4",
+                                                 "tree.branching=[3,2,2]", "tree.edges_per_question=6",
+                                                 "tree.buffer_age=2"])
+    runs = tmp_path / "runs"
+    summary = rl_train(cfg, str(runs))
+    assert summary["stages_executed"]["tree_rollouts"] == 3 and "generate_rollouts" not in summary["stages_executed"]
+    # Trees: the root's children tile the response; a leaf's response is its ancestors' tokens + its own.
+    _, rows = query(runs, "select count(*) filter (where depth = 0), count(*) filter (where depth = 1), "
+                          "count(*) filter (where is_leaf and not isfinite(score)) from tree_nodes where iteration = 1")
+    assert rows == [(4, 4 * 3, 0)]
+    _, rows = query(runs, "select count(*) from tree_nodes c join tree_nodes p on p.node_id = c.parent_id "
+                          "and p.iteration = c.iteration where c.token_start <> p.token_end")
+    assert rows == [(0,)]
+    # Interior nodes filled a full M-token segment; truncated leaves score the penalty, never a grade.
+    _, rows = query(runs, "select count(*) from tree_nodes where depth > 0 and not is_leaf and len(token_ids) <> 8")
+    assert rows == [(0,)]
+    _, rows = query(runs, "select count(*) from tree_nodes where is_leaf and finish_reason = 'length' "
+                          "and (status <> 'truncated' or score <> 0)")
+    assert rows == [(0,)]
+    # Every trained edge was kept, is at most buffer_age - 1 old, and no question gives more than 6 per iteration.
+    _, rows = query(runs, "select count(*) from train_edges e left join tree_advantages a on a.node_id = e.node_id "
+                          "and a.iteration = e.added_iteration where a.kept is distinct from true or e.age >= 2")
+    assert rows == [(0,)]
+    _, rows = query(runs, "select max(n) from (select iteration, prompt_id, count(*) n from train_edges group by all)")
+    assert rows[0][0] is None or rows[0][0] <= 6
+
+    # Resume: a lost buffer state is rebuilt byte for byte from its inputs, and nothing downstream reruns.
+    root = runs / summary["run_id"]
+    state = root / "iterations" / "0002" / "replay_buffer.parquet"
+    before = digest(state), digest(root / "iterations" / "0003" / "train_edges.parquet")
+    state.unlink()
+    (root / "iterations" / "0002" / "train_edges.parquet").unlink()
+    again = rl_train(cfg, str(runs))
+    assert again["stages_executed"] == {"replay_buffer": 1}
+    assert (digest(state), digest(root / "iterations" / "0003" / "train_edges.parquet")) == before
