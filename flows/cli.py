@@ -1,4 +1,4 @@
-"""`segflow` command line: run, sql, advantages, tree, grade, presets."""
+"""`segflow` command line: run, eval, compare, report, sql, advantages, tree, grade, presets."""
 from __future__ import annotations
 
 import csv
@@ -78,6 +78,92 @@ def run(
     _print_summary(summary)
 
 
+@app.command("eval")
+def eval_(
+    checkpoint: List[str] = typer.Option(..., "--checkpoint", "-c", help="Model directory, run directory (its latest "
+                                         "checkpoint) or hub id; repeat to compare (the first is the baseline)."),
+    dataset: List[str] = typer.Option(["arith"], "--dataset", "-d", help="arith | gsm8k[=LOCAL] | math500[=LOCAL] | "
+                                      "a .jsonl file or directory with question/answer fields; repeatable."),
+    samples: int = typer.Option(0, "--samples", "-k", help="k sampled answers per problem (avg@k, pass@k, maj@k)."),
+    temperature: float = typer.Option(0.6),
+    top_p: float = typer.Option(0.95, "--top-p"),
+    budget: List[int] = typer.Option([], "--budget", help="Context budget in tokens (total and new); repeatable. "
+                                     "Default: the model's maximum."),
+    seed: int = typer.Option(0),
+    limit: Optional[int] = typer.Option(None, help="First N problems of each dataset."),
+    price_in: float = typer.Option(0.0, "--price-in", help="USD per million prompt tokens."),
+    price_out: float = typer.Option(0.0, "--price-out", help="USD per million generated tokens."),
+    jsonl_task: str = typer.Option("math", "--jsonl-task", help="Grader for .jsonl datasets: arith | gsm8k | math."),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Evaluations go to <runs-dir>/evals/<eval_id>/."),
+) -> None:
+    """Evaluate checkpoints: greedy, avg@k, pass@k, maj@k with standard errors, cost-of-pass, paired comparisons."""
+    from pydantic import ValidationError
+
+    from flows.evaluate import EvalSpec
+
+    try:
+        spec = EvalSpec(checkpoints=tuple(checkpoint), datasets=tuple(dataset), samples=samples,
+                        temperature=temperature, top_p=top_p, budgets=tuple(budget), seed=seed, limit=limit,
+                        price_in=price_in, price_out=price_out, jsonl_task=jsonl_task)
+    except ValidationError as e:
+        err = e.errors()[0]
+        _fail(f"--{'-'.join(str(x) for x in err['loc']).replace('_', '-')}={err.get('input')!r}: {err['msg']}")
+    _env_defaults(runs_dir)
+    from flows.evaluate import comparison_markdown, evaluate
+
+    try:
+        summary = evaluate(spec, str(runs_dir))
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        _fail(str(e))
+    print(comparison_markdown(summary))
+    print(f"\n{runs_dir / 'evals' / summary['eval_id']}  (segflow sql \"select * from eval_samples\")")
+
+
+@app.command("compare")
+def compare_(
+    names: List[str] = typer.Argument(..., help="Run ids / run directories, and eval ids / eval directories."),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Directory for the PNG plots (default <runs-dir>/compare)."),
+) -> None:
+    """Runs side by side (table + accuracy vs iteration, generated tokens and compute seconds), evaluations'
+    paired comparisons; published as Prefect artifacts."""
+    from flows.evaluate import comparison_markdown
+    from flows.run_plots import format_table
+
+    _env_defaults(runs_dir)
+    from flows.compare import compare
+
+    try:
+        result = compare(list(names), str(runs_dir), str(out or runs_dir / "compare"))
+    except ValueError as e:
+        _fail(str(e))
+    if result["runs"]:
+        print(format_table(result["runs"]))
+        for name, path in result["plots"].items():
+            print(f"plot ({name}): {path}")
+    for ev in result["evals"]:
+        print(comparison_markdown(ev))
+
+
+@app.command()
+def report(
+    run: str = typer.Argument(..., help="Run id (under --runs-dir) or run directory."),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
+    out: Optional[Path] = typer.Option(None, "--out", help="HTML file (default <run dir>/report.html)."),
+    samples: int = typer.Option(5, help="Sample responses to show."),
+) -> None:
+    """Write a self-contained HTML report of a run: config, metrics over time, plots, sample responses."""
+    from flows.html_report import write_report
+    from flows.run_plots import load_run
+
+    try:
+        info = load_run(run, runs_dir)
+    except ValueError as e:
+        _fail(str(e))
+    path = write_report(info, out or info.root / "report.html", samples=samples)
+    print(path)
+
+
 def _print_summary(s: dict) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -106,7 +192,7 @@ def _print_summary(s: dict) -> None:
 
 @app.command()
 def sql(
-    query: str = typer.Argument(..., help="SQL over views runs, prompts, rollouts, grades, advantages, metrics, eval_results."),
+    query: str = typer.Argument(..., help="SQL over views runs, prompts, rollouts, grades, advantages, metrics, eval_results, eval_samples, ... (README, Artifacts)."),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
     fmt: str = typer.Option("table", "--format", help="table | csv | json (a list of row objects)."),
 ) -> None:

@@ -137,6 +137,7 @@ def _train(cfg: Config, layout: RunLayout) -> dict:
         buffer = None  # SPO-tree: the replay buffer's state file after the last iteration
         generated = 0.0  # rollout + Monte Carlo tokens so far: the x axis of accuracy-vs-compute comparisons
         tokens_at_eval = {0: 0.0}
+        seconds_at_eval = {0: sum(compute_seconds.values())}  # measured work so far: the wall-clock x axis
         for it in range(1, cfg.run.iterations + 1):
             if cfg.advantage.estimator in TREE_ESTIMATORS:
                 outs, buffer = tree_iteration(stage, policy, start, data.train, buffer, it)
@@ -161,6 +162,7 @@ def _train(cfg: Config, layout: RunLayout) -> dict:
             if it % cfg.eval.every == 0 or it == cfg.run.iterations:
                 evals[it] = run_eval(it)
                 tokens_at_eval[it] = generated
+                seconds_at_eval[it] = sum(compute_seconds.values())
                 row["eval_accuracy"] = round(evals[it], 4)
                 print(f"iteration {it}: held-out accuracy {evals[it]:.3f}"
                       + (f", avg@{cfg.eval.samples} {sampled[it]:.3f}" if it in sampled else ""))
@@ -179,6 +181,7 @@ def _train(cfg: Config, layout: RunLayout) -> dict:
         "final_eval_accuracy": evals[max(evals)], "eval_accuracy": {str(k): v for k, v in evals.items()},
         "eval_avg_at_k": {str(k): v for k, v in sampled.items()},
         "generated_tokens": generated, "generated_tokens_at_eval": {str(k): v for k, v in tokens_at_eval.items()},
+        "compute_seconds_at_eval": {str(k): round(v, 2) for k, v in seconds_at_eval.items()},
         "wall_seconds": round(wall, 2), "stage_seconds": {k: round(v, 2) for k, v in stage_seconds.items()},
         "compute_seconds": {k: round(v, 2) for k, v in compute_seconds.items()},
         "stages_executed": dict(executed), "stages_cached": dict(cached), "code_version": CODE_VERSION,

@@ -4,8 +4,8 @@
     con.sql("select run_id, avg(score) from grades group by 1")
 
 Views: runs, prompts, rollouts, grades, ref_logprobs, advantages, mc_rollouts, segments,
-segment_advantages, tree_nodes, tree_advantages, replay_buffer, train_edges, metrics, eval_results
-(see storage/layout.py).
+segment_advantages, tree_nodes, tree_advantages, replay_buffer, train_edges, metrics, eval_results,
+eval_samples (see storage/layout.py).
 A view whose files do not exist yet is empty but has the right columns, so queries never fail on a
 fresh directory. The runs view also carries summary.json fields once a run has finished.
 """

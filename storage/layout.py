@@ -21,6 +21,12 @@
         eval/<k>/results.parquet         evaluation of the policy after iteration k (0 = start) (`eval_results`)
         eval/<k>/metrics-eval.parquet                                          (`metrics`)
         summary.json
+
+    <runs_dir>/evals/<eval_id>/            a `segflow eval` evaluation (EvalLayout)
+        spec.json                        what was evaluated: checkpoints, datasets, k, budgets, seed, prices
+        <checkpoint>/<dataset>/<budget>/samples.parquet   graded answers             (`eval_samples`)
+        <checkpoint>/<dataset>/<budget>/metrics.json      metrics with standard errors
+        summary.json                     every metrics row, paired comparisons, frontier cost-of-pass
 """
 from __future__ import annotations
 
@@ -45,6 +51,7 @@ TABLE_GLOBS = {
     "train_edges": "*/iterations/*/train_edges.parquet",
     "metrics": "*/**/metrics-*.parquet",
     "eval_results": "*/eval/*/results.parquet",
+    "eval_samples": "evals/**/samples.parquet",
 }
 
 
@@ -129,3 +136,26 @@ class RunLayout(BaseModel):
 
     def eval_metrics(self, iteration: int) -> Path:
         return self.root / "eval" / _k(iteration) / "metrics-eval.parquet"
+
+
+class EvalLayout(BaseModel):
+    """Paths of one `segflow eval` evaluation."""
+
+    model_config = ConfigDict(frozen=True)
+    runs_dir: str
+    eval_id: str
+
+    @property
+    def root(self) -> Path:
+        return Path(self.runs_dir) / "evals" / self.eval_id
+
+    @property
+    def spec(self) -> Path:
+        return self.root / "spec.json"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    def cell(self, checkpoint: str, dataset: str, budget: int) -> Path:
+        return self.root / checkpoint / dataset / str(budget)

@@ -208,20 +208,29 @@ METRICS = pa.schema(
     ]
 )
 
-# One row per (problem, sample) of an evaluation.
+# The columns of one graded evaluation answer (shared by in-run evaluations and `segflow eval`).
+_EVAL_ANSWER = [
+    ("prompt_id", pa.string()),
+    ("decoding", pa.string()),  # greedy | sampled (k per problem at the eval temperature)
+    ("sample_index", pa.int32()),
+    ("prompt_tokens", pa.int32()),
+    ("num_tokens", pa.int32()),  # response tokens
+    ("finish_reason", pa.string()),
+    ("score", pa.float64()),
+    ("status", pa.string()),
+    ("extracted", pa.string()),  # the answer the grader read ("" when none): maj@k votes on it
+    ("completion_text", pa.string()),
+]
+
+# One row per (problem, sample) of an evaluation inside a training run.
 EVAL_RESULTS = pa.schema(
-    [
-        ("run_id", pa.string()),
-        ("iteration", pa.int32()),
-        ("split", pa.string()),
-        ("prompt_id", pa.string()),
-        ("decoding", pa.string()),  # greedy | sampled (eval.samples per problem at eval.temperature)
-        ("sample_index", pa.int32()),
-        ("num_tokens", pa.int32()),
-        ("score", pa.float64()),
-        ("status", pa.string()),
-        ("completion_text", pa.string()),
-    ]
+    [("run_id", pa.string()), ("iteration", pa.int32()), ("split", pa.string()), *_EVAL_ANSWER]
+)
+
+# One row per (checkpoint, dataset, context budget, problem, sample) of a `segflow eval` evaluation.
+EVAL_SAMPLES = pa.schema(
+    [("eval_id", pa.string()), ("checkpoint", pa.string()), ("dataset", pa.string()), ("budget", pa.int32()),
+     *_EVAL_ANSWER]
 )
 
 ALL = {
@@ -240,4 +249,5 @@ ALL = {
     "train_edges": TRAIN_EDGES,
     "metrics": METRICS,
     "eval_results": EVAL_RESULTS,
+    "eval_samples": EVAL_SAMPLES,
 }

@@ -137,6 +137,22 @@ def _batching(max_model_len: int) -> dict:
 _ENGINE = None  # VLLMEngine | HFEngine
 
 
+# config.json keys that differ between checkpoints of one architecture without changing its shapes.
+_NON_ARCHITECTURE_KEYS = {"_name_or_path", "transformers_version", "dtype", "torch_dtype", "use_cache"}
+
+
+def same_architecture(a: str | Path, b: str | Path) -> bool:
+    """Can the weights of model directory `b` be loaded into an engine built for `a`? (config.json alike)."""
+    import json
+
+    def arch(d: str | Path) -> dict:
+        f = Path(d) / "config.json"
+        cfg = json.loads(f.read_text()) if f.exists() else {}
+        return {k: v for k, v in cfg.items() if k not in _NON_ARCHITECTURE_KEYS}
+
+    return str(a) == str(b) or arch(a) == arch(b)
+
+
 def get_engine(model_dir: str | Path, cfg: RolloutSection, dtype: str, seed: int):
     """The live engine with `model_dir`'s weights loaded, starting it on first use.
 
@@ -144,8 +160,8 @@ def get_engine(model_dir: str | Path, cfg: RolloutSection, dtype: str, seed: int
     `weight_load_seconds` (0 when the weights were already loaded).
     """
     global _ENGINE
-    if _ENGINE is not None and not _ENGINE.compatible(cfg, dtype):
-        shutdown_engine()  # e.g. a different context length: a new engine, not a weight reload
+    if _ENGINE is not None and not (_ENGINE.compatible(cfg, dtype) and same_architecture(_ENGINE.model_dir, model_dir)):
+        shutdown_engine()  # a different context length or model: a new engine, not a weight reload
     if _ENGINE is None:
         if cfg.backend == "hf":
             from tasks.hf_engine import HFEngine  # noqa: PLC0415 - avoids a circular import

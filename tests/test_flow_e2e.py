@@ -179,3 +179,44 @@ def test_spo_tree_flow_end_to_end_and_replay_buffer_resume(prefect_harness, live
     again = rl_train(cfg, str(runs))
     assert again["stages_executed"] == {"replay_buffer": 1}
     assert (digest(state), digest(root / "iterations" / "0003" / "train_edges.parquet")) == before
+
+    # The run compared (table, plots as image artifacts the UI draws from data URIs) and reported in HTML.
+    from prefect.client.orchestration import get_client
+
+    from flows.compare import artifact_key, compare
+    from flows.html_report import write_report
+    from flows.run_plots import load_run
+
+    result = compare([summary["run_id"]], str(runs), str(tmp_path / "plots"))
+    assert result["runs"][0]["run_id"] == summary["run_id"] and set(result["plots"]) == {"iteration", "tokens", "seconds"}
+    with get_client(sync_client=True) as client:
+        key = artifact_key("compare", summary["run_id"])
+        images = [a for a in client.read_artifacts() if a.type == "image" and (a.key or "").startswith(key)]
+    assert len(images) == 3 and all(a.data.startswith("data:image/png;base64,") for a in images)
+    html = write_report(load_run(summary["run_id"], runs), tmp_path / "report.html").read_text()
+    assert summary["run_id"] in html and "data:image/png;base64," in html
+
+
+def test_eval_flow_metrics_resume_and_sql(prefect_harness, live_engine, tiny_model_dir, tmp_path):
+    import shutil
+
+    from flows.evaluate import EvalSpec, evaluate
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny_model_dir, other)
+    spec = EvalSpec(checkpoints=(str(tiny_model_dir), str(other)), samples=2, limit=6, budgets=(64, 96),
+                    price_in=0.5, price_out=2.0)
+    runs = tmp_path / "runs"
+    first = evaluate(spec, str(runs))
+    assert first["cells_executed"] == 4 and len(first["cells"]) == 4
+    assert {(c["checkpoint"], c["budget"]) for c in first["cells"]} == {(n, b) for n in ("model", "other")
+                                                                        for b in (64, 96)}
+    assert all(c["problems"] == 6 and c["k"] == 2 and "pass_at_2" in c for c in first["cells"])
+    # Identical weights, identical seeds: identical answers, so the paired difference is exactly 0.
+    assert all(x["greedy"]["mean_diff"] == 0 and x["greedy"]["p_value"] == 1 for x in first["comparisons"])
+    _, rows = query(runs, "select checkpoint, budget, count(*), max(prompt_tokens + num_tokens) from eval_samples "
+                          "group by all order by 1, 2")
+    assert [r[:3] for r in rows] == [("model", 64, 18), ("model", 96, 18), ("other", 64, 18), ("other", 96, 18)]
+    assert all(r[3] <= r[1] for r in rows)  # the budget bounds prompt + answer
+    again = evaluate(spec, str(runs))
+    assert again["cells_executed"] == 0 and again["cells"] == first["cells"]

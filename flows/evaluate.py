@@ -1,0 +1,201 @@
+"""The `evaluate` flow: checkpoints x datasets x context budgets, each cell a cached eval_checkpoint task.
+
+    evaluate(EvalSpec(checkpoints=("runs/<id>", "Qwen/Qwen2.5-0.5B-Instruct"), datasets=("gsm8k=../shared/data/gsm8k",),
+                      samples=16, budgets=(2048, 4096)), runs_dir="runs")
+
+Writes <runs_dir>/evals/<eval_id>/ (storage/layout.py::EvalLayout). The eval id is a hash of the spec,
+so the same command resumes the same evaluation and finished cells are cache hits. The summary holds
+every cell's metrics (tasks/algos/eval_summary.py), the frontier cost-of-pass per (dataset, budget), and a
+paired comparison of the first checkpoint with each other one on the same problems: accuracy difference
+with a paired bootstrap CI and an exact McNemar p-value (greedy), and the same bootstrap on avg@k.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Literal
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from pydantic import BaseModel, ConfigDict, Field
+
+from configs.schema import DataSection, RolloutSection
+from storage.handles import FileRef, atomic_write_text
+from storage.layout import EvalLayout
+from storage.parquet import read_parquet
+from storage.schemas import EVAL_SAMPLES
+from tasks.algos.eval_stats import frontier_cost_of_pass, mcnemar, paired_bootstrap
+from tasks.algos.eval_summary import per_problem_scores
+from tasks.common import CODE_VERSION, ensure
+from tasks.engine import current_engine, shutdown_engine
+from tasks.eval_checkpoint import eval_checkpoint
+from tasks.models import resolve_model_dir
+
+# Named datasets and the preset whose data section (source, fields, template) they use.
+DATASET_PRESETS = {"arith": "default", "gsm8k": "gsm8k_qwen05b", "math500": "math500_r1distill"}
+
+
+class EvalSpec(BaseModel):
+    """What `segflow eval` evaluates. Hashes to the eval id."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    checkpoints: tuple[str, ...] = Field(min_length=1)
+    datasets: tuple[str, ...] = ("arith",)
+    samples: int = Field(0, ge=0, description="k sampled answers per problem (avg@k, pass@k, maj@k); 0 = greedy only.")
+    temperature: float = Field(0.6, gt=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+    budgets: tuple[int, ...] = Field((), description="Context budgets (total tokens); empty = the model's maximum.")
+    seed: int = 0
+    limit: int | None = Field(None, ge=1, description="First N problems of each dataset.")
+    price_in: float = Field(0.0, ge=0, description="USD per million prompt tokens (cost-of-pass).")
+    price_out: float = Field(0.0, ge=0, description="USD per million generated tokens.")
+    jsonl_task: Literal["arith", "gsm8k", "math"] = Field("math", description="Grader for a local JSONL dataset.")
+
+    def eval_id(self) -> str:
+        return "eval-" + hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:10]
+
+
+def dataset_section(name: str, spec: EvalSpec) -> DataSection:
+    """'arith' | 'gsm8k[=SOURCE]' | 'math500[=SOURCE]' | a local .jsonl file or directory (question/answer)."""
+    from configs.loader import resolve
+
+    key, _, source = name.partition("=")
+    if key in DATASET_PRESETS:
+        data = resolve(DATASET_PRESETS[key]).data
+        if source:  # a local copy of the same dataset
+            data = data.model_copy(update={"test_source" if data.test_source else "source": source})
+        return data
+    path = Path(name).expanduser()
+    if not path.exists():
+        raise ValueError(f"dataset {name!r}: not one of {', '.join(DATASET_PRESETS)} (optionally =LOCAL_COPY), "
+                         "nor an existing .jsonl file or directory")
+    return DataSection(task=spec.jsonl_task, source=str(path), test_split=path.stem if path.is_file() else "test")
+
+
+def checkpoint_dir(name: str) -> Path:
+    """A model directory, a run directory (its latest checkpoint), or a hub id."""
+    p = Path(name).expanduser()
+    if (p / "config.yaml").exists() and (p / "checkpoints").is_dir():
+        done = sorted(d for d in (p / "checkpoints").iterdir() if (d / "config.json").exists())
+        if not done:
+            raise ValueError(f"run {name!r} has no finished checkpoint")
+        return done[-1]
+    return resolve_model_dir(name)
+
+
+def label(model_dir: Path, name: str) -> str:
+    """A short, filesystem-safe name: <run_id>@<iteration> (or @warm_start) inside a run, else the directory
+    name or the hub id."""
+    if model_dir.parent.name in ("checkpoints", "models"):
+        name = f"{model_dir.parent.parent.name}@{model_dir.name}"
+    elif Path(name).expanduser().exists():
+        name = model_dir.name
+    return re.sub(r"[^A-Za-z0-9@._-]+", "--", name)[-80:]
+
+
+def max_positions(model_dir: Path) -> int:
+    cfg = json.loads((model_dir / "config.json").read_text())
+    return int(cfg.get("max_position_embeddings", 4096))
+
+
+def compare(rows_a: list[dict], rows_b: list[dict], seed: int) -> dict:
+    """Paired comparison of two checkpoints' answers on the same problems (b minus a)."""
+    a, b = per_problem_scores(rows_a), per_problem_scores(rows_b)
+    common = sorted(set(a) & set(b))
+    if not common:
+        return {"problems": 0}
+    ga = [a[p]["greedy"] for p in common]
+    gb = [b[p]["greedy"] for p in common]
+    out = {"problems": len(common), "greedy": {**paired_bootstrap(ga, gb, seed=seed), **mcnemar(ga, gb)}}
+    if all("avg" in a[p] and "avg" in b[p] for p in common):
+        out["avg_at_k"] = paired_bootstrap([a[p]["avg"] for p in common], [b[p]["avg"] for p in common], seed=seed)
+    return out
+
+
+@flow(name="evaluate", log_prints=True)
+def evaluate(spec: EvalSpec, runs_dir: str) -> dict:
+    layout = EvalLayout(runs_dir=str(Path(runs_dir).resolve()), eval_id=spec.eval_id())
+    atomic_write_text(layout.spec, spec.model_dump_json(indent=2))
+    print(f"evaluation {layout.eval_id} -> {layout.root}")
+    dirs = {c: checkpoint_dir(c) for c in spec.checkpoints}
+    labels = {c: label(dirs[c], c) for c in spec.checkpoints}
+    if len(set(labels.values())) < len(labels):
+        raise ValueError(f"checkpoints {list(spec.checkpoints)} name the same model twice ({sorted(labels.values())})")
+    budgets = spec.budgets or (min(max_positions(d) for d in dirs.values()),)
+    too_long = [(c, b) for c in spec.checkpoints for b in budgets if b > max_positions(dirs[c])]
+    if too_long:
+        c, b = too_long[0]
+        raise ValueError(f"budget {b} exceeds {c}'s max_position_embeddings={max_positions(dirs[c])}")
+    rollout = RolloutSection(max_model_len=max(budgets), temperature=spec.temperature, top_p=spec.top_p)
+    owns_engine = current_engine() is None
+    cells, answers, executed = [], {}, 0
+    try:
+        for c in spec.checkpoints:
+            ckpt = FileRef.of(dirs[c])
+            for ds in spec.datasets:
+                data = dataset_section(ds, spec)
+                ds_name = re.sub(r"[^A-Za-z0-9._-]+", "-", ds.partition("=")[0] if "=" in ds else Path(ds).stem)
+                for b in budgets:
+                    out, hit = ensure(eval_checkpoint, layout, ckpt, labels[c], ds_name, data, b, rollout,
+                                      spec.samples, spec.seed, spec.limit, (spec.price_in, spec.price_out),
+                                      CODE_VERSION)
+                    executed += not hit
+                    m = json.loads(Path(out.metrics.path).read_text())
+                    cells.append({"checkpoint": labels[c], "dataset": ds_name, "budget": b, **m})
+                    answers[(labels[c], ds_name, b)] = read_parquet(out.artifact, EVAL_SAMPLES).to_pylist()
+    finally:
+        if owns_engine:
+            shutdown_engine()
+
+    comparisons, frontier = [], []
+    base = labels[spec.checkpoints[0]]
+    for ds, b in sorted({(k[1], k[2]) for k in answers}):
+        for c in spec.checkpoints[1:]:
+            comparisons.append({"dataset": ds, "budget": b, "a": base, "b": labels[c],
+                                **compare(answers[(base, ds, b)], answers[(labels[c], ds, b)], spec.seed)})
+        costs = {x["checkpoint"]: x["cost_of_pass"] for x in cells if x["dataset"] == ds and x["budget"] == b}
+        name, value = frontier_cost_of_pass(costs)
+        frontier.append({"dataset": ds, "budget": b, "checkpoint": name, "cost_of_pass": value})
+    summary = {"eval_id": layout.eval_id, "spec": json.loads(spec.model_dump_json()), "cells": cells,
+               "comparisons": comparisons, "frontier_cost_of_pass": frontier, "cells_executed": executed}
+    atomic_write_text(layout.summary, json.dumps(summary, indent=2, default=str))
+    key = re.sub(r"[^a-z0-9-]+", "-", layout.eval_id.lower())
+    create_table_artifact([table_row(x) for x in cells], key=f"{key}-metrics", description=f"{layout.eval_id}: metrics")
+    create_markdown_artifact(comparison_markdown(summary), key=f"{key}-comparison",
+                             description=f"{layout.eval_id}: paired comparisons and cost-of-pass")
+    return summary
+
+
+TABLE_KEYS = ("checkpoint", "dataset", "budget", "problems", "greedy_accuracy", "greedy_accuracy_se", "avg_at_k",
+              "avg_at_k_se", "k", "truncation_rate", "length_mean", "cost_of_pass")
+
+
+def table_row(cell: dict) -> dict:
+    return {k: (round(cell[k], 4) if isinstance(cell[k], float) else cell[k]) for k in TABLE_KEYS if k in cell}
+
+
+def comparison_markdown(summary: dict) -> str:
+    lines = [f"# {summary['eval_id']}", "", "| checkpoint | dataset | budget | greedy | avg@k | pass@k | cost-of-pass |",
+             "|---|---|---|---|---|---|---|"]
+    for c in summary["cells"]:
+        k = int(c.get("k", 0))
+        avg = f"{c['avg_at_k']:.3f} ± {c['avg_at_k_se']:.3f}" if k else ""
+        passk = f"{c[f'pass_at_{k}']:.3f}" if k else ""
+        lines.append(f"| {c['checkpoint']} | {c['dataset']} | {c['budget']} | "
+                     f"{c['greedy_accuracy']:.3f} ± {c['greedy_accuracy_se']:.3f} | {avg} | {passk} | {c['cost_of_pass']:.4g} |")
+    if summary["comparisons"]:
+        lines += ["", "| a | b | dataset | budget | greedy diff (b - a) [95% CI] | McNemar p | avg@k diff [95% CI] |",
+                  "|---|---|---|---|---|---|---|"]
+        for x in summary["comparisons"]:
+            g = x.get("greedy")
+            if not g:
+                continue
+            avg = x.get("avg_at_k")
+            avg_s = f"{avg['mean_diff']:+.3f} [{avg['ci_low']:+.3f}, {avg['ci_high']:+.3f}]" if avg else ""
+            lines.append(f"| {x['a']} | {x['b']} | {x['dataset']} | {x['budget']} | {g['mean_diff']:+.3f} "
+                         f"[{g['ci_low']:+.3f}, {g['ci_high']:+.3f}] | {g['p_value']:.3g} | {avg_s} |")
+    lines += ["", "Frontier cost-of-pass: " + "; ".join(
+        f"{f['dataset']}@{f['budget']}: {f['checkpoint']} ({f['cost_of_pass']:.4g})" for f in summary["frontier_cost_of_pass"])]
+    return "\n".join(lines)

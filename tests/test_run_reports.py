@@ -1,0 +1,203 @@
+"""Run comparison tables, accuracy plots and the HTML report, on fake finished runs built from real files."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from flows.html_report import pick_samples, write_report
+from flows.run_plots import (
+    comparison_rows,
+    format_table,
+    load_run,
+    markdown_table,
+    plot_accuracy,
+    png_data_uri,
+)
+from storage.layout import RunLayout
+from storage.metrics import write_metrics
+from storage.parquet import write_parquet
+from storage.schemas import EVAL_RESULTS
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+SCRIPT = "<script>alert(1)</script>"
+
+# Run A: evaluated at 0, 2, 4; best accuracy at iteration 2; has compute_seconds_at_eval and avg@k.
+SUMMARY_A = {
+    "run_id": "run_a", "preset": "grpo_small", "estimator": "grpo", "iterations_completed": 4,
+    "initial_eval_accuracy": 0.25, "final_eval_accuracy": 0.5,
+    "eval_accuracy": {"0": 0.25, "2": 0.625, "4": 0.5},
+    "eval_avg_at_k": {"0": 0.2, "2": 0.4, "4": 0.45},
+    "generated_tokens": 2_500_000.0,
+    "generated_tokens_at_eval": {"0": 0.0, "2": 1_200_000.0, "4": 2_500_000.0},
+    "compute_seconds_at_eval": {"0": 3.0, "2": 40.0, "4": 81.5},
+    "wall_seconds": 95.25, "stage_seconds": {"grade": 1.0, "train_policy": 50.0},
+    "compute_seconds": {"generate_rollouts": 30.5, "train_policy": 48.0, "evaluate": 3.0},
+    "stages_executed": {"grade": 4, "train_policy": 4}, "stages_cached": {"grade": 0, "train_policy": 0},
+    "code_version": "abc123",
+}
+# Run B: an older summary without compute_seconds_at_eval or avg@k.
+SUMMARY_B = {
+    **{k: v for k, v in SUMMARY_A.items() if k not in ("compute_seconds_at_eval", "eval_avg_at_k")},
+    "run_id": "run_b", "preset": "spo_tree", "estimator": "spo_tree", "iterations_completed": 2,
+    "initial_eval_accuracy": 0.25, "final_eval_accuracy": 0.75, "eval_accuracy": {"0": 0.25, "2": 0.75},
+    "generated_tokens": 750_000.0, "generated_tokens_at_eval": {"0": 0.0, "2": 750_000.0},
+}
+CONFIG_A = "run:\n  preset: grpo_small\n  iterations: 4\nadvantage:\n  estimator: grpo\n"
+
+# iteration -> stage -> metrics, for run A.
+METRICS_A = {
+    it: {"grade": {"reward_mean": 0.125 * it, "accuracy": 0.1 * it},
+         "train": {"clipfrac": 0.0625 * it, "grad_norm": 1.5 + it, "train_seconds": 12.0}}
+    for it in (1, 2, 3, 4)
+}
+
+
+def make_run(runs_dir: Path, summary: dict, config: str, metrics: dict | None = None) -> Path:
+    layout = RunLayout(runs_dir=str(runs_dir), run_id=summary["run_id"])
+    layout.root.mkdir(parents=True)
+    layout.config.write_text(config)
+    for it, stages in (metrics or {}).items():
+        for stage, values in stages.items():
+            write_metrics(layout.metrics(it, stage), layout.run_id, it, stage, values)
+    for it in map(int, summary["eval_accuracy"]):
+        write_parquet(eval_rows(layout.run_id, it), EVAL_RESULTS, layout.eval_results(it))
+        write_metrics(layout.eval_metrics(it), layout.run_id, it, "eval",
+                      {"eval_accuracy": summary["eval_accuracy"][str(it)]})
+    layout.summary.write_text(json.dumps(summary))
+    return layout.root
+
+
+def eval_rows(run_id: str, it: int) -> list[dict]:
+    """Four greedy problems (p0, p1 correct; p2 wrong with a script tag; p3 no answer) + one sampled row."""
+    def row(pid: str, status: str, text: str, decoding: str = "greedy") -> dict:
+        values = {"run_id": run_id, "iteration": it, "split": "test", "prompt_id": pid, "decoding": decoding,
+                  "sample_index": 0, "num_tokens": len(text), "score": 1.0 if status == "ok" else 0.0,
+                  "status": status, "completion_text": text}
+        # Columns the report does not read (finish_reason, extracted, ...) get a neutral value, so the
+        # fixture follows EVAL_RESULTS as it grows.
+        return {f.name: values.get(f.name, _neutral(f.type)) for f in EVAL_RESULTS}
+
+    return [row("p0", "ok", f"answer 42 at iteration {it}"), row("p1", "ok", "so x = 7 & y < 3"),
+            row("p2", "wrong", f"I think {SCRIPT} 13"), row("p3", "no_answer", "hmm"),
+            row("p0", "ok", "SAMPLED-ONLY-TEXT", decoding="sampled")]
+
+
+def _neutral(t: pa.DataType) -> object:
+    if pa.types.is_string(t):
+        return ""
+    if pa.types.is_integer(t):
+        return 0
+    if pa.types.is_floating(t):
+        return 0.0
+    return None
+
+
+@pytest.fixture(scope="module")
+def runs_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("runs")
+    make_run(d, SUMMARY_A, CONFIG_A, METRICS_A)
+    make_run(d, SUMMARY_B, "run:\n  preset: spo_tree\n")
+    # An unfinished run: config written at start, no summary.json yet.
+    (d / "run_c").mkdir()
+    (d / "run_c" / "config.yaml").write_text("run: {}\n")
+    return d
+
+
+@pytest.fixture(scope="module")
+def report(runs_dir, tmp_path_factory) -> str:
+    out = write_report(load_run("run_a", runs_dir), tmp_path_factory.mktemp("report") / "run_a.html", samples=3)
+    return out.read_text()
+
+
+def test_load_run_by_id_and_by_path(runs_dir):
+    by_id = load_run("run_a", runs_dir)
+    by_path = load_run(str(runs_dir / "run_a"), Path("/nonexistent"))
+    for run in (by_id, by_path):
+        assert (run.run_id, run.preset, run.estimator) == ("run_a", "grpo_small", "grpo")
+        assert run.config == CONFIG_A
+        assert run.summary["final_eval_accuracy"] == 0.5
+    assert by_id.root == runs_dir / "run_a"
+
+
+def test_load_run_errors(runs_dir):
+    with pytest.raises(ValueError, match="no summary.json yet, so it has not finished"):
+        load_run("run_c", runs_dir)
+    with pytest.raises(ValueError, match="no run directory") as e:
+        load_run("run_missing", runs_dir)
+    assert str(runs_dir / "run_missing") in str(e.value)  # names what was tried
+
+
+def test_comparison_rows_by_hand(runs_dir):
+    a, b = comparison_rows([load_run("run_a", runs_dir), load_run("run_b", runs_dir)])
+    assert (a["run_id"], a["preset"], a["estimator"], a["iterations"]) == ("run_a", "grpo_small", "grpo", 4)
+    assert (a["initial_accuracy"], a["final_accuracy"]) == (0.25, 0.5)
+    assert (a["best_accuracy"], a["best_iteration"]) == (0.625, 2)  # best is not the final one
+    assert a["final_avg_at_k"] == 0.45
+    assert a["generated_tokens_m"] == pytest.approx(2.5)
+    assert a["compute_seconds"] == pytest.approx(30.5 + 48.0 + 3.0)
+    assert a["wall_seconds"] == 95.25
+    assert (b["best_accuracy"], b["best_iteration"], b["final_avg_at_k"]) == (0.75, 2, None)
+    assert b["generated_tokens_m"] == pytest.approx(0.75)
+
+    text = format_table([a, b])
+    lines = text.splitlines()
+    assert len(lines) == 4 and len({len(line) for line in lines[:2]}) == 1  # header and rule align
+    assert "62.5%" in lines[2] and "2.500" in lines[2] and "81.5" in lines[2]
+    assert lines[3].split()[0] == "run_b" and "-" in lines[3].split()  # missing avg@k shown as '-'
+    md = markdown_table([a, b]).splitlines()
+    assert md[0].startswith("| run |") and md[1].startswith("|---|") and len(md) == 4
+    assert "| 75.0% |" in md[3]
+
+
+def _assert_png(path: Path) -> None:
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE and len(data) > 5000
+
+
+def test_plot_accuracy_writes_pngs(runs_dir, tmp_path):
+    runs = [load_run("run_a", runs_dir), load_run("run_b", runs_dir)]
+    paths = plot_accuracy(runs, tmp_path / "plots")
+    assert set(paths) == {"iteration", "tokens", "seconds"}  # run_b lacks seconds, run_a still plots
+    for path in paths.values():
+        assert path.parent == tmp_path / "plots"
+        _assert_png(path)
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == sorted(p.name for p in paths.values())
+    assert png_data_uri(paths["iteration"]).startswith("data:image/png;base64,iVBORw0KGgo")
+
+
+def test_plot_accuracy_without_compute_seconds(runs_dir, tmp_path):
+    paths = plot_accuracy([load_run("run_b", runs_dir)], tmp_path)
+    assert set(paths) == {"iteration", "tokens"}
+    _assert_png(paths["tokens"])
+
+
+def test_pick_samples_mixes_correct_and_wrong():
+    rows = [{"status": s, "id": i} for i, s in enumerate(["ok"] * 5 + ["wrong"] * 5)]
+    assert [r["status"] for r in pick_samples(rows, 5)] == ["ok"] * 3 + ["wrong"] * 2
+    assert [r["status"] for r in pick_samples(rows[:6], 5)] == ["ok"] * 4 + ["wrong"]  # one wrong: ok fills in
+    assert len(pick_samples(rows[:2], 5)) == 2
+
+
+def test_report_is_self_contained_and_escaped(report):
+    assert report.startswith("<!DOCTYPE html>")
+    assert "run_a" in report and "grpo_small" in report
+    assert "preset: grpo_small\n  iterations: 4" in report  # config.yaml text in a <pre>
+    assert '<img src="data:image/png;base64,' in report
+    assert "http://" not in report and "https://" not in report and "<script" not in report
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in report
+    assert "so x = 7 &amp; y &lt; 3" in report
+
+
+def test_report_metrics_and_samples(report):
+    for name in ("reward_mean", "accuracy", "clipfrac", "grad_norm", "train_seconds"):
+        assert f"<th>{name}</th>" in report
+    for value in ("0.375", "0.1875", "5.5", "0.25", "12"):  # reward_mean/clipfrac at 3, grad_norm at 4, ...
+        assert f"<td>{value}</td>" in report
+    assert "62.5%" in report and "2,500,000" in report  # best accuracy, generated tokens
+    # Samples come from the last evaluation (iteration 4), greedy only: 2 correct + 1 wrong of 3.
+    assert "answer 42 at iteration 4" in report and "answer 42 at iteration 2" not in report
+    assert "SAMPLED-ONLY-TEXT" not in report
+    assert report.count('class="sample"') == 3
