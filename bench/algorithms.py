@@ -2,12 +2,18 @@
 
     .venv/bin/python bench/algorithms.py [--presets grpo rloo spo_chain:train.prob_mask_rho=null ...]
         [--seeds 0 1 2] [--set key=value ...] [--section TITLE] [--plot docs/img/NAME.png]
+        [--baseline-runs DIR --baseline-presets grpo spo_chain]
 
 Each (preset, seed) is one `segflow run --preset P --set run.seed=S` process; all share one runs
 directory and PREFECT_HOME. A preset may carry its own overrides after a colon (comma-separated).
 The rollout budget (iterations x prompts x samples) is the same for every preset; --set changes
 it for all of them. SPO-chain additionally spends Monte Carlo tokens, so the plot shows accuracy
 against iterations and against total generated tokens. Results go to BENCHMARKS.md.
+
+--baseline-runs adds finished runs of other presets from an earlier invocation (same settings) to the table
+and the plot instead of running them again, matched by preset and seed from their config.yaml. They are
+marked with their code version, and their SFT accuracy per seed must equal this invocation's (the same
+start), or the script refuses to compare.
 """
 from __future__ import annotations
 
@@ -59,6 +65,8 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=None, help="Runs directory (default: a new temp dir).")
     ap.add_argument("--section", default="Algorithms on the embedded default")
     ap.add_argument("--plot", type=Path, default=None, help="PNG: accuracy vs iterations and vs generated tokens.")
+    ap.add_argument("--baseline-runs", type=Path, default=None, help="Runs directory of an earlier invocation.")
+    ap.add_argument("--baseline-presets", nargs="*", default=[], help="Presets to take from --baseline-runs.")
     opts = ap.parse_args()
     work = opts.work or Path(tempfile.mkdtemp(prefix="segflow-algos-"))
     work.mkdir(parents=True, exist_ok=True)  # Prefect's ephemeral server cannot create a PREFECT_HOME's parents
@@ -74,13 +82,21 @@ def main() -> None:
             print(f"{preset} seed {seed}: {s['initial_eval_accuracy']:.3f} -> {s['final_eval_accuracy']:.3f} "
                   f"({wall:.0f} s)", flush=True)
 
+    baseline = load_baselines(opts.baseline_runs, opts.baseline_presets, opts.seeds) if opts.baseline_runs else {}
+    for preset, rows in baseline.items():
+        start = {r["_seed"]: r["initial_eval_accuracy"] for r in rows}
+        ours = {s: r["initial_eval_accuracy"] for r, s in zip(next(iter(results.values())), opts.seeds)}
+        if start != ours:
+            sys.exit(f"baseline {preset}: SFT accuracies {start} differ from this invocation's {ours}: not the same start")
+    results = {**baseline, **results}
     lines = ["| preset | estimator | SFT accuracy | final accuracy | lift (points) | per seed (final) | wall s/run |",
              "|---|---|---|---|---|---|---|"]
     for preset, rows in results.items():
         init = [100 * r["initial_eval_accuracy"] for r in rows]
         final = [100 * r["final_eval_accuracy"] for r in rows]
         lift = [f - i for f, i in zip(final, init)]
-        lines.append(f"| `{preset}` | {rows[0]['estimator']} | {fmt(init)} | **{fmt(final)}** | {fmt(lift)} | "
+        tag = f" (earlier run, code {rows[0]['code_version']})" if preset in baseline else ""
+        lines.append(f"| `{preset}`{tag} | {rows[0]['estimator']} | {fmt(init)} | **{fmt(final)}** | {fmt(lift)} | "
                      f"{', '.join(f'{v:.1f}' for v in final)} | {statistics.mean(r['_wall'] for r in rows):.0f} |")
     budget = ", ".join(opts.overrides) if opts.overrides else "the embedded default's"
     lines += ["", f"Held-out accuracy (%), greedy, mean ± std over seeds {opts.seeds}; same SFT start per seed, "
@@ -89,6 +105,23 @@ def main() -> None:
         plot(results, opts.plot)
         lines.append(f"\n![accuracy vs iterations and generated tokens]({opts.plot.as_posix()})")
     write_section(opts.section, "\n".join(lines))
+
+
+def load_baselines(runs: Path, presets: list[str], seeds: list[int]) -> dict[str, list[dict]]:
+    """{preset: [summary per seed]} of finished runs under `runs`, by config.yaml's run.preset and run.seed."""
+    import yaml
+
+    found: dict[tuple[str, int], dict] = {}
+    for f in runs.glob("*/summary.json"):
+        cfg = yaml.safe_load((f.parent / "config.yaml").read_text())
+        key = (cfg["run"]["preset"], cfg["run"]["seed"])
+        if key[0] in presets and key[1] in seeds:
+            summary = json.loads(f.read_text())
+            found[key] = {**summary, "_seed": key[1], "_wall": summary["wall_seconds"]}
+    missing = [(p, s) for p in presets for s in seeds if (p, s) not in found]
+    if missing:
+        sys.exit(f"--baseline-runs {runs}: no finished run for {missing}")
+    return {p: [found[(p, s)] for s in seeds] for p in presets}
 
 
 def plot(results: dict[str, list[dict]], path: Path) -> None:

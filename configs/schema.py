@@ -68,6 +68,11 @@ class DataSection(Section):
     max_prompt_tokens: int = Field(96, ge=1, description="Longer prompts are dropped at prep time.")
     train_limit: int | None = Field(None, ge=1)
     test_limit: int | None = Field(None, ge=1)
+    on_bad_row: Literal["fail", "skip"] = Field(
+        "fail", description="A bad dataset row (not JSON or not an object, non-UTF-8, missing or blank question/"
+        "answer, duplicate id): fail stops with its file, line and value; skip drops it and counts it per "
+        "reason in the prepare metrics (`train_skipped_bad_json`, ...).",
+    )
     arith: ArithSection = ArithSection()
 
 
@@ -217,6 +222,10 @@ class TrainSection(Section):
     )
     entropy_coef: float = Field(0.0, ge=0, description="Entropy bonus: loss -= entropy_coef * Agg(H).")
     grad_clip: float = Field(1.0, gt=0)
+    max_consecutive_skips: int = Field(
+        3, ge=1, description="A step with a NaN/inf loss or gradient is skipped; this many in a row (across "
+        "iterations) fail the run.",
+    )
     warmup_steps: int = Field(0, ge=0)
     schedule: Literal["constant", "linear"] = "constant"
     loss_agg: Literal[LOSS_AGGREGATIONS] = Field("token-mean", description="See tasks/algos/losses.py::aggregate.")
@@ -268,6 +277,9 @@ class Config(Section):
                 self.train.kl_placement == "reward":
             raise ValueError(f"advantage.estimator={self.advantage.estimator!r} takes its values from Monte Carlo "
                              "rollouts: train.kl_placement='reward' is not supported, use 'loss'")
+        if self.data.max_prompt_tokens >= self.rollout.max_model_len:
+            raise ValueError(f"data.max_prompt_tokens={self.data.max_prompt_tokens} leaves no room for a response "
+                             f"under rollout.max_model_len={self.rollout.max_model_len}: lower the first or raise the second")
         if self.data.task == "arith" and self.data.source != "synthetic":
             raise ValueError(f"data.source={self.data.source!r}: the arith task is synthetic only")
         return self

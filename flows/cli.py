@@ -14,8 +14,26 @@ import typer
 app = typer.Typer(add_completion=False, no_args_is_help=False, help="RL post-training for LLM reasoning, as Prefect flows.")
 
 
+UI_MARKER = Path.home() / ".segflow-ui.json"  # written by `segflow ui`: {"url", "pid"}
+
+
+def _live_ui() -> str | None:
+    """The API URL of a running `segflow ui` server, if one is up (its pid alive and /api/health answers)."""
+    import urllib.request
+
+    try:
+        ui = json.loads(UI_MARKER.read_text())
+        os.kill(int(ui["pid"]), 0)
+        with urllib.request.urlopen(ui["url"] + "/health", timeout=1) as r:  # noqa: S310 - our own loopback URL
+            return ui["url"] if r.status == 200 else None
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def _env_defaults(runs_dir: Path) -> None:
     """Process-wide settings that must be in place before prefect / vllm are imported."""
+    if "PREFECT_API_URL" not in os.environ and (url := _live_ui()):
+        os.environ["PREFECT_API_URL"] = url  # runs show up in the `segflow ui` server
     os.environ.setdefault("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(runs_dir.resolve() / ".prefect-results"))
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -73,8 +91,8 @@ def run(
 
     try:
         summary = rl_train(cfg, str(runs_dir))
-    except RunLockedError as e:  # it started in the moment between the check and the flow
-        _fail(str(e))
+    except (RunLockedError, ValueError, FileNotFoundError) as e:  # bad input: the message names file/row/key
+        _fail(f"{e}\n(the run's log above has the traceback; fix the input and rerun the same command to resume)")
     _print_summary(summary)
 
 
@@ -205,7 +223,7 @@ def sql(
         _fail(f"--format {fmt!r}: expected table, csv or json")
     try:
         cols, rows = run_query(runs_dir, query)
-    except duckdb.Error as e:
+    except (duckdb.Error, ValueError) as e:  # a SQL error, or a statement that would write
         _fail(str(e).splitlines()[0])
     if fmt == "json":
         print(json.dumps([dict(zip(cols, r)) for r in rows], default=str, indent=1))
@@ -294,9 +312,11 @@ def advantages(
     except ValidationError as e:
         err = e.errors()[0]
         _fail(f"--set {'.'.join(str(x) for x in err['loc'])}={err.get('input')!r}: {err['msg']}")
+    import duckdb
+
     try:
         table = compute_advantages(estimator, rollouts, grades, {**params, "kl_reward_coef": kl_coef}, kl=kl)
-    except ValueError as e:
+    except (ValueError, duckdb.Error) as e:  # a bad estimator name, or an unreadable or mismatched file
         _fail(str(e))
     ref = write_parquet(table, ADVANTAGES, out)
     print(f"wrote {table.num_rows} rows to {ref.path} (sha256 {ref.sha256[:12]})")
@@ -387,6 +407,51 @@ def grade(
         sys.stdout.write(text)
     else:
         atomic_write_text(out, text)
+
+
+@app.command()
+def ui(port: int = typer.Option(4200, help="Port on 127.0.0.1.")) -> None:
+    """Start the Prefect server and UI on 127.0.0.1; segflow commands run meanwhile report to it."""
+    import signal
+    import subprocess
+
+    from storage.handles import atomic_write_text
+
+    url = f"http://127.0.0.1:{port}/api"
+    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                             "--port", str(port)])
+    atomic_write_text(UI_MARKER, json.dumps({"url": url, "pid": proc.pid}))
+    print(f"Prefect UI on http://127.0.0.1:{port} (API {url}); `segflow run` in another terminal reports there. "
+          "Ctrl-C stops it.")
+    try:
+        proc.wait()
+    except KeyboardInterrupt:
+        proc.send_signal(signal.SIGINT)
+        proc.wait()
+    finally:
+        UI_MARKER.unlink(missing_ok=True)
+
+
+@app.command()
+def serve(config: Path = typer.Option(..., "--config", exists=True, dir_okay=False,
+                                      help="YAML with a 'deployments:' list (see flows/deploy.py)."),
+          dry_run: bool = typer.Option(False, "--dry-run", help="Validate and list the deployments, then exit.")) -> None:
+    """Register scheduled deployments of train / evaluate_models and run them from this process."""
+    from flows.deploy import deployments, read_serve_file
+
+    try:
+        entries = read_serve_file(config)
+        runners = deployments(entries)
+    except Exception as e:  # noqa: BLE001 - config, preset and schedule errors all name their entry
+        _fail(str(e))
+    for e in entries:
+        print(f"{e.flow}/{e.name}: {'cron ' + e.cron if e.cron else f'every {e.interval:g} s'} {e.parameters()}")
+    if dry_run:
+        return
+    _env_defaults(Path("runs"))
+    from prefect import serve as prefect_serve
+
+    prefect_serve(*runners)
 
 
 @app.command()

@@ -22,6 +22,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel, ConfigDict, Field
 
 from configs.schema import DataSection, RolloutSection
+from flows.notify import notify_failure
 from storage.handles import FileRef, atomic_write_text
 from storage.layout import EvalLayout
 from storage.parquet import read_parquet
@@ -114,7 +115,7 @@ def compare(rows_a: list[dict], rows_b: list[dict], seed: int) -> dict:
     return out
 
 
-@flow(name="evaluate", log_prints=True)
+@flow(name="evaluate", log_prints=True, on_failure=[notify_failure], on_crashed=[notify_failure])
 def evaluate(spec: EvalSpec, runs_dir: str) -> dict:
     layout = EvalLayout(runs_dir=str(Path(runs_dir).resolve()), eval_id=spec.eval_id())
     atomic_write_text(layout.spec, spec.model_dump_json(indent=2))

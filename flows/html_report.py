@@ -70,14 +70,12 @@ def read_iteration_metrics(root: Path) -> dict[int, dict[str, float]]:
         return {}
     import duckdb
 
-    from storage.catalog import quote
-
     con = duckdb.connect(":memory:")
-    try:
+    try:  # paths and names are bound as parameters, never formatted into the SQL
         rows = con.execute(
-            f"select iteration, stage, name, value from read_parquet("
-            f"{quote(str(root / 'iterations' / '*' / 'metrics-*.parquet'))}, union_by_name=true) "
-            f"where name in ({', '.join(quote(m) for m in REPORT_METRICS)})"
+            "select iteration, stage, name, value from read_parquet(?, union_by_name=true) "
+            "where list_contains(?, name)",
+            [str(root / "iterations" / "*" / "metrics-*.parquet"), list(REPORT_METRICS)],
         ).fetchall()
     finally:
         con.close()
@@ -124,13 +122,11 @@ def last_eval_samples(root: Path, n: int) -> tuple[int | None, list[dict[str, An
     iteration, path = evals[-1]
     import duckdb
 
-    from storage.catalog import quote
-
     con = duckdb.connect(":memory:")
     try:
         rel = con.execute(
-            f"select prompt_id, status, score, completion_text from read_parquet({quote(str(path))}) "
-            "where decoding = 'greedy' order by prompt_id, sample_index"
+            "select prompt_id, status, score, completion_text from read_parquet(?) "
+            "where decoding = 'greedy' order by prompt_id, sample_index", [str(path)],
         )
         cols = [d[0] for d in rel.description]
         rows = [dict(zip(cols, r)) for r in rel.fetchall()]

@@ -27,7 +27,8 @@ from prefect.artifacts import (
 from configs.loader import run_id as make_run_id
 from configs.loader import to_yaml
 from configs.schema import SEGMENT_ESTIMATORS, TREE_ESTIMATORS, Config
-from storage.handles import FileRef, atomic_write_text
+from flows.notify import notify_failure
+from storage.handles import FileRef, atomic_write_text, sweep_temporaries
 from storage.layout import RunLayout
 from storage.metrics import read_metrics
 from storage.parquet import write_parquet
@@ -83,13 +84,16 @@ def start_run(cfg: Config, layout: RunLayout) -> None:
                       RUNS, layout.run_table)
 
 
-@flow(name="rl_train", log_prints=True)
+@flow(name="rl_train", log_prints=True, on_failure=[notify_failure], on_crashed=[notify_failure])
 def rl_train(cfg: Config, runs_dir: str) -> dict:
     layout = RunLayout(runs_dir=str(Path(runs_dir).resolve()), run_id=make_run_id(cfg))
     # One writer per run: a second process on the same run id fails here, naming the holder's pid.
     with run_lock(layout.root) as lock:
         if lock.took_over_from is not None:
             print(f"resuming after pid {lock.took_over_from}, which stopped without releasing the run")
+        swept = sweep_temporaries(layout.root)  # what a killed writer left; never read, but never kept either
+        if swept:
+            print(f"removed {swept} temporary file(s) left by an interrupted run")
         return _train(cfg, layout)
 
 

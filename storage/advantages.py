@@ -8,7 +8,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401 - pa.compute
 
-from storage.catalog import SQL_DIR, quote
+from storage.catalog import SQL_DIR
 from storage.schemas import (
     ADVANTAGES,
     REPLAY_BUFFER,
@@ -29,8 +29,8 @@ def _run_on(views: dict[str, str | Path | pa.Table], sql_file: Path, params: dic
         for name, source in views.items():
             if isinstance(source, pa.Table):
                 con.register(name, source)
-            else:
-                con.execute(f"create view {name} as select * from read_parquet({quote(str(source))})")
+            else:  # a relation, so the path is an argument and never part of SQL text
+                con.read_parquet(str(source)).create_view(name)
         return con.sql(sql, params=_bind(sql, params, sql_file.name)).to_arrow_table()
     finally:
         con.close()
@@ -100,16 +100,14 @@ def compute_advantages(estimator: str, rollouts: str | Path, grades: str | Path,
     try:
         # Only the columns the estimators need; a view costs nothing unless an estimator reads it
         # (REC reads seeds, REINFORCE++ token counts; GRPO/RLOO read the grades alone).
-        con.execute(
-            "create view rollouts as select run_id, iteration, prompt_id, sample_index, seed, finish_reason, "
-            f"len(completion_token_ids) as num_tokens from read_parquet({quote(str(rollouts))})"
-        )
+        con.read_parquet(str(rollouts)).project(
+            "run_id, iteration, prompt_id, sample_index, seed, finish_reason, len(completion_token_ids) as num_tokens"
+        ).create_view("rollouts")
         if kl is None:
-            con.execute(f"create view grades as select * from read_parquet({quote(str(grades))})")
+            con.read_parquet(str(grades)).create_view("grades")
         else:
-            con.execute(f"create view grades_raw as select * from read_parquet({quote(str(grades))})")
-            con.execute("create view kl_penalty as select run_id, iteration, prompt_id, sample_index, kl "
-                        f"from read_parquet({quote(str(kl))})")
+            con.read_parquet(str(grades)).create_view("grades_raw")
+            con.read_parquet(str(kl)).project("run_id, iteration, prompt_id, sample_index, kl").create_view("kl_penalty")
             # DuckDB cannot bind parameters inside CREATE VIEW: inline the (numeric) coefficient.
             shaping = (SQL_DIR / "kl_in_reward.sql").read_text()
             con.execute(shaping.replace("$kl_reward_coef", repr(float(params["kl_reward_coef"]))))

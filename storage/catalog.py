@@ -22,27 +22,23 @@ from storage.schemas import ALL
 SQL_DIR = Path(__file__).parent / "sql"
 
 
-def quote(s: str) -> str:
-    return "'" + s.replace("'", "''") + "'"
+READ_ONLY_STATEMENTS = ("SELECT", "EXPLAIN")  # `segflow sql` runs nothing else (no COPY, CREATE, SET, ...)
 
 
 def open_catalog(runs_dir: str | Path) -> duckdb.DuckDBPyConnection:
     runs_dir = Path(runs_dir)
     con = duckdb.connect(":memory:")
+    # Views are built from relations (paths are arguments, never formatted into SQL text).
     for name, pattern in TABLE_GLOBS.items():
         if any(runs_dir.glob(pattern)):
-            source = f"read_parquet({quote(str(runs_dir / pattern))}, union_by_name=true)"
+            con.read_parquet(str(runs_dir / pattern), union_by_name=True).create_view(f"{name}_raw")
         else:
-            con.register(f"_empty_{name}", pa.table({f.name: pa.array([], f.type) for f in ALL[name]}))
-            source = f"_empty_{name}"
-        con.execute(f"create view {name}_raw as select * from {source}")
-    summaries = sorted(runs_dir.glob("*/summary.json"))
+            con.register(f"{name}_raw", pa.table({f.name: pa.array([], f.type) for f in ALL[name]}))
+    summaries = sorted(str(p) for p in runs_dir.glob("*/summary.json"))
     if summaries:
-        files = ", ".join(quote(str(p)) for p in summaries)
-        con.execute(
-            "create view summaries as select run_id, iterations_completed, initial_eval_accuracy, "
-            f"final_eval_accuracy, wall_seconds from read_json([{files}], union_by_name=true)"
-        )
+        con.read_json(summaries, union_by_name=True).project(
+            "run_id, iterations_completed, initial_eval_accuracy, final_eval_accuracy, wall_seconds"
+        ).create_view("summaries")
     else:
         con.execute(
             "create view summaries as select null::varchar run_id, null::int iterations_completed, "
@@ -59,9 +55,20 @@ def open_catalog(runs_dir: str | Path) -> duckdb.DuckDBPyConnection:
     return con
 
 
+def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
+    """Raise ValueError unless every statement of `sql` only reads (SELECT, EXPLAIN)."""
+    for i, st in enumerate(con.extract_statements(sql), 1):
+        kind = str(st.type).rsplit(".", 1)[-1]
+        if kind not in READ_ONLY_STATEMENTS:
+            raise ValueError(f"segflow sql is read-only: statement {i} is {kind} ({sql.strip()[:60]!r}); "
+                             f"allowed: {', '.join(READ_ONLY_STATEMENTS)}")
+
+
 def query(runs_dir: str | Path, sql: str) -> tuple[list[str], list[tuple]]:
+    """Run read-only SQL over the catalog. Returns (column names, rows)."""
     con = open_catalog(runs_dir)
     try:
+        check_read_only(con, sql)
         rel = con.sql(sql)
         if rel is None:  # a statement without a result set
             return [], []

@@ -15,6 +15,8 @@ from typing import Iterator
 
 from pydantic import BaseModel, ConfigDict
 
+from storage.faults import crash_point
+
 _CHUNK = 1 << 20
 
 
@@ -96,6 +98,7 @@ def atomic_dir(dest: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     try:
         yield tmp
+        crash_point("checkpoint_save")
         for f in tmp.rglob("*"):
             if f.is_file():
                 with open(f, "rb+") as fh:
@@ -118,3 +121,14 @@ def _rmtree(p: Path) -> None:
     import shutil
 
     shutil.rmtree(p, ignore_errors=True)
+
+
+def sweep_temporaries(root: str | Path) -> int:
+    """Remove the temporary files and directories (`.<name>.*.tmp`, `.<name>.old`) that a killed writer left
+    under `root`. Only safe while holding the run's lock (no live writer). Returns how many were removed."""
+    removed = 0
+    for p in sorted(Path(root).rglob(".*"), key=lambda p: -len(p.parts)):
+        if p.name.endswith(".tmp") or p.name.endswith(".old"):
+            _rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+            removed += 1
+    return removed

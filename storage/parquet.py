@@ -7,11 +7,16 @@ from typing import Any, Mapping, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from storage.faults import crash_point
 from storage.handles import FileRef, atomic_path
 
 
 class SchemaMismatch(ValueError):
     pass
+
+
+class CorruptArtifact(ValueError):
+    """A Parquet file that cannot be read (truncated, overwritten, not Parquet)."""
 
 
 def _check(table: pa.Table, schema: pa.Schema, what: str) -> pa.Table:
@@ -50,10 +55,17 @@ def write_parquet(rows: Sequence[Mapping[str, Any]] | pa.Table, schema: pa.Schem
     table = to_table(rows, schema, what=str(dest))
     with atomic_path(dest) as tmp:
         pq.write_table(table, tmp)
+        crash_point("parquet_write")
     return FileRef.of(dest)
 
 
 def read_parquet(ref: FileRef | str | Path, schema: pa.Schema | None = None) -> pa.Table:
     path = ref.path if isinstance(ref, FileRef) else ref
-    table = pq.read_table(path)
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise CorruptArtifact(f"{path}: not a readable Parquet file ({e}). Delete it and rerun the same command: "
+                              "the stage that wrote it runs again") from e
     return _check(table, schema, str(path)) if schema is not None else table

@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterator
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 from pydantic import BaseModel
 
+from storage.faults import crash_point
 from storage.handles import FileRef
 
 _ROOT = Path(__file__).resolve().parent.parent
@@ -64,6 +65,7 @@ def ensure(task: Callable, *args: Any, **kwargs: Any) -> tuple[Any, bool]:
     Prefect's cache does not know files exist (specs/prefect.md §1, "cache hits on deleted files").
     Returns (result, cached): `cached` is True when nothing was recomputed.
     """
+    crash_point(f"stage:{task.name}")
     state = task(*args, return_state=True, **kwargs)
     out = state.result()
     if all(ref.is_valid() for ref in file_refs(out)):

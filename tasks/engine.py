@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from configs.schema import RolloutSection
+from storage.faults import crash_point
 
 LOGPROBS_MODE = "processed_logprobs"
 
@@ -60,6 +61,8 @@ class VLLMEngine:
             seed=self.seed,
             max_model_len=self.cfg.max_model_len,
             enable_prefix_caching=True,
+            load_format="safetensors",  # never unpickle weights (a .bin checkpoint is refused, not loaded)
+            trust_remote_code=False,
             logprobs_mode=LOGPROBS_MODE,
             gpu_memory_utilization=self.cfg.gpu_memory_utilization,
             enforce_eager=self.cfg.enforce_eager,
@@ -79,6 +82,7 @@ class VLLMEngine:
             return 0.0
         t0 = time.perf_counter()
         self.llm.collective_rpc("reload_weights", kwargs={"weights_path": model_dir})
+        crash_point("weight_load")
         self.llm.reset_prefix_cache()  # cached KV blocks were computed by the old weights
         self.loaded = model_dir
         dt = time.perf_counter() - t0

@@ -39,7 +39,8 @@ class HFEngine:
         from transformers import AutoModelForCausalLM
 
         dt = torch.bfloat16 if self.dtype == "bfloat16" else torch.float32
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dt).to(self.device).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dt, use_safetensors=True,
+                                                          trust_remote_code=False).to(self.device).eval()
         self.loaded = model_dir
 
     def load_weights(self, model_dir) -> float:

@@ -13,7 +13,12 @@ from storage.metrics import write_metrics
 from storage.parquet import read_parquet, write_parquet
 from storage.schemas import PROMPTS
 from tasks.common import STAGE, StageOutput
-from tasks.datasets import load_records
+from tasks.datasets import (
+    SKIP_REASONS,
+    load_records,
+    load_records_checked,
+    split_source,
+)
 from tasks.progress import bar
 from tasks.tokens import encode_prompt, model_tokenizer, render_prompt
 
@@ -26,9 +31,14 @@ class DatasetRefs(BaseModel):
 
 def build_prompts(cfg: Config, run_id: str, split: str) -> tuple[list[dict], int]:
     """Prompt rows for one split and the number dropped for exceeding data.max_prompt_tokens."""
+    return prompt_rows(cfg, run_id, split, load_records(cfg.data, split))
+
+
+def prompt_rows(cfg: Config, run_id: str, split: str, records: list[dict]) -> tuple[list[dict], int]:
+    """Tokenised prompt rows of `records` and the number dropped for exceeding data.max_prompt_tokens."""
     tok = model_tokenizer(cfg.model)
     rows, dropped = [], 0
-    for r in load_records(cfg.data, split):
+    for r in records:
         text = render_prompt(r["question"], cfg.data, tok)
         ids = encode_prompt(text, cfg.data, tok)
         if len(ids) > cfg.data.max_prompt_tokens:
@@ -38,19 +48,42 @@ def build_prompts(cfg: Config, run_id: str, split: str) -> tuple[list[dict], int
                      "reference": r["reference"], "solution": r["solution"], "prompt_text": text,
                      "prompt_token_ids": ids})
     if not rows:
-        raise ValueError(f"split {split!r} of data.source={cfg.data.source!r} has no prompt within "
+        key, source = split_source(cfg.data, split)
+        raise ValueError(f"split {split!r} of {key}={source!r} has no prompt within "
                          f"data.max_prompt_tokens={cfg.data.max_prompt_tokens}")
     return rows, dropped
 
 
+def skip_metrics(name: str, skipped: dict[str, int]) -> dict[str, int]:
+    """`<name>_skipped_<reason>` for every reason (zeros too: the metric set does not depend on the data)
+    and the total `<name>_skipped_bad_rows`."""
+    out = {f"{name}_skipped_{reason}": skipped.get(reason, 0) for reason in SKIP_REASONS}
+    out[f"{name}_skipped_bad_rows"] = sum(skipped.values())
+    return out
+
+
+def _report_skips(cfg: Config, split: str, skipped: dict[str, int]) -> None:
+    """One line per split that lost rows (the flow logs prints), so a skip is never silent."""
+    if total := sum(skipped.values()):
+        key, source = split_source(cfg.data, split)
+        counts = ", ".join(f"{k}: {v}" for k, v in skipped.items() if v)
+        print(f"prepare_dataset: split {split!r} of {key}={source!r}: skipped {total} bad rows ({counts}) "
+              "under data.on_bad_row='skip'")
+
+
 @task(name="prepare_dataset", **STAGE)
 def prepare_dataset(cfg: Config, layout: RunLayout, code_version: str) -> DatasetRefs:
-    refs, metrics = {}, {}
+    # Both splits are read and checked before either is written: a bad test row leaves no train file behind.
+    built, metrics = {}, {}
     for name, split in (("train", cfg.data.train_split), ("test", cfg.data.test_split)):
-        rows, dropped = build_prompts(cfg, layout.run_id, split)
-        refs[name] = write_parquet(rows, PROMPTS, layout.prompts(split))
+        records, skipped = load_records_checked(cfg.data, split)
+        _report_skips(cfg, split, skipped)
+        rows, dropped = prompt_rows(cfg, layout.run_id, split, records)
+        built[name] = (split, rows)
         metrics[f"{name}_prompts"] = len(rows)
         metrics[f"{name}_dropped_too_long"] = dropped
+        metrics |= skip_metrics(name, skipped)
+    refs = {name: write_parquet(rows, PROMPTS, layout.prompts(split)) for name, (split, rows) in built.items()}
     m = write_metrics(layout.iteration_dir(0) / "metrics-prepare.parquet", layout.run_id, 0, "prepare", metrics)
     return DatasetRefs(train=refs["train"], test=refs["test"], metrics=m)
 

@@ -25,7 +25,7 @@ def load_tokenizer(name_or_path: str):
         # transformers 5 maps config.json's model_type (qwen2) to Qwen2Tokenizer and swaps in its
         # byte-level pre-tokenizer, which silently drops spaces from our character tokenizer.
         return PreTrainedTokenizerFast.from_pretrained(name_or_path)
-    return AutoTokenizer.from_pretrained(name_or_path)
+    return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=False)
 
 
 def render_prompt(question: str, data: DataSection, tokenizer) -> str:

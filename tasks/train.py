@@ -112,7 +112,9 @@ def load_policy(cfg: Config, path: str):
     device = resolve_device(cfg.run.device)
     if cfg.run.torch_threads:
         torch.set_num_threads(cfg.run.torch_threads)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(cfg.model.dtype, device)).to(device)
+    # safetensors only (never pickle) and no code from the model repository
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(cfg.model.dtype, device), use_safetensors=True,
+                                                 trust_remote_code=False).to(device)
     model.eval()
     return model, load_tokenizer(path), device
 
@@ -164,22 +166,25 @@ def train_policy(cfg: Config, layout: RunLayout, start: FileRef, policy: FileRef
     opt = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     sched = make_scheduler(opt, cfg.train, total_steps=cfg.run.iterations * steps_per_iter)
     state_file = Path(policy.path) / OPTIMIZER_FILE
-    if state_file.exists():  # continue AdamW moments and the schedule from the previous iteration
+    skips = 0
+    if state_file.exists():  # continue AdamW moments, the schedule and the skipped-step streak
         state = torch.load(state_file, map_location=device, weights_only=True)
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
+        skips = int(state.get("consecutive_skips", 0))
     t0 = time.perf_counter()
     with bar(f"train iteration {iteration}", steps_now) as advance:
         stats = rl_update(model, opt, sched, samples, cfg.train, temperature=cfg.rollout.temperature,
                           pad_id=tok.pad_token_id, device=device, seed=iteration, norm_len=cfg.rollout.max_tokens,
                           whiten_micro_batch=cfg.advantage.estimator in SEGMENT_ESTIMATORS + TREE_ESTIMATORS
                           and cfg.spo.normalize == "micro_batch",
-                          old_from_sampler=tree and cfg.tree.old_logprobs == "generation",
+                          old_from_sampler=tree and cfg.tree.old_logprobs == "generation", consecutive_skips=skips,
                           on_step=lambda i, n: advance(1, ""))
     stats["train_seconds"] = time.perf_counter() - t0
     stats["trainable_parameters"] = float(sum(p.numel() for p in params))
     with atomic_dir(layout.checkpoint(iteration)) as tmp:
-        torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, tmp / OPTIMIZER_FILE)
+        torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                    "consecutive_skips": int(stats["consecutive_skips"])}, tmp / OPTIMIZER_FILE)
         if peft_model is not None:
             peft_model.save_pretrained(tmp / ADAPTER_DIR)
             model = peft_model.merge_and_unload()  # the engine and from_pretrained read plain weights

@@ -189,10 +189,15 @@ def whiten_masked(adv: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> t
     return out
 
 
+class NonFiniteTraining(RuntimeError):
+    """Too many optimiser steps in a row had a NaN/inf loss or gradient."""
+
+
 def rl_update(model, optimizer, scheduler, samples: Sequence[Sample], cfg: TrainSection, *, temperature: float,
               pad_id: int, device: torch.device, seed: int, norm_len: float | None = None,
-              whiten_micro_batch: bool = False, old_from_sampler: bool = False,
-              on_step: Callable[[int, int], None] | None = None) -> dict[str, float]:
+              whiten_micro_batch: bool = False, old_from_sampler: bool = False, consecutive_skips: int = 0,
+              on_step: Callable[[int, int], None] | None = None,
+              log: Callable[[str], None] = print) -> dict[str, float]:
     """One iteration of policy updates on `samples` with the loss `loss_spec(cfg)` describes.
 
     `whiten_micro_batch` whitens the advantages over the trained tokens of each micro-batch, as the
@@ -203,6 +208,12 @@ def rl_update(model, optimizer, scheduler, samples: Sequence[Sample], cfg: Train
     `old_from_sampler`, pi_old is the sampler's log-probs instead (SPO-tree's replayed edges were sampled
     by older policies; their ratio must correct for that), and the gap measures their staleness.
     Metric sums are over trained tokens and divided by their count (per optimiser step, then averaged).
+
+    A step whose loss or gradient norm is NaN/inf (a NaN reward or advantage, an overflow) is skipped:
+    gradients are dropped, neither the optimiser nor the schedule moves, and `log` says why. After
+    `cfg.max_consecutive_skips` skipped steps in a row (counting `consecutive_skips` carried in from the
+    previous iteration) it raises NonFiniteTraining, so a diverged run stops instead of writing checkpoints.
+    Returns the metrics plus `skipped_steps` and `consecutive_skips` (to carry into the next iteration).
     """
     spec = loss_spec(cfg)
     micro = cfg.micro_batch_size
@@ -238,7 +249,7 @@ def rl_update(model, optimizer, scheduler, samples: Sequence[Sample], cfg: Train
     keys = ("loss", "clipfrac", "clipfrac_upper", "clipfrac_lower", "clipfrac_dual", "ratio_mean", "approx_kl",
             "kl_ref", "grad_norm")
     stats = dict.fromkeys(keys, 0.0)
-    n_updates, total_tokens = 0, 0
+    n_updates, total_tokens, skipped = 0, 0, 0
     steps_per_epoch = math.ceil(len(samples) / cfg.mini_batch_size)
     t0 = time.perf_counter()
     for epoch in range(cfg.epochs):
@@ -267,6 +278,18 @@ def rl_update(model, optimizer, scheduler, samples: Sequence[Sample], cfg: Train
                 for k, v in st.items():
                     step[k] += v
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            if not (math.isfinite(step["loss"]) and math.isfinite(float(grad_norm))):
+                optimizer.zero_grad(set_to_none=True)
+                skipped += 1
+                consecutive_skips += 1
+                reason = (f"train: skipped step {epoch * steps_per_epoch + m + 1} (loss={step['loss']}, "
+                          f"grad_norm={float(grad_norm)}); {consecutive_skips} in a row")
+                log(reason)
+                if consecutive_skips >= cfg.max_consecutive_skips:
+                    raise NonFiniteTraining(f"{reason}: train.max_consecutive_skips={cfg.max_consecutive_skips} "
+                                            "reached; check rewards/advantages for NaN, or lower train.lr")
+                continue
+            consecutive_skips = 0
             optimizer.step()
             scheduler.step()
             n_updates += 1
@@ -296,5 +319,7 @@ def rl_update(model, optimizer, scheduler, samples: Sequence[Sample], cfg: Train
         logprob_gap_mean=gap_sum / max(1, n_tok),
         logprob_gap_max=gap_max,
         frac_tokens_trained=sum(trained) / max(1, all_tokens),
+        skipped_steps=float(skipped),
+        consecutive_skips=float(consecutive_skips),
     )
     return out

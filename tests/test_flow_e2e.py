@@ -220,3 +220,100 @@ def test_eval_flow_metrics_resume_and_sql(prefect_harness, live_engine, tiny_mod
     assert all(r[3] <= r[1] for r in rows)  # the budget bounds prompt + answer
     again = evaluate(spec, str(runs))
     assert again["cells_executed"] == 0 and again["cells"] == first["cells"]
+
+
+def test_crashes_inside_a_parquet_write_and_a_checkpoint_save_resume_to_identical_results(tmp_path):
+    """SIGKILL at two fault points (storage/faults.py), rerun, and compare with an uninterrupted run."""
+    import pyarrow.parquet as pq
+    import torch
+    from safetensors.torch import load_file
+
+    from tests.conftest import SMALL
+
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "home"), "PYTHONPATH": str(ROOT)}
+    env.pop("PREFECT_RESULTS_LOCAL_STORAGE_PATH", None)
+    args = [a for s in SMALL for a in ("--set", s)]
+
+    def run(runs: str, crash_at: str | None) -> int:
+        e = {**env, **({"SEGFLOW_CRASH_AT": crash_at} if crash_at else {})}
+        proc = _segflow(["--runs-dir", str(tmp_path / runs), *args], e)
+        _, err = proc.communicate(timeout=900)
+        assert proc.returncode in (0, -signal.SIGKILL), err[-3000:]
+        return proc.returncode
+
+    assert run("ref", None) == 0
+    assert run("crash", "parquet_write:9") == -signal.SIGKILL  # inside a write after the warm start
+    assert run("crash", "checkpoint_save:1") == -signal.SIGKILL  # inside the first checkpoint it saves
+    assert run("crash", None) == 0
+    ref, got = (next((tmp_path / r).glob("*/summary.json")).parent for r in ("ref", "crash"))
+    assert not [p for p in got.rglob("*") if p.name.endswith((".tmp", ".old"))]  # swept on resume
+    for name in ("rollouts", "grades", "advantages"):
+        for f in sorted(ref.glob(f"iterations/*/{name}.parquet")):
+            assert pq.read_table(f).equals(pq.read_table(got / f.relative_to(ref))), f
+    for f in sorted(ref.glob("checkpoints/*/model.safetensors")):
+        a, b = load_file(str(f)), load_file(str(got / f.relative_to(ref)))
+        assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a), f
+    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (ref, got))
+    assert sa["eval_accuracy"] == sb["eval_accuracy"] and sb["stages_cached"]["warm_start"] == 1
+
+
+def test_a_failed_stage_is_reported_to_the_webhook(prefect_harness, tmp_path, monkeypatch):
+    import http.server
+    import threading
+
+    from configs.loader import resolve
+    from flows.rl_train import rl_train
+
+    received = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's naming
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("SEGFLOW_NOTIFY_WEBHOOK", f"http://127.0.0.1:{server.server_port}/hook")
+    cfg = resolve("default", overrides=["data.task=gsm8k", f"data.source={tmp_path / 'missing'}"])
+    try:
+        with pytest.raises(Exception, match="missing"):
+            rl_train(cfg, str(tmp_path / "runs"))
+    finally:
+        server.shutdown()
+    assert len(received) == 1
+    body = received[0]
+    assert body["flow"] == "rl_train" and body["stage"] == "prepare_dataset"
+    assert "missing" in body["error"] and body["run_dir"] == str(tmp_path / "runs" / run_id(cfg))
+    assert body["text"].startswith("segflow rl_train failed in prepare_dataset")
+
+
+def test_prefect_flow_run_retry_reruns_only_the_failed_stage_onward(tmp_path):
+    """A stage fails (injected); `prefect flow-run retry` re-runs the flow run: finished stages are cache hits."""
+    from tests.conftest import SMALL
+
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "home"), "PYTHONPATH": str(ROOT),
+           "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(tmp_path / "results")}
+    runs = tmp_path / "runs"
+    code = (f"from flows.deploy import train\ntrain(preset='default', overrides={SMALL!r}, runs_dir={str(runs)!r})")
+    failed = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**env, "SEGFLOW_FAIL_AT": "stage:grade:2"},
+                            capture_output=True, text=True, timeout=900)
+    assert failed.returncode != 0 and "injected failure at stage:grade" in failed.stderr
+    ls = subprocess.run([sys.executable, "-c", "from prefect.client.orchestration import get_client\n"
+                         "with get_client(sync_client=True) as c:\n"
+                         "    print([r.id for r in c.read_flow_runs() if r.name and r.state_type.value == 'FAILED'"
+                         " and r.parent_task_run_id is None][0])"],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    flow_run_id = ls.stdout.strip().splitlines()[-1]
+    retry = subprocess.run([sys.executable, "-m", "prefect", "flow-run", "retry", flow_run_id,
+                            "--entrypoint", "flows/deploy.py:train"], cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=900)
+    assert retry.returncode == 0, retry.stderr[-3000:]
+    summary = json.loads(next(runs.glob("*/summary.json")).read_text())
+    assert summary["iterations_completed"] == 2
+    cached, executed = summary["stages_cached"], summary["stages_executed"]
+    assert cached["warm_start"] == 1 and cached["generate_rollouts"] == 2 and cached["grade"] == 1
+    assert executed == {"grade": 1, "compute_advantages": 1, "train_policy": 1, "evaluate": 1}

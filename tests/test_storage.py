@@ -126,3 +126,26 @@ def test_sql_cli_formats(tmp_path):
     assert res.output.splitlines() == ["prompt_id", "p0", "p1", "p2"]
     res = runner.invoke(app, ["sql", "select * from nope", "--runs-dir", str(tmp_path)])
     assert res.exit_code == 2 and "nope" in res.output
+
+
+def test_sweep_temporaries_removes_what_a_killed_writer_left(tmp_path):
+    from storage.handles import atomic_write_text, sweep_temporaries
+
+    atomic_write_text(tmp_path / "a" / "grades.parquet", "kept")
+    (tmp_path / "a" / ".grades.parquet.x1y2.tmp").write_text("half")
+    (tmp_path / "ck" / ".0003.abc.tmp").mkdir(parents=True)
+    (tmp_path / "ck" / ".0003.abc.tmp" / "model.safetensors").write_text("half")
+    (tmp_path / "ck" / ".0002.old").mkdir()
+    (tmp_path / ".lock").write_text("")
+    assert sweep_temporaries(tmp_path) == 3
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == [".lock", "grades.parquet"]
+
+
+def test_sql_is_read_only(tmp_path):
+    from storage.catalog import query
+
+    assert query(tmp_path, "select count(*) from rollouts") == (["count_star()"], [(0,)])
+    for bad in ("copy (select 1) to '/tmp/x.csv'", "create table t as select 1", "set threads = 1",
+                "select 1; drop view rollouts", "install httpfs"):
+        with pytest.raises(ValueError, match="read-only"):
+            query(tmp_path, bad)

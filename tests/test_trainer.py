@@ -130,3 +130,32 @@ def test_lora_trains_adapters_only_and_merges_to_the_same_policy(tmp_path):
     # the saved adapter reloads onto a fresh base to the same policy
     again = add_lora(cfg, _model(), tmp_path / "adapter")
     assert abs(_seq_logprob(again.merge_and_unload(), [5, 6, 7], [9, 10, 11]) - tuned) < 1e-4
+
+
+def test_non_finite_steps_are_skipped_and_a_streak_fails_the_run():
+    import math
+
+    import pytest
+
+    from tasks.trainer import NonFiniteTraining
+
+    torch.manual_seed(0)
+    model = _model()
+    cfg = TrainSection(lr=3e-3, mini_batch_size=4, micro_batch_size=4, epochs=2, max_consecutive_skips=3)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    bad = _samples()
+    bad[1].advantage = math.nan  # a NaN reward reaching the loss
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    logged = []
+    stats = rl_update(model, opt, make_scheduler(opt, cfg, 10), bad, cfg, temperature=1.0, pad_id=0,
+                      device=torch.device("cpu"), seed=0, log=logged.append)
+    assert stats["skipped_steps"] == 2 and stats["optimizer_steps"] == 0 and stats["consecutive_skips"] == 2
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # weights untouched
+    assert len(logged) == 2 and "loss=nan" in logged[0]
+    # A good step resets the streak; a streak carried in from the last iteration counts.
+    stats = rl_update(model, opt, make_scheduler(opt, cfg, 10), _samples(), cfg, temperature=1.0, pad_id=0,
+                      device=torch.device("cpu"), seed=0, consecutive_skips=2, log=logged.append)
+    assert stats["consecutive_skips"] == 0 and stats["optimizer_steps"] == 2
+    with pytest.raises(NonFiniteTraining, match="max_consecutive_skips=3"):
+        rl_update(model, opt, make_scheduler(opt, cfg, 10), bad, cfg, temperature=1.0, pad_id=0,
+                  device=torch.device("cpu"), seed=0, consecutive_skips=2, log=logged.append)

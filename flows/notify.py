@@ -1,0 +1,91 @@
+"""Failure notifications: the flows' on_failure / on_crashed hook.
+
+The hook finds the failed stage (the flow run's failed task run), the error and the run directory, and
+POSTs them as JSON to $SEGFLOW_NOTIFY_WEBHOOK (a Slack-compatible body: `text` plus the fields), or logs
+them when the variable is unset. The URL comes from the environment, never from the config, so it is not
+part of the run id, config.yaml or any artifact.
+
+    {"text": "segflow rl_train failed in train_policy: RuntimeError: ...", "flow": "rl_train",
+     "flow_run": "<id>", "stage": "train_policy", "error": "...", "run_dir": "runs/<run_id>"}
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import urllib.request
+from pathlib import Path
+
+ENV = "SEGFLOW_NOTIFY_WEBHOOK"
+log = logging.getLogger("segflow.notify")
+
+
+def _failed_stage(flow_run_id) -> str | None:
+    """The name of the flow run's last failed or crashed task run (the stage), if any."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    failed = sorted((r for r in runs if r.state_type is not None and r.state_type.value in ("FAILED", "CRASHED")),
+                    key=lambda r: str(r.end_time or r.expected_start_time or ""))
+    return failed[-1].name.rsplit("-", 1)[0] if failed else None
+
+
+def run_dir(parameters: dict) -> str | None:
+    """The run (or evaluation) directory a flow run writes, from its parameters."""
+    from configs.loader import run_id
+
+    runs_dir = parameters.get("runs_dir")
+    if runs_dir is None:
+        return None
+    cfg, spec = parameters.get("cfg"), parameters.get("spec")
+    try:
+        if cfg is not None:
+            from configs.schema import Config
+
+            return str(Path(runs_dir) / run_id(cfg if isinstance(cfg, Config) else Config(**cfg)))
+        if spec is not None:
+            from flows.evaluate import EvalSpec
+
+            return str(Path(runs_dir) / "evals" / (spec if isinstance(spec, EvalSpec) else EvalSpec(**spec)).eval_id())
+    except Exception:  # noqa: BLE001 - a notification must never fail on its own
+        pass
+    return str(runs_dir)
+
+
+def message(flow_name: str, flow_run_id, stage: str | None, error: str, directory: str | None) -> dict:
+    where = f" in {stage}" if stage else ""
+    return {"text": f"segflow {flow_name} failed{where}: {error}" + (f" ({directory})" if directory else ""),
+            "flow": flow_name, "flow_run": str(flow_run_id), "stage": stage, "error": error, "run_dir": directory}
+
+
+def send(body: dict, url: str | None = None, timeout: float = 10.0) -> bool:
+    """POST `body` to the webhook (True when it answered 2xx); without a URL, log it."""
+    url = url or os.environ.get(ENV)
+    if not url:
+        log.error(body["text"])
+        return False
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - the user's own webhook URL
+            return 200 <= resp.status < 300
+    except OSError as e:
+        log.error("%s (webhook failed: %s)", body["text"], e)
+        return False
+
+
+def notify_failure(flow, flow_run, state) -> None:
+    """Prefect state hook (on_failure, on_crashed)."""
+    try:
+        error = str(state.message or state.name)
+        try:
+            exc = state.result(raise_on_failure=False)
+            if isinstance(exc, BaseException):
+                error = f"{type(exc).__name__}: {exc}"
+        except Exception:  # noqa: BLE001 - the result may not be retrievable (crash); keep the state message
+            pass
+        body = message(flow.name, flow_run.id, _failed_stage(flow_run.id), error[:2000], run_dir(flow_run.parameters))
+        send(body)
+    except Exception as e:  # noqa: BLE001 - never let a notification hide the original failure
+        log.error("failure notification itself failed: %s", e)
