@@ -242,6 +242,14 @@ class TrainSection(Section):
         None, gt=0, le=1,
         description="SPO probability mask: only tokens with p_old < rho carry gradient (0.9 in the paper); null = off.",
     )
+    processes: int = Field(
+        1, ge=1, description="Data-parallel training processes: > 1 runs the update under torchrun (gloo on CPU, "
+        "nccl on GPU, one GPU each) in a subprocess (tasks/distributed.py); 1 = in the flow's process.",
+    )
+    timeout_seconds: float | None = Field(
+        None, gt=0, description="processes > 1: kill the training subprocesses after this long and fail the "
+        "stage; null = no limit.",
+    )
 
 
 class EvalSection(Section):

@@ -141,15 +141,6 @@ def train_policy(cfg: Config, layout: RunLayout, start: FileRef, policy: FileRef
 
     from tasks.trainer import make_scheduler, rl_update
 
-    peft_model = None
-    if cfg.train.lora_rank:
-        adapter = Path(policy.path) / ADAPTER_DIR
-        model, tok, device = load_policy(cfg, start.path)
-        peft_model = add_lora(cfg, model, adapter if adapter.exists() else None)
-    else:
-        model, tok, device = load_policy(cfg, policy.path)
-    if cfg.train.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     tree = cfg.advantage.estimator in TREE_ESTIMATORS
     if tree:  # `rollouts` is the iteration's train_edges file
         samples = load_edge_samples(rollouts)
@@ -162,6 +153,20 @@ def train_policy(cfg: Config, layout: RunLayout, start: FileRef, policy: FileRef
     # The schedule's length is nominal (a tree iteration's edge count varies); the bar counts real steps.
     steps_per_iter = cfg.train.epochs * math.ceil(nominal / cfg.train.mini_batch_size)
     steps_now = cfg.train.epochs * math.ceil(len(samples) / cfg.train.mini_batch_size)
+    whiten = cfg.advantage.estimator in SEGMENT_ESTIMATORS + TREE_ESTIMATORS and cfg.spo.normalize == "micro_batch"
+    old_from_sampler = tree and cfg.tree.old_logprobs == "generation"
+    if cfg.train.processes > 1:
+        return _train_distributed(cfg, layout, start, policy, samples, iteration, cfg.run.iterations * steps_per_iter,
+                                  whiten, old_from_sampler)
+    peft_model = None
+    if cfg.train.lora_rank:
+        adapter = Path(policy.path) / ADAPTER_DIR
+        model, tok, device = load_policy(cfg, start.path)
+        peft_model = add_lora(cfg, model, adapter if adapter.exists() else None)
+    else:
+        model, tok, device = load_policy(cfg, policy.path)
+    if cfg.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     sched = make_scheduler(opt, cfg.train, total_steps=cfg.run.iterations * steps_per_iter)
@@ -176,9 +181,7 @@ def train_policy(cfg: Config, layout: RunLayout, start: FileRef, policy: FileRef
     with bar(f"train iteration {iteration}", steps_now) as advance:
         stats = rl_update(model, opt, sched, samples, cfg.train, temperature=cfg.rollout.temperature,
                           pad_id=tok.pad_token_id, device=device, seed=iteration, norm_len=cfg.rollout.max_tokens,
-                          whiten_micro_batch=cfg.advantage.estimator in SEGMENT_ESTIMATORS + TREE_ESTIMATORS
-                          and cfg.spo.normalize == "micro_batch",
-                          old_from_sampler=tree and cfg.tree.old_logprobs == "generation", consecutive_skips=skips,
+                          whiten_micro_batch=whiten, old_from_sampler=old_from_sampler, consecutive_skips=skips,
                           on_step=lambda i, n: advance(1, ""))
     stats["train_seconds"] = time.perf_counter() - t0
     stats["trainable_parameters"] = float(sum(p.numel() for p in params))
@@ -192,5 +195,28 @@ def train_policy(cfg: Config, layout: RunLayout, start: FileRef, policy: FileRef
             model.gradient_checkpointing_disable()
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
+    metrics = write_metrics(layout.metrics(iteration, "train"), layout.run_id, iteration, "train", stats)
+    return StageOutput(artifact=FileRef.of(layout.checkpoint(iteration)), metrics=metrics)
+
+
+def _train_distributed(cfg: Config, layout: RunLayout, start: FileRef, policy: FileRef, samples: list, iteration: int,
+                       total_steps: int, whiten: bool, old_from_sampler: bool) -> StageOutput:
+    """train_policy with cfg.train.processes > 1: the same update under torchrun in a subprocess
+    (tasks/distributed.py), bounded by cfg.train.timeout_seconds. The job directory keeps its logs."""
+    from tasks.distributed import launch, write_job
+    from tasks.tokens import load_tokenizer
+
+    base = start.path if cfg.train.lora_rank else policy.path
+    t0 = time.perf_counter()
+    with atomic_dir(layout.checkpoint(iteration)) as tmp:
+        job = write_job(layout.iteration_dir(iteration) / "train_job", samples, cfg.train, model_dir=base,
+                        output_dir=tmp, optimizer_state=Path(policy.path) / OPTIMIZER_FILE,
+                        adapter_dir=Path(policy.path) / ADAPTER_DIR if cfg.train.lora_rank else None,
+                        temperature=cfg.rollout.temperature, pad_id=load_tokenizer(base).pad_token_id, seed=iteration,
+                        total_steps=total_steps, norm_len=cfg.rollout.max_tokens, whiten_micro_batch=whiten,
+                        old_from_sampler=old_from_sampler, device=cfg.run.device, dtype=cfg.model.dtype,
+                        torch_threads=cfg.run.torch_threads or None)
+        stats = launch(job, cfg.train.processes, cfg.train.timeout_seconds)
+    stats["train_launch_seconds"] = time.perf_counter() - t0
     metrics = write_metrics(layout.metrics(iteration, "train"), layout.run_id, iteration, "train", stats)
     return StageOutput(artifact=FileRef.of(layout.checkpoint(iteration)), metrics=metrics)

@@ -193,11 +193,31 @@ class NonFiniteTraining(RuntimeError):
     """Too many optimiser steps in a row had a NaN/inf loss or gradient."""
 
 
+class Collective:
+    """How rl_update shares work between data-parallel processes; this default is one process.
+
+    tasks/distributed.py::TorchCollective implements it over torch.distributed. Rank r runs micro-batches
+    r, r+W, ... (`shard`); `sum_` adds a tensor over ranks in place; `sum_grads` adds .grad of `params`
+    and the step's metric sums over ranks. Every rank then clips and steps on the same gradient.
+    """
+
+    rank, world = 0, 1
+
+    def shard(self, items: list) -> list:
+        return items[self.rank :: self.world]
+
+    def sum_(self, t: torch.Tensor) -> torch.Tensor:
+        return t
+
+    def sum_grads(self, params: list[torch.Tensor], sums: list[float]) -> list[float]:
+        return sums
+
+
 def rl_update(model, optimizer, scheduler, samples: Sequence[Sample], cfg: TrainSection, *, temperature: float,
               pad_id: int, device: torch.device, seed: int, norm_len: float | None = None,
               whiten_micro_batch: bool = False, old_from_sampler: bool = False, consecutive_skips: int = 0,
               on_step: Callable[[int, int], None] | None = None,
-              log: Callable[[str], None] = print) -> dict[str, float]:
+              log: Callable[[str], None] = print, collective: Collective | None = None) -> dict[str, float]:
     """One iteration of policy updates on `samples` with the loss `loss_spec(cfg)` describes.
 
     `whiten_micro_batch` whitens the advantages over the trained tokens of each micro-batch, as the
@@ -214,27 +234,46 @@ def rl_update(model, optimizer, scheduler, samples: Sequence[Sample], cfg: Train
     `cfg.max_consecutive_skips` skipped steps in a row (counting `consecutive_skips` carried in from the
     previous iteration) it raises NonFiniteTraining, so a diverged run stops instead of writing checkpoints.
     Returns the metrics plus `skipped_steps` and `consecutive_skips` (to carry into the next iteration).
+
+    With a `collective` of W processes (tasks/distributed.py) every rank passes the same samples and seed
+    and runs 1/W of the micro-batches of each pass; gradients and metric sums are added over ranks.
     """
+    coll = collective or Collective()
+    if coll.rank != 0:
+        log = lambda _msg: None  # noqa: E731
     spec = loss_spec(cfg)
     micro = cfg.micro_batch_size
     model.eval()
-    old: list[torch.Tensor] = []
-    gap_sum, gap_max, n_tok, ent_sum = 0.0, 0.0, 0, 0.0
+    # pi_old: each rank's micro-batches into one flat per-token buffer (zeros elsewhere), summed over ranks.
+    offsets = [0]
+    for x in samples:
+        offsets.append(offsets[-1] + len(x.completion_ids))
+    starts = list(range(0, len(samples), micro))
+    lp_flat = torch.zeros(offsets[-1], dtype=torch.float32, device=device)
+    ent_parts = torch.zeros(len(starts), dtype=torch.float64, device=device)  # per micro-batch, summed in order
     with torch.no_grad():
-        for s in range(0, len(samples), micro):
-            part = samples[s : s + micro]
+        for j in coll.shard(list(range(len(starts)))):
+            part = samples[starts[j] : starts[j] + micro]
             batch = pack([x.prompt_ids for x in part], [x.completion_ids for x in part], pad_id, device)
             lp, ent = completion_logprobs(model, batch, temperature, cfg.logprob_chunk, with_entropy=True)
-            ent_sum += float((ent * batch.comp_mask).sum())
+            ent_parts[j] = float((ent * batch.comp_mask).sum())
             for i, x in enumerate(part):
-                row = lp[i, : len(x.completion_ids)].cpu()
-                sampler = torch.tensor(x.sampler_logprobs, dtype=torch.float32) if x.sampler_logprobs else None
-                if old_from_sampler and sampler is None:
-                    raise ValueError("old_from_sampler=True but a sample carries no sampler log-probs")
-                old.append(sampler if old_from_sampler else row)
-                if sampler is not None:
-                    d = (row - sampler).abs()
-                    gap_sum, gap_max, n_tok = gap_sum + d.sum().item(), max(gap_max, d.max().item()), n_tok + d.numel()
+                lp_flat[offsets[starts[j] + i] : offsets[starts[j] + i + 1]] = lp[i, : len(x.completion_ids)]
+    lp_flat = coll.sum_(lp_flat).cpu()
+    ent_sum = 0.0
+    for v in coll.sum_(ent_parts).tolist():
+        ent_sum += v
+    old: list[torch.Tensor] = []
+    gap_sum, gap_max, n_tok = 0.0, 0.0, 0
+    for k, x in enumerate(samples):
+        row = lp_flat[offsets[k] : offsets[k + 1]]
+        sampler = torch.tensor(x.sampler_logprobs, dtype=torch.float32) if x.sampler_logprobs else None
+        if old_from_sampler and sampler is None:
+            raise ValueError("old_from_sampler=True but a sample carries no sampler log-probs")
+        old.append(sampler if old_from_sampler else row)
+        if sampler is not None:
+            d = (row - sampler).abs()
+            gap_sum, gap_max, n_tok = gap_sum + d.sum().item(), max(gap_max, d.max().item()), n_tok + d.numel()
     if spec.kl_coef > 0 and any(x.ref_logprobs is None for x in samples):
         raise ValueError("train.kl_coef > 0 (kl_placement=loss) but the samples carry no reference log-probs")
 
@@ -244,6 +283,7 @@ def rl_update(model, optimizer, scheduler, samples: Sequence[Sample], cfg: Train
     trained = [int((o.exp() < rho).sum()) if rho is not None else len(o) for o in old]
 
     model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
     rng = random.Random(seed)
     order = list(range(len(samples)))
     keys = ("loss", "clipfrac", "clipfrac_upper", "clipfrac_lower", "clipfrac_dual", "ratio_mean", "approx_kl",
@@ -259,7 +299,7 @@ def rl_update(model, optimizer, scheduler, samples: Sequence[Sample], cfg: Train
             num_tokens = float(sum(trained[i] for i in idx)) or 1.0
             optimizer.zero_grad(set_to_none=True)
             step = dict.fromkeys(("loss", "clip_upper", "clip_lower", "clip_dual", "ratio", "kl_old", "kl_ref"), 0.0)
-            for s in range(0, len(idx), micro):
+            for s in coll.shard(list(range(0, len(idx), micro))):
                 part = [samples[i] for i in idx[s : s + micro]]
                 batch = pack([x.prompt_ids for x in part], [x.completion_ids for x in part], pad_id, device)
                 out = completion_logprobs(model, batch, temperature, cfg.logprob_chunk,
@@ -277,6 +317,8 @@ def rl_update(model, optimizer, scheduler, samples: Sequence[Sample], cfg: Train
                 step["loss"] += loss.item()
                 for k, v in st.items():
                     step[k] += v
+            if coll.world > 1:  # the whole mini-batch's gradient and metric sums, on every rank
+                step = dict(zip(step, coll.sum_grads(params, list(step.values()))))
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             if not (math.isfinite(step["loss"]) and math.isfinite(float(grad_norm))):
                 optimizer.zero_grad(set_to_none=True)

@@ -223,3 +223,21 @@ def test_replay_per_iteration_cap_keeps_the_rest_and_batch_whitening():
     assert abs(a.mean()) < 1e-9 and a.std() == pytest.approx(1.0, abs=1e-6)
     raw = np.array(taken["advantage"].to_pylist())
     assert np.allclose(a, (raw - raw.mean()) / np.sqrt(raw.var() + 1e-8))
+
+
+def test_new_edges_carry_the_root_to_parent_tokens():
+    from tasks.replay import new_edges
+
+    spec = {"q": None, "q/0": None, "q/0/0": None, "q/0/0/0": 1.0, "q/1": 0.0}
+    tokens = {"q": [], "q/0": [1, 2], "q/0/0": [3], "q/0/0/0": [4, 5], "q/1": [6]}
+    nodes = nodes_table(spec)
+    nodes = nodes.set_column(nodes.schema.get_field_index("token_ids"), "token_ids",
+                             pa.array([tokens[n] for n in nodes["node_id"].to_pylist()], pa.list_(pa.int32())))
+    adv = pa.table({"node_id": list(spec), "prompt_id": ["q"] * 5, "depth": [0, 1, 2, 3, 1],
+                    "advantage": [None, 0.5, 0.5, 0.5, -0.5], "kept": [False, True, True, True, True]})
+    edges = {e["node_id"]: e for e in new_edges(nodes, adv)}
+    assert set(edges) == {"q/0", "q/0/0", "q/0/0/0", "q/1"}
+    assert edges["q/0"]["response_prefix"] == [] and edges["q/0"]["completion_token_ids"] == [1, 2]
+    assert edges["q/0/0"]["response_prefix"] == [1, 2]
+    assert edges["q/0/0/0"]["response_prefix"] == [1, 2, 3] and edges["q/0/0/0"]["completion_token_ids"] == [4, 5]
+    assert edges["q/1"]["response_prefix"] == [] and edges["q/1"]["advantage"] == -0.5
