@@ -63,6 +63,10 @@ def run_with_kill(runs: Path, env: dict, spec: str | None) -> tuple[str, float]:
             os.killpg(proc.pid, signal.SIGKILL)
     _, err = proc.communicate()
     dt = time.perf_counter() - t0
+    try:  # the dead run's children (its temporary Prefect API server) die with it, as on a real crash
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
     if proc.returncode == 0:
         return "finished", dt
     if proc.returncode in (-signal.SIGKILL, 128 + signal.SIGKILL):

@@ -8,6 +8,7 @@ failure turns silently into a 0 (the verl bug in rl_algorithms.md §D.8).
 """
 from __future__ import annotations
 
+import itertools
 import math
 import multiprocessing as mp
 from typing import Sequence
@@ -19,16 +20,45 @@ DEFAULT_TIMEOUT = 10.0
 
 
 def verify_pair(gold: str, pred: str) -> str:
-    """Runs in a worker. Returns 'ok' | 'wrong' | 'parse_error' (model answer unparsable) | 'gold_error'."""
-    from math_verify import parse, verify
+    """Runs in a worker. Returns 'ok' | 'wrong' | 'parse_error' (model answer unparsable) | 'gold_error' | 'timeout'.
 
-    g = parse("\\boxed{" + gold + "}")
-    if not g:
-        return "gold_error"
-    p = parse("\\boxed{" + pred + "}")
-    if not p:
-        return "parse_error"
-    return "ok" if verify(g, p) else "wrong"
+    math-verify stops a parse or a comparison itself after a few seconds (a signal alarm), and by
+    default reports that like a failure: parse -> [], verify -> False. A slow *reference* became
+    'gold_error', a ValueError that failed the whole batch; a slow answer became 'parse_error'; a
+    slow comparison became 'wrong' with score 0, the silent 0 this module exists to prevent (found
+    by bench/grader_fuzz.py). So it is asked to raise, and its TimeoutException is our 'timeout',
+    as when the pool kills a worker; every other error keeps the meaning it had before.
+    """
+    from math_verify import parse, verify
+    from math_verify.errors import TimeoutException
+
+    # TimeoutException is a BaseException, so the `except Exception` clauses below let it through.
+
+    def parsed(text: str) -> list:
+        try:
+            return parse("\\boxed{" + text + "}", raise_on_error=True)
+        except Exception:  # noqa: BLE001 - what parse(raise_on_error=False) turns into []
+            return []
+
+    try:
+        g = parsed(gold)
+        if not g:
+            return "gold_error"
+        p = parsed(pred)
+        if not p:
+            return "parse_error"
+        timed_out = False
+        for gi, pi in itertools.product(g, p):  # verify(g, p) is any() over these pairs, in this order
+            try:
+                if verify(gi, pi, raise_on_error=True):
+                    return "ok"
+            except TimeoutException:
+                timed_out = True  # undecided, unless a later pair matches
+            except Exception:  # noqa: BLE001, S110 - verify(raise_on_error=False) counts the pair as False
+                pass
+        return "timeout" if timed_out else "wrong"
+    except TimeoutException:
+        return "timeout"
 
 
 def _import_math_verify() -> None:

@@ -16,7 +16,10 @@ from decimal import Decimal, InvalidOperation
 STATUSES = ("ok", "wrong", "no_answer", "parse_error", "timeout", "truncated")
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
-_ANSWER_IS = re.compile(r"answer is[:\s]*\$?\s*(-?[\d,]*\.?\d+)", re.IGNORECASE)
+# `[:\s]*(?:\$\s*)?` matches the same text as the former `[:\s]*\$?\s*`, but without two adjacent
+# whitespace runs: with those, "answer is" + n spaces + a non-number backtracked over every split of
+# the spaces, O(n^2) per occurrence (a 50 kB response took minutes; found by bench/grader_fuzz.py).
+_ANSWER_IS = re.compile(r"answer is[:\s]*(?:\$\s*)?(-?[\d,]*\.?\d+)", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
