@@ -1,4 +1,4 @@
-"""Algorithm presets on the embedded default, 3 seeds, equal rollout budgets: held-out accuracy.
+"""Algorithm presets on the embedded default, 3 seeds, equal iterations: held-out accuracy.
 
     .venv/bin/python bench/algorithms.py [--presets grpo rloo spo_chain:train.prob_mask_rho=null ...]
         [--seeds 0 1 2] [--set key=value ...] [--section TITLE] [--plot docs/img/NAME.png]
@@ -6,9 +6,9 @@
 
 Each (preset, seed) is one `segflow run --preset P --set run.seed=S` process; all share one runs
 directory and PREFECT_HOME. A preset may carry its own overrides after a colon (comma-separated).
-The rollout budget (iterations x prompts x samples) is the same for every preset; --set changes
-it for all of them. SPO-chain additionally spends Monte Carlo tokens, so the plot shows accuracy
-against iterations and against total generated tokens. Results go to BENCHMARKS.md.
+Every preset runs the same iterations; --set changes settings for all of them. The GRPO family samples
+prompts x samples per iteration, SPO-chain adds Monte Carlo tokens and SPO-tree grows trees, so the plot
+shows accuracy against iterations and against total generated tokens. Results go to BENCHMARKS.md.
 
 --baseline-runs adds finished runs of other presets from an earlier invocation (same settings) to the table
 and the plot instead of running them again, matched by preset and seed from their config.yaml. They are
@@ -99,8 +99,10 @@ def main() -> None:
         lines.append(f"| `{preset}`{tag} | {rows[0]['estimator']} | {fmt(init)} | **{fmt(final)}** | {fmt(lift)} | "
                      f"{', '.join(f'{v:.1f}' for v in final)} | {statistics.mean(r['_wall'] for r in rows):.0f} |")
     budget = ", ".join(opts.overrides) if opts.overrides else "the embedded default's"
-    lines += ["", f"Held-out accuracy (%), greedy, mean ± std over seeds {opts.seeds}; same SFT start per seed, "
-              f"same rollout budget for every preset ({budget} settings)."]
+    lines += ["", f"Held-out accuracy (%), greedy, mean ± std over seeds {opts.seeds}; same SFT start per seed and "
+              f"the same number of iterations for every preset ({budget} settings). Presets that sample differently "
+              "per iteration (SPO-chain's Monte Carlo continuations, SPO-tree's trees) are compared at equal "
+              "generated tokens in the right-hand plot."]
     if opts.plot:
         plot(results, opts.plot)
         lines.append(f"\n![accuracy vs iterations and generated tokens]({opts.plot.as_posix()})")

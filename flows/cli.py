@@ -14,7 +14,8 @@ import typer
 app = typer.Typer(add_completion=False, no_args_is_help=False, help="RL post-training for LLM reasoning, as Prefect flows.")
 
 
-UI_MARKER = Path.home() / ".segflow-ui.json"  # written by `segflow ui`: {"url", "pid"}
+# Written by `segflow ui` ({"url", "pid"}) so other segflow commands find the running server.
+UI_MARKER = Path(os.environ.get("SEGFLOW_UI_MARKER", Path.home() / ".segflow-ui.json"))
 
 
 def _live_ui() -> str | None:
@@ -418,8 +419,9 @@ def ui(port: int = typer.Option(4200, help="Port on 127.0.0.1.")) -> None:
     from storage.handles import atomic_write_text
 
     url = f"http://127.0.0.1:{port}/api"
+    # The UI's own API URL must name this port, or the browser app calls the default port and shows an error.
     proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                             "--port", str(port)])
+                             "--port", str(port)], env={**os.environ, "PREFECT_UI_API_URL": url})
     atomic_write_text(UI_MARKER, json.dumps({"url": url, "pid": proc.pid}))
     print(f"Prefect UI on http://127.0.0.1:{port} (API {url}); `segflow run` in another terminal reports there. "
           "Ctrl-C stops it.")
