@@ -77,7 +77,6 @@ def main() -> None:
     for preset in opts.presets:
         for seed in opts.seeds:
             wall, s = run(preset, seed, work / "runs", opts.overrides, env)
-            s["_wall"] = wall
             results.setdefault(preset, []).append(s)
             print(f"{preset} seed {seed}: {s['initial_eval_accuracy']:.3f} -> {s['final_eval_accuracy']:.3f} "
                   f"({wall:.0f} s)", flush=True)
@@ -89,7 +88,7 @@ def main() -> None:
         if start != ours:
             sys.exit(f"baseline {preset}: SFT accuracies {start} differ from this invocation's {ours}: not the same start")
     results = {**baseline, **results}
-    lines = ["| preset | estimator | SFT accuracy | final accuracy | lift (points) | per seed (final) | wall s/run |",
+    lines = ["| preset | estimator | SFT accuracy | final accuracy | lift (points) | per seed (final) | compute s/run |",
              "|---|---|---|---|---|---|---|"]
     for preset, rows in results.items():
         init = [100 * r["initial_eval_accuracy"] for r in rows]
@@ -97,7 +96,8 @@ def main() -> None:
         lift = [f - i for f, i in zip(final, init)]
         tag = f" (earlier run, code {rows[0]['code_version']})" if preset in baseline else ""
         lines.append(f"| `{preset}`{tag} | {rows[0]['estimator']} | {fmt(init)} | **{fmt(final)}** | {fmt(lift)} | "
-                     f"{', '.join(f'{v:.1f}' for v in final)} | {statistics.mean(r['_wall'] for r in rows):.0f} |")
+                     f"{', '.join(f'{v:.1f}' for v in final)} | "
+                     f"{statistics.mean(sum(r['compute_seconds'].values()) for r in rows):.0f} |")
     budget = ", ".join(opts.overrides) if opts.overrides else "the embedded default's"
     lines += ["", f"Held-out accuracy (%), greedy, mean ± std over seeds {opts.seeds}; same SFT start per seed and "
               f"the same number of iterations for every preset ({budget} settings). Presets that sample differently "
@@ -119,7 +119,7 @@ def load_baselines(runs: Path, presets: list[str], seeds: list[int]) -> dict[str
         key = (cfg["run"]["preset"], cfg["run"]["seed"])
         if key[0] in presets and key[1] in seeds:
             summary = json.loads(f.read_text())
-            found[key] = {**summary, "_seed": key[1], "_wall": summary["wall_seconds"]}
+            found[key] = {**summary, "_seed": key[1]}
     missing = [(p, s) for p in presets for s in seeds if (p, s) not in found]
     if missing:
         sys.exit(f"--baseline-runs {runs}: no finished run for {missing}")

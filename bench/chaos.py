@@ -61,12 +61,13 @@ def run_with_kill(runs: Path, env: dict, spec: str | None) -> tuple[str, float]:
             proc.wait(timeout=float(spec.split(":")[1]))
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
-    _, err = proc.communicate()
+    proc.wait()
     dt = time.perf_counter() - t0
-    try:  # the dead run's children (its temporary Prefect API server) die with it, as on a real crash
+    try:  # the dead run's children (its temporary Prefect API server, which holds our stderr pipe) die too
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+    _, err = proc.communicate()
     if proc.returncode == 0:
         return "finished", dt
     if proc.returncode in (-signal.SIGKILL, 128 + signal.SIGKILL):

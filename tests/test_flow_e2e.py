@@ -237,11 +237,12 @@ def test_crashes_inside_a_parquet_write_and_a_checkpoint_save_resume_to_identica
     def run(runs: str, crash_at: str | None) -> int:
         e = {**env, **({"SEGFLOW_CRASH_AT": crash_at} if crash_at else {})}
         proc = _segflow(["--runs-dir", str(tmp_path / runs), *args], e, start_new_session=True)
-        _, err = proc.communicate(timeout=900)
-        try:  # a killed run's temporary Prefect server dies with it, as on a real crash
+        proc.wait(timeout=900)
+        try:  # a killed run's temporary Prefect server (it holds our stderr pipe) dies with it, as on a real crash
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        _, err = proc.communicate()
         assert proc.returncode in (0, -signal.SIGKILL), err[-3000:]
         return proc.returncode
 
