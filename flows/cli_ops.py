@@ -1,0 +1,144 @@
+"""`segflow` commands for evaluation and operations: eval, compare, report, ui, serve (registered on flows.cli.app)."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from flows.cli import UI_MARKER, _env_defaults, _fail, app
+
+
+@app.command("eval")
+def eval_(
+    checkpoint: List[str] = typer.Option(..., "--checkpoint", "-c", help="Model directory, run directory (its latest "
+                                         "checkpoint) or hub id; repeat to compare (the first is the baseline)."),
+    dataset: List[str] = typer.Option(["arith"], "--dataset", "-d", help="arith | gsm8k[=LOCAL] | math500[=LOCAL] | "
+                                      "a .jsonl file or directory with question/answer fields; repeatable."),
+    samples: int = typer.Option(0, "--samples", "-k", help="k sampled answers per problem (avg@k, pass@k, maj@k)."),
+    temperature: float = typer.Option(0.6),
+    top_p: float = typer.Option(0.95, "--top-p"),
+    budget: List[int] = typer.Option([], "--budget", help="Context budget in tokens (total and new); repeatable. "
+                                     "Default: the model's maximum."),
+    seed: int = typer.Option(0),
+    limit: Optional[int] = typer.Option(None, help="First N problems of each dataset."),
+    price_in: float = typer.Option(0.0, "--price-in", help="USD per million prompt tokens."),
+    price_out: float = typer.Option(0.0, "--price-out", help="USD per million generated tokens."),
+    jsonl_task: str = typer.Option("math", "--jsonl-task", help="Grader for .jsonl datasets: arith | gsm8k | math."),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Evaluations go to <runs-dir>/evals/<eval_id>/."),
+) -> None:
+    """Evaluate checkpoints: greedy, avg@k, pass@k, maj@k with standard errors, cost-of-pass, paired comparisons."""
+    from pydantic import ValidationError
+
+    from flows.evaluate import EvalSpec
+
+    try:
+        spec = EvalSpec(checkpoints=tuple(checkpoint), datasets=tuple(dataset), samples=samples,
+                        temperature=temperature, top_p=top_p, budgets=tuple(budget), seed=seed, limit=limit,
+                        price_in=price_in, price_out=price_out, jsonl_task=jsonl_task)
+    except ValidationError as e:
+        err = e.errors()[0]
+        _fail(f"--{'-'.join(str(x) for x in err['loc']).replace('_', '-')}={err.get('input')!r}: {err['msg']}")
+    _env_defaults(runs_dir)
+    from flows.evaluate import comparison_markdown, evaluate
+
+    try:
+        summary = evaluate(spec, str(runs_dir))
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        _fail(str(e))
+    print(comparison_markdown(summary))
+    print(f"\n{runs_dir / 'evals' / summary['eval_id']}  (segflow sql \"select * from eval_samples\")")
+
+
+@app.command("compare")
+def compare_(
+    names: List[str] = typer.Argument(..., help="Run ids / run directories, and eval ids / eval directories."),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Directory for the PNG plots (default <runs-dir>/compare)."),
+) -> None:
+    """Runs side by side (table + accuracy vs iteration, generated tokens and compute seconds), evaluations'
+    paired comparisons; published as Prefect artifacts."""
+    from flows.evaluate import comparison_markdown
+    from flows.run_plots import format_table
+
+    _env_defaults(runs_dir)
+    from flows.compare import compare
+
+    try:
+        result = compare(list(names), str(runs_dir), str(out or runs_dir / "compare"))
+    except ValueError as e:
+        _fail(str(e))
+    if result["runs"]:
+        print(format_table(result["runs"]))
+        for name, path in result["plots"].items():
+            print(f"plot ({name}): {path}")
+    for ev in result["evals"]:
+        print(comparison_markdown(ev))
+
+
+@app.command()
+def report(
+    run: str = typer.Argument(..., help="Run id (under --runs-dir) or run directory."),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
+    out: Optional[Path] = typer.Option(None, "--out", help="HTML file (default <run dir>/report.html)."),
+    samples: int = typer.Option(5, help="Sample responses to show."),
+) -> None:
+    """Write a self-contained HTML report of a run: config, metrics over time, plots, sample responses."""
+    from flows.html_report import write_report
+    from flows.run_plots import load_run
+
+    try:
+        info = load_run(run, runs_dir)
+    except ValueError as e:
+        _fail(str(e))
+    path = write_report(info, out or info.root / "report.html", samples=samples)
+    print(path)
+
+
+@app.command()
+def ui(port: int = typer.Option(4200, help="Port on 127.0.0.1.")) -> None:
+    """Start the Prefect server and UI on 127.0.0.1; segflow commands run meanwhile report to it."""
+    import signal
+    import subprocess
+
+    from storage.handles import atomic_write_text
+
+    url = f"http://127.0.0.1:{port}/api"
+    # The UI's own API URL must name this port, or the browser app calls the default port and shows an error.
+    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                             "--port", str(port)], env={**os.environ, "PREFECT_UI_API_URL": url})
+    atomic_write_text(UI_MARKER, json.dumps({"url": url, "pid": proc.pid}))
+    print(f"Prefect UI on http://127.0.0.1:{port} (API {url}); `segflow run` in another terminal reports there. "
+          "Ctrl-C stops it.")
+    try:
+        proc.wait()
+    except KeyboardInterrupt:
+        proc.send_signal(signal.SIGINT)
+        proc.wait()
+    finally:
+        UI_MARKER.unlink(missing_ok=True)
+
+
+@app.command()
+def serve(config: Path = typer.Option(..., "--config", exists=True, dir_okay=False,
+                                      help="YAML with a 'deployments:' list (see flows/deploy.py)."),
+          dry_run: bool = typer.Option(False, "--dry-run", help="Validate and list the deployments, then exit.")) -> None:
+    """Register scheduled deployments of train / evaluate_models and run them from this process."""
+    from flows.deploy import deployments, read_serve_file
+
+    try:
+        entries = read_serve_file(config)
+        runners = deployments(entries)
+    except Exception as e:  # noqa: BLE001 - config, preset and schedule errors all name their entry
+        _fail(str(e))
+    for e in entries:
+        print(f"{e.flow}/{e.name}: {'cron ' + e.cron if e.cron else f'every {e.interval:g} s'} {e.parameters()}")
+    if dry_run:
+        return
+    _env_defaults(Path("runs"))
+    from prefect import serve as prefect_serve
+
+    prefect_serve(*runners)
