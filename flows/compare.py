@@ -8,7 +8,6 @@ survives the machine that made it. The markdown artifact repeats the table with 
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 from prefect import flow
@@ -18,6 +17,7 @@ from prefect.artifacts import (
     create_table_artifact,
 )
 
+from flows.rl_train import artifact_key
 from flows.run_plots import (
     RunInfo,
     comparison_rows,
@@ -40,10 +40,6 @@ def find_eval(name: str, runs_dir: Path) -> dict | None:
             if "cells" in summary:
                 return summary
     return None
-
-
-def artifact_key(*parts: str) -> str:
-    return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")[:100]
 
 
 @flow(name="compare", log_prints=True)

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from configs.schema import DataSection, RolloutSection
 from flows.notify import notify_failure
+from flows.rl_train import artifact_key
 from storage.handles import FileRef, atomic_write_text
 from storage.layout import EvalLayout
 from storage.parquet import read_parquet
@@ -162,7 +163,7 @@ def evaluate(spec: EvalSpec, runs_dir: str) -> dict:
     summary = {"eval_id": layout.eval_id, "spec": json.loads(spec.model_dump_json()), "cells": cells,
                "comparisons": comparisons, "frontier_cost_of_pass": frontier, "cells_executed": executed}
     atomic_write_text(layout.summary, json.dumps(summary, indent=2, default=str))
-    key = re.sub(r"[^a-z0-9-]+", "-", layout.eval_id.lower())
+    key = artifact_key(layout.eval_id)
     create_table_artifact([table_row(x) for x in cells], key=f"{key}-metrics", description=f"{layout.eval_id}: metrics")
     create_markdown_artifact(comparison_markdown(summary), key=f"{key}-comparison",
                              description=f"{layout.eval_id}: paired comparisons and cost-of-pass")

@@ -68,7 +68,8 @@ TREE_VIEW_QUESTIONS = 2  # questions per iteration drawn in the SPO-tree markdow
 
 
 def artifact_key(*parts: str) -> str:
-    return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")
+    """Prefect artifact keys allow lowercase letters, digits and dashes only (specs/prefect.md §3)."""
+    return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")[:100]
 
 
 def start_run(cfg: Config, layout: RunLayout) -> None:

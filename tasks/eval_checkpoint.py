@@ -24,13 +24,8 @@ from tasks.datasets import load_records
 from tasks.engine import get_engine
 from tasks.evaluate import sample_and_grade
 from tasks.graders import scheme_of
+from tasks.models import dtype_name
 from tasks.tokens import encode_prompt, load_tokenizer, render_prompt
-
-
-def default_dtype() -> str:
-    import torch
-
-    return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
 
 
 @task(name="eval_checkpoint", **STAGE)
@@ -51,7 +46,7 @@ def eval_checkpoint(layout: EvalLayout, checkpoint: FileRef, label: str, dataset
         pids.append(r["prompt_id"])
     if not ids:
         raise ValueError(f"dataset {dataset!r}: every one of {len(records)} prompts is at least budget={budget} tokens")
-    engine, timings = get_engine(checkpoint.path, rollout, default_dtype(), seed)
+    engine, timings = get_engine(checkpoint.path, rollout, dtype_name(), seed)
     t0 = time.perf_counter()
     answers = sample_and_grade(engine, ids, refs, [budget - len(p) for p in ids], samples=samples,
                                temperature=rollout.temperature, top_p=rollout.top_p, seed_key=(seed, dataset, "eval"),

@@ -59,7 +59,12 @@ def check_checkpoint(d: Path) -> None:
 
 
 def engine_dtype(cfg: Config) -> str:
+    return dtype_name(cfg.model.dtype, cfg.run.device)
+
+
+def dtype_name(dtype: str = "auto", device: str = "auto") -> str:
+    """The engine's dtype string for a model.dtype / run.device pair (the trainer's resolve_dtype rule)."""
     from tasks.trainer import resolve_device, resolve_dtype
 
-    dt = resolve_dtype(cfg.model.dtype, resolve_device(cfg.run.device))
+    dt = resolve_dtype(dtype, resolve_device(device))
     return "bfloat16" if str(dt) == "torch.bfloat16" else "float32"
