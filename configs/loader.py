@@ -13,7 +13,7 @@ from typing import Any, Iterable
 import yaml
 from pydantic import ValidationError
 
-from configs.schema import Config
+from configs.schema import Config, without_execution_keys
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 
@@ -102,7 +102,8 @@ def resolve(
 
 
 def config_digest(cfg: Config) -> str:
-    blob = json.dumps(cfg.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    """sha256 of the resolved config without its execution keys (configs/schema.EXECUTION_KEYS)."""
+    blob = json.dumps(without_execution_keys(cfg).model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

@@ -115,6 +115,19 @@ class RolloutSection(Section):
     kv_cache_gib: float = Field(1.0, gt=0, description="CPU KV-cache size (VLLM_CPU_KVCACHE_SPACE).")
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
     enforce_eager: bool = True
+    # Execution keys (EXECUTION_KEYS): where the engines run, never what they generate.
+    shards: int = Field(
+        1, ge=1, description="Rollout engines. > 1: each generation call is split across this many Ray actors, each "
+        "holding its own engine across iterations; results equal the 1-engine run (per-request seeds).",
+    )
+    ray_address: str | None = Field(
+        None, description="shards > 1: the Ray cluster for the engine actors ('auto', 'ray://head:10001'); null "
+        "starts a local one.",
+    )
+    shard_cpus: float = Field(1.0, gt=0, description="shards > 1: CPUs Ray reserves per engine actor.")
+    shard_gpus: float | None = Field(
+        None, ge=0, description="shards > 1: GPUs per engine actor; null = 1 when this machine has CUDA, else 0.",
+    )
 
 
 class RewardSection(Section):
@@ -291,3 +304,22 @@ class Config(Section):
         if self.data.task == "arith" and self.data.source != "synthetic":
             raise ValueError(f"data.source={self.data.source!r}: the arith task is synthetic only")
         return self
+
+
+# Keys that say where work runs, not what it computes. They are left out of the run id (and so of every
+# derived seed) and of each stage's cache key: a run scaled out to more engines, or given a timeout,
+# resumes in the same directory with its cached stages and produces the same artifacts.
+EXECUTION_KEYS: dict[str, set[str]] = {
+    "rollout": {"shards", "ray_address", "shard_cpus", "shard_gpus"},
+    "train": {"timeout_seconds"},
+}
+
+
+def without_execution_keys(cfg: Config) -> Config:
+    """`cfg` with every EXECUTION_KEYS entry at its default: what the run id and cache keys see."""
+    update = {}
+    for section, keys in EXECUTION_KEYS.items():
+        current = getattr(cfg, section)
+        defaults = {k: type(current).model_fields[k].default for k in keys}
+        update[section] = current.model_copy(update=defaults)
+    return cfg.model_copy(update=update)

@@ -98,6 +98,22 @@ def report(
     print(path)
 
 
+def wait_healthy(api_url: str, seconds: float = 300) -> bool:
+    """Poll a Prefect server's /health until it answers 200 (True) or `seconds` pass (False)."""
+    import time
+    import urllib.request
+
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(api_url + "/health", timeout=2) as r:
+                if r.status == 200:
+                    return True
+        except OSError:
+            time.sleep(1)
+    return False
+
+
 @app.command()
 def ui(port: int = typer.Option(4200, help="Port on 127.0.0.1.")) -> None:
     """Start the Prefect server and UI on 127.0.0.1; segflow commands run meanwhile report to it."""

@@ -8,12 +8,14 @@ it calls changes.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from prefect.cache_policies import INPUTS, TASK_SOURCE
+from prefect.cache_policies import TASK_SOURCE, CachePolicy, Inputs
 from pydantic import BaseModel
 
+from configs.schema import Config, without_execution_keys
 from storage.faults import crash_point
 from storage.handles import FileRef
 
@@ -33,7 +35,18 @@ def _code_version() -> str:
 
 CODE_VERSION = _code_version()
 
-STAGE = dict(cache_policy=INPUTS + TASK_SOURCE, persist_result=True, cache_result_in_memory=False)
+@dataclass
+class StageInputs(CachePolicy):
+    """Prefect's INPUTS policy, except that a Config input is hashed without its execution keys
+    (configs/schema.EXECUTION_KEYS): changing rollout.shards keeps every cached stage. It wraps Inputs
+    rather than subclassing it, because a compound policy replaces every Inputs by a plain one."""
+
+    def compute_key(self, task_ctx, inputs, flow_parameters, **kwargs):
+        inputs = {k: without_execution_keys(v) if isinstance(v, Config) else v for k, v in (inputs or {}).items()}
+        return Inputs().compute_key(task_ctx, inputs, flow_parameters, **kwargs)
+
+
+STAGE = dict(cache_policy=StageInputs() + TASK_SOURCE, persist_result=True, cache_result_in_memory=False)
 
 
 class StageOutput(BaseModel):

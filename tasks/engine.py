@@ -73,7 +73,7 @@ class VLLMEngine:
     def compatible(self, cfg: RolloutSection, dtype: str) -> bool:
         """Can this engine serve `cfg` by a weight reload alone?"""
         keys = ("max_model_len", "kv_cache_gib", "gpu_memory_utilization", "enforce_eager")
-        return cfg.backend == "vllm" and dtype == self.dtype and all(getattr(cfg, k) == getattr(self.cfg, k) for k in keys)
+        return cfg.backend == "vllm" and cfg.shards == 1 and dtype == self.dtype and all(getattr(cfg, k) == getattr(self.cfg, k) for k in keys)
 
     def load_weights(self, model_dir: str | Path) -> float:
         """Load a checkpoint's weights into the running engine. Returns seconds; 0 if already loaded."""
@@ -157,6 +157,21 @@ def same_architecture(a: str | Path, b: str | Path) -> bool:
     return str(a) == str(b) or arch(a) == arch(b)
 
 
+def build_engine(model_dir: str, cfg: RolloutSection, dtype: str, seed: int):
+    """A new engine for `cfg`: vLLM or HF `generate` in this process, or rollout.shards of them on Ray."""
+    if cfg.shards > 1:
+        from tasks.ray_engine import ShardedEngine  # noqa: PLC0415 - Ray is imported only when sharding
+
+        return ShardedEngine(model_dir, cfg, dtype, seed)
+    if cfg.backend == "hf":
+        from tasks.hf_engine import HFEngine  # noqa: PLC0415 - avoids a circular import
+
+        import torch  # noqa: PLC0415
+
+        return HFEngine(model_dir, dtype=dtype, device="cuda" if torch.cuda.is_available() else "cpu")
+    return VLLMEngine(model_dir, cfg, dtype, seed)
+
+
 def get_engine(model_dir: str | Path, cfg: RolloutSection, dtype: str, seed: int):
     """The live engine with `model_dir`'s weights loaded, starting it on first use.
 
@@ -167,14 +182,7 @@ def get_engine(model_dir: str | Path, cfg: RolloutSection, dtype: str, seed: int
     if _ENGINE is not None and not (_ENGINE.compatible(cfg, dtype) and same_architecture(_ENGINE.model_dir, model_dir)):
         shutdown_engine()  # a different context length or model: a new engine, not a weight reload
     if _ENGINE is None:
-        if cfg.backend == "hf":
-            from tasks.hf_engine import HFEngine  # noqa: PLC0415 - avoids a circular import
-
-            import torch  # noqa: PLC0415
-
-            _ENGINE = HFEngine(str(model_dir), dtype=dtype, device="cuda" if torch.cuda.is_available() else "cpu")
-        else:
-            _ENGINE = VLLMEngine(str(model_dir), cfg, dtype, seed)
+        _ENGINE = build_engine(str(model_dir), cfg, dtype, seed)
         return _ENGINE, {"engine_start_seconds": _ENGINE.start_seconds, "weight_load_seconds": 0.0}
     load = _ENGINE.load_weights(model_dir)
     return _ENGINE, {"engine_start_seconds": 0.0, "weight_load_seconds": load}

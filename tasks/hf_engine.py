@@ -97,7 +97,7 @@ class HFEngine:
         return out
 
     def compatible(self, cfg, dtype: str) -> bool:
-        return cfg.backend == "hf" and dtype == self.dtype
+        return cfg.backend == "hf" and cfg.shards == 1 and dtype == self.dtype
 
     def shutdown(self) -> None:
         self.model = None

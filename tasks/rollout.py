@@ -46,6 +46,7 @@ def generate_rollouts(cfg: Config, layout: RunLayout, policy: FileRef, policy_ve
     n_tok = sum(len(o.token_ids) for o in outs)
     metrics = write_metrics(layout.metrics(iteration, "rollout"), layout.run_id, iteration, "rollout", {
         **timings,
+        "rollout_engines": len(getattr(engine, "actors", [engine])),  # rollout.shards that produced this file
         "generation_seconds": gen_seconds,
         "generated_tokens": n_tok,
         "tokens_per_second": n_tok / max(gen_seconds, 1e-9),

@@ -8,11 +8,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+
+from flows.cli_ops import wait_healthy
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,14 +40,7 @@ def test_compare_plots_render_in_the_prefect_ui(tmp_path):
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         url = f"http://127.0.0.1:{port}/api"
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                time.sleep(1)
+        assert wait_healthy(url, 180), "segflow ui: the Prefect server did not come up"
         assert json.loads((tmp_path / "ui.json").read_text())["url"] == url
         # No PREFECT_API_URL: compare finds the running server through the marker file.
         res = subprocess.run([sys.executable, "-m", "flows.cli", "compare", "run_a", "--runs-dir", str(runs)],

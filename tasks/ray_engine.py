@@ -1,0 +1,166 @@
+"""Rollout engines on Ray: with rollout.shards = N, N actors each hold one engine across iterations.
+
+Every request carries its own seed (tasks/engine.py), so a completion does not depend on which engine
+serves it or what else is in that engine's batch: splitting a call across engines changes wall time
+only, and the results equal the single-engine run's. Requests that share a prompt (a prompt's n samples,
+a tree node's children) stay on one engine, so they still share its prefix cache.
+
+Ray is the scheduler here, not something segflow reimplements: a local cluster is started when
+rollout.ray_address is null, otherwise the actors go to the named cluster. Each actor needs the model
+directory at the same path (one machine, or shared storage on a cluster).
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Sequence
+
+from configs.schema import RolloutSection
+from tasks.engine import Completion, Request, build_engine
+
+
+def split_contiguous(sizes: Sequence[int], parts: int) -> list[tuple[int, int]]:
+    """Cut items with the given sizes into at most `parts` contiguous [start, end) runs of about equal
+    total size, in order. Runs are never empty; fewer items than parts give fewer runs."""
+    total, runs, start, acc = sum(sizes), [], 0, 0
+    for i, s in enumerate(sizes):
+        acc += s
+        left_items, left_parts = len(sizes) - i - 1, parts - len(runs) - 1
+        # close the run once it reaches its share, or when each remaining part needs one item
+        if left_parts > 0 and (acc * parts >= total * (len(runs) + 1) or left_items <= left_parts):
+            runs.append((start, i + 1))
+            start = i + 1
+    if start < len(sizes):
+        runs.append((start, len(sizes)))
+    return runs
+
+
+def prompt_groups(requests: Sequence[Request]) -> list[tuple[int, int]]:
+    """[start, end) runs of consecutive requests with the same prompt token ids."""
+    groups, start = [], 0
+    for i in range(1, len(requests) + 1):
+        if i == len(requests) or requests[i].prompt_token_ids != requests[start].prompt_token_ids:
+            groups.append((start, i))
+            start = i
+    return groups
+
+
+def shard_requests(requests: Sequence[Request], shards: int) -> list[tuple[int, int]]:
+    """[start, end) request ranges, one per engine: whole prompt groups, balanced by the tokens each
+    group can generate (its requests' max_tokens)."""
+    groups = prompt_groups(requests)
+    sizes = [sum(r.max_tokens for r in requests[a:b]) for a, b in groups]
+    return [(groups[a][0], groups[b - 1][1]) for a, b in split_contiguous(sizes, shards)]
+
+
+class EngineHost:
+    """What one Ray actor runs: an engine, started once, kept until the flow shuts it down."""
+
+    def __init__(self, model_dir: str, cfg: RolloutSection, dtype: str, seed: int) -> None:
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine lives in the actor itself
+        self.engine = build_engine(model_dir, cfg.model_copy(update={"shards": 1}), dtype, seed)
+
+    def start_seconds(self) -> float:
+        return self.engine.start_seconds
+
+    def load_weights(self, model_dir: str) -> float:
+        return self.engine.load_weights(model_dir)
+
+    def generate(self, requests: list[Request], kwargs: dict) -> list[Completion]:
+        return self.engine.generate(requests, progress=False, **kwargs)
+
+    def shutdown(self) -> None:
+        self.engine.shutdown()
+
+
+def _connect(cfg: RolloutSection) -> bool:
+    """Initialise Ray if needed. Returns True when this call started a local cluster (ours to stop)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    common = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    if cfg.ray_address:
+        ray.init(address=cfg.ray_address, **common)
+        return False
+    need = cfg.shards * cfg.shard_cpus
+    ray.init(num_cpus=max(os.cpu_count() or 1, int(need + 0.999)), object_store_memory=512 * 2**20, **common)
+    return True
+
+
+def _gpus(cfg: RolloutSection) -> float:
+    if cfg.shard_gpus is not None:
+        return cfg.shard_gpus
+    import torch
+
+    return 1.0 if torch.cuda.is_available() else 0.0
+
+
+class ShardedEngine:
+    """The engine interface of tasks/engine.py (generate, load_weights, compatible, shutdown) over
+    `cfg.shards` Ray actors. start_seconds is the wall time until every actor's engine was up."""
+
+    def __init__(self, model_dir: str, cfg: RolloutSection, dtype: str, seed: int) -> None:
+        import ray
+
+        t0 = time.perf_counter()
+        self.model_dir, self.cfg, self.dtype = model_dir, cfg, dtype
+        self._owns_ray = _connect(cfg)
+        host = ray.remote(num_cpus=cfg.shard_cpus, num_gpus=_gpus(cfg))(EngineHost)
+        self.actors = [host.remote(model_dir, cfg, dtype, seed) for _ in range(cfg.shards)]
+        ray.get([a.start_seconds.remote() for a in self.actors])  # surfaces a failed start here, not later
+        self.start_seconds = time.perf_counter() - t0
+        self.loaded = model_dir
+        self.reloads: list[float] = []
+
+    def compatible(self, cfg: RolloutSection, dtype: str) -> bool:
+        keys = ("backend", "shards", "ray_address", "shard_cpus", "shard_gpus", "max_model_len", "kv_cache_gib",
+                "gpu_memory_utilization", "enforce_eager")
+        return dtype == self.dtype and all(getattr(cfg, k) == getattr(self.cfg, k) for k in keys)
+
+    def load_weights(self, model_dir) -> float:
+        """Every actor loads the checkpoint in place, in parallel. Returns seconds; 0 if already loaded."""
+        import ray
+
+        model_dir = str(model_dir)
+        if model_dir == self.loaded:
+            return 0.0
+        t0 = time.perf_counter()
+        ray.get([a.load_weights.remote(model_dir) for a in self.actors])
+        self.loaded = model_dir
+        dt = time.perf_counter() - t0
+        self.reloads.append(dt)
+        return dt
+
+    def generate(self, requests: Sequence[Request], *, temperature: float, top_p: float,
+                 stop: Sequence[str] = (), progress: bool = True) -> list[Completion]:
+        import ray
+        from tqdm.auto import tqdm
+
+        requests = list(requests)
+        kwargs = {"temperature": temperature, "top_p": top_p, "stop": list(stop)}
+        ranges = shard_requests(requests, len(self.actors))
+        pending = {a.generate.remote(requests[s:e], kwargs): i for i, (a, (s, e)) in enumerate(zip(self.actors, ranges))}
+        results: dict[int, list[Completion]] = {}
+        with tqdm(total=len(requests), desc=f"generate on {len(ranges)} engines", unit="req",
+                  disable=not progress) as bar:
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                i = pending.pop(done[0])
+                results[i] = ray.get(done[0])
+                bar.update(len(results[i]))
+        return [c for i in range(len(ranges)) for c in results[i]]
+
+    def shutdown(self) -> None:
+        import ray
+
+        for a in getattr(self, "actors", []):
+            try:
+                ray.get(a.shutdown.remote(), timeout=60)
+            except Exception:  # noqa: BLE001 - the actor is killed next either way
+                pass
+            ray.kill(a)
+        self.actors = []
+        if getattr(self, "_owns_ray", False):
+            ray.shutdown()
+            self._owns_ray = False

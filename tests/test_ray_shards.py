@@ -1,0 +1,132 @@
+"""rollout.shards: requests split across Ray engine actors give the single engine's results."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from configs.loader import resolve, run_id
+from tasks.engine import Request
+from tasks.ray_engine import prompt_groups, shard_requests, split_contiguous
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_split_contiguous_balances_in_order_and_never_leaves_a_run_empty():
+    assert split_contiguous([1] * 8, 2) == [(0, 4), (4, 8)]
+    assert split_contiguous([6, 1, 1, 1, 1, 1, 1], 2) == [(0, 1), (1, 7)]
+    assert split_contiguous([1, 1, 1, 1, 1, 1, 6], 2) == [(0, 6), (6, 7)]
+    assert split_contiguous([1, 1], 4) == [(0, 1), (1, 2)]
+    assert split_contiguous([5, 0, 0], 3) == [(0, 1), (1, 2), (2, 3)]
+    assert split_contiguous([], 2) == []
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        sizes = rng.integers(0, 50, rng.integers(1, 30)).tolist()
+        parts = int(rng.integers(1, 6))
+        runs = split_contiguous(sizes, parts)
+        assert len(runs) == min(parts, len(sizes))
+        assert runs[0][0] == 0 and runs[-1][1] == len(sizes) and all(a < b for a, b in runs)
+        assert all(runs[i][1] == runs[i + 1][0] for i in range(len(runs) - 1))
+
+
+def test_requests_of_one_prompt_stay_on_one_engine():
+    reqs = [Request([1, p], seed=i, max_tokens=8) for i, p in enumerate([3, 3, 3, 4, 4, 5, 5, 5, 5, 6])]
+    assert prompt_groups(reqs) == [(0, 3), (3, 5), (5, 9), (9, 10)]
+    ranges = shard_requests(reqs, 2)
+    assert ranges == [(0, 5), (5, 10)]
+    assert shard_requests(reqs[:3], 2) == [(0, 3)]  # one prompt: one engine, however many samples
+
+
+def test_execution_keys_change_neither_the_run_id_nor_stage_cache_keys():
+    from prefect.utilities.hashing import hash_objects
+
+    from configs.schema import without_execution_keys
+
+    one = resolve("default")
+    two = resolve("default", overrides=["rollout.shards=2", "rollout.ray_address=auto", "train.timeout_seconds=60"])
+    assert run_id(one) == run_id(two) and two.rollout.shards == 2
+    assert hash_objects({"cfg": without_execution_keys(two)}) == hash_objects({"cfg": one})
+    assert run_id(resolve("default", overrides=["rollout.max_tokens=40"])) != run_id(one)
+    # The stages' policy keeps its Config-aware inputs part (Prefect swaps plain Inputs subclasses out).
+    from tasks.common import STAGE, StageInputs
+
+    policy = next(p for p in STAGE["cache_policy"].policies if isinstance(p, StageInputs))
+    key = policy.compute_key(None, {"cfg": two, "x": 1}, {})
+    assert key == policy.compute_key(None, {"cfg": one, "x": 1}, {}) != policy.compute_key(None, {"cfg": one, "x": 2}, {})
+
+
+@pytest.mark.slow
+def test_two_ray_engines_generate_and_reload_like_one(live_engine, tiny_model_dir, tmp_path):
+    from configs.schema import RolloutSection, TinyModelSection
+    from tasks import tiny_model
+    from tasks.ray_engine import ShardedEngine
+
+    reqs = [Request([5 + p, 7, 9], seed=100 + i, max_tokens=16) for p in range(6) for i in range(4)]
+
+    def same(a, b):
+        assert [c.token_ids for c in a] == [c.token_ids for c in b]
+        assert [c.finish_reason for c in a] == [c.finish_reason for c in b]
+        for x, y in zip(a, b):
+            np.testing.assert_allclose(x.logprobs, y.logprobs, atol=1e-5)
+
+    live_engine.load_weights(tiny_model_dir)
+    sharded = ShardedEngine(str(tiny_model_dir), RolloutSection(shards=2), "float32", 0)
+    try:
+        assert sharded.start_seconds > 0 and sharded.compatible(RolloutSection(shards=2), "float32")
+        assert not sharded.compatible(RolloutSection(), "float32") and not live_engine.compatible(RolloutSection(shards=2), "float32")
+        same(sharded.generate(reqs, temperature=1.0, top_p=0.9), live_engine.generate(reqs, temperature=1.0, top_p=0.9))
+        # New weights reach both actors in place and they still agree with the single engine.
+        tok = tiny_model.build_tokenizer()
+        tiny_model.save(tiny_model.build_model(TinyModelSection(), len(tok), seed=7), tok, tmp_path / "perturbed")
+        assert sharded.load_weights(tmp_path / "perturbed") > 0 and sharded.load_weights(tmp_path / "perturbed") == 0
+        live_engine.load_weights(tmp_path / "perturbed")
+        same(sharded.generate(reqs, temperature=1.0, top_p=1.0), live_engine.generate(reqs, temperature=1.0, top_p=1.0))
+    finally:
+        sharded.shutdown()
+        live_engine.load_weights(tiny_model_dir)
+
+
+@pytest.mark.slow
+def test_sharded_run_equals_single_engine_run_and_resumes_under_either(prefect_harness, live_engine, small_config,
+                                                                       tmp_path):
+    """One run on 2 Ray engine actors (a subprocess: it owns its engines) and the same run on the single
+    in-process engine produce the same rollouts, and either run directory is a full cache hit for the other."""
+    from flows.rl_train import rl_train
+    from tests.conftest import SMALL
+
+    single = rl_train(small_config, str(tmp_path / "a"))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    args = ["run", "--runs-dir", str(tmp_path / "b")] + [a for s in SMALL + ["rollout.shards=2"] for a in ("--set", s)]
+    res = subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=1200)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rid = single["run_id"]
+    a, b = tmp_path / "a" / rid, tmp_path / "b" / rid
+    assert b.exists(), "the shard count must not change the run id"
+    for it in ("0001", "0002"):
+        ta, tb = (pq.read_table(d / "iterations" / it / "rollouts.parquet") for d in (a, b))
+        assert ta.column("completion_token_ids").to_pylist() == tb.column("completion_token_ids").to_pylist()
+        assert ta.column("seed").to_pylist() == tb.column("seed").to_pylist()
+        for x, y in zip(ta.column("sampling_logprobs").to_pylist(), tb.column("sampling_logprobs").to_pylist()):
+            np.testing.assert_allclose(x, y, atol=1e-5)
+    _, engines = _shard_metrics(tmp_path / "b")
+    assert engines == 2
+
+    # The sharded run, rerun on one engine (a subprocess too: it shares the first's result storage).
+    args = ["run", "--runs-dir", str(tmp_path / "b")] + [a for s in SMALL for a in ("--set", s)]
+    res = subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    again = json.loads((b / "summary.json").read_text())
+    assert again["stages_executed"] == {} and again["stages_cached"]["generate_rollouts"] == 2
+
+
+def _shard_metrics(runs):
+    from storage.catalog import query
+
+    _, rows = query(runs, "select count(*), max(value) from metrics where name = 'rollout_engines'")
+    return rows[0]
