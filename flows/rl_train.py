@@ -144,6 +144,7 @@ def _train(cfg: Config, layout: RunLayout) -> dict:
         tokens_at_eval = {0: 0.0}
         seconds_at_eval = {0: sum(compute_seconds.values())}  # measured work so far: the wall-clock x axis
         for it in range(1, cfg.run.iterations + 1):
+            executed_before = sum(executed.values())
             if cfg.advantage.estimator in TREE_ESTIMATORS:
                 outs, buffer = tree_iteration(stage, policy, start, data.train, buffer, it)
                 create_markdown_artifact(
@@ -174,7 +175,8 @@ def _train(cfg: Config, layout: RunLayout) -> dict:
             rows.append(row)
             print(f"iteration {it}: reward {metrics.get('reward_mean', 0):.3f}, "
                   f"train accuracy {metrics.get('accuracy', 0):.3f}")
-            update_progress_artifact(progress_id, 100.0 * it / max(1, cfg.run.iterations))
+            if sum(executed.values()) > executed_before:  # a cached iteration is not progress (one request less)
+                update_progress_artifact(progress_id, 100.0 * it / max(1, cfg.run.iterations))
     finally:
         if owns_engine:
             shutdown_engine()
@@ -192,9 +194,10 @@ def _train(cfg: Config, layout: RunLayout) -> dict:
         "stages_executed": dict(executed), "stages_cached": dict(cached), "code_version": CODE_VERSION,
     }
     atomic_write_text(layout.summary, json.dumps(summary, indent=2))
-    if rows:
-        create_table_artifact(rows, key=f"{key}-metrics", description=f"per-iteration metrics of {layout.run_id}")
-    create_markdown_artifact(summary_markdown(summary), key=f"{key}-summary", description="run summary")
+    if executed:  # a fully cached rerun would only add identical versions of both
+        if rows:
+            create_table_artifact(rows, key=f"{key}-metrics", description=f"per-iteration metrics of {layout.run_id}")
+        create_markdown_artifact(summary_markdown(summary), key=f"{key}-summary", description="run summary")
     update_progress_artifact(progress_id, 100.0)
     return summary
 

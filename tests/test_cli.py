@@ -1,4 +1,6 @@
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 from typer.testing import CliRunner
@@ -156,3 +158,20 @@ def test_run_refuses_a_run_another_process_is_writing(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_console_script_keeps_exit_codes_and_output_through_its_quick_exit(tmp_path):
+    """flows.cli.main ends the process from its last exit handler: codes and buffered output must survive."""
+    import subprocess
+
+    def run(*args):
+        code = "import sys; from flows.cli import main; sys.argv = ['segflow', *sys.argv[1:]]; main()"
+        return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120,
+                              cwd=Path(__file__).resolve().parent.parent)
+
+    ok = run("presets")
+    assert ok.returncode == 0 and "spo_tree" in ok.stdout.split()
+    bad = run("run", "--preset", "no_such_preset", "--runs-dir", str(tmp_path))
+    assert bad.returncode == 2 and "no_such_preset" in bad.stderr
+    usage = run("run", "--no-such-option")
+    assert usage.returncode == 2
