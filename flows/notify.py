@@ -75,9 +75,23 @@ def send(body: dict, url: str | None = None, timeout: float = 10.0) -> bool:
         return False
 
 
+def _failed_subflow(flow_run_id) -> bool:
+    """Did a subflow of this flow run fail? (It has reported itself, with its stage and run directory.)"""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    with get_client(sync_client=True) as client:
+        children = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])))
+    return any(r.state_type is not None and r.state_type.value in ("FAILED", "CRASHED") for r in children)
+
+
 def notify_failure(flow, flow_run, state) -> None:
-    """Prefect state hook (on_failure, on_crashed)."""
+    """Prefect state hook (on_failure, on_crashed). An entry-point flow (flows/deploy.py) whose subflow
+    failed stays silent: the subflow's own hook sent the message that names the stage."""
     try:
+        if _failed_subflow(flow_run.id):
+            return
         error = str(state.message or state.name)
         try:
             exc = state.result(raise_on_failure=False)

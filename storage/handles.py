@@ -43,16 +43,63 @@ def _hash_file(h: "hashlib._Hash", path: Path) -> None:
             h.update(block)
 
 
-def digest(path: str | Path) -> str:
-    p = Path(path)
+def _files(p: Path) -> list[Path]:
+    return sorted(x for x in p.rglob("*") if x.is_file()) if p.is_dir() else [p]
+
+
+def _sha256(p: Path, files: list[Path]) -> str:
     h = hashlib.sha256()
     if p.is_dir():
-        for f in sorted(x for x in p.rglob("*") if x.is_file()):
+        for f in files:
             h.update(str(f.relative_to(p)).encode() + b"\0")
             _hash_file(h, f)
     else:
         _hash_file(h, p)
     return h.hexdigest()
+
+
+# Re-hashing a real model's checkpoints on every rerun costs seconds per GB, so digests of large files
+# and directories are remembered under the stat signature (path, size, mtime_ns, inode of every file)
+# they were computed for, as make and rsync trust timestamps. Writes here are atomic renames, which
+# always change the inode, so a rewritten artifact is re-hashed. The memo lives outside run directories.
+MEMO_MIN_BYTES = 32 << 20
+
+
+def _memo_dir() -> Path:
+    base = os.environ.get("SEGFLOW_CACHE_DIR") or os.path.join(os.environ.get("XDG_CACHE_HOME") or
+                                                               os.path.expanduser("~/.cache"), "segflow")
+    return Path(base) / "digests"
+
+
+def digest(path: str | Path) -> str:
+    """sha256 of a file, or of a directory's files (relative path + bytes, in sorted order)."""
+    p = Path(path).resolve()
+    files = _files(p)
+    stats = [(str(f.relative_to(p)) if p.is_dir() else "", *_stat(f)) for f in files]
+    if sum(s[1] for s in stats) < MEMO_MIN_BYTES:
+        return _sha256(p, files)
+    signature = hashlib.sha256(repr((str(p), stats)).encode()).hexdigest()
+    memo = _memo_dir() / signature
+    try:
+        value = memo.read_text().strip()
+        if len(value) == 64:  # anything else (a truncated hint) is recomputed below
+            return value
+    except OSError:
+        pass
+    value = _sha256(p, files)
+    try:  # a memo is a hint, rebuilt if lost: no fsync, but never seen half-written
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo.with_name(f"{memo.name}.{os.getpid()}.tmp")
+        tmp.write_text(value)
+        os.replace(tmp, memo)
+    except OSError:  # a read-only home only costs the next rerun a re-hash
+        pass
+    return value
+
+
+def _stat(f: Path) -> tuple[int, int, int]:
+    st = f.stat()
+    return st.st_size, st.st_mtime_ns, st.st_ino
 
 
 def _fsync_dir(d: Path) -> None:

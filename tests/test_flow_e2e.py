@@ -283,17 +283,23 @@ def test_a_failed_stage_is_reported_to_the_webhook(prefect_harness, tmp_path, mo
     server = http.server.HTTPServer(("127.0.0.1", 0), Hook)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     monkeypatch.setenv("SEGFLOW_NOTIFY_WEBHOOK", f"http://127.0.0.1:{server.server_port}/hook")
-    cfg = resolve("default", overrides=["data.task=gsm8k", f"data.source={tmp_path / 'missing'}"])
+    overrides = ["data.task=gsm8k", f"data.source={tmp_path / 'missing'}"]
+    cfg = resolve("default", overrides=overrides)
     try:
         with pytest.raises(Exception, match="missing"):
             rl_train(cfg, str(tmp_path / "runs"))
+        # Through the deployment entry point: the rl_train subflow reports, its parent `train` does not repeat it.
+        from flows.deploy import train
+
+        with pytest.raises(Exception, match="missing"):
+            train(preset="default", overrides=overrides, runs_dir=str(tmp_path / "runs"))
     finally:
         server.shutdown()
-    assert len(received) == 1
-    body = received[0]
-    assert body["flow"] == "rl_train" and body["stage"] == "prepare_dataset"
-    assert "missing" in body["error"] and body["run_dir"] == str(tmp_path / "runs" / run_id(cfg))
-    assert body["text"].startswith("segflow rl_train failed in prepare_dataset")
+    assert len(received) == 2
+    for body in received:
+        assert body["flow"] == "rl_train" and body["stage"] == "prepare_dataset"
+        assert "missing" in body["error"] and body["run_dir"] == str(tmp_path / "runs" / run_id(cfg))
+        assert body["text"].startswith("segflow rl_train failed in prepare_dataset")
 
 
 def test_prefect_flow_run_retry_reruns_only_the_failed_stage_onward(tmp_path):

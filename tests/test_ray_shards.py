@@ -60,10 +60,14 @@ def test_execution_keys_change_neither_the_run_id_nor_stage_cache_keys():
 
 
 @pytest.mark.slow
-def test_two_ray_engines_generate_and_reload_like_one(live_engine, tiny_model_dir, tmp_path):
+def test_two_ray_engines_generate_and_reload_like_one(tiny_model_dir, tmp_path):
     from configs.schema import RolloutSection, TinyModelSection
     from tasks import tiny_model
+    from tasks.engine import get_engine
     from tasks.ray_engine import ShardedEngine
+
+    # The process-wide engine as it is now (an earlier test may have replaced the session fixture's).
+    live_engine, _ = get_engine(tiny_model_dir, RolloutSection(), "float32", 0)
 
     reqs = [Request([5 + p, 7, 9], seed=100 + i, max_tokens=16) for p in range(6) for i in range(4)]
 

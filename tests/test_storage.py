@@ -58,6 +58,46 @@ def test_directory_digest_covers_names_and_bytes(tmp_path):
     assert FileRef.of(tmp_path / "d").sha256 != a.sha256
 
 
+def test_large_digests_are_remembered_by_stat_and_recomputed_after_any_rewrite(tmp_path, monkeypatch):
+    import hashlib
+    import os
+
+    from storage import handles
+
+    monkeypatch.setenv("SEGFLOW_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(handles, "MEMO_MIN_BYTES", 4)
+    ckpt = tmp_path / "ckpt"
+    with atomic_dir(ckpt) as d:
+        (d / "model.bin").write_bytes(b"weights-1")
+    first = handles.digest(ckpt)
+    assert first == handles._sha256(ckpt.resolve(), handles._files(ckpt.resolve()))
+    assert len(list((tmp_path / "cache" / "digests").iterdir())) == 1
+    hashed = []
+    monkeypatch.setattr(handles, "_sha256", lambda p, files: hashed.append(p) or "recomputed")
+    assert handles.digest(ckpt) == first and hashed == []  # unchanged: the memo answers
+    # Rewritten the way segflow writes (atomic rename: new inode), same size: hashed again.
+    with atomic_dir(ckpt) as d:
+        (d / "model.bin").write_bytes(b"weights-2")
+    assert handles.digest(ckpt) == "recomputed" and len(hashed) == 1
+    # Edited in place, same size: the new mtime gives it away.
+    f = tmp_path / "big.bin"
+    f.write_bytes(b"0123456789")
+    monkeypatch.undo()
+    monkeypatch.setenv("SEGFLOW_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(handles, "MEMO_MIN_BYTES", 4)
+    before = handles.digest(f)
+    st = f.stat()
+    with open(f, "r+b") as fh:
+        fh.write(b"X")
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1000))
+    assert handles.digest(f) == hashlib.sha256(b"X123456789").hexdigest() != before
+    # Small files are always hashed: no memo entry for them.
+    entries = len(list((tmp_path / "cache" / "digests").iterdir()))
+    (tmp_path / "s.txt").write_text("ab")
+    handles.digest(tmp_path / "s.txt")
+    assert len(list((tmp_path / "cache" / "digests").iterdir())) == entries
+
+
 def test_schema_mismatch_names_the_columns(tmp_path):
     rows = _grade_rows()
     for r in rows:
