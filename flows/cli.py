@@ -60,7 +60,7 @@ def _apply_sets(values: dict, items: List[str]) -> dict:
 
 
 @app.callback(invoke_without_command=True)
-def main(ctx: typer.Context) -> None:
+def default_command(ctx: typer.Context) -> None:
     if ctx.invoked_subcommand is None:  # bare `segflow` runs the embedded default
         ctx.invoke(run)
 

@@ -35,6 +35,7 @@ def _code_version() -> str:
 
 CODE_VERSION = _code_version()
 
+
 @dataclass
 class StageInputs(CachePolicy):
     """Prefect's INPUTS policy, except that a Config input is hashed without its execution keys

@@ -73,7 +73,8 @@ class VLLMEngine:
     def compatible(self, cfg: RolloutSection, dtype: str) -> bool:
         """Can this engine serve `cfg` by a weight reload alone?"""
         keys = ("max_model_len", "kv_cache_gib", "gpu_memory_utilization", "enforce_eager")
-        return cfg.backend == "vllm" and cfg.shards == 1 and dtype == self.dtype and all(getattr(cfg, k) == getattr(self.cfg, k) for k in keys)
+        return (cfg.backend == "vllm" and cfg.shards == 1 and dtype == self.dtype
+                and all(getattr(cfg, k) == getattr(self.cfg, k) for k in keys))
 
     def load_weights(self, model_dir: str | Path) -> float:
         """Load a checkpoint's weights into the running engine. Returns seconds; 0 if already loaded."""
