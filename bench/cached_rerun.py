@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,17 +25,11 @@ sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 from report import write_section  # noqa: E402
 
 from configs.loader import resolve, run_id  # noqa: E402
-from flows.cli_ops import wait_healthy  # noqa: E402
+from flows.cli_ops import free_port, stop_ui, wait_healthy  # noqa: E402
 
 SEGFLOW = ROOT / ".venv" / "bin" / "segflow"
 SMALL = ["data.arith.n_train=500", "warm_start.steps=100", "run.iterations=3", "rollout.prompts_per_iteration=16",
          "eval.every=1"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> None:
@@ -49,7 +41,7 @@ def main() -> None:
     opts = ap.parse_args()
     overrides = SMALL + opts.overrides
     work = Path(tempfile.mkdtemp(prefix="segflow-rerun-"))
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/api"
     env = {**os.environ, "PREFECT_HOME": str(work / "home"), "SEGFLOW_UI_MARKER": str(work / "ui.json")}
     server = subprocess.Popen([str(SEGFLOW), "ui", "--port", str(port)], cwd=ROOT, env=env, start_new_session=True,
@@ -80,11 +72,7 @@ def main() -> None:
             flows.append(s["wall_seconds"])
             print(f"cached rerun: command {wall:.2f} s, flow {s['wall_seconds']:.2f} s")
     finally:
-        os.killpg(server.pid, signal.SIGINT)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
+        stop_ui(server)
     stages = sum(first["stages_executed"].values())
     lines = ["| | wall (s) |", "|---|---|",
              f"| first run ({stages} stages executed) | {first_wall:.1f} |",

@@ -114,6 +114,27 @@ def wait_healthy(api_url: str, seconds: float = 300) -> bool:
     return False
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now (for a `segflow ui` started by a test or benchmark)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_ui(proc) -> None:
+    """Stop a `segflow ui` started with start_new_session=True: Ctrl-C its process group, SIGKILL after 30 s."""
+    import signal
+    import subprocess
+
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
 @app.command()
 def ui(port: int = typer.Option(4200, help="Port on 127.0.0.1.")) -> None:
     """Start the Prefect server and UI on 127.0.0.1; segflow commands run meanwhile report to it."""

@@ -4,8 +4,6 @@ image artifacts, and the artifact page renders the picture. Skipped where no Chr
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -13,17 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from flows.cli_ops import wait_healthy
+from flows.cli_ops import free_port, stop_ui, wait_healthy
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium on this machine")
@@ -32,7 +24,7 @@ def test_compare_plots_render_in_the_prefect_ui(tmp_path):
 
     runs = tmp_path / "runs"
     make_run(runs, SUMMARY_A, "run: {}\n")
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "home"), "SEGFLOW_UI_MARKER": str(tmp_path / "ui.json"),
            "PYTHONPATH": str(ROOT)}
     env.pop("PREFECT_API_URL", None)
@@ -57,8 +49,4 @@ def test_compare_plots_render_in_the_prefect_ui(tmp_path):
                              capture_output=True, text=True, timeout=180).stdout
         assert 'src="data:image/png;base64,' in dom and "Something went wrong" not in dom
     finally:
-        os.killpg(ui.pid, signal.SIGINT)
-        try:
-            ui.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(ui.pid, signal.SIGKILL)
+        stop_ui(ui)
