@@ -44,6 +44,31 @@ def test_outputs_are_complete_and_text_matches_ids(live_engine, tiny_model_dir):
         assert c.text == tok.decode(c.token_ids, skip_special_tokens=True)
 
 
+def test_text_decoded_from_ids_equals_vllms_detokenizer(live_engine, tiny_model_dir):
+    # Without stop strings the engine skips vLLM's incremental detokenizer and decodes the ids itself;
+    # a stop string that never occurs switches vLLM's detokenizer on for the same seeds.
+    live_engine.load_weights(tiny_model_dir)
+    ours = _sample(live_engine, range(6))
+    reqs = [Request(p, s, 24) for p, s in zip(PROMPTS, range(6))]
+    theirs = live_engine.generate(reqs, temperature=1.0, top_p=1.0, stop=("@@@",), progress=False)
+    assert [c.token_ids for c in ours] == [c.token_ids for c in theirs]
+    assert [c.logprobs for c in ours] == [c.logprobs for c in theirs]
+    assert [c.text for c in ours] == [c.text for c in theirs]
+    assert any("\n" in c.text for c in ours)  # whitespace survives both paths
+
+
+def test_missing_logprobs_fail_loudly():
+    from types import SimpleNamespace
+
+    from tasks.engine import _completion
+
+    flat = SimpleNamespace(token_ids=[5, 7], logprobs=[-0.1])
+    with pytest.raises(RuntimeError, match="1 log-probs for 2 sampled tokens"):
+        _completion(SimpleNamespace(token_ids=[5, 7], logprobs=flat, finish_reason="stop"), "ab")
+    with pytest.raises(RuntimeError, match="0 log-probs"):
+        _completion(SimpleNamespace(token_ids=[5], logprobs=None, finish_reason="stop"), "a")
+
+
 @pytest.mark.parametrize("temperature", [1.0, 0.6])
 def test_sampler_and_trainer_logprobs_agree(live_engine, tiny_model_dir, temperature):
     from transformers import AutoModelForCausalLM
