@@ -9,14 +9,15 @@ from storage.layout import RunLayout
 from storage.metrics import write_metrics
 from storage.parquet import read_parquet, write_parquet
 from storage.schemas import GRADES, PROMPTS, ROLLOUTS
-from tasks.algos.metrics import grade_metrics, group_metrics
+from tasks.algos.arith import steps_match
+from tasks.algos.metrics import grade_metrics, group_metrics, step_metrics
 from tasks.common import STAGE, StageOutput
 from tasks.graders import grade_all, scheme_of
 
 
-def references(prompts: FileRef) -> dict[str, str]:
+def references(prompts: FileRef, column: str = "reference") -> dict[str, str]:
     t = read_parquet(prompts, PROMPTS)
-    return dict(zip(t["prompt_id"].to_pylist(), t["reference"].to_pylist()))
+    return dict(zip(t["prompt_id"].to_pylist(), t[column].to_pylist()))
 
 
 @task(name="grade", **STAGE)
@@ -33,7 +34,13 @@ def grade(cfg: Config, layout: RunLayout, rollouts: FileRef, train: FileRef, ite
         for p, s, g in zip(pids, r["sample_index"].to_pylist(), grades)
     ]
     ref = write_parquet(rows, GRADES, layout.grades(iteration))
-    scores = [g.score for g in grades]
-    metrics = write_metrics(layout.metrics(iteration, "grade"), layout.run_id, iteration, "grade",
-                            {**grade_metrics(scores, [g.status for g in grades]), **group_metrics(scores, pids)})
+    scores, statuses = [g.score for g in grades], [g.status for g in grades]
+    values = {**grade_metrics(scores, statuses), **group_metrics(scores, pids)}
+    if cfg.data.task == "arith":  # its worked solution is unique, so unfaithful chains are measurable
+        solutions = references(train, "solution")
+        pairs = [(status, steps_match(text, solutions[p]))
+                 for status, text, p in zip(statuses, r["completion_text"].to_pylist(), pids) if solutions.get(p)]
+        if pairs:
+            values |= step_metrics(*zip(*pairs))
+    metrics = write_metrics(layout.metrics(iteration, "grade"), layout.run_id, iteration, "grade", values)
     return StageOutput(artifact=ref, metrics=metrics)

@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 from tasks.algos import arith
+from tasks.algos.metrics import step_metrics
 from tasks.algos.seeding import derive_seed, iteration_prompts
 
 ALGOS = Path(__file__).resolve().parent.parent / "tasks" / "algos"
@@ -30,6 +31,24 @@ def test_arith_solution_is_correct_and_formatted():
     assert p.question == "3+5-2+7"
     assert p.solution == "3+5=8\n8-2=6\n6+7=13\n#### 13"
     assert p.answer == 13
+
+
+def test_arith_steps_match_only_the_worked_running_total():
+    solution = "3+5=8\n8-2=6\n6+7=13\n#### 13"
+    assert arith.steps_match(solution, solution)
+    assert arith.steps_match("3 + 5 = 8\n\n8-2=6\n6+7=13\n#### 13\n", solution)  # spacing is not a step
+    # the right answer by luck: a wrong step, then a wrong step that cancels it
+    assert not arith.steps_match("3+5=9\n9-2=6\n6+7=13\n#### 13", solution)
+    assert not arith.steps_match("3+5=8\n8-2=6\n#### 13", solution)  # a step skipped
+    assert not arith.steps_match("#### 13", solution)
+    assert not arith.steps_match("", solution)
+
+
+def test_step_metrics_count_unfaithful_correct_answers():
+    statuses = ["ok", "ok", "ok", "wrong", "ok", "truncated"]
+    steps_ok = [True, False, True, False, False, True]
+    assert step_metrics(statuses, steps_ok) == {"frac_ok_wrong_steps": 2 / 4}  # wrong answers do not count
+    assert step_metrics(["wrong"], [False]) == {"frac_ok_wrong_steps": 0.0}  # no correct answer at all
 
 
 def test_arith_generation_deterministic_distinct_and_disjoint():

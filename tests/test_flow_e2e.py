@@ -36,6 +36,16 @@ def test_flow_end_to_end_then_every_stage_is_a_cache_hit(prefect_harness, live_e
     assert rows == [(2 * 8 * 4,)]
     _, rows = query(runs, "select count(*) from grades join advantages using (run_id, iteration, prompt_id, sample_index)")
     assert rows == [(64,)]
+    # Correct answers reached through wrong steps (arith): the metric equals a recount from the artifacts.
+    _, rows = query(runs, "select r.iteration, g.status, r.completion_text, p.solution from rollouts r "
+                          "join grades g using (run_id, iteration, prompt_id, sample_index) "
+                          "join prompts p using (run_id, prompt_id) where p.split = 'train'")
+    from tasks.algos.arith import steps_match
+
+    for it in (1, 2):
+        ok = [steps_match(text, sol) for i, status, text, sol in rows if i == it and status == "ok"]
+        _, metric = query(runs, f"select value from metrics where name = 'frac_ok_wrong_steps' and iteration = {it}")
+        assert metric == [(pytest.approx((len(ok) - sum(ok)) / max(1, len(ok))),)]
     _, rows = query(runs, "select max(value) from metrics where name = 'logprob_gap_max'")
     assert rows[0][0] < 1e-3
     # New weights reach the running engine by in-place reload (recorded by whichever stage uses them first).

@@ -32,6 +32,21 @@ def solve(operands: list[int], ops: list[str]) -> ArithProblem:
     return ArithProblem(question=question, solution="\n".join(lines) + f"\n#### {total}", answer=total)
 
 
+def worked_steps(text: str) -> list[str]:
+    """The response's non-empty lines without spaces: the steps and the `####` line, comparable as text."""
+    return [line.replace(" ", "") for line in text.splitlines() if line.strip()]
+
+
+def steps_match(response: str, solution: str) -> bool:
+    """Does the response carry the worked solution's running total, step by step, to its answer?
+
+    The synthetic task's solution is unique (one running total, one line per operation), so a response
+    with the right final answer but other steps reached it by luck or by a shortcut: outcome reward
+    credits such unfaithful chains too (the grade stage reports how often, `frac_ok_wrong_steps`).
+    """
+    return worked_steps(response) == worked_steps(solution)
+
+
 def generate(n: int, min_terms: int, max_terms: int, max_operand: int, seed: int) -> list[ArithProblem]:
     """`n` distinct problems, deterministic in `seed`. Raises if the space has fewer than `n` problems."""
     rng = random.Random(seed)

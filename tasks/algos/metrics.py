@@ -17,6 +17,12 @@ def grade_metrics(scores: Sequence[float], statuses: Sequence[str]) -> dict[str,
     return out
 
 
+def step_metrics(statuses: Sequence[str], steps_ok: Sequence[bool]) -> dict[str, float]:
+    """frac_ok_wrong_steps: share of correct answers (status ok) whose worked steps are wrong (arith only)."""
+    ok = [good for status, good in zip(statuses, steps_ok) if status == "ok"]
+    return {"frac_ok_wrong_steps": sum(not good for good in ok) / max(1, len(ok))}
+
+
 def group_metrics(scores: Sequence[float], groups: Sequence[Hashable]) -> dict[str, float]:
     """frac_zero_std_groups: share of prompts whose samples all scored the same (no learning signal)."""
     by: dict[Hashable, list[float]] = {}
