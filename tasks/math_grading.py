@@ -65,18 +65,38 @@ def _import_math_verify() -> None:
     import math_verify  # noqa: F401 - warm the worker once, not per item
 
 
-class VerifierPool:
-    """`verify_pair` over many items with `workers` processes and a per-item timeout in seconds."""
+def _started() -> bool:
+    return True
 
-    def __init__(self, workers: int = 2, timeout: float = DEFAULT_TIMEOUT, func=verify_pair):
-        self.workers, self.timeout, self.func = workers, timeout, func
+
+class VerifierPool:
+    """`verify_pair` over many items with `workers` processes and a per-item timeout in seconds.
+
+    The timeout clock starts once a worker is up (spawned, math-verify imported): a slow start on a busy
+    machine must not turn the first items into timeouts.
+    """
+
+    STARTUP_TIMEOUT = 300.0
+
+    def __init__(self, workers: int = 2, timeout: float = DEFAULT_TIMEOUT, func=verify_pair,
+                 initializer=_import_math_verify):
+        self.workers, self.timeout, self.func, self.initializer = workers, timeout, func, initializer
         self._ctx = mp.get_context("spawn")  # never fork a process that holds torch/vLLM threads
+
+    def _start(self, size: int):
+        pool = self._ctx.Pool(size, initializer=self.initializer)
+        try:
+            pool.apply_async(_started).get(self.STARTUP_TIMEOUT)
+        except mp.TimeoutError:
+            pool.terminate()
+            raise RuntimeError(f"the math-verify worker pool did not start within {self.STARTUP_TIMEOUT:.0f} s") from None
+        return pool
 
     def run(self, pairs: Sequence[tuple[str, str]]) -> list[str]:
         results: list[str | None] = [None] * len(pairs)
         pending = list(range(len(pairs)))
         while pending:
-            pool = self._ctx.Pool(min(self.workers, len(pending)), initializer=_import_math_verify)
+            pool = self._start(min(self.workers, len(pending)))
             try:
                 futures = {i: pool.apply_async(self.func, pairs[i]) for i in pending}
                 pending, timed_out = [], False

@@ -65,6 +65,15 @@ def test_a_hanging_verifier_times_out_and_the_rest_still_grade():
     assert time.perf_counter() - t0 < 60
 
 
+def slow_start() -> None:
+    time.sleep(4.0)  # a worker that takes longer to start than the per-item timeout
+
+
+def test_slow_worker_start_does_not_count_against_the_item_timeout():
+    pool = VerifierPool(workers=1, timeout=1.0, func=slow_when_told, initializer=slow_start)
+    assert pool.run([("1", "1"), ("2", "3")]) == ["ok", "wrong"]
+
+
 def test_timeout_grade_is_nan_not_zero(monkeypatch):
     import tasks.math_grading as mg
 
