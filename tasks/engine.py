@@ -37,6 +37,14 @@ class Completion:
     text: str
 
 
+# Rollout keys a running vLLM engine was built with: a change needs a new engine, not a weight reload.
+VLLM_SHAPE_KEYS = ("max_model_len", "kv_cache_gib", "gpu_memory_utilization", "enforce_eager")
+
+
+def same_keys(a: RolloutSection, b: RolloutSection, keys: Sequence[str]) -> bool:
+    return all(getattr(a, k) == getattr(b, k) for k in keys)
+
+
 @dataclass
 class VLLMEngine:
     model_dir: str
@@ -72,9 +80,8 @@ class VLLMEngine:
 
     def compatible(self, cfg: RolloutSection, dtype: str) -> bool:
         """Can this engine serve `cfg` by a weight reload alone?"""
-        keys = ("max_model_len", "kv_cache_gib", "gpu_memory_utilization", "enforce_eager")
         return (cfg.backend == "vllm" and cfg.shards == 1 and dtype == self.dtype
-                and all(getattr(cfg, k) == getattr(self.cfg, k) for k in keys))
+                and same_keys(cfg, self.cfg, VLLM_SHAPE_KEYS))
 
     def load_weights(self, model_dir: str | Path) -> float:
         """Load a checkpoint's weights into the running engine. Returns seconds; 0 if already loaded."""

@@ -16,7 +16,7 @@ import time
 from typing import Sequence
 
 from configs.schema import RolloutSection
-from tasks.engine import Completion, Request, build_engine
+from tasks.engine import VLLM_SHAPE_KEYS, Completion, Request, build_engine, same_keys
 
 
 def split_contiguous(sizes: Sequence[int], parts: int) -> list[tuple[int, int]]:
@@ -114,9 +114,8 @@ class ShardedEngine:
         self.reloads: list[float] = []
 
     def compatible(self, cfg: RolloutSection, dtype: str) -> bool:
-        keys = ("backend", "shards", "ray_address", "shard_cpus", "shard_gpus", "max_model_len", "kv_cache_gib",
-                "gpu_memory_utilization", "enforce_eager")
-        return dtype == self.dtype and all(getattr(cfg, k) == getattr(self.cfg, k) for k in keys)
+        keys = ("backend", "shards", "ray_address", "shard_cpus", "shard_gpus", *VLLM_SHAPE_KEYS)
+        return dtype == self.dtype and same_keys(cfg, self.cfg, keys)
 
     def load_weights(self, model_dir) -> float:
         """Every actor loads the checkpoint in place, in parallel. Returns seconds; 0 if already loaded."""
