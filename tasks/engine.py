@@ -58,6 +58,10 @@ class VLLMEngine:
     def __post_init__(self) -> None:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(self.cfg.kv_cache_gib))))
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        # vLLM's logging set-up (dictConfig) flushes and closes every handler of the process under the
+        # logging lock; Prefect's API log handler then waits on a worker that needs that lock, and the run
+        # hangs at engine start. vLLM's loggers propagate to the process's own handlers instead.
+        os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
         t0 = time.perf_counter()
         from vllm import LLM  # imported lazily: a fully cached rerun never pays for it
 

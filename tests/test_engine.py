@@ -85,22 +85,48 @@ def test_sampler_and_trainer_logprobs_agree(live_engine, tiny_model_dir, tempera
         torch.testing.assert_close(lp[i, : len(o.token_ids)], torch.tensor(o.logprobs), atol=1e-3, rtol=0)
 
 
-def _fresh_engine_greedy(model_dir: Path) -> list[list[int]]:
-    """Greedy tokens from a brand-new engine, in its own process (one in-process engine at a time)."""
-    code = (
-        "import json, sys\n"
-        "from configs.schema import RolloutSection\n"
-        "from tasks.engine import VLLMEngine, Request\n"
-        f"e = VLLMEngine({str(model_dir)!r}, RolloutSection(), 'float32', 0)\n"
-        f"outs = e.generate([Request(p, 0, 24) for p in {PROMPTS!r}], temperature=0.0, top_p=1.0, progress=False)\n"
-        "print('RESULT', json.dumps([o.token_ids for o in outs]))\n"
-    )
+def _in_fresh_process(code: str):
+    """Run `code` in its own Python process (one in-process engine at a time); returns its `RESULT` JSON."""
     root = Path(__file__).resolve().parent.parent
     res = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=600,
                          env={**os.environ, "PYTHONPATH": str(root)})
     assert res.returncode == 0, res.stderr[-3000:]
     line = next(x for x in res.stdout.splitlines() if x.startswith("RESULT "))
     return json.loads(line[len("RESULT "):])
+
+
+def _fresh_engine_greedy(model_dir: Path) -> list[list[int]]:
+    """Greedy tokens from a brand-new engine."""
+    return _in_fresh_process(
+        "import json\n"
+        "from configs.schema import RolloutSection\n"
+        "from tasks.engine import VLLMEngine, Request\n"
+        f"e = VLLMEngine({str(model_dir)!r}, RolloutSection(), 'float32', 0)\n"
+        f"outs = e.generate([Request(p, 0, 24) for p in {PROMPTS!r}], temperature=0.0, top_p=1.0, progress=False)\n"
+        "print('RESULT', json.dumps([o.token_ids for o in outs]))\n"
+    )
+
+
+def test_engine_start_leaves_the_processs_log_handlers_alone(tiny_model_dir):
+    # vLLM's default start-up runs logging.config.dictConfig, which flushes and closes every existing
+    # handler under the logging lock. Prefect's API log handler then waits for its worker thread, which
+    # needs that lock: a run hung for good at engine start (seen once in a benchmark). The engine must
+    # start without touching the handlers of the process it joins.
+    events = _in_fresh_process(
+        "import json, logging\n"
+        "from configs.schema import RolloutSection\n"
+        "from tasks.engine import VLLMEngine\n"
+        "seen = []\n"
+        "class Probe(logging.Handler):\n"
+        "    def emit(self, record): pass\n"
+        "    def flush(self): seen.append('flush')\n"
+        "    def close(self): seen.append('close'); super().close()\n"
+        "probe = Probe()\n"
+        "logging.getLogger().addHandler(probe)\n"
+        f"VLLMEngine({str(tiny_model_dir)!r}, RolloutSection(), 'float32', 0)\n"
+        "print('RESULT', json.dumps(seen + (['removed'] if probe not in logging.getLogger().handlers else [])))\n"
+    )
+    assert events == []
 
 
 def test_weight_update_matches_fresh_engine(live_engine, tiny_model_dir, tmp_path):
