@@ -39,6 +39,7 @@ from configs.schema import Config  # noqa: E402
 from tasks import tiny_model  # noqa: E402
 from tasks.algos.arith import generate, split, steps_match  # noqa: E402
 from tasks.algos.grading import RewardScheme, grade_numeric  # noqa: E402
+from tasks.tokens import encode_prompt, render_prompt  # noqa: E402
 from tasks.trainer import sft  # noqa: E402
 
 SCHEME = RewardScheme()
@@ -54,8 +55,8 @@ class Probe:
         a = cfg.data.arith
         problems = generate(a.n_train + a.n_test, a.min_terms, a.max_terms, a.max_operand, a.seed)
         train, test = split(problems, a.n_test)
-        self.train = [self._item(p) for p in train]
-        self.test = [self._item(p) for p in test]
+        self.train = [self._item(p, cfg) for p in train]
+        self.test = [self._item(p, cfg) for p in test]
         self.model = tiny_model.build_model(cfg.model.tiny, len(self.tok), seed=seed)
         t0 = time.perf_counter()
         sft(self.model, [(p["ids"], p["solution_ids"]) for p in self.train], steps=cfg.warm_start.steps,
@@ -64,17 +65,17 @@ class Probe:
         self.sft_seconds = time.perf_counter() - t0
         self.start = copy.deepcopy(self.model.state_dict())
 
-    def _item(self, p) -> dict:
-        enc = lambda s: self.tok(s, add_special_tokens=False)["input_ids"]  # noqa: E731
-        return {"ids": enc(p.question + "\n"), "reference": str(p.answer), "solution": p.solution,
-                "solution_ids": enc(p.solution) + [self.eos]}
+    def _item(self, p, cfg: Config) -> dict:
+        # prompt ids as prepare_dataset builds them, worked-solution ids as the warm_start stage does
+        ids = encode_prompt(render_prompt(p.question, cfg.data, self.tok), cfg.data, self.tok)
+        return {"ids": ids, "reference": str(p.answer), "solution": p.solution,
+                "solution_ids": self.tok(p.solution, add_special_tokens=False)["input_ids"] + [self.eos]}
 
     def sample(self, prompts: list[dict], n: int, greedy: bool) -> list[list[int]]:
         ids = [p["ids"] for p in prompts for _ in range(n)]
         width = max(map(len, ids))
         inp = torch.tensor([[self.pad] * (width - len(x)) + x for x in ids])
         att = (inp != self.pad).long()
-        att[:, -1] = 1
         self.model.eval()
         with torch.no_grad():
             out = self.model.generate(input_ids=inp, attention_mask=att, do_sample=not greedy, temperature=1.0,
@@ -101,15 +102,15 @@ class Probe:
             steps_ok.append(g.status != "ok" or steps_match(text, p["solution"]))
         return np.array(scores), steps_ok
 
-    def accuracy(self, n: int) -> float:
-        return float(self.grade(self.test, n, self.sample(self.test, n, greedy=n == 1))[0].mean())
+    def accuracy(self, n: int, greedy: bool) -> float:
+        return float(self.grade(self.test, n, self.sample(self.test, n, greedy))[0].mean())
 
     def run(self, mode: str, lr: float, iterations: int, prompts: int, samples: int, every: int, seed: int) -> dict:
         self.model.load_state_dict(self.start)
         opt = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=0.0)
         rng = np.random.default_rng(seed)
-        curve = [self.accuracy(1)]
-        sampled0 = self.accuracy(4)
+        curve = [self.accuracy(1, greedy=True)]
+        sampled0 = self.accuracy(4, greedy=False)
         ok, lucky = 0, 0
         for it in range(1, iterations + 1):
             batch = [self.train[i] for i in rng.choice(len(self.train), prompts, replace=False)]
@@ -127,8 +128,9 @@ class Probe:
                     adv = np.maximum(adv, 0.0)
             self.step(opt, ids, comps, adv)
             if it % every == 0:
-                curve.append(self.accuracy(1))
-        return {"mode": mode, "lr": lr, "curve": curve, "sampled": (sampled0, self.accuracy(4)),
+                curve.append(self.accuracy(1, greedy=True))
+        return {"mode": mode, "lr": lr, "curve": curve, "sampled": (sampled0, self.accuracy(4, greedy=False)),
+                "change": curve[-1] - curve[0],
                 "lucky": lucky / ok if ok else float("nan")}
 
     def step(self, opt, ids: list[list[int]], comps: list[list[int]], adv: np.ndarray) -> None:
@@ -185,15 +187,15 @@ def main() -> None:
     for r in results:
         curve = ", ".join(f"{100 * x:.1f}" for x in r["curve"])
         lucky = "—" if r["mode"] == "sft" else f"{100 * r['lucky']:.0f}%"
-        lines.append(f"| {r['mode']} | {r['lr']:g} | {curve} | **{100 * (r['curve'][-1] - r['curve'][0]):+.1f}** | "
+        lines.append(f"| {r['mode']} | {r['lr']:g} | {curve} | **{100 * r['change']:+.1f}** | "
                      f"{100 * r['sampled'][0]:.1f} -> {100 * r['sampled'][1]:.1f} | {lucky} | {r['seconds']:.0f} |")
-    best = max(results, key=lambda r: r["curve"][-1] - r["curve"][0])
+    best = max(results, key=lambda r: r["change"])
     lines += ["", f"{opts.prompts} prompts x {opts.samples} samples per iteration, {opts.iterations} iterations, one "
               f"on-policy AdamW step each (grad clip 1.0); warm start {probe.sft_seconds:.0f} s; seed {opts.seed}. "
               f"Greedy accuracy is over 256 problems (one problem = 0.4 points; binomial std ~3 points at 50%). "
-              f"Largest change: {best['mode']} lr {best['lr']:g}, {100 * (best['curve'][-1] - best['curve'][0]):+.1f} "
+              f"Largest change: {best['mode']} lr {best['lr']:g}, {100 * best['change']:+.1f} "
               f"points (median over variants "
-              f"{100 * statistics.median(r['curve'][-1] - r['curve'][0] for r in results):+.1f})."]
+              f"{100 * statistics.median(r['change'] for r in results):+.1f})."]
     write_section("Independent RL probe on the embedded default", "\n".join(lines))
 
 

@@ -15,18 +15,19 @@ from tasks.common import STAGE, StageOutput
 from tasks.graders import grade_all, scheme_of
 
 
-def references(prompts: FileRef, column: str = "reference") -> dict[str, str]:
-    t = read_parquet(prompts, PROMPTS)
-    return dict(zip(t["prompt_id"].to_pylist(), t[column].to_pylist()))
+def by_prompt(prompts, column: str) -> dict[str, str]:
+    """prompt_id -> `column` of a prompts table (schema PROMPTS)."""
+    return dict(zip(prompts["prompt_id"].to_pylist(), prompts[column].to_pylist()))
 
 
 @task(name="grade", **STAGE)
 def grade(cfg: Config, layout: RunLayout, rollouts: FileRef, train: FileRef, iteration: int,
           code_version: str) -> StageOutput:
     r = read_parquet(rollouts, ROLLOUTS)
-    refs = references(train)
-    pids = r["prompt_id"].to_pylist()
-    grades = grade_all(cfg.data.task, r["completion_text"].to_pylist(), [refs[p] for p in pids],
+    prompts = read_parquet(train, PROMPTS)
+    refs = by_prompt(prompts, "reference")
+    pids, texts = r["prompt_id"].to_pylist(), r["completion_text"].to_pylist()
+    grades = grade_all(cfg.data.task, texts, [refs[p] for p in pids],
                        r["finish_reason"].to_pylist(), scheme_of(cfg.reward))
     rows = [
         {"run_id": layout.run_id, "iteration": iteration, "prompt_id": p, "sample_index": s,
@@ -37,9 +38,9 @@ def grade(cfg: Config, layout: RunLayout, rollouts: FileRef, train: FileRef, ite
     scores, statuses = [g.score for g in grades], [g.status for g in grades]
     values = {**grade_metrics(scores, statuses), **group_metrics(scores, pids)}
     if cfg.data.task == "arith":  # its worked solution is unique, so unfaithful chains are measurable
-        solutions = references(train, "solution")
+        solutions = by_prompt(prompts, "solution")
         pairs = [(status, steps_match(text, solutions[p]))
-                 for status, text, p in zip(statuses, r["completion_text"].to_pylist(), pids) if solutions.get(p)]
+                 for status, text, p in zip(statuses, texts, pids) if solutions.get(p)]
         if pairs:
             values |= step_metrics(*zip(*pairs))
     metrics = write_metrics(layout.metrics(iteration, "grade"), layout.run_id, iteration, "grade", values)
