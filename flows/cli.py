@@ -37,6 +37,9 @@ def _env_defaults(runs_dir: Path) -> None:
         os.environ["PREFECT_API_URL"] = url  # runs show up in the `segflow ui` server
     os.environ.setdefault("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(runs_dir.resolve() / ".prefect-results"))
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    # The ephemeral server's telemetry heartbeat phones home (no network on most training boxes) and,
+    # on a loaded machine, logs a "database is locked" traceback from its SQLite write mid-run.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

@@ -55,13 +55,23 @@ def open_catalog(runs_dir: str | Path) -> duckdb.DuckDBPyConnection:
     return con
 
 
+def _is_pivot(statement: str) -> bool:
+    """Does the statement itself start with PIVOT (after comments and opening parentheses)?"""
+    code = " ".join(line.split("--", 1)[0] for line in statement.splitlines())
+    return code.lstrip(" \t(").lower().startswith("pivot")
+
+
 def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
-    """Raise ValueError unless every statement of `sql` only reads (SELECT, EXPLAIN)."""
+    """Raise ValueError unless every statement of `sql` only reads (SELECT, EXPLAIN, PIVOT)."""
     for i, st in enumerate(con.extract_statements(sql), 1):
         kind = str(st.type).rsplit(".", 1)[-1]
+        # DuckDB plans a PIVOT as MULTI (it first collects the pivot values); so is `create table t as
+        # pivot ...`, hence the check on the statement's own first keyword.
+        if kind == "MULTI" and _is_pivot(st.query):
+            continue
         if kind not in READ_ONLY_STATEMENTS:
             raise ValueError(f"segflow sql is read-only: statement {i} is {kind} ({sql.strip()[:60]!r}); "
-                             f"allowed: {', '.join(READ_ONLY_STATEMENTS)}")
+                             f"allowed: {', '.join(READ_ONLY_STATEMENTS)}, PIVOT")
 
 
 def query(runs_dir: str | Path, sql: str) -> tuple[list[str], list[tuple]]:

@@ -185,7 +185,11 @@ def test_sql_is_read_only(tmp_path):
     from storage.catalog import query
 
     assert query(tmp_path, "select count(*) from rollouts") == (["count_star()"], [(0,)])
+    wide = "pivot (select 'a' k, 1 v union all select 'b', 2) on k using sum(v)"
+    assert query(tmp_path, wide) == (["a", "b"], [(1, 2)])  # PIVOT reads only, though DuckDB plans it as MULTI
+    assert query(tmp_path, f"-- wide\n({wide})")[1] == [(1, 2)]
     for bad in ("copy (select 1) to '/tmp/x.csv'", "create table t as select 1", "set threads = 1",
-                "select 1; drop view rollouts", "install httpfs"):
+                "select 1; drop view rollouts", "install httpfs", f"create table t as {wide}",
+                f"{wide}; copy (select 1) to '/tmp/x.csv'"):
         with pytest.raises(ValueError, match="read-only"):
             query(tmp_path, bad)
