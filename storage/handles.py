@@ -63,6 +63,9 @@ def _sha256(p: Path, files: list[Path]) -> str:
 # they were computed for, as make and rsync trust timestamps. Writes here are atomic renames, which
 # always change the inode, so a rewritten artifact is re-hashed. The memo lives outside run directories.
 MEMO_MIN_BYTES = 32 << 20
+# Entries are ~100 bytes, one per large artifact version; past this many, the least recently used half
+# goes (a hit refreshes an entry's mtime), so months of runs never leave an unbounded directory.
+MEMO_MAX_ENTRIES = 20_000
 
 
 def _memo_dir() -> Path:
@@ -83,6 +86,7 @@ def digest(path: str | Path) -> str:
     try:
         value = memo.read_text().strip()
         if len(value) == 64:  # anything else (a truncated hint) is recomputed below
+            os.utime(memo)  # recently used: kept by _prune_memo
             return value
     except OSError:
         pass
@@ -92,9 +96,23 @@ def digest(path: str | Path) -> str:
         tmp = memo.with_name(f"{memo.name}.{os.getpid()}.tmp")
         tmp.write_text(value)
         os.replace(tmp, memo)
+        _prune_memo(memo.parent)
     except OSError:  # a read-only home only costs the next rerun a re-hash
         pass
     return value
+
+
+def _prune_memo(memo_dir: Path) -> None:
+    """Drop the least recently used half of the memo once it holds more than MEMO_MAX_ENTRIES entries."""
+    entries = list(os.scandir(memo_dir))
+    if len(entries) <= MEMO_MAX_ENTRIES:
+        return
+    by_age = sorted(entries, key=lambda e: e.stat().st_mtime_ns)
+    for e in by_age[: len(by_age) - MEMO_MAX_ENTRIES // 2]:
+        try:
+            os.unlink(e.path)
+        except OSError:  # another process pruned it first
+            pass
 
 
 def _stat(f: Path) -> tuple[int, int, int]:

@@ -58,6 +58,32 @@ def test_directory_digest_covers_names_and_bytes(tmp_path):
     assert FileRef.of(tmp_path / "d").sha256 != a.sha256
 
 
+def test_digest_memo_keeps_the_recently_used_half_when_full(tmp_path, monkeypatch):
+    import os
+
+    from storage import handles
+
+    monkeypatch.setenv("SEGFLOW_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(handles, "MEMO_MIN_BYTES", 4)
+    monkeypatch.setattr(handles, "MEMO_MAX_ENTRIES", 4)
+    memo = tmp_path / "cache" / "digests"
+    files, entries = [], []
+    for i in range(4):
+        files.append(tmp_path / f"f{i}.bin")
+        files[-1].write_bytes(b"x" * (10 + i))
+        before = set(memo.iterdir()) if memo.exists() else set()
+        handles.digest(files[-1])
+        entries += list(set(memo.iterdir()) - before)  # the one new entry
+        os.utime(entries[-1], ns=(i * 10**9, i * 10**9))  # distinct ages, f0's the oldest
+    oldest = entries[0]
+    handles.digest(files[0])  # a hit: f0's entry becomes the most recently used
+    assert oldest.exists() and oldest.stat().st_mtime_ns > 3 * 10**9
+    (tmp_path / "f4.bin").write_bytes(b"y" * 20)
+    handles.digest(tmp_path / "f4.bin")  # the 5th entry: prune to the 2 most recently used
+    survivors = set(memo.iterdir())
+    assert len(survivors) == 2 and oldest in survivors
+
+
 def test_large_digests_are_remembered_by_stat_and_recomputed_after_any_rewrite(tmp_path, monkeypatch):
     import hashlib
     import os
