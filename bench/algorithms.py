@@ -34,6 +34,8 @@ from report import write_section  # noqa: E402
 from configs.loader import resolve, run_id  # noqa: E402
 
 SEGFLOW = ROOT / ".venv" / "bin" / "segflow"
+# Summary series per metric: greedy accuracy, or avg@k (k samples per problem at eval.temperature).
+METRICS = {"greedy": "eval_accuracy", "avg_at_k": "eval_avg_at_k"}
 PRESETS = ["grpo", "dr_grpo", "rloo", "reinforce_pp_baseline", "rec_oneside_nois", "opmd", "asymre"]
 
 
@@ -67,6 +69,8 @@ def main() -> None:
     ap.add_argument("--plot", type=Path, default=None, help="PNG: accuracy vs iterations and vs generated tokens.")
     ap.add_argument("--baseline-runs", type=Path, default=None, help="Runs directory of an earlier invocation.")
     ap.add_argument("--baseline-presets", nargs="*", default=[], help="Presets to take from --baseline-runs.")
+    ap.add_argument("--metric", choices=sorted(METRICS), default="greedy",
+                    help="avg_at_k needs eval.samples > 0: mean accuracy of k samples per held-out problem.")
     opts = ap.parse_args()
     work = opts.work or Path(tempfile.mkdtemp(prefix="segflow-algos-"))
     work.mkdir(parents=True, exist_ok=True)  # Prefect's ephemeral server cannot create a PREFECT_HOME's parents
@@ -88,23 +92,28 @@ def main() -> None:
         if start != ours:
             sys.exit(f"baseline {preset}: SFT accuracies {start} differ from this invocation's {ours}: not the same start")
     results = {**baseline, **results}
+    key = METRICS[opts.metric]
+    missing = [p for p, rows in results.items() if any(not r.get(key) for r in rows)]
+    if missing:
+        sys.exit(f"--metric {opts.metric}: runs of {missing} have no {key} (set eval.samples > 0)")
     lines = ["| preset | estimator | SFT accuracy | final accuracy | lift (points) | per seed (final) | compute s/run |",
              "|---|---|---|---|---|---|---|"]
     for preset, rows in results.items():
-        init = [100 * r["initial_eval_accuracy"] for r in rows]
-        final = [100 * r["final_eval_accuracy"] for r in rows]
+        init = [100 * start_final(r, key)[0] for r in rows]
+        final = [100 * start_final(r, key)[1] for r in rows]
         lift = [f - i for f, i in zip(final, init)]
         tag = f" (earlier run, code {rows[0]['code_version']})" if preset in baseline else ""
         lines.append(f"| `{preset}`{tag} | {rows[0]['estimator']} | {fmt(init)} | **{fmt(final)}** | {fmt(lift)} | "
                      f"{', '.join(f'{v:.1f}' for v in final)} | "
                      f"{statistics.mean(sum(r['compute_seconds'].values()) for r in rows):.0f} |")
     budget = ", ".join(opts.overrides) if opts.overrides else "the embedded default's"
-    lines += ["", f"Held-out accuracy (%), greedy, mean ± std over seeds {opts.seeds}; same SFT start per seed and "
+    label = "greedy" if opts.metric == "greedy" else "avg@k (mean of eval.samples answers per problem at eval.temperature)"
+    lines += ["", f"Held-out accuracy (%), {label}, mean ± std over seeds {opts.seeds}; same SFT start per seed and "
               f"the same number of iterations for every preset ({budget} settings). Presets that sample differently "
               "per iteration (SPO-chain's Monte Carlo continuations, SPO-tree's trees) are compared at equal "
               "generated tokens in the right-hand plot."]
     if opts.plot:
-        plot(results, opts.plot)
+        plot(results, opts.plot, key, label.split(" (")[0])
         lines.append(f"\n![accuracy vs iterations and generated tokens]({opts.plot.as_posix()})")
     write_section(opts.section, "\n".join(lines))
 
@@ -126,7 +135,13 @@ def load_baselines(runs: Path, presets: list[str], seeds: list[int]) -> dict[str
     return {p: [found[(p, s)] for s in seeds] for p in presets}
 
 
-def plot(results: dict[str, list[dict]], path: Path) -> None:
+def start_final(summary: dict, key: str) -> tuple[float, float]:
+    """The metric series `key` of a run summary at iteration 0 and at its last evaluation."""
+    series = summary[key]
+    return series["0"], series[str(max(int(k) for k in series))]
+
+
+def plot(results: dict[str, list[dict]], path: Path, key: str, label: str) -> None:
     """Mean held-out accuracy over seeds against iterations and against generated tokens (rollouts + MC)."""
     import matplotlib
 
@@ -135,13 +150,13 @@ def plot(results: dict[str, list[dict]], path: Path) -> None:
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     for preset, rows in results.items():
-        its = sorted(int(k) for k in rows[0]["eval_accuracy"])
-        acc = [100 * statistics.mean(r["eval_accuracy"][str(i)] for r in rows) for i in its]
+        its = sorted(int(k) for k in rows[0][key])
+        acc = [100 * statistics.mean(r[key][str(i)] for r in rows) for i in its]
         tok = [statistics.mean(r.get("generated_tokens_at_eval", {}).get(str(i), 0.0) for r in rows) for i in its]
         ax1.plot(its, acc, marker="o", label=preset)
         ax2.plot([t / 1e6 for t in tok], acc, marker="o", label=preset)
-    ax1.set(xlabel="RL iteration", ylabel="held-out accuracy, greedy (%)")
-    ax2.set(xlabel="generated tokens, rollouts + Monte Carlo (millions)", ylabel="held-out accuracy, greedy (%)")
+    ax1.set(xlabel="RL iteration", ylabel=f"held-out accuracy, {label} (%)")
+    ax2.set(xlabel="generated tokens, rollouts + Monte Carlo (millions)", ylabel=f"held-out accuracy, {label} (%)")
     ax1.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
