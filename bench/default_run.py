@@ -1,6 +1,6 @@
 """The embedded default end to end: wall time, RL lift over the SFT start (3 seeds), and rerun time.
 
-    .venv/bin/python bench/default_run.py [--seeds 0 1 2] [--set key=value ...]
+    .venv/bin/python bench/default_run.py [--seeds 0 1 2] [--set key=value ...] [--section TITLE]
 
 Each seed is a separate `segflow run --set run.seed=S` process in a fresh runs directory and a fresh
 PREFECT_HOME (first-start costs included), then seed 0's command is run again: a completed run must
@@ -57,6 +57,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--section", default="Embedded default: `segflow run`",
+                    help="BENCHMARKS.md section; runs with --set are not the default, so name them apart.")
     opts = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="segflow-bench-"))
     env = {**os.environ, "PREFECT_HOME": str(work / "prefect-home")}
@@ -74,7 +76,7 @@ def main() -> None:
     for o in opts.overrides:
         rerun_args += ["--set", o]
     rerun_wall, rerun = run(rerun_args, env)
-    write_section("Embedded default: `segflow run`", report(rows, opts.seeds[0], rerun_wall, rerun))
+    write_section(opts.section, report(rows, opts.seeds[0], rerun_wall, rerun))
 
 
 def report(rows: list[tuple[int, float, dict]], rerun_seed: int, rerun_wall: float, rerun: dict) -> str:
