@@ -63,7 +63,7 @@ def _sha256(p: Path, files: list[Path]) -> str:
 # they were computed for, as make and rsync trust timestamps. Writes here are atomic renames, which
 # always change the inode, so a rewritten artifact is re-hashed. The memo lives outside run directories.
 MEMO_MIN_BYTES = 32 << 20
-# Entries are ~100 bytes, one per large artifact version; past this many, the least recently used half
+# An entry is one 64-byte digest per large artifact version; past this many, the least recently used half
 # goes (a hit refreshes an entry's mtime), so months of runs never leave an unbounded directory.
 MEMO_MAX_ENTRIES = 20_000
 
@@ -86,7 +86,10 @@ def digest(path: str | Path) -> str:
     try:
         value = memo.read_text().strip()
         if len(value) == 64:  # anything else (a truncated hint) is recomputed below
-            os.utime(memo)  # recently used: kept by _prune_memo
+            try:
+                os.utime(memo)  # recently used: kept by _prune_memo
+            except OSError:  # a read-only cache still answers
+                pass
             return value
     except OSError:
         pass
