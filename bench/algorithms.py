@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/algorithms.py [--presets grpo rloo spo_chain:train.prob_mask_rho=null ...]
         [--seeds 0 1 2] [--set key=value ...] [--section TITLE] [--plot docs/img/NAME.png]
-        [--baseline-runs DIR --baseline-presets grpo spo_chain]
+        [--baseline-runs DIR --baseline-presets grpo spo_chain] [--metric greedy|avg_at_k]
 
 Each (preset, seed) is one `segflow run --preset P --set run.seed=S` process; all share one runs
 directory and PREFECT_HOME. A preset may carry its own overrides after a colon (comma-separated).
@@ -14,6 +14,9 @@ shows accuracy against iterations and against total generated tokens. Results go
 and the plot instead of running them again, matched by preset and seed from their config.yaml. They are
 marked with their code version, and their SFT accuracy per seed must equal this invocation's (the same
 start), or the script refuses to compare.
+
+--metric avg_at_k reports avg@k (the runs need eval.samples > 0, e.g. --set eval.samples=8) instead of greedy
+accuracy: the mean accuracy of k samples per held-out problem, the statistic RL at the rollout temperature moves.
 """
 from __future__ import annotations
 
