@@ -32,7 +32,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(ROOT)]
-from report import write_section  # noqa: E402
+from report import start_final, write_section  # noqa: E402
 
 from configs.loader import resolve, run_id  # noqa: E402
 
@@ -102,8 +102,8 @@ def main() -> None:
     lines = ["| preset | estimator | SFT accuracy | final accuracy | lift (points) | per seed (final) | compute s/run |",
              "|---|---|---|---|---|---|---|"]
     for preset, rows in results.items():
-        init = [100 * start_final(r, key)[0] for r in rows]
-        final = [100 * start_final(r, key)[1] for r in rows]
+        init, final = zip(*(start_final(r, key) for r in rows))
+        init, final = [100 * v for v in init], [100 * v for v in final]
         lift = [f - i for f, i in zip(final, init)]
         tag = f" (earlier run, code {rows[0]['code_version']})" if preset in baseline else ""
         lines.append(f"| `{preset}`{tag} | {rows[0]['estimator']} | {fmt(init)} | **{fmt(final)}** | {fmt(lift)} | "
@@ -136,12 +136,6 @@ def load_baselines(runs: Path, presets: list[str], seeds: list[int]) -> dict[str
     if missing:
         sys.exit(f"--baseline-runs {runs}: no finished run for {missing}")
     return {p: [found[(p, s)] for s in seeds] for p in presets}
-
-
-def start_final(summary: dict, key: str) -> tuple[float, float]:
-    """The metric series `key` of a run summary at iteration 0 and at its last evaluation."""
-    series = summary[key]
-    return series["0"], series[str(max(int(k) for k in series))]
 
 
 def plot(results: dict[str, list[dict]], path: Path, key: str, label: str) -> None:

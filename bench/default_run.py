@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import write_section  # noqa: E402
+from report import start_final, write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SEGFLOW = ROOT / ".venv" / "bin" / "segflow"
@@ -41,10 +41,10 @@ def run(args: list[str], env: dict) -> tuple[float, dict]:
 
 def _avg_at_k(s: dict) -> tuple[float, float] | None:
     """(start, final) avg@k in points from a summary, or None when the run took no eval samples."""
-    avg = s.get("eval_avg_at_k") or {}
-    if "0" not in avg:
+    if "0" not in (s.get("eval_avg_at_k") or {}):
         return None
-    return 100 * avg["0"], 100 * avg[str(max(int(k) for k in avg))]
+    start, final = start_final(s, "eval_avg_at_k")
+    return 100 * start, 100 * final
 
 
 def _lift_line(what: str, lifts: list[float], how: str) -> str:

@@ -27,3 +27,9 @@ def write_section(name: str, body: str) -> None:
     text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"
     BENCHMARKS.write_text(text)
     print(section)
+
+
+def start_final(summary: dict, key: str) -> tuple[float, float]:
+    """A run summary's metric series `key` (e.g. eval_accuracy, eval_avg_at_k) at iteration 0 and at its last evaluation."""
+    series = summary[key]
+    return series["0"], series[str(max(int(k) for k in series))]

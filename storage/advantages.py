@@ -8,7 +8,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401 - pa.compute
 
-from storage.catalog import SQL_DIR
+from storage.catalog import SQL_DIR, strip_line_comments
 from storage.schemas import (
     ADVANTAGES,
     REPLAY_BUFFER,
@@ -70,8 +70,7 @@ def sql_path(estimator: str) -> Path:
 
 def sql_params(sql: str) -> set[str]:
     """Named parameters ($name) a SQL text uses, ignoring `--` comments (they may mention parameters)."""
-    code = "\n".join(line.split("--", 1)[0] for line in sql.splitlines())
-    return set(re.findall(r"\$(\w+)", code))
+    return set(re.findall(r"\$(\w+)", strip_line_comments(sql)))
 
 
 def _bind(sql: str, params: dict, name: str) -> dict:

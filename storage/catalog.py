@@ -55,10 +55,15 @@ def open_catalog(runs_dir: str | Path) -> duckdb.DuckDBPyConnection:
     return con
 
 
+def strip_line_comments(sql: str) -> str:
+    """`sql` without its `--` comments. A `--` inside a string literal is cut too: callers look only at
+    `$parameters` of our own SQL files or at a statement's first keyword."""
+    return "\n".join(line.split("--", 1)[0] for line in sql.splitlines())
+
+
 def _is_pivot(statement: str) -> bool:
     """Does the statement itself start with PIVOT (after comments and opening parentheses)?"""
-    code = " ".join(line.split("--", 1)[0] for line in statement.splitlines())
-    return code.lstrip(" \t(").lower().startswith("pivot")
+    return strip_line_comments(statement).lstrip(" \t\n(").lower().startswith("pivot")
 
 
 def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
