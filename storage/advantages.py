@@ -4,11 +4,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import duckdb
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401 - pa.compute
 
 from storage.catalog import SQL_DIR, strip_line_comments
+from storage.scratch_db import scratch_cursor
 from storage.schemas import (
     ADVANTAGES,
     REPLAY_BUFFER,
@@ -24,16 +24,12 @@ TREE_ESTIMATORS = ("spo_tree",)  # over tree_nodes.parquet
 def _run_on(views: dict[str, str | Path | pa.Table], sql_file: Path, params: dict) -> pa.Table:
     """Run one SQL file with `views` (a Parquet path or an Arrow table each) and its named parameters."""
     sql = sql_file.read_text()
-    con = duckdb.connect(":memory:")
-    try:
+    with scratch_cursor() as con:
         for name, source in views.items():
-            if isinstance(source, pa.Table):
-                con.register(name, source)
-            else:  # a relation, so the path is an argument and never part of SQL text
-                con.read_parquet(str(source)).create_view(name)
+            # A relation, so the path is an argument and never part of SQL text. register() makes a
+            # temporary view, private to this cursor (create_view would be shared by every cursor).
+            con.register(name, source if isinstance(source, pa.Table) else con.read_parquet(str(source)))
         return con.sql(sql, params=_bind(sql, params, sql_file.name)).to_arrow_table()
-    finally:
-        con.close()
 
 
 def compute_tree_advantages(nodes: str | Path, params: dict) -> pa.Table:
@@ -95,23 +91,21 @@ def compute_advantages(estimator: str, rollouts: str | Path, grades: str | Path,
     params = {"kl_reward_coef": 0.0, **params}
     sql = sql_path(estimator).read_text()
     shared = (SQL_DIR / "scored_groups.sql").read_text()
-    con = duckdb.connect(":memory:")
-    try:
+    with scratch_cursor() as con:
         # Only the columns the estimators need; a view costs nothing unless an estimator reads it
         # (REC reads seeds, REINFORCE++ token counts; GRPO/RLOO read the grades alone).
-        con.read_parquet(str(rollouts)).project(
+        # register(), not create_view(): temporary views, private to this cursor (see _run_on).
+        con.register("rollouts", con.read_parquet(str(rollouts)).project(
             "run_id, iteration, prompt_id, sample_index, seed, finish_reason, len(completion_token_ids) as num_tokens"
-        ).create_view("rollouts")
+        ))
         if kl is None:
-            con.read_parquet(str(grades)).create_view("grades")
+            con.register("grades", con.read_parquet(str(grades)))
         else:
-            con.read_parquet(str(grades)).create_view("grades_raw")
-            con.read_parquet(str(kl)).project("run_id, iteration, prompt_id, sample_index, kl").create_view("kl_penalty")
+            con.register("grades_raw", con.read_parquet(str(grades)))
+            con.register("kl_penalty", con.read_parquet(str(kl)).project("run_id, iteration, prompt_id, sample_index, kl"))
             # DuckDB cannot bind parameters inside CREATE VIEW: inline the (numeric) coefficient.
             shaping = (SQL_DIR / "kl_in_reward.sql").read_text()
             con.execute(shaping.replace("$kl_reward_coef", repr(float(params["kl_reward_coef"]))))
         con.execute(shared)
         table = con.sql(sql, params=_bind(sql, params, sql_path(estimator).name)).to_arrow_table()
-    finally:
-        con.close()
     return table.cast(ADVANTAGES)
