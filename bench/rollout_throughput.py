@@ -4,7 +4,9 @@
 
 Both backends run in this process, alternating rounds (vLLM, HF, vLLM, HF, ...) so machine noise
 hits both; the ratio of generated tokens per second is reported. The model is the embedded tiny
-Qwen2 model, SFT-trained briefly so completions look like the task's. Results go to BENCHMARKS.md.
+Qwen2 model, SFT-trained briefly so completions look like the task's. A last vLLM round runs under
+cProfile and the table splits its time into model forward, sampling and vLLM's per-request
+bookkeeping (the engine runs in this process, so the profile sees all of it). Results go to BENCHMARKS.md.
 """
 from __future__ import annotations
 
@@ -57,6 +59,7 @@ def main() -> None:
             rates[name].append(sum(len(o.token_ids) for o in outs) / dt)
             print(f"round {r} {name}: {rates[name][-1]:.0f} tok/s", flush=True)
     ratios = [v / h for v, h in zip(rates["vllm"], rates["hf"])]
+    profile = vllm_time_split(vllm, requests)
     lines = ["| backend | tokens/s per round | median |", "|---|---|---|"]
     for name in ("vllm", "hf"):
         lines.append(f"| {name} | {', '.join(f'{x:.0f}' for x in rates[name])} | {statistics.median(rates[name]):.0f} |")
@@ -65,8 +68,47 @@ def main() -> None:
               f"tokens, temperature 1.0, Qwen2 (hidden {opts.hidden}, {opts.layers} layers, "
               f"{sum(p.numel() for p in model.parameters()) / 1e3:.0f}k parameters) after 200 SFT steps; vLLM engine start {vllm.start_seconds:.1f} s, HF load "
               f"{hf.start_seconds:.1f} s (not in the rates)."]
+    lines += ["", "Where one vLLM round's time goes (cProfile, cumulative seconds of vLLM functions; the profiler "
+              "inflates Python-heavy parts, so read shares, not rates):", "",
+              "| part | vLLM function | seconds | share |", "|---|---|---|---|"]
+    total = profile.pop("total")
+    lines += [f"| {part} | `{fn}` | {sec:.2f} | {sec / total:.0%} |" for part, (fn, sec) in profile.items()]
+    rest = max(0.0, total - sum(sec for _, sec in profile.values()))
+    lines.append(f"| everything else | | {rest:.2f} | {rest / total:.0%} |")
+    lines.append(f"| whole `LLM.generate` | | {total:.2f} | 100% |")
     size = f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters"
     write_section(f"Rollout throughput: vLLM vs HF generate, {size}", "\n".join(lines))
+
+
+# (part, vLLM function name) pairs whose cumulative time the profile reports. Names are vLLM 0.32's V1
+# engine; a part whose function is not found reports 0.
+PROFILE_PARTS = {
+    "model forward": "_model_forward",
+    "sampling (per-request seeded generators)": "_sample",
+    "scheduler": "schedule",
+    "scheduler: apply step outputs": "update_from_output",
+    "output processing (log-probs, request state)": "process_outputs",
+    "adding requests": "add_request",
+}
+
+
+def vllm_time_split(engine, requests) -> dict:
+    """{part: (function, seconds)} and 'total' for one vLLM round under cProfile."""
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.enable()
+    engine.generate(requests, temperature=1.0, top_p=1.0, progress=False)
+    prof.disable()
+    stats = pstats.Stats(prof).stats  # {(file, line, name): (cc, nc, tottime, cumtime, callers)}
+
+    def cum(name: str, where: str = "vllm") -> float:
+        return max((v[3] for (f, _, n), v in stats.items() if n == name and where in f), default=0.0)
+
+    out = {part: (fn, cum(fn)) for part, fn in PROFILE_PARTS.items()}
+    out["total"] = cum("generate", "entrypoints/llm.py")
+    return out
 
 
 if __name__ == "__main__":

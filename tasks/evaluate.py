@@ -26,7 +26,7 @@ def sample_and_grade(engine, ids: list[list[int]], refs: list[str], budgets: lis
     """Greedy plus `samples` sampled answers per problem on `engine`, graded.
 
     Seeds derive from (*seed_key, prompt id, sample index) only, so evaluations of successive
-    checkpoints are paired. Returns one row per answer: problem index `i`, decoding, sample_index,
+    checkpoints are paired (common random numbers), and so are runs that share a seed_key. Returns one row per answer: problem index `i`, decoding, sample_index,
     prompt_tokens, num_tokens, finish_reason, score, status, extracted, completion_text.
     """
     greedy = engine.generate([Request(p, 0, b) for p, b in zip(ids, budgets)], temperature=0.0, top_p=1.0, stop=stop)
@@ -55,7 +55,9 @@ def evaluate(cfg: Config, layout: RunLayout, policy: FileRef, test: FileRef, ite
     t0 = time.perf_counter()
     answers = sample_and_grade(engine, ids, prompts["reference"].to_pylist(), budget, samples=cfg.eval.samples,
                                temperature=cfg.eval.temperature, top_p=cfg.eval.top_p,
-                               seed_key=(layout.run_id, "eval"), prompt_ids=pids, stop=cfg.rollout.stop,
+                               # run.seed, not the run id: runs that differ only in algorithm draw the same
+                               # samples for the same checkpoint (their SFT starts score identically).
+                               seed_key=(cfg.run.seed, "eval"), prompt_ids=pids, stop=cfg.rollout.stop,
                                task=cfg.data.task, scheme=scheme_of(cfg.reward))
     gen_seconds = time.perf_counter() - t0
     rows = [{"run_id": layout.run_id, "iteration": iteration, "split": cfg.data.test_split, "prompt_id": pids[a.pop("i")],

@@ -201,3 +201,37 @@ def test_report_metrics_and_samples(report):
     assert "answer 42 at iteration 4" in report and "answer 42 at iteration 2" not in report
     assert "SAMPLED-ONLY-TEXT" not in report
     assert report.count('class="sample"') == 3
+
+
+def test_in_flow_evaluation_draws_the_same_samples_for_runs_that_share_a_seed(tmp_path, monkeypatch):
+    """Common random numbers: two runs that differ only in algorithm evaluate a checkpoint with the same
+    sampling seeds (so equal SFT starts score equally); a different run.seed draws differently."""
+    import tasks.evaluate as evaluate_mod
+    from configs.loader import resolve, run_id
+    from storage.handles import FileRef
+    from storage.schemas import PROMPTS
+    from tasks.engine import Completion
+
+    class RecordingEngine:
+        def __init__(self):
+            self.seeds = []
+
+        def generate(self, requests, *, temperature, top_p, stop=(), progress=True):
+            if temperature > 0:
+                self.seeds.append([r.seed for r in requests])
+            return [Completion([1], [-0.1], "stop", "#### 3") for _ in requests]
+
+    prompts = tmp_path / "test.parquet"
+    write_parquet([{"run_id": "x", "split": "test", "prompt_id": f"q{i}", "question": "1+2", "reference": "3",
+                    "solution": "", "prompt_text": "1+2", "prompt_token_ids": [5, 6]} for i in range(3)], PROMPTS, prompts)
+    seeds = []
+    for overrides in (["advantage.estimator=grpo"], ["advantage.estimator=rloo"], ["run.seed=1"]):
+        cfg = resolve("default", overrides=[*overrides, "eval.samples=4"])
+        engine = RecordingEngine()
+        monkeypatch.setattr(evaluate_mod, "get_engine", lambda *a, **k: (engine, {}))
+        layout = RunLayout(runs_dir=str(tmp_path / "runs"), run_id=run_id(cfg))
+        evaluate_mod.evaluate.fn(cfg, layout, FileRef.of(prompts), FileRef.of(prompts), 0, "v")
+        seeds.append(engine.seeds[0])
+    assert len(seeds[0]) == 12 and len(set(seeds[0])) == 12
+    assert seeds[0] == seeds[1]  # grpo and rloo runs: different run ids, same draws
+    assert seeds[2] != seeds[0]  # another run.seed: other draws
