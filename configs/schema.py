@@ -269,7 +269,7 @@ class EvalSection(Section):
     every: int = Field(10, ge=1, description="Evaluate every k iterations (and always at the end).")
     limit: int | None = Field(None, ge=1, description="Evaluate on the first N held-out problems.")
     max_tokens: int = Field(48, ge=1)
-    samples: int = Field(0, ge=0, description="k sampled answers per problem for avg@k and pass@k (besides greedy); 0 = greedy only.")
+    samples: int = Field(0, ge=0, description="k sampled answers per problem for avg@k and pass@k (besides greedy); 0 = greedy only. Their seeds derive from run.seed, prompt and sample index, so runs with the same run.seed draw the same samples for the same checkpoint.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature of the k samples.")
     top_p: float = Field(1.0, gt=0, le=1)
 
