@@ -9,8 +9,9 @@ with the ADVANTAGES schema, rows in any order:
 
   * duckdb: storage.advantages.compute_advantages, exactly as the pipeline calls it (a cursor on the
     process's scratch database, read_parquet views, scored_groups.sql + adv_<name>.sql, result fetched
-    as arrow and cast); once on the grades file as write_parquet writes it, once on a copy written as a
-    single row group;
+    as numpy, keys attached in grades order); once on the grades file as write_parquet writes it (one
+    row group), once on a copy in 64Ki-row groups (DuckDB then scans on every core, but its float
+    aggregates are no longer bitwise reproducible: see storage/parquet.py);
   * pandas: read_parquet, groupby transform mean / std(ddof=0) / count, convert to arrow;
   * loop: pyarrow read -> Python lists, dict of lists per group, a Python loop over groups, convert
     to arrow.
@@ -52,10 +53,10 @@ KEYS = ["run_id", "iteration", "prompt_id", "sample_index"]
 GROUP = KEYS[:3]
 EPS = 1e-6  # the config default (configs/schema.py, advantage.eps)
 ESTIMATORS = ("grpo", "rloo")
-# The pipeline's DuckDB path on the grades file as write_parquet writes it (row groups of
-# storage.parquet.ROW_GROUP_ROWS), and on a copy written as one row group (pyarrow's default below 1Mi rows,
-# what write_parquet did before): DuckDB scans one row group per thread.
-DUCKDB_FILES = ("duckdb", "duckdb, grades in one row group")
+# The pipeline's DuckDB path on the grades file as write_parquet writes it (one row group up to
+# storage.parquet.ROW_GROUP_ROWS), and on a copy in 64Ki-row groups: DuckDB scans one row group per thread.
+SPLIT_ROWS = 65_536
+DUCKDB_FILES = ("duckdb", "duckdb, grades in 64Ki-row groups")
 METHODS = (*DUCKDB_FILES, "pandas", "loop")
 TOKENS = 4  # tokens per list column: the SQL never reads them, they only make the file realistic in shape
 
@@ -115,14 +116,13 @@ def run_duckdb(name: str, rollouts: Path, grades: Path) -> pa.Table:
     return compute_advantages(name, rollouts, grades, {"eps": EPS})
 
 
-def one_row_group(grades: Path) -> Path:
-    """Where the copy of `grades` written as a single row group lives (made by write_one_row_group)."""
-    return grades.with_name("grades_one_row_group.parquet")
+def split_copy(grades: Path) -> Path:
+    """Where the copy of `grades` in SPLIT_ROWS-row groups lives (made by write_split_copy)."""
+    return grades.with_name("grades_split.parquet")
 
 
-def write_one_row_group(grades: Path) -> None:
-    table = pq.read_table(grades)
-    pq.write_table(table, one_row_group(grades), row_group_size=table.num_rows)
+def write_split_copy(grades: Path) -> None:
+    pq.write_table(pq.read_table(grades), split_copy(grades), row_group_size=SPLIT_ROWS)
 
 
 def run_pandas(name: str, rollouts: Path, grades: Path) -> pa.Table:
@@ -172,7 +172,7 @@ def run_loop(name: str, rollouts: Path, grades: Path) -> pa.Table:
                      "advantage": pa.array(adv_col, pa.float64())}, schema=ADVANTAGES)
 
 
-RUN = {"duckdb": run_duckdb, "duckdb, grades in one row group": lambda e, r, g: run_duckdb(e, r, one_row_group(g)),
+RUN = {"duckdb": run_duckdb, "duckdb, grades in 64Ki-row groups": lambda e, r, g: run_duckdb(e, r, split_copy(g)),
        "pandas": run_pandas, "loop": run_loop}
 
 
@@ -219,7 +219,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="segflow-adv-bench-") as tmp:
         t0 = time.perf_counter()
         rollouts, grades, prompt_ids, scores = make_data(Path(tmp), opts.groups, opts.group_size)
-        write_one_row_group(grades)
+        write_split_copy(grades)
         sizes = {p.name: p.stat().st_size / 2**20 for p in (rollouts, grades)}
         row_groups = pq.ParquetFile(grades).metadata.num_row_groups
         print(f"data: {n} responses in {time.perf_counter() - t0:.1f} s; "
@@ -275,8 +275,8 @@ def main() -> None:
         (f"{n:,} responses ({opts.groups:,} groups of {opts.group_size}), one run/iteration; scores 0/1 with "
          f"{int(np.isnan(scores).sum()):,} NaN; rollouts file {sizes['rollouts.parquet']:.1f} MiB "
          f"(real ROLLOUTS schema, {TOKENS}-token lists), grades "
-         f"{sizes['grades.parquet']:.1f} MiB in {row_groups} row groups of ≤ {ROW_GROUP_ROWS:,} rows as write_parquet "
-         "writes them (the one-row-group rows read a copy). "
+         f"{sizes['grades.parquet']:.1f} MiB in {row_groups} row group(s) of ≤ {ROW_GROUP_ROWS:,} rows as write_parquet "
+         f"writes them (the 64Ki-row-group rows read a copy in {SPLIT_ROWS:,}-row groups). "
          f"{opts.rounds} rounds after one untimed correctness/warm-up pass, "
          "methods interleaved with the order rotated each round; "
          f"DuckDB {duckdb.__version__} (default: threads = {os.cpu_count()}), pandas {pd.__version__}, "

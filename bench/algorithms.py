@@ -57,6 +57,11 @@ def run(spec: str, seed: int, runs_dir: Path, overrides: list[str], env: dict) -
     return wall, json.loads((runs_dir / rid / "summary.json").read_text())
 
 
+def lifts(rows: list[dict], key: str) -> list[float]:
+    """Points gained on summary series `key` from the SFT start to the last evaluation, one per run."""
+    return [100 * (b - a) for a, b in (start_final(r, key) for r in rows)]
+
+
 def fmt(values: list[float]) -> str:
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{statistics.mean(values):.1f} ± {sd:.1f}"
@@ -75,6 +80,11 @@ def main() -> None:
     ap.add_argument("--metric", choices=sorted(METRICS), default="greedy",
                     help="avg_at_k needs eval.samples > 0: mean accuracy of k samples per held-out problem.")
     opts = ap.parse_args()
+    if opts.metric == "avg_at_k":  # fail before hours of runs, not after
+        for spec in opts.presets:
+            preset, _, own = spec.partition(":")
+            if resolve(preset, overrides=[*opts.overrides, *filter(None, own.split(","))]).eval.samples == 0:
+                ap.error(f"--metric avg_at_k: preset {spec} runs with eval.samples=0; add --set eval.samples=8")
     work = opts.work or Path(tempfile.mkdtemp(prefix="segflow-algos-"))
     work.mkdir(parents=True, exist_ok=True)  # Prefect's ephemeral server cannot create a PREFECT_HOME's parents
     # A loaded 2-core machine can take longer than Prefect's default 20 s to start the ephemeral API.
@@ -99,15 +109,19 @@ def main() -> None:
     missing = [p for p, rows in results.items() if any(not r.get(key) for r in rows)]
     if missing:
         sys.exit(f"--metric {opts.metric}: runs of {missing} have no {key} (set eval.samples > 0)")
-    lines = ["| preset | estimator | SFT accuracy | final accuracy | lift (points) | per seed (final) | compute s/run |",
-             "|---|---|---|---|---|---|---|"]
+    # The other metric's lift as a side column when every run has it (eval.samples > 0 gives both).
+    other = next(m for m in METRICS if m != opts.metric)
+    side = other if all(r.get(METRICS[other]) for rows in results.values() for r in rows) else None
+    side_head = f" {other} lift |" if side else ""
+    lines = [f"| preset | estimator | SFT accuracy | final accuracy | lift (points) | per seed (final) |{side_head} "
+             "compute s/run |", "|---|---|---|---|---|---|---|" + ("---|" if side else "")]
     for preset, rows in results.items():
         init, final = zip(*(start_final(r, key) for r in rows))
         init, final = [100 * v for v in init], [100 * v for v in final]
-        lift = [f - i for f, i in zip(final, init)]
         tag = f" (earlier run, code {rows[0]['code_version']})" if preset in baseline else ""
-        lines.append(f"| `{preset}`{tag} | {rows[0]['estimator']} | {fmt(init)} | **{fmt(final)}** | {fmt(lift)} | "
-                     f"{', '.join(f'{v:.1f}' for v in final)} | "
+        side_cell = f" {fmt(lifts(rows, METRICS[side]))} |" if side else ""
+        lines.append(f"| `{preset}`{tag} | {rows[0]['estimator']} | {fmt(init)} | **{fmt(final)}** | "
+                     f"{fmt([f - i for f, i in zip(final, init)])} | {', '.join(f'{v:.1f}' for v in final)} |{side_cell} "
                      f"{statistics.mean(sum(r['compute_seconds'].values()) for r in rows):.0f} |")
     budget = ", ".join(opts.overrides) if opts.overrides else "the embedded default's"
     label = "greedy" if opts.metric == "greedy" else "avg@k (mean of eval.samples answers per problem at eval.temperature)"

@@ -4,8 +4,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401 - pa.compute
+import pyarrow.parquet as pq
 
 from storage.catalog import SQL_DIR, strip_line_comments
 from storage.scratch_db import scratch_cursor
@@ -79,11 +81,12 @@ def _bind(sql: str, params: dict, name: str) -> dict:
 
 def compute_advantages(estimator: str, rollouts: str | Path, grades: str | Path, params: dict,
                        kl: str | Path | None = None) -> pa.Table:
-    """Advantages table (schema ADVANTAGES) for `estimator` over one set of rollout/grade files.
+    """Advantages table (schema ADVANTAGES) for `estimator` over one iteration's rollout/grade files.
 
     `params` are named SQL parameters (the advantage config section's fields; only those a file
     uses are bound). `kl` is an optional reference-log-prob file (schema REF_LOGPROBS) whose per-response
     `kl` is subtracted from the score times `kl_reward_coef` (KL penalty in the reward).
+    Rows are in the grades file's order, whatever order DuckDB's parallel aggregates produce them in.
     """
     if estimator in SEGMENT_ESTIMATORS + TREE_ESTIMATORS:
         what = "segments (segments.parquet)" if estimator in SEGMENT_ESTIMATORS else "trees (tree_nodes.parquet)"
@@ -98,14 +101,35 @@ def compute_advantages(estimator: str, rollouts: str | Path, grades: str | Path,
         con.register("rollouts", con.read_parquet(str(rollouts)).project(
             "run_id, iteration, prompt_id, sample_index, seed, finish_reason, len(completion_token_ids) as num_tokens"
         ))
+        scores = con.read_parquet(str(grades), file_row_number=True).project("*, file_row_number as grade_row")
         if kl is None:
-            con.register("grades", con.read_parquet(str(grades)))
+            con.register("grades", scores)
         else:
-            con.register("grades_raw", con.read_parquet(str(grades)))
+            con.register("grades_raw", scores)
             con.register("kl_penalty", con.read_parquet(str(kl)).project("run_id, iteration, prompt_id, sample_index, kl"))
             # DuckDB cannot bind parameters inside CREATE VIEW: inline the (numeric) coefficient.
             shaping = (SQL_DIR / "kl_in_reward.sql").read_text()
             con.execute(shaping.replace("$kl_reward_coef", repr(float(params["kl_reward_coef"]))))
         con.execute(shared)
-        table = con.sql(sql, params=_bind(sql, params, sql_path(estimator).name)).to_arrow_table()
-    return table.cast(ADVANTAGES)
+        # Only the row number and the advantage leave DuckDB (the optimiser prunes the string columns);
+        # the keys come from the grades file itself, already in its order.
+        out = con.sql(sql, params=_bind(sql, params, sql_path(estimator).name)).project("grade_row, advantage").fetchnumpy()
+    keys = pq.read_table(grades, columns=ADVANTAGES.names[:4])
+    advantage = in_grades_order(out["grade_row"], out["advantage"], keys.num_rows, sql_path(estimator).name)
+    table = keys.append_column("estimator", pa.compute.fill_null(pa.nulls(keys.num_rows, pa.string()), estimator))
+    return table.append_column("advantage", pa.array(advantage, pa.float64())).cast(ADVANTAGES)
+
+
+def in_grades_order(rows: np.ndarray, values: np.ndarray, n: int, what: str) -> np.ndarray:
+    """`values` scattered to their grades-file rows; every one of the n rows exactly once, or an error."""
+    if np.ma.is_masked(values):
+        raise RuntimeError(f"{what} returned a null advantage")
+    rows = np.asarray(rows, dtype=np.int64)
+    seen = np.zeros(n, dtype=bool)
+    if len(rows) == n and (n == 0 or (rows.min() >= 0 and rows.max() < n)):
+        seen[rows] = True
+    if len(rows) != n or not seen.all():
+        raise RuntimeError(f"{what} returned {len(rows)} rows for {n} grades, not one per grade")
+    out = np.empty(n, dtype=np.float64)
+    out[rows] = values
+    return out

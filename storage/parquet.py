@@ -11,10 +11,12 @@ from storage.faults import crash_point
 from storage.handles import FileRef, atomic_path
 
 
-# Rows per Parquet row group. DuckDB scans a file one row group per thread: a 1M-row grades file written
-# as one row group (pyarrow's default up to 1Mi rows) is read and aggregated on a single core.
-# bench/advantage_speed.py measures the difference side by side.
-ROW_GROUP_ROWS = 65_536
+# Rows per Parquet row group: one group for any file up to 1Mi rows (pyarrow's default, made explicit).
+# DuckDB reads a file one row group per thread and combines per-thread partial sums in whatever order
+# the threads finish, so an advantage computed over a many-row-group file can differ in its last bits
+# from run to run. One row group keeps a resumed run's files identical to an uninterrupted run's
+# (tests/test_flow_e2e.py, bench/chaos.py); 64Ki-row groups were ~25% faster on 1M responses.
+ROW_GROUP_ROWS = 1 << 20
 
 
 class SchemaMismatch(ValueError):

@@ -1,6 +1,6 @@
 -- REC advantage (Yao et al. 2025 "Group-relative REINFORCE is secretly off-policy", Trinity `rec`)
 -- with the RED-Drop balance option. numpy twin: tasks/algos/estimators.py::rec
--- grain:      one row per response (run_id, iteration, prompt_id, sample_index)
+-- grain:      one row per response (run_id, iteration, prompt_id, sample_index), with its grade_row
 -- inputs:     view `scored_groups`, view `rollouts` (seeds); parameters $eps, $rec_std_normalize, $rec_drop
 -- RED-Drop:   $rec_drop = 'balance': positives are score >= group mean. If a group has more negatives
 --             than positives, the surplus negatives with the smallest `seed` (the per-sample seed,
@@ -36,7 +36,7 @@ stats as (
     from kept
     window grp as (partition by run_id, iteration, prompt_id)
 )
-select run_id, iteration, prompt_id, sample_index,
+select grade_row, run_id, iteration, prompt_id, sample_index,
        'rec' as estimator,
        case when not keep or kept_n < 2 then 0.0
             when $rec_std_normalize then (score - kept_mean) / (kept_std + $eps)

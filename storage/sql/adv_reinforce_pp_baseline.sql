@@ -1,6 +1,6 @@
 -- REINFORCE++-baseline (OpenRLHF; rl_algorithms.md §B.1): x = r - group mean, then whitened over
 -- every token of the batch. numpy twin: tasks/algos/estimators.py::reinforce_pp_baseline
--- grain:      one row per response (run_id, iteration, prompt_id, sample_index)
+-- grain:      one row per response (run_id, iteration, prompt_id, sample_index), with its grade_row
 -- inputs:     view `scored_groups`, view `rollouts` (token counts); parameter $whiten_eps
 -- std:        token-weighted population std of x over the batch (not per group)
 -- whitening:  outcome reward, gamma = 1: each of the response's num_tokens tokens carries x, so the
@@ -19,7 +19,7 @@ batch as (
            sum(num_tokens * x * x) / sum(num_tokens) as m2
     from centred where live and num_tokens > 0
 )
-select run_id, iteration, prompt_id, sample_index,
+select grade_row, run_id, iteration, prompt_id, sample_index,
        'reinforce_pp_baseline' as estimator,
        case when not live or batch.mu is null then 0.0
             else (x - batch.mu) / sqrt(greatest(batch.m2 - batch.mu * batch.mu, 0.0) + $whiten_eps) end as advantage
