@@ -6,6 +6,7 @@
 -- whitening:  outcome reward, gamma = 1: each of the response's num_tokens tokens carries x, so the
 --             batch mean and population variance are weighted by num_tokens;
 --             A = (x - mean) / sqrt(var + $whiten_eps) (OpenRLHF: population var, eps 1e-8)
+-- order:      the batch sums run in grades order (grade_row), so the result is bit-identical on every run
 -- singleton:  a group with < 2 finite scores -> advantage 0, left out of the whitening statistics
 -- all-equal:  x = 0; such responses stay in the whitening statistics (they are valid tokens)
 -- NaN/inf:    advantage 0, left out of the whitening statistics
@@ -15,8 +16,10 @@ with centred as (
     join rollouts r using (run_id, iteration, prompt_id, sample_index)
 ),
 batch as (
-    select sum(num_tokens * x) / sum(num_tokens) as mu,
-           sum(num_tokens * x * x) / sum(num_tokens) as m2
+    -- Float sums in grades order: parallel execution delivers rows in a different order each run, and
+    -- an unordered sum then differs in its last bits (num_tokens sums are integers, exact in any order).
+    select sum(num_tokens * x order by grade_row) / sum(num_tokens) as mu,
+           sum(num_tokens * x * x order by grade_row) / sum(num_tokens) as m2
     from centred where live and num_tokens > 0
 )
 select grade_row, run_id, iteration, prompt_id, sample_index,

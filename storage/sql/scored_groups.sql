@@ -9,23 +9,18 @@
 -- group:      (run_id, iteration, prompt_id)
 -- score:      NaN/inf -> null (a failed grade). Not isnan(): DuckDB 2.0 folds it to false from Parquet stats.
 -- statistics: over the group's non-null scores only: mean, population std (stddev_pop), count n
--- plan:       one hash aggregate that carries each group's members along as a list, then unnest.
---             A window over the responses costs more: DuckDB plans it as the same aggregate plus a hash
---             join back to every response.
+-- plan:       a window over the responses (DuckDB runs it as a group aggregate plus a hash join back).
+--             Its row order is not fixed from run to run, so sums across groups order their inputs by
+--             grade_row (adv_reinforce_pp_baseline.sql) to stay bit-identical.
 create or replace temp view scored_groups as
 with scored as (
     select run_id, iteration, prompt_id, sample_index, grade_row,
            case when isfinite(score) then score end as score
     from grades
-),
-grouped as (
-    select run_id, iteration, prompt_id,
-           list({'sample_index': sample_index, 'grade_row': grade_row, 'score': score}) as members,
-           avg(score)        as group_mean,
-           stddev_pop(score) as group_std,
-           count(score)      as group_n
-    from scored
-    group by run_id, iteration, prompt_id
 )
-select run_id, iteration, prompt_id, unnest(members, recursive := true), group_mean, group_std, group_n
-from grouped
+select *,
+       avg(score)        over grp as group_mean,
+       stddev_pop(score) over grp as group_std,
+       count(score)      over grp as group_n
+from scored
+window grp as (partition by run_id, iteration, prompt_id)
