@@ -15,8 +15,8 @@ from storage.handles import FileRef, atomic_path
 # DuckDB reads a file one row group per thread and combines per-thread partial sums in whatever order
 # the threads finish, so an advantage computed over a many-row-group file can differ in its last bits
 # from run to run. One row group keeps a resumed run's files identical to an uninterrupted run's
-# (tests/test_flow_e2e.py, bench/chaos.py). The price: 64Ki-row groups compute advantages on 1M responses
-# ~28% faster (BENCHMARKS.md, "Advantages: DuckDB vs pandas vs Python loop").
+# (tests/test_flow_e2e.py, bench/chaos.py). The price: on 1M responses, 64Ki-row groups compute
+# advantages 20-40% faster (BENCHMARKS.md, "Advantages: DuckDB vs pandas vs Python loop").
 ROW_GROUP_ROWS = 1 << 20
 
 
