@@ -80,8 +80,8 @@ def main() -> None:
     write_section(f"Rollout throughput: vLLM vs HF generate, {size}", "\n".join(lines))
 
 
-# (part, vLLM function name) pairs whose cumulative time the profile reports. Names are vLLM 0.32's V1
-# engine; a part whose function is not found reports 0.
+# Parts of a vLLM round -> the vLLM function whose cumulative time measures it. Names are vLLM 0.32's V1
+# engine; a part whose function is not found reports 0. The parts do not overlap.
 PROFILE_PARTS = {
     "model forward": "_model_forward",
     "sampling (per-request seeded generators)": "_sample",
