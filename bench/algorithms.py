@@ -121,7 +121,7 @@ def main() -> None:
         tag = f" (earlier run, code {rows[0]['code_version']})" if preset in baseline else ""
         side_cell = f" {fmt(lifts(rows, METRICS[side]))} |" if side else ""
         lines.append(f"| `{preset}`{tag} | {rows[0]['estimator']} | {fmt(init)} | **{fmt(final)}** | "
-                     f"{fmt([f - i for f, i in zip(final, init)])} | {', '.join(f'{v:.1f}' for v in final)} |{side_cell} "
+                     f"{fmt(lifts(rows, key))} | {', '.join(f'{v:.1f}' for v in final)} |{side_cell} "
                      f"{statistics.mean(sum(r['compute_seconds'].values()) for r in rows):.0f} |")
     budget = ", ".join(opts.overrides) if opts.overrides else "the embedded default's"
     label = "greedy" if opts.metric == "greedy" else "avg@k (mean of eval.samples answers per problem at eval.temperature)"

@@ -92,7 +92,8 @@ def compute_advantages(estimator: str, rollouts: str | Path, grades: str | Path,
         what = "segments (segments.parquet)" if estimator in SEGMENT_ESTIMATORS else "trees (tree_nodes.parquet)"
         raise ValueError(f"estimator {estimator!r} works on {what}, not on rollouts + grades")
     params = {"kl_reward_coef": 0.0, **params}
-    sql = sql_path(estimator).read_text()
+    path = sql_path(estimator)
+    sql = path.read_text()
     shared = (SQL_DIR / "scored_groups.sql").read_text()
     with scratch_cursor() as con:
         # Only the columns the estimators need; a view costs nothing unless an estimator reads it
@@ -113,9 +114,9 @@ def compute_advantages(estimator: str, rollouts: str | Path, grades: str | Path,
         con.execute(shared)
         # Only the row number and the advantage leave DuckDB (the optimiser prunes the string columns);
         # the keys come from the grades file itself, already in its order.
-        out = con.sql(sql, params=_bind(sql, params, sql_path(estimator).name)).project("grade_row, advantage").fetchnumpy()
+        out = con.sql(sql, params=_bind(sql, params, path.name)).project("grade_row, advantage").fetchnumpy()
     keys = pq.read_table(grades, columns=ADVANTAGES.names[:4])
-    advantage = in_grades_order(out["grade_row"], out["advantage"], keys.num_rows, sql_path(estimator).name)
+    advantage = in_grades_order(out["grade_row"], out["advantage"], keys.num_rows, path.name)
     table = keys.append_column("estimator", pa.compute.fill_null(pa.nulls(keys.num_rows, pa.string()), estimator))
     return table.append_column("advantage", pa.array(advantage, pa.float64())).cast(ADVANTAGES)
 

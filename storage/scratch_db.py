@@ -1,9 +1,10 @@
 """One in-memory DuckDB per process; every computation queries it through its own cursor.
 
 Opening a DuckDB database costs ~30 ms on these machines and a cursor on an open one ~0.5 ms; the
-advantage stage on a million responses takes ~0.3 s (bench/advantage_speed.py), so the open was a tenth of it. A cursor is a
-separate connection to the same database: its temporary views and registered Arrow tables are its own,
-so tasks running in threads never see each other's. The database holds no tables of its own.
+advantage stage on a million responses takes ~0.3 s (bench/advantage_speed.py), so the open was a
+tenth of it. A cursor is a separate connection to the same database: its temporary views and
+registered Arrow tables are its own, so tasks running in threads never see each other's. The
+database holds no tables of its own.
 """
 from __future__ import annotations
 

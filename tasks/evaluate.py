@@ -26,8 +26,9 @@ def sample_and_grade(engine, ids: list[list[int]], refs: list[str], budgets: lis
     """Greedy plus `samples` sampled answers per problem on `engine`, graded.
 
     Seeds derive from (*seed_key, prompt id, sample index) only, so evaluations of successive
-    checkpoints are paired (common random numbers), and so are runs that share a seed_key. Returns one row per answer: problem index `i`, decoding, sample_index,
-    prompt_tokens, num_tokens, finish_reason, score, status, extracted, completion_text.
+    checkpoints are paired (common random numbers), and so are runs that share a seed_key.
+    Returns one row per answer: problem index `i`, decoding, sample_index, prompt_tokens, num_tokens,
+    finish_reason, score, status, extracted, completion_text.
     """
     greedy = engine.generate([Request(p, 0, b) for p, b in zip(ids, budgets)], temperature=0.0, top_p=1.0, stop=stop)
     keys = [(i, s) for i in range(len(ids)) for s in range(samples)]
