@@ -1,13 +1,14 @@
 """Independent RL probe on the embedded default: can plain policy gradient lift held-out accuracy here?
 
-    .venv/bin/python bench/rl_probe.py [--variants grpo:3e-5 grpo:1e-4 grpo:3e-4 pos:1e-4 sft:1e-4 sft:3e-4]
+    .venv/bin/python bench/rl_probe.py [--variants grpo:1e-4 grpo:1e-4:0.3 pos:1e-4:0.6 sft:1e-4 ...]
                                        [--iterations 60] [--prompts 32] [--samples 8] [--every 20]
 
 A cross-check of the pipeline's learning results that shares none of its sampling, loss or training
 code: the same warm start as the `warm_start` stage (tiny model, character tokenizer, `tasks.trainer.sft`,
-350 steps), then a loop written here: Hugging Face `generate` sampling at temperature 1, the task's
+350 steps), then a loop written here: Hugging Face `generate` sampling, the task's
 grader, group-normalised advantages, and one on-policy AdamW step per iteration on the token-mean
-of -A * log p. Variants (`mode:lr`):
+of -A * log p. Variants are `mode:lr[:temperature]` (sampling temperature of the training rollouts,
+default 1; the loss takes log-probs at the same temperature, as the pipeline's trainer does):
 
   * grpo: advantages (r - group mean) / (group std + 1e-6);
   * pos:  the positive part only (training on the model's own correct answers, RAFT-style);
@@ -71,14 +72,14 @@ class Probe:
         return {"ids": ids, "reference": str(p.answer), "solution": p.solution,
                 "solution_ids": self.tok(p.solution, add_special_tokens=False)["input_ids"] + [self.eos]}
 
-    def sample(self, prompts: list[dict], n: int, greedy: bool) -> list[list[int]]:
+    def sample(self, prompts: list[dict], n: int, greedy: bool, temperature: float = 1.0) -> list[list[int]]:
         ids = [p["ids"] for p in prompts for _ in range(n)]
         width = max(map(len, ids))
         inp = torch.tensor([[self.pad] * (width - len(x)) + x for x in ids])
         att = (inp != self.pad).long()
         self.model.eval()
         with torch.no_grad():
-            out = self.model.generate(input_ids=inp, attention_mask=att, do_sample=not greedy, temperature=1.0,
+            out = self.model.generate(input_ids=inp, attention_mask=att, do_sample=not greedy, temperature=temperature,
                                       top_p=1.0, max_new_tokens=48, pad_token_id=self.pad, eos_token_id=self.eos)
         completions = []
         for row in out[:, width:].tolist():
@@ -105,7 +106,8 @@ class Probe:
     def accuracy(self, n: int, greedy: bool) -> float:
         return float(self.grade(self.test, n, self.sample(self.test, n, greedy))[0].mean())
 
-    def run(self, mode: str, lr: float, iterations: int, prompts: int, samples: int, every: int, seed: int) -> dict:
+    def run(self, mode: str, lr: float, temperature: float, iterations: int, prompts: int, samples: int, every: int,
+            seed: int) -> dict:
         self.model.load_state_dict(self.start)
         opt = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=0.0)
         rng = np.random.default_rng(seed)
@@ -117,7 +119,7 @@ class Probe:
             if mode == "sft":
                 ids, comps, adv = [p["ids"] for p in batch], [p["solution_ids"] for p in batch], np.ones(len(batch))
             else:
-                comps = self.sample(batch, samples, greedy=False)
+                comps = self.sample(batch, samples, greedy=False, temperature=temperature)
                 ids = [p["ids"] for p in batch for _ in range(samples)]
                 r, steps_ok = self.grade(batch, samples, comps)
                 ok += int(r.sum())
@@ -126,14 +128,15 @@ class Probe:
                 adv = ((g - g.mean(1, keepdims=True)) / (g.std(1, keepdims=True) + 1e-6)).reshape(-1)
                 if mode == "pos":
                     adv = np.maximum(adv, 0.0)
-            self.step(opt, ids, comps, adv)
+            self.step(opt, ids, comps, adv, 1.0 if mode == "sft" else temperature)
             if it % every == 0:
                 curve.append(self.accuracy(1, greedy=True))
-        return {"mode": mode, "lr": lr, "curve": curve, "sampled": (sampled0, self.accuracy(4, greedy=False)),
+        return {"mode": mode, "lr": lr, "temperature": temperature, "curve": curve,
+                "sampled": (sampled0, self.accuracy(4, greedy=False)),
                 "change": curve[-1] - curve[0],
                 "lucky": lucky / ok if ok else float("nan")}
 
-    def step(self, opt, ids: list[list[int]], comps: list[list[int]], adv: np.ndarray) -> None:
+    def step(self, opt, ids: list[list[int]], comps: list[list[int]], adv: np.ndarray, temperature: float) -> None:
         keep = [i for i in range(len(ids)) if adv[i] != 0 and comps[i]]
         if not keep:
             return
@@ -146,7 +149,7 @@ class Probe:
             att[j, : len(seqs[j])] = 1
             mask[j, len(ids[i]) : len(seqs[j])] = 1
         self.model.train()
-        logits = self.model(input_ids=x, attention_mask=att).logits[:, :-1].float()
+        logits = self.model(input_ids=x, attention_mask=att).logits[:, :-1].float() / temperature
         logp = torch.log_softmax(logits, -1).gather(-1, x[:, 1:, None])[..., 0]
         m = mask[:, 1:]
         a = torch.tensor(adv[keep], dtype=torch.float32)[:, None]
@@ -160,7 +163,7 @@ class Probe:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--variants", nargs="+",
-                    default=["grpo:3e-5", "grpo:1e-4", "grpo:3e-4", "pos:1e-4", "sft:1e-4", "sft:3e-4"])
+                    default=["grpo:1e-4", "grpo:1e-4:0.6", "grpo:1e-4:0.3", "grpo:3e-4", "pos:1e-4:0.6", "sft:1e-4"])
     ap.add_argument("--iterations", type=int, default=60)
     ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--samples", type=int, default=8)
@@ -172,28 +175,33 @@ def main() -> None:
     probe = Probe(opts.seed, opts.threads)
     results = []
     for v in opts.variants:
-        mode, lr = v.split(":")
+        mode, lr, *temp = v.split(":")
+        if len(temp) > 1:
+            raise SystemExit(f"--variants: {v!r} is not mode:lr[:temperature]")
         if mode not in ("grpo", "pos", "sft"):
             raise SystemExit(f"--variants: unknown mode {mode!r} in {v!r} (grpo, pos or sft)")
         t0 = time.perf_counter()
-        res = probe.run(mode, float(lr), opts.iterations, opts.prompts, opts.samples, opts.every, opts.seed)
+        res = probe.run(mode, float(lr), float(temp[0]) if temp else 1.0, opts.iterations, opts.prompts,
+                        opts.samples, opts.every, opts.seed)
         res["seconds"] = time.perf_counter() - t0
         results.append(res)
         print(res, flush=True)
 
     marks = ", ".join(str(k * opts.every) for k in range(opts.iterations // opts.every + 1))
-    lines = [f"| variant | lr | greedy held-out at iterations {marks} | change | sampled held-out (T=1), start -> end "
-             "| correct training samples with wrong steps | s |", "|---|---|---|---|---|---|---|"]
+    lines = [f"| variant | lr | rollout T | greedy held-out at iterations {marks} | change | sampled held-out (T=1), "
+             "start -> end | correct training samples with wrong steps | s |", "|---|---|---|---|---|---|---|---|"]
     for r in results:
         curve = ", ".join(f"{100 * x:.1f}" for x in r["curve"])
         lucky = "—" if r["mode"] == "sft" else f"{100 * r['lucky']:.0f}%"
-        lines.append(f"| {r['mode']} | {r['lr']:g} | {curve} | **{100 * r['change']:+.1f}** | "
+        temp = "—" if r["mode"] == "sft" else f"{r['temperature']:g}"
+        lines.append(f"| {r['mode']} | {r['lr']:g} | {temp} | {curve} | **{100 * r['change']:+.1f}** | "
                      f"{100 * r['sampled'][0]:.1f} -> {100 * r['sampled'][1]:.1f} | {lucky} | {r['seconds']:.0f} |")
     best = max(results, key=lambda r: r["change"])
     lines += ["", f"{opts.prompts} prompts x {opts.samples} samples per iteration, {opts.iterations} iterations, one "
               f"on-policy AdamW step each (grad clip 1.0); warm start {probe.sft_seconds:.0f} s; seed {opts.seed}. "
               f"Greedy accuracy is over 256 problems (one problem = 0.4 points; binomial std ~3 points at 50%). "
-              f"Largest change: {best['mode']} lr {best['lr']:g}, {100 * best['change']:+.1f} "
+              f"Largest change: {best['mode']} lr {best['lr']:g} T {best['temperature']:g}, "
+              f"{100 * best['change']:+.1f} "
               f"points (median over variants "
               f"{100 * statistics.median(r['change'] for r in results):+.1f})."]
     write_section("Independent RL probe on the embedded default", "\n".join(lines))

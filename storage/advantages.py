@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -95,7 +96,10 @@ def compute_advantages(estimator: str, rollouts: str | Path, grades: str | Path,
     path = sql_path(estimator)
     sql = path.read_text()
     shared = (SQL_DIR / "scored_groups.sql").read_text()
-    with scratch_cursor() as con:
+    # The output's keys come from the grades file itself, already in its order. Read them on a second
+    # thread while DuckDB computes (both release the GIL; DuckDB scans a one-row-group file on one core).
+    with ThreadPoolExecutor(1) as pool, scratch_cursor() as con:
+        keys_read = pool.submit(pq.read_table, grades, columns=ADVANTAGES.names[:4])
         # Only the columns the estimators need; a view costs nothing unless an estimator reads it
         # (REC reads seeds, REINFORCE++ token counts; GRPO/RLOO read the grades alone).
         # register(), not create_view(): temporary views, private to this cursor (see _run_on).
@@ -112,10 +116,9 @@ def compute_advantages(estimator: str, rollouts: str | Path, grades: str | Path,
             shaping = (SQL_DIR / "kl_in_reward.sql").read_text()
             con.execute(shaping.replace("$kl_reward_coef", repr(float(params["kl_reward_coef"]))))
         con.execute(shared)
-        # Only the row number and the advantage leave DuckDB (the optimiser prunes the string columns);
-        # the keys come from the grades file itself, already in its order.
+        # Only the row number and the advantage leave DuckDB (the optimiser prunes the string columns).
         out = con.sql(sql, params=_bind(sql, params, path.name)).project("grade_row, advantage").fetchnumpy()
-    keys = pq.read_table(grades, columns=ADVANTAGES.names[:4])
+        keys = keys_read.result()
     advantage = in_grades_order(out["grade_row"], out["advantage"], keys.num_rows, path.name)
     table = keys.append_column("estimator", pa.compute.fill_null(pa.nulls(keys.num_rows, pa.string()), estimator))
     return table.append_column("advantage", pa.array(advantage, pa.float64())).cast(ADVANTAGES)
