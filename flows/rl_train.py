@@ -16,7 +16,7 @@ from collections import defaultdict
 from datetime import datetime, timezone
 from pathlib import Path
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
@@ -35,6 +35,7 @@ from storage.parquet import write_parquet
 from storage.run_lock import run_lock
 from storage.schemas import RUNS
 from tasks.advantage import compute_advantages
+from tasks.algos.health import Settings, diagnose, record
 from tasks.common import CODE_VERSION, ensure
 from tasks.engine import current_engine, shutdown_engine
 from tasks.evaluate import evaluate
@@ -139,6 +140,8 @@ def _train(cfg: Config, layout: RunLayout) -> dict:
         evals = {0: run_eval(0)}
         print(f"start accuracy (held-out, greedy): {evals[0]:.3f}")
         rows = []
+        health: dict[str, dict] = {}  # finding code -> first message and the iterations it fired in
+        checks = health_settings(cfg)
         buffer = None  # SPO-tree: the replay buffer's state file after the last iteration
         generated = 0.0  # rollout + Monte Carlo tokens so far: the x axis of accuracy-vs-compute comparisons
         tokens_at_eval = {0: 0.0}
@@ -164,6 +167,8 @@ def _train(cfg: Config, layout: RunLayout) -> dict:
             made = metrics.get("kept_edges", metrics.get("samples", 0.0))
             if made:
                 metrics["generated_tokens_per_sample"] = new_tokens / made
+            for finding in record(health, diagnose(metrics, checks), it):  # each kind logged once
+                get_run_logger().warning(f"iteration {it}: {finding.message}")
             row = {"iteration": it, **{k: round(metrics[k], 4) for k in TABLE_METRICS if k in metrics}}
             if it % cfg.eval.every == 0 or it == cfg.run.iterations:
                 evals[it] = run_eval(it)
@@ -192,7 +197,11 @@ def _train(cfg: Config, layout: RunLayout) -> dict:
         "wall_seconds": round(wall, 2), "stage_seconds": {k: round(v, 2) for k, v in stage_seconds.items()},
         "compute_seconds": {k: round(v, 2) for k, v in compute_seconds.items()},
         "stages_executed": dict(executed), "stages_cached": dict(cached), "code_version": CODE_VERSION,
+        "health": health,
     }
+    for code, entry in health.items():
+        print(f"health: {code} in {len(entry['iterations'])} of {cfg.run.iterations} iterations "
+              f"(first at {entry['iterations'][0]})")
     atomic_write_text(layout.summary, json.dumps(summary, indent=2))
     if executed:  # a fully cached rerun would only add identical versions of both
         if rows:
@@ -226,6 +235,16 @@ def tree_iteration(stage, policy: FileRef, start: FileRef, train: FileRef, buffe
     return (tree, adv, replay, trained), replay.state
 
 
+def health_settings(cfg: Config) -> Settings:
+    """The config values the health checks name in their messages."""
+    return Settings(
+        samples_per_prompt=cfg.rollout.samples_per_prompt, temperature=cfg.rollout.temperature,
+        max_tokens=cfg.rollout.max_tokens, truncated_reward=cfg.reward.truncated, lr=cfg.train.lr,
+        task=cfg.data.task,
+        sampler_is_old_policy=cfg.advantage.estimator in TREE_ESTIMATORS and cfg.tree.old_logprobs == "generation",
+    )
+
+
 def summary_markdown(s: dict) -> str:
     lines = [f"# {s['run_id']}", "", f"preset `{s['preset']}`, estimator `{s['estimator']}`, "
              f"{s['iterations_completed']} iterations, {s['wall_seconds']:.0f} s", "",
@@ -235,4 +254,8 @@ def summary_markdown(s: dict) -> str:
               for k, v in s["eval_accuracy"].items()]
     lines += ["", "| stage | seconds (this invocation) |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in s["stage_seconds"].items()]
+    if s.get("health"):
+        lines += ["", "## Health checks", "", "| check | iterations | first message |", "|---|---|---|"]
+        lines += [f"| {code} | {', '.join(map(str, e['iterations']))} | {e['first_message']} |"
+                  for code, e in s["health"].items()]
     return "\n".join(lines)

@@ -54,6 +54,15 @@ def test_flow_end_to_end_then_every_stage_is_a_cache_hit(prefect_harness, live_e
     assert rows[0][0] >= 3  # warm start (after the fixture's model), checkpoint 1, checkpoint 2
     _, rows = query(runs, "select preset, final_eval_accuracy from runs")
     assert rows == [("default", first["final_eval_accuracy"])]
+    # Health checks ran on each iteration's stored metrics (tasks/algos/health.py).
+    from flows.rl_train import health_settings
+    from tasks.algos.health import diagnose, record
+
+    expected: dict = {}
+    for it in (1, 2):
+        _, rows = query(runs, f"select name, value from metrics where iteration = {it} and name not like 'eval_%'")
+        record(expected, diagnose(dict(rows), health_settings(small_config)), it)
+    assert first["health"] == expected
 
     # Report artifacts: a progress bar, the per-iteration table and the summary, keyed by run id.
     from prefect.client.orchestration import get_client
@@ -67,7 +76,7 @@ def test_flow_end_to_end_then_every_stage_is_a_cache_hit(prefect_harness, live_e
     second = rl_train(small_config, str(runs))
     assert second["stages_executed"] == {}
     assert set(second["stages_cached"]) == STAGES
-    assert second["final_eval_accuracy"] == first["final_eval_accuracy"]
+    assert second["final_eval_accuracy"] == first["final_eval_accuracy"] and second["health"] == first["health"]
     assert second["compute_seconds"] == first["compute_seconds"] and first["compute_seconds"]["train_policy"] > 0
 
     # A deleted artifact is recomputed (only that stage: its content is identical, so downstream stays cached).

@@ -1,0 +1,108 @@
+"""Training health checks (tasks/algos/health.py) and how the flow reports them."""
+from __future__ import annotations
+
+import pytest
+
+from configs.loader import resolve
+from flows.rl_train import health_settings, summary_markdown
+from tasks.algos.health import (
+    CLIP_FRAC,
+    LOGPROB_GAP_NATS,
+    NO_SIGNAL_FRAC,
+    TRUNCATED_FRAC,
+    UNPARSEABLE_FRAC,
+    Settings,
+    diagnose,
+    record,
+)
+
+S = Settings(samples_per_prompt=16, temperature=1.0, max_tokens=48, truncated_reward=-0.5, lr=2e-5, task="gsm8k")
+
+# An iteration of the embedded default as measured (grade, advantage and train metrics).
+HEALTHY = {"accuracy": 0.5, "frac_groups_any_correct": 0.9, "frac_zero_std_groups": 0.44, "frac_adv_zero": 0.44,
+           "frac_truncated": 0.0, "frac_no_answer": 0.0, "frac_parse_error": 0.0, "logprob_gap_mean": 1e-5,
+           "logprob_gap_max": 1e-4, "clipfrac": 0.004, "skipped_steps": 0.0}
+
+
+def codes(metrics: dict, settings: Settings = S) -> list[str]:
+    return [f.code for f in diagnose(metrics, settings)]
+
+
+def test_a_healthy_iteration_raises_nothing():
+    assert diagnose(HEALTHY, S) == []
+    assert diagnose({}, S) == []  # no metric, nothing to judge
+
+
+@pytest.mark.parametrize("key, threshold, code", [
+    ("frac_adv_zero", NO_SIGNAL_FRAC, "no_signal"),
+    ("frac_truncated", TRUNCATED_FRAC, "truncated"),
+    ("frac_no_answer", UNPARSEABLE_FRAC, "unparseable"),
+    ("frac_parse_error", UNPARSEABLE_FRAC, "unparseable"),
+    ("logprob_gap_mean", LOGPROB_GAP_NATS, "logprob_mismatch"),
+    ("clipfrac", CLIP_FRAC, "clipping"),
+])
+def test_each_check_fires_at_its_threshold_and_not_below(key, threshold, code):
+    assert codes({**HEALTHY, key: threshold}) == [code]
+    assert codes({**HEALTHY, key: threshold * 0.99}) == []
+
+
+def test_unparseable_adds_no_answer_and_parse_errors():
+    assert codes({**HEALTHY, "frac_no_answer": 0.3, "frac_parse_error": 0.2}) == ["unparseable"]
+    assert "gsm8k grader" in diagnose({**HEALTHY, "frac_no_answer": 0.6}, S)[0].message
+
+
+def test_messages_name_the_config_key_and_its_value():
+    (trunc,) = diagnose({**HEALTHY, "frac_truncated": 0.62}, S)
+    assert "62%" in trunc.message and "rollout.max_tokens=48" in trunc.message and "reward.truncated=-0.5" in trunc.message
+    (clip,) = diagnose({**HEALTHY, "clipfrac": 0.4}, S)
+    assert "train.lr (now 2e-05)" in clip.message
+    (flat,) = diagnose({**HEALTHY, "frac_adv_zero": 1.0}, S)
+    assert "rollout.samples_per_prompt=16" in flat.message and "rollout.temperature (now 1)" in flat.message
+
+
+@pytest.mark.parametrize("extra, why", [
+    ({"frac_groups_any_correct": 0.0, "accuracy": 0.0}, "no response in any group was correct"),
+    ({"frac_groups_any_correct": 1.0, "accuracy": 1.0}, "every response was correct"),
+    ({"frac_groups_any_correct": 0.5, "accuracy": 0.5}, "within every group all rewards were equal"),
+])
+def test_no_signal_says_why_the_rewards_carry_no_signal(extra, why):
+    (f,) = diagnose({**HEALTHY, "frac_adv_zero": 1.0, **extra}, S)
+    assert f.code == "no_signal" and why in f.message
+
+
+def test_spo_tree_no_signal_is_about_trained_edges_and_its_stale_log_probs_are_expected():
+    tree = Settings(**{**S.__dict__, "sampler_is_old_policy": True})
+    assert codes({"edges_trained": 0.0, "frac_adv_zero": float("nan")}, tree) == ["no_signal"]
+    assert codes({"edges_trained": 12.0, "frac_adv_zero": 1.0}, tree) == []  # buffered edges still train
+    assert codes({"edges_trained": 12.0, "logprob_gap_mean": 0.5}, tree) == []  # replayed edges are stale by design
+    assert codes({"logprob_gap_mean": 0.5}) == ["logprob_mismatch"]
+
+
+def test_skipped_steps_are_reported_with_their_count():
+    (f,) = diagnose({**HEALTHY, "skipped_steps": 2.0}, S)
+    assert f.code == "skipped_steps" and f.message.startswith("2 optimizer step(s)")
+
+
+def test_record_keeps_every_iteration_and_returns_only_first_sightings():
+    health: dict = {}
+    flat = diagnose({**HEALTHY, "frac_adv_zero": 1.0}, S)
+    assert record(health, flat, 3) == flat
+    assert record(health, flat + diagnose({**HEALTHY, "clipfrac": 0.5}, S), 4)[0].code == "clipping"
+    assert record(health, flat, 7) == []
+    assert health["no_signal"]["iterations"] == [3, 4, 7] and health["clipping"]["iterations"] == [4]
+    assert health["no_signal"]["first_message"] == flat[0].message
+
+
+def test_flow_settings_come_from_the_config_and_the_summary_lists_findings():
+    cfg = resolve("default", overrides=["rollout.max_tokens=64", "reward.truncated=-1", "data.task=arith"])
+    s = health_settings(cfg)
+    assert (s.max_tokens, s.truncated_reward, s.task, s.sampler_is_old_policy) == (64, -1.0, "arith", False)
+    assert health_settings(resolve("spo_tree")).sampler_is_old_policy is (resolve("spo_tree").tree.old_logprobs
+                                                                          == "generation")
+    health: dict = {}
+    record(health, diagnose({**HEALTHY, "frac_truncated": 0.9}, s), 2)
+    summary = {"run_id": "r", "preset": "default", "estimator": "grpo", "iterations_completed": 2,
+               "wall_seconds": 1.0, "eval_accuracy": {"0": 0.5}, "stage_seconds": {"grade": 1.0}, "health": health}
+    md = summary_markdown(summary)
+    assert "## Health checks" in md and "| truncated | 2 |" in md and "rollout.max_tokens=64" in md
+    assert "Health checks" not in summary_markdown({**summary, "health": {}})
