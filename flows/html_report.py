@@ -187,6 +187,16 @@ def stages_table(s: dict[str, Any]) -> str:
     return _table(["stage", "executed", "cached", "compute seconds", "seconds (last invocation)"], rows)
 
 
+def health_section(s: dict[str, Any]) -> str:
+    """The run's health-check findings (summary.json `health`, tasks/algos/health.py)."""
+    health = s.get("health") or {}
+    if not health:
+        return '<p class="muted">No health-check findings.</p>'
+    rows = [[esc(code), esc(", ".join(map(str, e["iterations"]))), esc(e["first_message"])]
+            for code, e in health.items()]
+    return _table(["check", "iterations", "first message"], rows, text_cols=3)
+
+
 def evals_table(s: dict[str, Any]) -> str:
     avg = dict(series(s, "eval_avg_at_k"))
     tokens = dict(series(s, "generated_tokens_at_eval"))
@@ -241,6 +251,7 @@ def render(run: RunInfo, plots: dict[str, Path], grid: Path | None, metrics: dic
         (f'<p>preset <b>{esc(run.preset or "-")}</b> &middot; estimator <b>{esc(run.estimator or "-")}</b> '
          f'&middot; <span class="muted">{esc(run.root)}</span></p>'),
         "<h2>Summary</h2>", summary_section(run),
+        "<h2>Health checks</h2>", health_section(run.summary),
         "<h2>Held-out accuracy</h2>", evals_table(run.summary), accuracy_imgs,
         "<h2>Metrics over time</h2>", img(grid, "per-iteration metrics"), metrics_table(metrics, run.summary),
         "<h2>Sample responses</h2>", samples_section(sample_iteration, sample_rows),

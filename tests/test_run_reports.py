@@ -37,10 +37,12 @@ SUMMARY_A = {
     "compute_seconds": {"generate_rollouts": 30.5, "train_policy": 48.0, "evaluate": 3.0},
     "stages_executed": {"grade": 4, "train_policy": 4}, "stages_cached": {"grade": 0, "train_policy": 0},
     "code_version": "abc123",
+    "health": {"clipping": {"first_message": "31% of trained tokens were clipped: lower train.lr <now>",
+                            "iterations": [3, 4]}},
 }
-# Run B: an older summary without compute_seconds_at_eval or avg@k.
+# Run B: an older summary without compute_seconds_at_eval, avg@k or health.
 SUMMARY_B = {
-    **{k: v for k, v in SUMMARY_A.items() if k not in ("compute_seconds_at_eval", "eval_avg_at_k")},
+    **{k: v for k, v in SUMMARY_A.items() if k not in ("compute_seconds_at_eval", "eval_avg_at_k", "health")},
     "run_id": "run_b", "preset": "spo_tree", "estimator": "spo_tree", "iterations_completed": 2,
     "initial_eval_accuracy": 0.25, "final_eval_accuracy": 0.75, "eval_accuracy": {"0": 0.25, "2": 0.75},
     "generated_tokens": 750_000.0, "generated_tokens_at_eval": {"0": 0.0, "2": 750_000.0},
@@ -201,6 +203,13 @@ def test_report_metrics_and_samples(report):
     assert "answer 42 at iteration 4" in report and "answer 42 at iteration 2" not in report
     assert "SAMPLED-ONLY-TEXT" not in report
     assert report.count('class="sample"') == 3
+
+
+def test_report_lists_health_findings(report, runs_dir, tmp_path):
+    assert ('<td class="text">clipping</td><td class="text">3, 4</td>'
+            '<td class="text">31% of trained tokens were clipped: lower train.lr &lt;now&gt;</td>') in report
+    other = write_report(load_run("run_b", runs_dir), tmp_path / "run_b.html").read_text()
+    assert "No health-check findings." in other and "No health-check findings." not in report
 
 
 def test_in_flow_evaluation_draws_the_same_samples_for_runs_that_share_a_seed(tmp_path, monkeypatch):
