@@ -142,6 +142,7 @@ def _train(cfg: Config, layout: RunLayout) -> dict:
         rows = []
         health: dict[str, dict] = {}  # finding code -> first message and the iterations it fired in
         checks = health_settings(cfg)
+        first_metrics: dict[str, float] = {}
         buffer = None  # SPO-tree: the replay buffer's state file after the last iteration
         generated = 0.0  # rollout + Monte Carlo tokens so far: the x axis of accuracy-vs-compute comparisons
         tokens_at_eval = {0: 0.0}
@@ -167,7 +168,8 @@ def _train(cfg: Config, layout: RunLayout) -> dict:
             made = metrics.get("kept_edges", metrics.get("samples", 0.0))
             if made:
                 metrics["generated_tokens_per_sample"] = new_tokens / made
-            for finding in record(health, diagnose(metrics, checks), it):  # each kind logged once
+            first_metrics = first_metrics or metrics  # the baseline of trend checks (entropy)
+            for finding in record(health, diagnose(metrics, checks, first_metrics), it):  # each kind logged once
                 get_run_logger().warning(f"iteration {it}: {finding.message}")
             row = {"iteration": it, **{k: round(metrics[k], 4) for k in TABLE_METRICS if k in metrics}}
             if it % cfg.eval.every == 0 or it == cfg.run.iterations:

@@ -7,6 +7,7 @@ from configs.loader import resolve
 from flows.rl_train import health_settings, summary_markdown
 from tasks.algos.health import (
     CLIP_FRAC,
+    ENTROPY_RATIO,
     LOGPROB_GAP_NATS,
     NO_SIGNAL_FRAC,
     TRUNCATED_FRAC,
@@ -76,6 +77,15 @@ def test_spo_tree_no_signal_is_about_trained_edges_and_its_stale_log_probs_are_e
     assert codes({"edges_trained": 12.0, "frac_adv_zero": 1.0}, tree) == []  # buffered edges still train
     assert codes({"edges_trained": 12.0, "logprob_gap_mean": 0.5}, tree) == []  # replayed edges are stale by design
     assert codes({"logprob_gap_mean": 0.5}) == ["logprob_mismatch"]
+
+
+def test_entropy_collapse_is_measured_against_the_first_iteration():
+    first = {**HEALTHY, "entropy": 0.5}
+    assert codes({**HEALTHY, "entropy": 0.5 * ENTROPY_RATIO * 0.99}) == []  # no baseline, no trend
+    (f,) = diagnose({**HEALTHY, "entropy": 0.5 * ENTROPY_RATIO * 0.99}, S, first)
+    assert f.code == "entropy_collapse" and "from 0.5 in the first iteration" in f.message
+    assert diagnose({**HEALTHY, "entropy": 0.5 * ENTROPY_RATIO}, S, first) == []
+    assert diagnose({**HEALTHY, "entropy": 0.0}, S, {"entropy": 0.0}) == []  # a zero baseline has no trend
 
 
 def test_skipped_steps_are_reported_with_their_count():

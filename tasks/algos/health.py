@@ -11,6 +11,8 @@ They catch what users of verl, TRL and OpenRLHF keep filing issues about (specs/
     same weights (verl#2996, open-instruct#1473): dtype, tokenizer or position ids disagree.
   * clipping: a large share of tokens is clipped, the policy moves too far per iteration.
   * skipped_steps: optimizer steps dropped for a non-finite loss or gradient.
+  * entropy_collapse: token entropy fell far below the first iteration's, the policy is collapsing onto
+    few outputs (verl#5953; clip-higher and entropy bonuses are the usual remedies).
 
 Pure: no Prefect, no I/O. The flow logs each finding once and lists every one in summary.json.
 Thresholds are module constants, chosen so a healthy run on the embedded default raises none
@@ -26,6 +28,7 @@ TRUNCATED_FRAC = 0.5
 UNPARSEABLE_FRAC = 0.5
 LOGPROB_GAP_NATS = 0.05  # mean |log p_trainer - log p_sampler| per token; ~1e-5 when both are fp32
 CLIP_FRAC = 0.3  # PPO practice: clip fractions above ~0.2 mean the step size is too large
+ENTROPY_RATIO = 0.1  # entropy below this share of the first iteration's
 
 
 @dataclass(frozen=True)
@@ -47,9 +50,10 @@ class Settings:
     sampler_is_old_policy: bool = False  # SPO-tree replays edges of older policies: a gap is expected
 
 
-def diagnose(m: Mapping[str, float], s: Settings) -> list[Finding]:
-    """Findings for one iteration's metrics `m` (the union of its stages' metrics). A metric that is
-    absent (a stage this estimator does not run) raises nothing."""
+def diagnose(m: Mapping[str, float], s: Settings, first: Mapping[str, float] | None = None) -> list[Finding]:
+    """Findings for one iteration's metrics `m` (the union of its stages' metrics); `first` are the first
+    iteration's, the baseline of trends. A metric that is absent (a stage this estimator does not run)
+    raises nothing."""
     out: list[Finding] = []
     if "edges_trained" in m:  # SPO-tree: trains buffered edges, which zero-advantage edges never enter
         if m["edges_trained"] == 0:
@@ -95,6 +99,12 @@ def diagnose(m: Mapping[str, float], s: Settings) -> list[Finding]:
         out.append(Finding("skipped_steps", (
             f"{skipped} optimizer step(s) were skipped for a non-finite loss or gradient (NaN rewards or "
             "advantages, an overflow); the flow log names the cause.")))
+    entropy, start = m.get("entropy"), (first or {}).get("entropy")
+    if entropy is not None and start and start > 0 and entropy < ENTROPY_RATIO * start:
+        out.append(Finding("entropy_collapse", (
+            f"token entropy fell to {entropy:.3g} nats from {start:.3g} in the first iteration: the policy is "
+            f"collapsing onto few outputs. Consider train.clip_eps_high (clip-higher, DAPO uses 0.28), "
+            f"train.entropy_coef, or a lower train.lr (now {s.lr:g}).")))
     return out
 
 
