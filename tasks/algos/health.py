@@ -16,7 +16,8 @@ They catch what users of verl, TRL and OpenRLHF keep filing issues about (specs/
 
 Pure: no Prefect, no I/O. The flow logs each finding once and lists every one in summary.json.
 Thresholds are module constants, chosen so a healthy run on the embedded default raises none
-(measured there: frac_adv_zero 0.28-0.55, clipfrac <= 0.01, log-prob gap <= 1e-4 nats).
+(measured there: frac_adv_zero 0.28-0.55, clipfrac <= 0.01, log-prob gap <= 1e-4 nats, entropy
+0.027-0.043 nats per token over 40 iterations).
 """
 from __future__ import annotations
 
