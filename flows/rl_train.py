@@ -35,7 +35,7 @@ from storage.parquet import write_parquet
 from storage.run_lock import run_lock
 from storage.schemas import RUNS
 from tasks.advantage import compute_advantages
-from tasks.algos.health import Settings, diagnose, record
+from tasks.algos.health import Settings, diagnose, eval_regression, record
 from tasks.common import CODE_VERSION, ensure
 from tasks.engine import current_engine, shutdown_engine
 from tasks.evaluate import evaluate
@@ -130,11 +130,13 @@ def _train(cfg: Config, layout: RunLayout) -> dict:
             policy = FileRef.of(resolve_model_dir(cfg.model.name_or_path))
         start = policy  # the reference policy of the KL penalty and the base of LoRA adapters
         sampled: dict[int, float] = {}  # avg@k per evaluated iteration, when eval.samples > 0
+        problems: dict[int, int] = {}  # held-out problems per evaluated iteration
 
         def run_eval(it: int) -> float:
             m = read_metrics(stage("evaluate", evaluate, policy, data.test, it).metrics)
             if "eval_avg_at_k" in m:
                 sampled[it] = m["eval_avg_at_k"]
+            problems[it] = int(m.get("eval_problems", 0))
             return m["eval_accuracy"]
 
         evals = {0: run_eval(0)}
@@ -143,6 +145,11 @@ def _train(cfg: Config, layout: RunLayout) -> dict:
         health: dict[str, dict] = {}  # finding code -> first message and the iterations it fired in
         checks = health_settings(cfg)
         first_metrics: dict[str, float] = {}
+
+        def flag(findings, it: int) -> None:  # each kind of finding is logged the first time it fires
+            for finding in record(health, findings, it):
+                get_run_logger().warning(f"iteration {it}: {finding.message}")
+
         buffer = None  # SPO-tree: the replay buffer's state file after the last iteration
         generated = 0.0  # rollout + Monte Carlo tokens so far: the x axis of accuracy-vs-compute comparisons
         tokens_at_eval = {0: 0.0}
@@ -169,11 +176,11 @@ def _train(cfg: Config, layout: RunLayout) -> dict:
             if made:
                 metrics["generated_tokens_per_sample"] = new_tokens / made
             first_metrics = first_metrics or metrics  # the baseline of trend checks (entropy)
-            for finding in record(health, diagnose(metrics, checks, first_metrics), it):  # each kind logged once
-                get_run_logger().warning(f"iteration {it}: {finding.message}")
+            flag(diagnose(metrics, checks, first_metrics), it)
             row = {"iteration": it, **{k: round(metrics[k], 4) for k in TABLE_METRICS if k in metrics}}
             if it % cfg.eval.every == 0 or it == cfg.run.iterations:
                 evals[it] = run_eval(it)
+                flag(eval_regression(evals[0], evals[it], problems[it], checks), it)
                 tokens_at_eval[it] = generated
                 seconds_at_eval[it] = sum(compute_seconds.values())
                 row["eval_accuracy"] = round(evals[it], 4)

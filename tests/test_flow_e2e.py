@@ -56,14 +56,19 @@ def test_flow_end_to_end_then_every_stage_is_a_cache_hit(prefect_harness, live_e
     assert rows == [("default", first["final_eval_accuracy"])]
     # Health checks ran on each iteration's stored metrics (tasks/algos/health.py).
     from flows.rl_train import health_settings
-    from tasks.algos.health import diagnose, record
+    from tasks.algos.health import diagnose, eval_regression, record
 
     expected: dict = {}
     first_metrics: dict = {}
+    settings = health_settings(small_config)
+    _, ((start,),) = query(runs, "select value from metrics where name = 'eval_accuracy' and iteration = 0")
     for it in (1, 2):
         _, rows = query(runs, f"select name, value from metrics where iteration = {it} and name not like 'eval_%'")
         first_metrics = first_metrics or dict(rows)
-        record(expected, diagnose(dict(rows), health_settings(small_config), first_metrics), it)
+        record(expected, diagnose(dict(rows), settings, first_metrics), it)
+        _, ((acc, n),) = query(runs, f"select max(value) filter (name = 'eval_accuracy'), "
+                                     f"max(value) filter (name = 'eval_problems') from metrics where iteration = {it}")
+        record(expected, eval_regression(start, acc, int(n), settings), it)
     assert first["health"] == expected
 
     # Report artifacts: a progress bar, the per-iteration table and the summary, keyed by run id.

@@ -8,12 +8,14 @@ from flows.rl_train import health_settings, summary_markdown
 from tasks.algos.health import (
     CLIP_FRAC,
     ENTROPY_RATIO,
+    EVAL_DROP_STD,
     LOGPROB_GAP_NATS,
     NO_SIGNAL_FRAC,
     TRUNCATED_FRAC,
     UNPARSEABLE_FRAC,
     Settings,
     diagnose,
+    eval_regression,
     record,
 )
 
@@ -86,6 +88,24 @@ def test_entropy_collapse_is_measured_against_the_first_iteration():
     assert f.code == "entropy_collapse" and "from 0.5 in the first iteration" in f.message
     assert diagnose({**HEALTHY, "entropy": 0.5 * ENTROPY_RATIO}, S, first) == []
     assert diagnose({**HEALTHY, "entropy": 0.0}, S, {"entropy": 0.0}) == []  # a zero baseline has no trend
+
+
+def test_eval_regression_fires_beyond_three_noise_std_of_the_difference():
+    # 256 problems, start 50%: the difference of two accuracies has std sqrt(2 p (1 - p) / 256).
+    def sd(start, now):
+        p = (start + now) / 2
+        return (2 * p * (1 - p) / 256) ** 0.5
+
+    assert EVAL_DROP_STD == 3.0
+    assert eval_regression(0.5, 0.38, 256, S) == []  # 12 points < 3 x 4.4
+    assert 0.14 > 3 * sd(0.5, 0.36) and 0.12 < 3 * sd(0.5, 0.38)
+    (f,) = eval_regression(0.5, 0.36, 256, S)
+    assert f.code == "eval_regression" and "fell to 36.0% from 50.0%" in f.message and "256 problems" in f.message
+    assert "train.lr (now 2e-05)" in f.message
+    assert eval_regression(0.5, 0.9, 256, S) == [] and eval_regression(0.5, 0.5, 256, S) == []
+    assert eval_regression(0.5, 0.0, 0, S) == []  # no problems, no evidence
+    assert eval_regression(0.5, 0.36, 4096, S)[0].code == "eval_regression"  # more problems, less noise
+    assert eval_regression(0.5, 0.45, 4096, S) != [] and eval_regression(0.5, 0.45, 256, S) == []
 
 
 def test_skipped_steps_are_reported_with_their_count():

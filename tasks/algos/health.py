@@ -13,6 +13,7 @@ They catch what users of verl, TRL and OpenRLHF keep filing issues about (specs/
   * skipped_steps: optimizer steps dropped for a non-finite loss or gradient.
   * entropy_collapse: token entropy fell far below the first iteration's, the policy is collapsing onto
     few outputs (verl#5953; clip-higher and entropy bonuses are the usual remedies).
+  * eval_regression: held-out accuracy fell below the start by more than evaluation noise explains.
 
 Pure: no Prefect, no I/O. The flow logs each finding once and lists every one in summary.json.
 Thresholds are module constants, chosen so a healthy run on the embedded default raises none
@@ -21,6 +22,7 @@ Thresholds are module constants, chosen so a healthy run on the embedded default
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -30,6 +32,7 @@ UNPARSEABLE_FRAC = 0.5
 LOGPROB_GAP_NATS = 0.05  # mean |log p_trainer - log p_sampler| per token; ~1e-5 when both are fp32
 CLIP_FRAC = 0.3  # PPO practice: clip fractions above ~0.2 mean the step size is too large
 ENTROPY_RATIO = 0.1  # entropy below this share of the first iteration's
+EVAL_DROP_STD = 3.0  # an accuracy fall beyond 3 standard deviations of evaluation noise is not bad luck
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,22 @@ def diagnose(m: Mapping[str, float], s: Settings, first: Mapping[str, float] | N
             f"collapsing onto few outputs. Consider train.clip_eps_high (clip-higher, DAPO uses 0.28), "
             f"train.entropy_coef, or a lower train.lr (now {s.lr:g}).")))
     return out
+
+
+def eval_regression(start: float, now: float, problems: int, s: Settings) -> list[Finding]:
+    """A finding when held-out accuracy `now` is below `start` by more than EVAL_DROP_STD standard
+    deviations of the difference of two independent accuracies over `problems` problems, at their mean
+    rate. Both evaluations use the same problems, which makes the bound conservative."""
+    if problems <= 0 or now >= start:
+        return []
+    p = (start + now) / 2
+    sd = math.sqrt(2 * p * (1 - p) / problems)
+    if start - now <= EVAL_DROP_STD * sd:
+        return []
+    return [Finding("eval_regression", (
+        f"held-out accuracy fell to {now:.1%} from {start:.1%} at the start ({100 * (start - now):.1f} points; "
+        f"the noise std over {problems} problems is ~{100 * sd:.1f}): RL is making the model worse. "
+        f"Try a lower train.lr (now {s.lr:g}) and check the reward on a few responses (`segflow grade`)."))]
 
 
 def record(health: dict[str, dict], findings: list[Finding], iteration: int) -> list[Finding]:
