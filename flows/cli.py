@@ -128,7 +128,7 @@ def _print_summary(s: dict) -> None:
 
 @app.command()
 def sql(
-    query: str = typer.Argument(..., help="SQL over views runs, prompts, rollouts, grades, advantages, metrics, eval_results, eval_samples, ... (README, Artifacts)."),
+    query: str = typer.Argument(..., help="SQL over views runs, prompts, rollouts, grades, advantages, metrics, eval_results, eval_samples, health, ... (README, Artifacts)."),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
     fmt: str = typer.Option("table", "--format", help="table | csv | json (a list of row objects)."),
 ) -> None:

@@ -5,12 +5,14 @@
 
 Views: runs, prompts, rollouts, grades, ref_logprobs, advantages, mc_rollouts, segments,
 segment_advantages, tree_nodes, tree_advantages, replay_buffer, train_edges, metrics, eval_results,
-eval_samples (see storage/layout.py).
+eval_samples (see storage/layout.py), and health (one row per finished run and health-check finding,
+from summary.json; tasks/algos/health.py).
 A view whose files do not exist yet is empty but has the right columns, so queries never fail on a
 fresh directory. The runs view also carries summary.json fields once a run has finished.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import duckdb
@@ -52,7 +54,23 @@ def open_catalog(runs_dir: str | Path) -> duckdb.DuckDBPyConnection:
     for name in TABLE_GLOBS:
         if name != "runs":
             con.execute(f"create view {name} as select * from {name}_raw")
+    con.register("health_raw", health_table(summaries))
+    con.execute("create view health as select * from health_raw")
     return con
+
+
+HEALTH = pa.schema([("run_id", pa.string()), ("finding", pa.string()), ("first_message", pa.string()),
+                    ("iterations", pa.list_(pa.int32()))])
+
+
+def health_table(summaries: list[str]) -> pa.Table:
+    """Rows (run_id, finding, first_message, iterations) from the `health` field of summary.json files
+    (absent in summaries written before the health checks existed)."""
+    rows = []
+    for path in summaries:
+        s = json.loads(Path(path).read_text())
+        rows += [{"run_id": s["run_id"], "finding": code, **e} for code, e in (s.get("health") or {}).items()]
+    return pa.Table.from_pylist(rows, schema=HEALTH)
 
 
 def strip_line_comments(sql: str) -> str:

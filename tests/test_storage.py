@@ -169,6 +169,19 @@ def test_catalog_unions_runs(tmp_path):
     assert rows == [(2,)]
 
 
+def test_health_view_lists_findings_of_finished_runs(tmp_path):
+    assert query(tmp_path, "select count(*) from health")[1] == [(0,)]
+    found = {"truncated": {"first_message": "84% of responses hit rollout.max_tokens=8", "iterations": [1, 2]}}
+    for run, health in (("r1", found), ("r2", {}), ("old", None)):  # "old": a summary from before health checks
+        (tmp_path / run).mkdir()
+        summary = {"run_id": run, "iterations_completed": 2, "initial_eval_accuracy": 0.1,
+                   "final_eval_accuracy": 0.2, "wall_seconds": 9.0, **({} if health is None else {"health": health})}
+        (tmp_path / run / "summary.json").write_text(json.dumps(summary))
+    cols, rows = query(tmp_path, "select run_id, finding, first_message, iterations from health")
+    assert cols == ["run_id", "finding", "first_message", "iterations"]
+    assert rows == [("r1", "truncated", "84% of responses hit rollout.max_tokens=8", [1, 2])]
+
+
 def test_metrics_round_trip(tmp_path):
     ref = write_metrics(tmp_path / "metrics-x.parquet", "r", 3, "x", {"a": 1, "b": 2.5})
     assert read_metrics(ref) == {"a": 1.0, "b": 2.5}
