@@ -19,7 +19,7 @@ import duckdb
 import pyarrow as pa
 
 from storage.layout import TABLE_GLOBS
-from storage.schemas import ALL
+from storage.schemas import ALL, HEALTH
 
 SQL_DIR = Path(__file__).parent / "sql"
 
@@ -57,10 +57,6 @@ def open_catalog(runs_dir: str | Path) -> duckdb.DuckDBPyConnection:
     con.register("health_raw", health_table(summaries))
     con.execute("create view health as select * from health_raw")
     return con
-
-
-HEALTH = pa.schema([("run_id", pa.string()), ("finding", pa.string()), ("first_message", pa.string()),
-                    ("iterations", pa.list_(pa.int32()))])
 
 
 def health_table(summaries: list[str]) -> pa.Table:

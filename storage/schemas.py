@@ -233,6 +233,13 @@ EVAL_SAMPLES = pa.schema(
      *_EVAL_ANSWER]
 )
 
+# One row per (finished run, health-check finding): the `health` view, read from summary.json (no file of
+# its own, so not in ALL). tasks/algos/health.py.
+HEALTH = pa.schema(
+    [("run_id", pa.string()), ("finding", pa.string()), ("first_message", pa.string()),
+     ("iterations", pa.list_(pa.int32()))]
+)
+
 ALL = {
     "runs": RUNS,
     "prompts": PROMPTS,
