@@ -19,7 +19,7 @@ import duckdb
 import pyarrow as pa
 
 from storage.layout import TABLE_GLOBS
-from storage.schemas import ALL, HEALTH
+from storage.schemas import ALL, HEALTH, SUMMARY
 
 SQL_DIR = Path(__file__).parent / "sql"
 
@@ -36,17 +36,8 @@ def open_catalog(runs_dir: str | Path) -> duckdb.DuckDBPyConnection:
             con.read_parquet(str(runs_dir / pattern), union_by_name=True).create_view(f"{name}_raw")
         else:
             con.register(f"{name}_raw", pa.table({f.name: pa.array([], f.type) for f in ALL[name]}))
-    summaries = sorted(str(p) for p in runs_dir.glob("*/summary.json"))
-    if summaries:
-        con.read_json(summaries, union_by_name=True).project(
-            "run_id, iterations_completed, initial_eval_accuracy, final_eval_accuracy, wall_seconds"
-        ).create_view("summaries")
-    else:
-        con.execute(
-            "create view summaries as select null::varchar run_id, null::int iterations_completed, "
-            "null::double initial_eval_accuracy, null::double final_eval_accuracy, "
-            "null::double wall_seconds where false"
-        )
+    summaries, health = summary_tables(sorted(runs_dir.glob("*/summary.json")))
+    con.register("summaries", summaries)
     con.execute(
         "create view runs as select r.*, s.iterations_completed, s.initial_eval_accuracy, "
         "s.final_eval_accuracy, s.wall_seconds from runs_raw r left join summaries s using (run_id)"
@@ -54,19 +45,20 @@ def open_catalog(runs_dir: str | Path) -> duckdb.DuckDBPyConnection:
     for name in TABLE_GLOBS:
         if name != "runs":
             con.execute(f"create view {name} as select * from {name}_raw")
-    con.register("health_raw", health_table(summaries))
+    con.register("health_raw", health)
     con.execute("create view health as select * from health_raw")
     return con
 
 
-def health_table(summaries: list[str]) -> pa.Table:
-    """Rows (run_id, finding, first_message, iterations) from the `health` field of summary.json files
-    (absent in summaries written before the health checks existed)."""
-    rows = []
-    for path in summaries:
-        s = json.loads(Path(path).read_text())
-        rows += [{"run_id": s["run_id"], "finding": code, **e} for code, e in (s.get("health") or {}).items()]
-    return pa.Table.from_pylist(rows, schema=HEALTH)
+def summary_tables(paths: list[Path]) -> tuple[pa.Table, pa.Table]:
+    """Each finished run's summary.json, read once: (SUMMARY rows for the runs view, HEALTH rows: one per
+    health-check finding; summaries written before the health checks existed have none)."""
+    rows, findings = [], []
+    for path in paths:
+        s = json.loads(path.read_text())
+        rows.append({f.name: s.get(f.name) for f in SUMMARY})
+        findings += [{"run_id": s["run_id"], "finding": code, **e} for code, e in (s.get("health") or {}).items()]
+    return pa.Table.from_pylist(rows, schema=SUMMARY), pa.Table.from_pylist(findings, schema=HEALTH)
 
 
 def strip_line_comments(sql: str) -> str:
