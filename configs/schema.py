@@ -100,7 +100,12 @@ class WarmStartSection(Section):
     enabled: bool = True
     steps: int = Field(350, ge=0)
     batch_size: int = Field(64, ge=1)
-    lr: float = Field(3e-3, gt=0)
+    lr: float = Field(1e-3, gt=0)
+    min_lr_ratio: float = Field(
+        1.0, gt=0, le=1, description="After a 20-step warmup the lr falls linearly towards 0 over the steps, floored at "
+        "lr * min_lr_ratio; 1 = constant. A start annealed to a low lr sits in a narrow minimum that RL's noisy "
+        "steps only leave (docs/learning.md).",
+    )
 
 
 class RolloutSection(Section):
@@ -209,7 +214,7 @@ class TreeSection(Section):
 
 
 class TrainSection(Section):
-    lr: float = Field(2e-5, gt=0)
+    lr: float = Field(1e-4, gt=0, description="Peak lr of the RL updates (AdamW). Real presets set their own (1e-6).")
     weight_decay: float = Field(0.0, ge=0)
     epochs: int = Field(1, ge=1)
     mini_batch_size: int = Field(256, ge=1, description="Sequences per optimiser step.")

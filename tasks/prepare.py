@@ -111,8 +111,8 @@ def warm_start(cfg: Config, layout: RunLayout, train: FileRef, code_version: str
     t0 = time.perf_counter()
     with bar("warm start (SFT)", cfg.warm_start.steps) as advance:
         loss = sft(model, examples, steps=cfg.warm_start.steps, batch_size=cfg.warm_start.batch_size,
-                   lr=cfg.warm_start.lr, seed=cfg.run.seed, pad_id=tok.pad_token_id, device=device,
-                   on_step=lambda step, loss: advance(1, f"loss {loss:.3f}"))
+                   lr=cfg.warm_start.lr, min_lr_ratio=cfg.warm_start.min_lr_ratio, seed=cfg.run.seed,
+                   pad_id=tok.pad_token_id, device=device, on_step=lambda step, loss: advance(1, f"loss {loss:.3f}"))
     seconds = time.perf_counter() - t0
     with atomic_dir(layout.warm_start) as tmp:
         tiny_model.save(model.cpu(), tok, tmp)

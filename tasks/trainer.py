@@ -117,12 +117,20 @@ def make_scheduler(optimizer, cfg: TrainSection, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def warm_start_lr_factor(step: int, steps: int, min_lr_ratio: float) -> float:
+    """Multiplier of the warm start's lr at `step` (0-based) of `steps`: linear warmup over 20 steps, then a
+    linear fall towards 0 at `steps`, floored at `min_lr_ratio` (1 = constant after warmup)."""
+    return min(1.0, (step + 1) / 20) * max(min_lr_ratio, 1 - step / max(1, steps))
+
+
 def sft(model, examples: Sequence[tuple[list[int], list[int]]], *, steps: int, batch_size: int, lr: float,
-        seed: int, pad_id: int, device: torch.device, on_step: Callable[[int, float], None] | None = None) -> float:
-    """Supervised warm start: token-mean NLL on completion tokens only. Returns the last-50-step mean loss."""
+        seed: int, pad_id: int, device: torch.device, min_lr_ratio: float = 0.05,
+        on_step: Callable[[int, float], None] | None = None) -> float:
+    """Supervised warm start: token-mean NLL on completion tokens only, AdamW, lr schedule
+    `warm_start_lr_factor`. Returns the last-50-step mean loss."""
     rng = random.Random(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * max(0.05, 1 - s / max(1, steps)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warm_start_lr_factor(s, steps, min_lr_ratio))
     model.train()
     recent: list[float] = []
     for step in range(steps):

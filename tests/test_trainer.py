@@ -2,7 +2,7 @@ import torch
 
 from configs.schema import TinyModelSection, TrainSection
 from tasks import tiny_model
-from tasks.trainer import Sample, completion_logprobs, make_scheduler, pack, rl_update
+from tasks.trainer import Sample, completion_logprobs, make_scheduler, pack, rl_update, sft, warm_start_lr_factor
 
 
 def _model():
@@ -159,3 +159,21 @@ def test_non_finite_steps_are_skipped_and_a_streak_fails_the_run():
     with pytest.raises(NonFiniteTraining, match="max_consecutive_skips=3"):
         rl_update(model, opt, make_scheduler(opt, cfg, 10), bad, cfg, temperature=1.0, pad_id=0,
                   device=torch.device("cpu"), seed=0, consecutive_skips=2, log=logged.append)
+
+
+def test_warm_start_schedule_warms_up_falls_and_floors():
+    f = [warm_start_lr_factor(s, 100, 0.05) for s in range(100)]
+    assert f[0] == 1 / 20 and f[19] == 0.81  # warmup reaches the linear fall at step 19
+    assert f[50] == 0.5 and f[96] == f[99] == 0.05 and abs(f[95] - 0.05) < 1e-12  # floored from 95% on
+    assert all(a >= b for a, b in zip(f[19:], f[20:]))
+    assert [warm_start_lr_factor(s, 100, 1.0) for s in (0, 19, 60, 99)] == [1 / 20, 1.0, 1.0, 1.0]  # constant
+    assert warm_start_lr_factor(90, 100, 0.3) == 0.3
+
+
+def test_sft_lowers_the_loss_at_a_constant_lr():
+    model, tok = _model(), tiny_model.build_tokenizer()
+    examples = [(tok("1+2", add_special_tokens=False)["input_ids"], tok("1+2=3", add_special_tokens=False)["input_ids"])]
+    losses = []
+    last50 = sft(model, examples, steps=30, batch_size=1, lr=1e-2, seed=0, pad_id=tok.pad_token_id,
+                 device=torch.device("cpu"), min_lr_ratio=1.0, on_step=lambda step, loss: losses.append(loss))
+    assert len(losses) == 30 and losses[-1] < losses[0] / 2 and last50 < losses[0]
