@@ -230,9 +230,9 @@ def main() -> None:
                      f"| {sd:.1f} | {min(ch):+.1f} | {max(ch):+.1f} |")
     lines += ["", f"{opts.prompts} prompts x {opts.samples} samples per iteration, {opts.iterations} iterations, one "
               f"on-policy AdamW step each (grad clip 1.0); each warm start is {Config().warm_start.steps} SFT steps "
-              "(batch 64, 20-step warmup, then linear decay floored at lr x min_lr_ratio; the config default anneals "
-              "to 0.05). Greedy accuracy is over 256 problems (one problem = 0.4 points; binomial std ~3 points "
-              "at 50%)."]
+              "(batch 64, 20-step warmup, then linear decay floored at lr x min_lr_ratio; the config default is lr "
+              f"{Config().warm_start.lr:g}, min_lr_ratio {Config().warm_start.min_lr_ratio:g}). Greedy accuracy "
+              "is over 256 problems (one problem = 0.4 points; binomial std ~3 points at 50%)."]
     write_section(opts.section, "\n".join(lines))
 
 
