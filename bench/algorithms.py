@@ -62,6 +62,16 @@ def lifts(rows: list[dict], key: str) -> list[float]:
     return [100 * (b - a) for a, b in (start_final(r, key) for r in rows)]
 
 
+def accuracy_at_tokens(run: dict, key: str, budget: float) -> float:
+    """Summary series `key` of one run at `budget` generated tokens (rollouts + Monte Carlo), linear between
+    evaluations. The budget must lie within the run's evaluated range."""
+    pts = [(run["generated_tokens_at_eval"][str(i)], run[key][str(i)]) for i in sorted(int(k) for k in run[key])]
+    for (t0, a0), (t1, a1) in zip(pts, pts[1:]):
+        if t0 <= budget <= t1:
+            return a1 if t1 == t0 else a0 + (a1 - a0) * (budget - t0) / (t1 - t0)
+    raise ValueError(f"budget {budget:.0f} tokens outside the run's evaluations {pts}")
+
+
 def fmt(values: list[float]) -> str:
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{statistics.mean(values):.1f} ± {sd:.1f}"
@@ -69,7 +79,8 @@ def fmt(values: list[float]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--presets", nargs="+", default=PRESETS)
+    ap.add_argument("--presets", nargs="*", default=PRESETS,
+                    help="Presets to run; none (with --baseline-runs) only renders the table from earlier runs.")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--work", type=Path, default=None, help="Runs directory (default: a new temp dir).")
@@ -99,12 +110,14 @@ def main() -> None:
                   f"({wall:.0f} s)", flush=True)
 
     baseline = load_baselines(opts.baseline_runs, opts.baseline_presets, opts.seeds) if opts.baseline_runs else {}
-    for preset, rows in baseline.items():
-        start = {r["_seed"]: r["initial_eval_accuracy"] for r in rows}
-        ours = {s: r["initial_eval_accuracy"] for r, s in zip(next(iter(results.values())), opts.seeds)}
-        if start != ours:
-            sys.exit(f"baseline {preset}: SFT accuracies {start} differ from this invocation's {ours}: not the same start")
     results = {**baseline, **results}
+    if not results:
+        ap.error("nothing to compare: give --presets, or --baseline-runs with --baseline-presets")
+    first, *others = results.items()
+    for preset, rows in others:  # every preset must start from the same SFT weights per seed
+        start = [r["initial_eval_accuracy"] for r in rows]
+        if start != [r["initial_eval_accuracy"] for r in first[1]]:
+            sys.exit(f"{preset}: SFT accuracies per seed {start} differ from {first[0]}'s: not the same start")
     key = METRICS[opts.metric]
     missing = [p for p, rows in results.items() if any(not r.get(key) for r in rows)]
     if missing:
@@ -113,22 +126,28 @@ def main() -> None:
     other = next(m for m in METRICS if m != opts.metric)
     side = other if all(r.get(METRICS[other]) for rows in results.values() for r in rows) else None
     side_head = f" {other} lift |" if side else ""
-    lines = [f"| preset | estimator | SFT accuracy | final accuracy | lift (points) | per seed (final) |{side_head} "
-             "compute s/run |", "|---|---|---|---|---|---|---|" + ("---|" if side else "")]
+    # Equal generated tokens: every run at the smallest total any run generated (the cheapest preset's budget).
+    budget = min(r["generated_tokens_at_eval"][str(max(int(k) for k in r[key]))] for rows in results.values()
+                 for r in rows)
+    lines = [f"| preset | estimator | SFT accuracy | final accuracy | lift (points) | per seed (final) | "
+             f"at {budget / 1e6:.2f}M generated tokens |{side_head} compute s/run |",
+             "|---|---|---|---|---|---|---|---|" + ("---|" if side else "")]
     for preset, rows in results.items():
         init, final = zip(*(start_final(r, key) for r in rows))
         init, final = [100 * v for v in init], [100 * v for v in final]
         tag = f" (earlier run, code {rows[0]['code_version']})" if preset in baseline else ""
         side_cell = f" {fmt(lifts(rows, METRICS[side]))} |" if side else ""
         lines.append(f"| `{preset}`{tag} | {rows[0]['estimator']} | {fmt(init)} | **{fmt(final)}** | "
-                     f"{fmt(lifts(rows, key))} | {', '.join(f'{v:.1f}' for v in final)} |{side_cell} "
+                     f"{fmt(lifts(rows, key))} | {', '.join(f'{v:.1f}' for v in final)} | "
+                     f"{fmt([100 * accuracy_at_tokens(r, key, budget) for r in rows])} |{side_cell} "
                      f"{statistics.mean(sum(r['compute_seconds'].values()) for r in rows):.0f} |")
-    budget = ", ".join(opts.overrides) if opts.overrides else "the embedded default's"
+    settings = ", ".join(opts.overrides) if opts.overrides else "the embedded default's"
     label = "greedy" if opts.metric == "greedy" else "avg@k (mean of eval.samples answers per problem at eval.temperature)"
     lines += ["", f"Held-out accuracy (%), {label}, mean ± std over seeds {opts.seeds}; same SFT start per seed and "
-              f"the same number of iterations for every preset ({budget} settings). Presets that sample differently "
+              f"the same number of iterations for every preset ({settings} settings). Presets that sample differently "
               "per iteration (SPO-chain's Monte Carlo continuations, SPO-tree's trees) are compared at equal "
-              "generated tokens in the right-hand plot."]
+              f"generated tokens (rollouts + Monte Carlo) in the column at {budget / 1e6:.2f}M, the smallest total of "
+              "any run (linear between evaluations), and in the right-hand plot."]
     if opts.plot:
         plot(results, opts.plot, key, label.split(" (")[0])
         lines.append(f"\n![accuracy vs iterations and generated tokens]({opts.plot.as_posix()})")
