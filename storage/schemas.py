@@ -233,14 +233,14 @@ EVAL_SAMPLES = pa.schema(
      *_EVAL_ANSWER]
 )
 
-# One row per (finished run, health-check finding): the `health` view, read from summary.json (no file of
-# its own, so not in ALL). tasks/algos/health.py.
 # The summary.json fields the runs view carries (flows/rl_train.py writes the file when a run finishes).
 SUMMARY = pa.schema(
     [("run_id", pa.string()), ("iterations_completed", pa.int32()), ("initial_eval_accuracy", pa.float64()),
      ("final_eval_accuracy", pa.float64()), ("wall_seconds", pa.float64())]
 )
 
+# One row per (finished run, health-check finding): the `health` view, read from summary.json (no file of
+# its own, so not in ALL). tasks/algos/health.py.
 HEALTH = pa.schema(
     [("run_id", pa.string()), ("finding", pa.string()), ("first_message", pa.string()),
      ("iterations", pa.list_(pa.int32()))]

@@ -124,7 +124,7 @@ def warm_start_lr_factor(step: int, steps: int, min_lr_ratio: float) -> float:
 
 
 def sft(model, examples: Sequence[tuple[list[int], list[int]]], *, steps: int, batch_size: int, lr: float,
-        seed: int, pad_id: int, device: torch.device, min_lr_ratio: float = 0.05,
+        seed: int, pad_id: int, device: torch.device, min_lr_ratio: float,
         on_step: Callable[[int, float], None] | None = None) -> float:
     """Supervised warm start: token-mean NLL on completion tokens only, AdamW, lr schedule
     `warm_start_lr_factor`. Returns the last-50-step mean loss."""
