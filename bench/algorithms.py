@@ -32,7 +32,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(ROOT)]
-from report import start_final, write_section  # noqa: E402
+from report import spread, start_final, write_section  # noqa: E402
 
 from configs.loader import resolve, run_id  # noqa: E402
 
@@ -73,8 +73,7 @@ def accuracy_at_tokens(run: dict, key: str, budget: float) -> float:
 
 
 def fmt(values: list[float]) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.1f} ± {sd:.1f}"
+    return f"{statistics.mean(values):.1f} ± {spread(values):.1f}"
 
 
 def main() -> None:
@@ -127,8 +126,7 @@ def main() -> None:
     side = other if all(r.get(METRICS[other]) for rows in results.values() for r in rows) else None
     side_head = f" {other} lift |" if side else ""
     # Equal generated tokens: every run at the smallest total any run generated (the cheapest preset's budget).
-    budget = min(r["generated_tokens_at_eval"][str(max(int(k) for k in r[key]))] for rows in results.values()
-                 for r in rows)
+    budget = min(start_final(r, "generated_tokens_at_eval")[1] for rows in results.values() for r in rows)
     lines = [f"| preset | estimator | SFT accuracy | final accuracy | lift (points) | per seed (final) | "
              f"at {budget / 1e6:.2f}M generated tokens |{side_head} compute s/run |",
              "|---|---|---|---|---|---|---|---|" + ("---|" if side else "")]

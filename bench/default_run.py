@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import start_final, write_section  # noqa: E402
+from report import spread, start_final, write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SEGFLOW = ROOT / ".venv" / "bin" / "segflow"
@@ -48,8 +48,7 @@ def _avg_at_k(s: dict) -> tuple[float, float] | None:
 
 
 def _lift_line(what: str, lifts: list[float], how: str) -> str:
-    spread = statistics.stdev(lifts) if len(lifts) > 1 else 0.0
-    return (f"{what}: mean **{statistics.mean(lifts):+.1f}** points, std {spread:.1f} "
+    return (f"{what}: mean **{statistics.mean(lifts):+.1f}** points, std {spread(lifts):.1f} "
             f"(min {min(lifts):+.1f}, max {max(lifts):+.1f}); {how}.")
 
 

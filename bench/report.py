@@ -1,6 +1,8 @@
 """Write one benchmark's section into BENCHMARKS.md (between its markers), keeping the others."""
 from __future__ import annotations
 
+import statistics
+
 import platform
 import re
 import sys
@@ -27,6 +29,11 @@ def write_section(name: str, body: str) -> None:
     text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"
     BENCHMARKS.write_text(text)
     print(section)
+
+
+def spread(values: list[float]) -> float:
+    """Sample standard deviation over seeds; 0 for a single run."""
+    return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def start_final(summary: dict, key: str) -> tuple[float, float]:

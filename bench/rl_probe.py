@@ -35,7 +35,7 @@ sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from report import write_section  # noqa: E402
+from report import spread, write_section  # noqa: E402
 
 from configs.schema import Config  # noqa: E402
 from tasks import tiny_model  # noqa: E402
@@ -208,6 +208,7 @@ def main() -> None:
                 results.append(res)
                 print(res, flush=True)
 
+    default = Config().warm_start
     marks = ", ".join(str(k * opts.every) for k in range(opts.iterations // opts.every + 1))
     lines = [f"| warm start | variant | lr | rollout T | seed | greedy held-out at iterations {marks} | change | "
              "sampled held-out (T=1), start -> end | correct training samples with wrong steps | s |",
@@ -225,13 +226,12 @@ def main() -> None:
     for r in results:
         groups.setdefault((r["start"], r["mode"], r["lr"], r["temperature"]), []).append(100 * r["change"])
     for (start, mode, lr, temp), ch in groups.items():
-        sd = statistics.stdev(ch) if len(ch) > 1 else 0.0
         lines.append(f"| {start} | {mode} | {lr:g} | {'—' if mode == 'sft' else f'{temp:g}'} | **{statistics.mean(ch):+.1f}** "
-                     f"| {sd:.1f} | {min(ch):+.1f} | {max(ch):+.1f} |")
+                     f"| {spread(ch):.1f} | {min(ch):+.1f} | {max(ch):+.1f} |")
     lines += ["", f"{opts.prompts} prompts x {opts.samples} samples per iteration, {opts.iterations} iterations, one "
-              f"on-policy AdamW step each (grad clip 1.0); each warm start is {Config().warm_start.steps} SFT steps "
-              "(batch 64, 20-step warmup, then linear decay floored at lr x min_lr_ratio; the config default is lr "
-              f"{Config().warm_start.lr:g}, min_lr_ratio {Config().warm_start.min_lr_ratio:g}). Greedy accuracy "
+              f"on-policy AdamW step each (grad clip 1.0); each warm start is {default.steps} SFT steps "
+              f"(batch {default.batch_size}, 20-step warmup, then linear decay floored at lr x min_lr_ratio; the config "
+              f"default is lr {default.lr:g}, min_lr_ratio {default.min_lr_ratio:g}). Greedy accuracy "
               "is over 256 problems (one problem = 0.4 points; binomial std ~3 points at 50%)."]
     write_section(opts.section, "\n".join(lines))
 
