@@ -19,6 +19,9 @@ CLIP_MODES = ("none", "one-side", "two-side", "dual-clip")
 TOKEN_WEIGHTS = ("none", "importance", "truncated")
 REGULARIZERS = ("none", "k2", "forward-kl")
 KL_ESTIMATORS = ("k1", "k2", "k3")
+# Codes of the training health checks (tasks/algos/health.py), the names health.fail_on accepts.
+HEALTH_FINDINGS = ("no_signal", "truncated", "unparseable", "logprob_mismatch", "clipping", "skipped_steps",
+                   "entropy_collapse", "eval_regression")
 
 
 class Section(BaseModel):
@@ -279,6 +282,39 @@ class EvalSection(Section):
     top_p: float = Field(1.0, gt=0, le=1)
 
 
+class HealthSection(Section):
+    """Training health checks (tasks/algos/health.py): when each finding fires, and which stop the run.
+
+    Execution keys: the checks judge stored metrics, so a changed threshold keeps the run id and every
+    cached stage, and a rerun re-judges the finished iterations. The defaults raise nothing on healthy
+    runs of the embedded default (measurements in the module docstring)."""
+
+    no_signal_frac: float = Field(0.999, gt=0, le=1, description="no_signal: share of zero advantages.")
+    truncated_frac: float = Field(0.5, gt=0, le=1, description="truncated: share of responses cut by rollout.max_tokens.")
+    unparseable_frac: float = Field(0.5, gt=0, le=1, description="unparseable: share graded no_answer or parse_error.")
+    logprob_gap_nats: float = Field(
+        0.05, gt=0, description="logprob_mismatch: mean |trainer - sampler| log-prob per token, same weights "
+        "(~1e-5 in fp32; bf16 on GPU runs wider).",
+    )
+    clip_frac: float = Field(0.3, gt=0, le=1, description="clipping: share of trained tokens clipped.")
+    entropy_ratio: float = Field(0.1, gt=0, lt=1, description="entropy_collapse: entropy below this share of the first iteration's.")
+    eval_drop_std: float = Field(
+        3.0, gt=0, description="eval_regression: held-out accuracy below the start by more than this many "
+        "standard deviations of evaluation noise.",
+    )
+    fail_on: tuple[str, ...] = Field(
+        (), description="Findings that stop the run (the flow fails, naming the finding) instead of only warning; "
+        f"any of {', '.join(HEALTH_FINDINGS)}. Finished stages stay cached for the rerun.",
+    )
+
+    @model_validator(mode="after")
+    def _known_findings(self) -> "HealthSection":
+        unknown = [c for c in self.fail_on if c not in HEALTH_FINDINGS]
+        if unknown:
+            raise ValueError(f"health.fail_on: unknown finding {unknown[0]!r}; choose from {', '.join(HEALTH_FINDINGS)}")
+        return self
+
+
 class Config(Section):
     run: RunSection = RunSection()
     data: DataSection = DataSection()
@@ -291,6 +327,7 @@ class Config(Section):
     tree: TreeSection = TreeSection()
     train: TrainSection = TrainSection()
     eval: EvalSection = EvalSection()
+    health: HealthSection = HealthSection()
 
     @model_validator(mode="after")
     def _consistent(self) -> "Config":
@@ -313,18 +350,24 @@ class Config(Section):
 
 # Keys that say where work runs, not what it computes. They are left out of the run id (and so of every
 # derived seed) and of each stage's cache key: a run scaled out to more engines, or given a timeout,
-# resumes in the same directory with its cached stages and produces the same artifacts.
+# resumes in the same directory with its cached stages and produces the same artifacts. The health
+# checks only judge stored metrics (their findings are rebuilt on every invocation).
 EXECUTION_KEYS: dict[str, set[str]] = {
     "rollout": {"shards", "ray_address", "shard_cpus", "shard_gpus"},
     "train": {"timeout_seconds"},
+    "health": set(HealthSection.model_fields),
 }
 
 
-def without_execution_keys(cfg: Config) -> Config:
-    """`cfg` with every EXECUTION_KEYS entry at its default: what the run id and cache keys see."""
-    update = {}
-    for section, keys in EXECUTION_KEYS.items():
-        current = getattr(cfg, section)
-        defaults = {k: type(current).model_fields[k].default for k in keys}
-        update[section] = current.model_copy(update=defaults)
-    return cfg.model_copy(update=update)
+def without_execution_keys(obj):
+    """`obj` (a Config, or one of its sections) with every EXECUTION_KEYS entry at its default: what the run
+    id and cache keys see. Anything else is returned as is."""
+    if isinstance(obj, Config):
+        return obj.model_copy(update={s: without_execution_keys(getattr(obj, s)) for s in EXECUTION_KEYS})
+    keys = _EXECUTION_KEYS_BY_SECTION.get(type(obj))
+    if keys is None:
+        return obj
+    return obj.model_copy(update={k: type(obj).model_fields[k].default for k in keys})
+
+
+_EXECUTION_KEYS_BY_SECTION = {Config.model_fields[s].annotation: keys for s, keys in EXECUTION_KEYS.items()}

@@ -29,6 +29,10 @@ def eval_(
     price_out: float = typer.Option(0.0, "--price-out", help="USD per million generated tokens."),
     jsonl_task: str = typer.Option("math", "--jsonl-task", help="Grader for .jsonl datasets: arith | gsm8k | math."),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Evaluations go to <runs-dir>/evals/<eval_id>/."),
+    shards: int = typer.Option(1, help="Ray engine actors sharing each cell's prompts (same answers as 1; not "
+                               "part of the eval id, so finished cells stay cached)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="With --shards > 1: a Ray cluster "
+                                              "('auto', 'ray://head:10001'); default starts a local one."),
 ) -> None:
     """Evaluate checkpoints: greedy, avg@k, pass@k, maj@k with standard errors, cost-of-pass, paired comparisons."""
     from pydantic import ValidationError
@@ -38,7 +42,8 @@ def eval_(
     try:
         spec = EvalSpec(checkpoints=tuple(checkpoint), datasets=tuple(dataset), samples=samples,
                         temperature=temperature, top_p=top_p, budgets=tuple(budget), seed=seed, limit=limit,
-                        price_in=price_in, price_out=price_out, jsonl_task=jsonl_task)
+                        price_in=price_in, price_out=price_out, jsonl_task=jsonl_task, shards=shards,
+                        ray_address=ray_address)
     except ValidationError as e:
         err = e.errors()[0]
         _fail(f"--{'-'.join(str(x) for x in err['loc']).replace('_', '-')}={err.get('input')!r}: {err['msg']}")

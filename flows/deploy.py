@@ -42,12 +42,12 @@ def train(preset: str = "default", overrides: list[str] | None = None, runs_dir:
 @flow(name="evaluate_models", log_prints=True, on_failure=[notify_failure], on_crashed=[notify_failure])
 def evaluate_models(checkpoints: list[str], datasets: list[str] | None = None, samples: int = 0,
                     budgets: list[int] | None = None, seed: int = 0, limit: int | None = None,
-                    runs_dir: str = "runs") -> dict:
+                    runs_dir: str = "runs", shards: int = 1, ray_address: str | None = None) -> dict:
     """The evaluate flow, like `segflow eval`."""
     from flows.evaluate import EvalSpec, evaluate
 
     spec = EvalSpec(checkpoints=tuple(checkpoints), datasets=tuple(datasets or ("arith",)), samples=samples,
-                    budgets=tuple(budgets or ()), seed=seed, limit=limit)
+                    budgets=tuple(budgets or ()), seed=seed, limit=limit, shards=shards, ray_address=ray_address)
     return evaluate(spec, runs_dir)
 
 

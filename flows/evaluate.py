@@ -54,9 +54,16 @@ class EvalSpec(BaseModel):
     price_in: float = Field(0.0, ge=0, description="USD per million prompt tokens (cost-of-pass).")
     price_out: float = Field(0.0, ge=0, description="USD per million generated tokens.")
     jsonl_task: Literal["arith", "gsm8k", "math"] = Field("math", description="Grader for a local JSONL dataset.")
+    # Where the engines run, not what they generate (like rollout.shards in a run): not in the eval id.
+    shards: int = Field(1, ge=1, description="Ray engine actors sharing each cell's prompts; same answers as 1.")
+    ray_address: str | None = Field(None, description="shards > 1: Ray cluster ('auto', 'ray://...'); null = local.")
 
     def eval_id(self) -> str:
-        return "eval-" + hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:10]
+        what = self.model_dump_json(exclude=set(EXECUTION_FIELDS))
+        return "eval-" + hashlib.sha256(what.encode()).hexdigest()[:10]
+
+
+EXECUTION_FIELDS = ("shards", "ray_address")
 
 
 def dataset_section(name: str, spec: EvalSpec) -> DataSection:
@@ -130,7 +137,8 @@ def evaluate(spec: EvalSpec, runs_dir: str) -> dict:
     if too_long:
         c, b = too_long[0]
         raise ValueError(f"budget {b} exceeds {c}'s max_position_embeddings={max_positions(dirs[c])}")
-    rollout = RolloutSection(max_model_len=max(budgets), temperature=spec.temperature, top_p=spec.top_p)
+    rollout = RolloutSection(max_model_len=max(budgets), temperature=spec.temperature, top_p=spec.top_p,
+                             shards=spec.shards, ray_address=spec.ray_address)
     owns_engine = current_engine() is None
     cells, answers, executed = [], {}, 0
     try:

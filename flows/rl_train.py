@@ -35,7 +35,7 @@ from storage.parquet import write_parquet
 from storage.run_lock import run_lock
 from storage.schemas import RUNS
 from tasks.advantage import compute_advantages
-from tasks.algos.health import Settings, diagnose, eval_regression, record
+from tasks.algos.health import HealthCheckFailed, Limits, Settings, diagnose, eval_regression, record
 from tasks.common import CODE_VERSION, ensure
 from tasks.engine import current_engine, shutdown_engine
 from tasks.evaluate import evaluate
@@ -130,18 +130,6 @@ def _train(cfg: Config, layout: RunLayout) -> dict:
             policy = FileRef.of(resolve_model_dir(cfg.model.name_or_path))
         start = policy  # the reference policy of the KL penalty and the base of LoRA adapters
         sampled: dict[int, float] = {}  # avg@k per evaluated iteration, when eval.samples > 0
-        problems: dict[int, int] = {}  # held-out problems per evaluated iteration
-
-        def run_eval(it: int) -> float:
-            m = read_metrics(stage("evaluate", evaluate, policy, data.test, it).metrics)
-            if "eval_avg_at_k" in m:
-                sampled[it] = m["eval_avg_at_k"]
-            problems[it] = int(m.get("eval_problems", 0))
-            return m["eval_accuracy"]
-
-        evals = {0: run_eval(0)}
-        print(f"start accuracy (held-out, greedy): {evals[0]:.3f}")
-        rows = []
         health: dict[str, dict] = {}  # finding code -> first message and the iterations it fired in
         checks = health_settings(cfg)
         first_metrics: dict[str, float] = {}
@@ -149,7 +137,24 @@ def _train(cfg: Config, layout: RunLayout) -> dict:
         def flag(findings, it: int) -> None:  # each kind of finding is logged the first time it fires
             for finding in record(health, findings, it):
                 get_run_logger().warning(f"iteration {it}: {finding.message}")
+            for finding in findings:
+                if finding.code in cfg.health.fail_on:
+                    raise HealthCheckFailed(
+                        f"iteration {it}: health check {finding.code} is in health.fail_on, so the run stops: "
+                        f"{finding.message} Finished stages stay cached; a rerun with the same config (health "
+                        "keys may differ) resumes here.")
 
+        def run_eval(it: int) -> float:
+            m = read_metrics(stage("evaluate", evaluate, policy, data.test, it).metrics)
+            if "eval_avg_at_k" in m:
+                sampled[it] = m["eval_avg_at_k"]
+            if it:  # judged against the start, evaluated first
+                flag(eval_regression(evals[0], m["eval_accuracy"], int(m.get("eval_problems", 0)), checks), it)
+            return m["eval_accuracy"]
+
+        evals = {0: run_eval(0)}
+        print(f"start accuracy (held-out, greedy): {evals[0]:.3f}")
+        rows = []
         buffer = None  # SPO-tree: the replay buffer's state file after the last iteration
         generated = 0.0  # rollout + Monte Carlo tokens so far: the x axis of accuracy-vs-compute comparisons
         tokens_at_eval = {0: 0.0}
@@ -180,7 +185,6 @@ def _train(cfg: Config, layout: RunLayout) -> dict:
             row = {"iteration": it, **{k: round(metrics[k], 4) for k in TABLE_METRICS if k in metrics}}
             if it % cfg.eval.every == 0 or it == cfg.run.iterations:
                 evals[it] = run_eval(it)
-                flag(eval_regression(evals[0], evals[it], problems[it], checks), it)
                 tokens_at_eval[it] = generated
                 seconds_at_eval[it] = sum(compute_seconds.values())
                 row["eval_accuracy"] = round(evals[it], 4)
@@ -249,7 +253,7 @@ def health_settings(cfg: Config) -> Settings:
     return Settings(
         samples_per_prompt=cfg.rollout.samples_per_prompt, temperature=cfg.rollout.temperature,
         max_tokens=cfg.rollout.max_tokens, truncated_reward=cfg.reward.truncated, lr=cfg.train.lr,
-        task=cfg.data.task,
+        task=cfg.data.task, limits=Limits(**cfg.health.model_dump(exclude={"fail_on"})),
         sampler_is_old_policy=cfg.advantage.estimator in TREE_ESTIMATORS and cfg.tree.old_logprobs == "generation",
     )
 

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator
 from prefect.cache_policies import TASK_SOURCE, CachePolicy, Inputs
 from pydantic import BaseModel
 
-from configs.schema import Config, without_execution_keys
+from configs.schema import without_execution_keys
 from storage.faults import crash_point
 from storage.handles import FileRef
 
@@ -38,12 +38,13 @@ CODE_VERSION = _code_version()
 
 @dataclass
 class StageInputs(CachePolicy):
-    """Prefect's INPUTS policy, except that a Config input is hashed without its execution keys
-    (configs/schema.EXECUTION_KEYS): changing rollout.shards keeps every cached stage. It wraps Inputs
-    rather than subclassing it, because a compound policy replaces every Inputs by a plain one."""
+    """Prefect's INPUTS policy, except that a Config input, or a section of one (a RolloutSection), is hashed
+    without its execution keys (configs/schema.EXECUTION_KEYS): changing rollout.shards keeps every cached
+    stage. It wraps Inputs rather than subclassing it, because a compound policy replaces every Inputs by a
+    plain one."""
 
     def compute_key(self, task_ctx, inputs, flow_parameters, **kwargs):
-        inputs = {k: without_execution_keys(v) if isinstance(v, Config) else v for k, v in (inputs or {}).items()}
+        inputs = {k: without_execution_keys(v) for k, v in (inputs or {}).items()}
         return Inputs().compute_key(task_ctx, inputs, flow_parameters, **kwargs)
 
 

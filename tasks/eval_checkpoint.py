@@ -58,6 +58,7 @@ def eval_checkpoint(layout: EvalLayout, checkpoint: FileRef, label: str, dataset
     ref = write_parquet(rows, EVAL_SAMPLES, cell / "samples.parquet")
     metrics = {**summarize(rows, *prices), "prompts_skipped_too_long": float(skipped),
                "generation_seconds": seconds, "generated_tokens": float(sum(a["num_tokens"] for a in rows)),
+               "engines": float(len(getattr(engine, "actors", [engine]))),  # `segflow eval --shards`
                **{k: float(v) for k, v in timings.items()}}
     atomic_write_text(cell / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True))
     return StageOutput(artifact=ref, metrics=FileRef.of(cell / "metrics.json"))

@@ -93,6 +93,28 @@ def test_flow_end_to_end_then_every_stage_is_a_cache_hit(prefect_harness, live_e
     assert (root / "iterations" / "0002" / "grades.parquet").exists()
 
 
+def test_a_fail_on_finding_stops_the_run_and_a_rerun_without_it_resumes(prefect_harness, live_engine, tmp_path):
+    from configs.loader import resolve
+    from flows.rl_train import rl_train
+    from tasks.algos.health import HealthCheckFailed
+    from tests.conftest import SMALL
+
+    # 4 tokens cut every response short: `truncated` fires in iteration 1.
+    strict = resolve("default", overrides=SMALL + ["rollout.max_tokens=4", "health.fail_on=[truncated]"])
+    runs = tmp_path / "runs"
+    with pytest.raises(HealthCheckFailed, match=r"iteration 1: health check truncated .*rollout.max_tokens=4"):
+        rl_train(strict, str(runs))
+    root = runs / run_id(strict)
+    assert (root / "checkpoints" / "0001" / "model.safetensors").exists()
+    assert not (root / "iterations" / "0002").exists() and not (root / "summary.json").exists()
+
+    warn_only = resolve("default", overrides=SMALL + ["rollout.max_tokens=4"])
+    assert run_id(warn_only) == run_id(strict)
+    done = rl_train(warn_only, str(runs))
+    assert done["stages_cached"]["train_policy"] == 1 and done["stages_executed"]["train_policy"] == 1
+    assert done["health"]["truncated"]["iterations"] == [1, 2]
+
+
 def _segflow(args, env, **kw):
     return subprocess.Popen([sys.executable, "-m", "flows.cli", "run", *args], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **kw)

@@ -3,23 +3,14 @@ from __future__ import annotations
 
 import pytest
 
-from configs.loader import resolve
+from configs.loader import ConfigError, resolve, run_id
+from configs.schema import HEALTH_FINDINGS
 from flows.rl_train import health_settings, summary_markdown
-from tasks.algos.health import (
-    CLIP_FRAC,
-    ENTROPY_RATIO,
-    EVAL_DROP_STD,
-    LOGPROB_GAP_NATS,
-    NO_SIGNAL_FRAC,
-    TRUNCATED_FRAC,
-    UNPARSEABLE_FRAC,
-    Settings,
-    diagnose,
-    eval_regression,
-    record,
-)
+from tasks.algos.health import Settings, diagnose, eval_regression, record
 
-S = Settings(samples_per_prompt=16, temperature=1.0, max_tokens=48, truncated_reward=-0.5, lr=2e-5, task="gsm8k")
+LIMITS = health_settings(resolve("default")).limits  # the config's defaults (configs/schema.HealthSection)
+S = Settings(samples_per_prompt=16, temperature=1.0, max_tokens=48, truncated_reward=-0.5, lr=2e-5, task="gsm8k",
+             limits=LIMITS)
 
 # An iteration of the embedded default as measured (grade, advantage and train metrics).
 HEALTHY = {"accuracy": 0.5, "frac_groups_any_correct": 0.9, "frac_zero_std_groups": 0.44, "frac_adv_zero": 0.44,
@@ -36,17 +27,21 @@ def test_a_healthy_iteration_raises_nothing():
     assert diagnose({}, S) == []  # no metric, nothing to judge
 
 
-@pytest.mark.parametrize("key, threshold, code", [
-    ("frac_adv_zero", NO_SIGNAL_FRAC, "no_signal"),
-    ("frac_truncated", TRUNCATED_FRAC, "truncated"),
-    ("frac_no_answer", UNPARSEABLE_FRAC, "unparseable"),
-    ("frac_parse_error", UNPARSEABLE_FRAC, "unparseable"),
-    ("logprob_gap_mean", LOGPROB_GAP_NATS, "logprob_mismatch"),
-    ("clipfrac", CLIP_FRAC, "clipping"),
+@pytest.mark.parametrize("key, limit, code", [
+    ("frac_adv_zero", "no_signal_frac", "no_signal"),
+    ("frac_truncated", "truncated_frac", "truncated"),
+    ("frac_no_answer", "unparseable_frac", "unparseable"),
+    ("frac_parse_error", "unparseable_frac", "unparseable"),
+    ("logprob_gap_mean", "logprob_gap_nats", "logprob_mismatch"),
+    ("clipfrac", "clip_frac", "clipping"),
 ])
-def test_each_check_fires_at_its_threshold_and_not_below(key, threshold, code):
+def test_each_check_fires_at_its_threshold_and_not_below(key, limit, code):
+    threshold = getattr(LIMITS, limit)
     assert codes({**HEALTHY, key: threshold}) == [code]
     assert codes({**HEALTHY, key: threshold * 0.99}) == []
+    # The threshold is the config's health.<limit>: raised above the value, the same metrics pass.
+    looser = health_settings(resolve("default", overrides=[f"health.{limit}={min(1.0, threshold * 1.5)}"]))
+    assert codes({**HEALTHY, key: threshold}, looser) == []
 
 
 def test_unparseable_adds_no_answer_and_parse_errors():
@@ -82,6 +77,7 @@ def test_spo_tree_no_signal_is_about_trained_edges_and_its_stale_log_probs_are_e
 
 
 def test_entropy_collapse_is_measured_against_the_first_iteration():
+    ENTROPY_RATIO = LIMITS.entropy_ratio
     first = {**HEALTHY, "entropy": 0.5}
     assert codes({**HEALTHY, "entropy": 0.5 * ENTROPY_RATIO * 0.99}) == []  # no baseline, no trend
     (f,) = diagnose({**HEALTHY, "entropy": 0.5 * ENTROPY_RATIO * 0.99}, S, first)
@@ -96,7 +92,7 @@ def test_eval_regression_fires_beyond_three_noise_std_of_the_difference():
         p = (start + now) / 2
         return (2 * p * (1 - p) / 256) ** 0.5
 
-    assert EVAL_DROP_STD == 3.0
+    assert LIMITS.eval_drop_std == 3.0
     assert eval_regression(0.5, 0.38, 256, S) == []  # 12 points < 3 x 4.4
     assert 0.14 > 3 * sd(0.5, 0.36) and 0.12 < 3 * sd(0.5, 0.38)
     (f,) = eval_regression(0.5, 0.36, 256, S)
@@ -136,3 +132,20 @@ def test_flow_settings_come_from_the_config_and_the_summary_lists_findings():
     md = summary_markdown(summary)
     assert "## Health checks" in md and "| truncated | 2 |" in md and "rollout.max_tokens=64" in md
     assert "Health checks" not in summary_markdown({**summary, "health": {}})
+
+
+def test_health_keys_are_execution_keys_and_fail_on_names_known_findings():
+    tuned = resolve("default", overrides=["health.clip_frac=0.5", "health.fail_on=[no_signal,logprob_mismatch]"])
+    assert tuned.health.fail_on == ("no_signal", "logprob_mismatch")
+    assert run_id(tuned) == run_id(resolve("default"))  # thresholds judge stored metrics: same run, same cache
+    with pytest.raises(ConfigError, match=r"health.fail_on.*'no_sigal'.*no_signal, truncated"):
+        resolve("default", overrides=["health.fail_on=[no_sigal]"])
+
+
+def test_every_code_diagnose_can_raise_is_a_registered_finding():
+    tree = Settings(**{**S.__dict__, "sampler_is_old_policy": True})
+    seen = {f.code for f in diagnose({**HEALTHY, "frac_adv_zero": 1.0, "frac_truncated": 1.0, "frac_no_answer": 1.0,
+                                      "logprob_gap_mean": 1.0, "clipfrac": 1.0, "skipped_steps": 1.0,
+                                      "entropy": 0.0}, S, {"entropy": 1.0})}
+    seen |= {f.code for f in diagnose({"edges_trained": 0.0}, tree)} | {f.code for f in eval_regression(0.9, 0.1, 256, S)}
+    assert seen == set(HEALTH_FINDINGS)

@@ -57,6 +57,18 @@ def test_execution_keys_change_neither_the_run_id_nor_stage_cache_keys():
     policy = next(p for p in STAGE["cache_policy"].policies if isinstance(p, StageInputs))
     key = policy.compute_key(None, {"cfg": two, "x": 1}, {})
     assert key == policy.compute_key(None, {"cfg": one, "x": 1}, {}) != policy.compute_key(None, {"cfg": one, "x": 2}, {})
+    # A section passed on its own (`segflow eval` hands its cells a RolloutSection) is hashed the same way.
+    section = policy.compute_key(None, {"rollout": two.rollout}, {})
+    assert section == policy.compute_key(None, {"rollout": one.rollout}, {})
+    assert section != policy.compute_key(None, {"rollout": one.rollout.model_copy(update={"top_p": 0.5})}, {})
+
+
+def test_eval_shards_are_not_part_of_the_eval_id():
+    from flows.evaluate import EvalSpec
+
+    one = EvalSpec(checkpoints=("a",), samples=2)
+    assert EvalSpec(checkpoints=("a",), samples=2, shards=4, ray_address="auto").eval_id() == one.eval_id()
+    assert EvalSpec(checkpoints=("a",), samples=3).eval_id() != one.eval_id()
 
 
 @pytest.mark.slow
@@ -127,6 +139,33 @@ def test_sharded_run_equals_single_engine_run_and_resumes_under_either(prefect_h
     assert res.returncode == 0, res.stderr[-3000:]
     again = json.loads((b / "summary.json").read_text())
     assert again["stages_executed"] == {} and again["stages_cached"]["generate_rollouts"] == 2
+
+
+@pytest.mark.slow
+def test_sharded_eval_equals_single_engine_eval_and_shares_its_cache(prefect_harness, live_engine, tiny_model_dir,
+                                                                     tmp_path):
+    """`segflow eval --shards 2` (a subprocess: it owns its Ray engines) gives the single engine's answers, and
+    the single engine then finds every cell of the sharded evaluation cached."""
+    from flows.evaluate import EvalSpec, evaluate
+
+    spec = EvalSpec(checkpoints=(str(tiny_model_dir),), samples=2, limit=8, budgets=(64,))
+    single = evaluate(spec, str(tmp_path / "a"))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    args = ["eval", "-c", str(tiny_model_dir), "-k", "2", "--limit", "8", "--budget", "64", "--temperature", "0.6",
+            "--top-p", "0.95", "--shards", "2", "--runs-dir", str(tmp_path / "b")]
+    res = subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    cell = Path("evals", spec.eval_id(), "model", "arith", "64", "samples.parquet")
+    ta, tb = (pq.read_table(tmp_path / d / cell) for d in ("a", "b"))
+    assert ta.num_rows == tb.num_rows == 8 * 3  # greedy + 2 samples per problem
+    for col in ("prompt_id", "decoding", "sample_index", "num_tokens", "finish_reason", "score", "completion_text"):
+        assert ta.column(col).to_pylist() == tb.column(col).to_pylist(), col
+    sharded = json.loads((tmp_path / "b" / "evals" / spec.eval_id() / "summary.json").read_text())
+    assert [c["engines"] for c in sharded["cells"]] == [2.0] and [c["engines"] for c in single["cells"]] == [1.0]
+    assert sharded["cells_executed"] == 1
+    again = evaluate(spec, str(tmp_path / "b"))
+    assert again["cells_executed"] == 0 and again["cells"] == sharded["cells"]
 
 
 def _shard_metrics(runs):

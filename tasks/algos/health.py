@@ -15,10 +15,11 @@ They catch what users of verl, TRL and OpenRLHF keep filing issues about (specs/
     few outputs (verl#5953; clip-higher and entropy bonuses are the usual remedies).
   * eval_regression: held-out accuracy fell below the start by more than evaluation noise explains.
 
-Pure: no Prefect, no I/O. The flow logs each finding once and lists every one in summary.json.
-Thresholds are module constants, chosen so a healthy run on the embedded default raises none
-(measured there: frac_adv_zero 0.28-0.55, clipfrac <= 0.01, log-prob gap <= 1e-4 nats, entropy
-0.027-0.043 nats per token over 40 iterations).
+Pure: no Prefect, no I/O. The flow logs each finding once, lists every one in summary.json, and stops
+the run on the codes in health.fail_on. The thresholds are the config's health section (Limits here);
+its defaults raise nothing on healthy runs of the embedded default, measured over 3 seeds x 40
+iterations (bench/default_run.py, 2026-11-30): frac_adv_zero 0.03-0.27, clipfrac <= 0.012, frac_truncated
+<= 0.005, log-prob gap 0 in fp32, entropy 0.15-0.28 nats per token.
 """
 from __future__ import annotations
 
@@ -26,13 +27,22 @@ import math
 from dataclasses import dataclass
 from typing import Mapping
 
-NO_SIGNAL_FRAC = 0.999  # share of zero advantages: "all" up to float noise in a metric that is a mean
-TRUNCATED_FRAC = 0.5
-UNPARSEABLE_FRAC = 0.5
-LOGPROB_GAP_NATS = 0.05  # mean |log p_trainer - log p_sampler| per token; ~1e-5 when both are fp32
-CLIP_FRAC = 0.3  # PPO practice: clip fractions above ~0.2 mean the step size is too large
-ENTROPY_RATIO = 0.1  # entropy below this share of the first iteration's
-EVAL_DROP_STD = 3.0  # an accuracy fall beyond 3 standard deviations of evaluation noise is not bad luck
+
+@dataclass(frozen=True)
+class Limits:
+    """When each finding fires (configs/schema.HealthSection holds the defaults and their meaning)."""
+
+    no_signal_frac: float  # "all" advantages zero, up to float noise in a metric that is a mean
+    truncated_frac: float
+    unparseable_frac: float
+    logprob_gap_nats: float  # mean |log p_trainer - log p_sampler| per token; ~1e-5 when both are fp32
+    clip_frac: float  # PPO practice: clip fractions above ~0.2 mean the step size is too large
+    entropy_ratio: float  # entropy below this share of the first iteration's
+    eval_drop_std: float  # a fall beyond this many std of evaluation noise is not bad luck
+
+
+class HealthCheckFailed(RuntimeError):
+    """A finding listed in health.fail_on fired: the flow stops instead of training on."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +61,7 @@ class Settings:
     truncated_reward: float
     lr: float
     task: str
+    limits: Limits
     sampler_is_old_policy: bool = False  # SPO-tree replays edges of older policies: a gap is expected
 
 
@@ -65,10 +76,10 @@ def diagnose(m: Mapping[str, float], s: Settings, first: Mapping[str, float] | N
                 "no tree edge to train: every node's value equals its parent's and the replay buffer is "
                 f"empty, so this iteration's update trains nothing. Try wider trees (tree.branching) or a "
                 f"higher rollout.temperature (now {s.temperature:g}).")))
-    elif m.get("frac_adv_zero", 0.0) >= NO_SIGNAL_FRAC:
+    elif m.get("frac_adv_zero", 0.0) >= s.limits.no_signal_frac:
         if m.get("frac_groups_any_correct", 1.0) == 0.0:
             why = "no response in any group was correct"
-        elif m.get("accuracy", 0.0) >= NO_SIGNAL_FRAC:
+        elif m.get("accuracy", 0.0) >= s.limits.no_signal_frac:
             why = "every response was correct"
         else:
             why = "within every group all rewards were equal"
@@ -77,24 +88,24 @@ def diagnose(m: Mapping[str, float], s: Settings, first: Mapping[str, float] | N
             f"per prompt (rollout.samples_per_prompt={s.samples_per_prompt}), a higher rollout.temperature "
             f"(now {s.temperature:g}), or prompts nearer the model's level.")))
     truncated = m.get("frac_truncated", 0.0)
-    if truncated >= TRUNCATED_FRAC:
+    if truncated >= s.limits.truncated_frac:
         out.append(Finding("truncated", (
             f"{truncated:.0%} of responses hit rollout.max_tokens={s.max_tokens} and scored "
             f"reward.truncated={s.truncated_reward:g} whatever they contained; raise rollout.max_tokens.")))
     unparseable = m.get("frac_no_answer", 0.0) + m.get("frac_parse_error", 0.0)
-    if unparseable >= UNPARSEABLE_FRAC:
+    if unparseable >= s.limits.unparseable_frac:
         out.append(Finding("unparseable", (
             f"{unparseable:.0%} of responses have no answer the {s.task} grader can read (no_answer or "
             "parse_error); check data.prompt_template, data.use_chat_template and rollout.stop against "
             "the answer format, or try `segflow grade` on a few responses.")))
     gap = m.get("logprob_gap_mean", 0.0)
-    if not s.sampler_is_old_policy and gap >= LOGPROB_GAP_NATS:
+    if not s.sampler_is_old_policy and gap >= s.limits.logprob_gap_nats:
         out.append(Finding("logprob_mismatch", (
             f"the trainer's log-probs of the sampled tokens differ from the sampler's by {gap:.3f} nats per "
             f"token on average (max {m.get('logprob_gap_max', gap):.2f}) for the same weights; check model.dtype, "
             "the tokenizer and chat template, and position ids of padded batches.")))
     clip = m.get("clipfrac", 0.0)
-    if clip >= CLIP_FRAC:
+    if clip >= s.limits.clip_frac:
         out.append(Finding("clipping", (
             f"{clip:.0%} of trained tokens were clipped: the policy moves too far per iteration; lower "
             f"train.lr (now {s.lr:g}) or train.epochs.")))
@@ -104,7 +115,7 @@ def diagnose(m: Mapping[str, float], s: Settings, first: Mapping[str, float] | N
             f"{skipped} optimizer step(s) were skipped for a non-finite loss or gradient (NaN rewards or "
             "advantages, an overflow); the flow log names the cause.")))
     entropy, start = m.get("entropy"), (first or {}).get("entropy")
-    if entropy is not None and start and start > 0 and entropy < ENTROPY_RATIO * start:
+    if entropy is not None and start and start > 0 and entropy < s.limits.entropy_ratio * start:
         out.append(Finding("entropy_collapse", (
             f"token entropy fell to {entropy:.3g} nats from {start:.3g} in the first iteration: the policy is "
             f"collapsing onto few outputs. Consider train.clip_eps_high (clip-higher, DAPO uses 0.28), "
@@ -113,14 +124,14 @@ def diagnose(m: Mapping[str, float], s: Settings, first: Mapping[str, float] | N
 
 
 def eval_regression(start: float, now: float, problems: int, s: Settings) -> list[Finding]:
-    """A finding when held-out accuracy `now` is below `start` by more than EVAL_DROP_STD standard
+    """A finding when held-out accuracy `now` is below `start` by more than s.limits.eval_drop_std standard
     deviations of the difference of two independent accuracies over `problems` problems, at their mean
     rate. Both evaluations use the same problems, which makes the bound conservative."""
     if problems <= 0 or now >= start:
         return []
     p = (start + now) / 2
     sd = math.sqrt(2 * p * (1 - p) / problems)
-    if start - now <= EVAL_DROP_STD * sd:
+    if start - now <= s.limits.eval_drop_std * sd:
         return []
     return [Finding("eval_regression", (
         f"held-out accuracy fell to {now:.1%} from {start:.1%} at the start ({100 * (start - now):.1f} points; "
