@@ -1,4 +1,4 @@
-"""`segflow` command line: run, sql, advantages, tree, grade, presets (eval, compare, report, ui, serve: cli_ops)."""
+"""`segflow` command line: run, sql, advantages, tree, segments, grade, presets (eval, compare, report, ui, serve: cli_ops)."""
 from __future__ import annotations
 
 import csv
@@ -290,6 +290,46 @@ def tree(
     except KeyError as e:
         _fail(str(e.args[0]))
     print("\n".join(lines))
+
+
+@app.command()
+def segments(
+    run: str = typer.Argument(..., help="Run id (under --runs-dir) or run directory of an spo_chain run."),
+    iteration: Optional[int] = typer.Option(None, "--iteration", "-k", help="Iteration to show; default the last one."),
+    n: int = typer.Option(5, "--n", min=1, help="Responses to draw (several segments, correct and wrong mixed)."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Only this prompt id's responses."),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
+    text: bool = typer.Option(True, "--text/--no-text", help="Show the response with segments and cutpoints."),
+) -> None:
+    """Draw SPO-chain segments: boundaries (‖), cutpoints (⟦ ⟧), values V and segment advantages A."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    from storage.layout import RunLayout
+    from tasks.segment_view import pick, read_segment_views, segment_lines
+
+    root = _run_dir(run, runs_dir)
+    done = sorted(int(p.parent.name) for p in (root / "iterations").glob("*/segment_advantages.parquet"))
+    if not done:
+        _fail(f"{root.name}: no iteration has SPO-chain segments (segments + segment_advantages); not an "
+              "spo_chain run, or its first iteration has not finished")
+    k = done[-1] if iteration is None else iteration
+    if k not in done:
+        _fail(f"{root.name}: iteration {k} has no SPO-chain segments; iterations with segments: {done}")
+    views = read_segment_views(RunLayout(runs_dir=str(root.parent), run_id=root.name), k)
+    if prompt is not None:
+        views = [v for v in views if v["prompt_id"] == prompt]
+        if not views:
+            _fail(f"{root.name}: no response to prompt {prompt!r} in iteration {k}")
+    console = Console(highlight=False)
+    console.print(f"{root.name}, iteration {k}: {len(views)} responses; ‖ separates segments, ⟦ ⟧ marks cutpoints",
+                  markup=False)
+    marks = {"cut": lambda t: f"[bold reverse]⟦{escape(t)}⟧[/]", "plain": escape, "sep": "[dim] ‖ [/]"}
+    for v in views if prompt is not None else pick(views, n):
+        lines = segment_lines(v, _decoder(root) if text else None, **marks)
+        console.print()
+        for i, line in enumerate(lines):
+            console.print(line, markup=text and i == len(lines) - 1, soft_wrap=True)
 
 
 @app.command()

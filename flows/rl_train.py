@@ -45,14 +45,17 @@ from tasks.prepare import prepare_dataset, warm_start
 from tasks.reference import reference_logprobs
 from tasks.replay import replay_buffer
 from tasks.rollout import generate_rollouts
+from tasks.segment_view import read_segment_views, segments_markdown
 from tasks.spo_values import spo_values
+from tasks.tokens import load_tokenizer
 from tasks.train import train_policy
 from tasks.tree_rollouts import tree_rollouts
 from tasks.tree_view import read_tree, tree_markdown
 
 # Metrics shown in the per-iteration table artifact and the terminal summary.
 TABLE_METRICS = ("reward_mean", "accuracy", "frac_zero_std_groups", "frac_truncated", "adv_std", "clipfrac",
-                 "approx_kl", "kl_ref", "entropy", "logprob_gap_mean", "segments_per_response", "mc_generated_tokens",
+                 "approx_kl", "kl_ref", "entropy", "logprob_gap_mean", "segments_per_response", "cutpoints_per_response",
+                 "mc_generated_tokens", "mc_tokens_per_trained_token",
                  "generated_tokens_per_sample",
                  "nodes_per_tree", "kept_edges", "edges_trained", "buffer_size",
                  "generation_seconds", "mc_seconds", "weight_load_seconds", "train_seconds")
@@ -65,7 +68,7 @@ COMPUTE_METRICS = {"warm_start": "sft_seconds", "generate_rollouts": "generation
                    "train_policy": "train_seconds", "evaluate": "eval_generation_seconds"}
 
 
-TREE_VIEW_QUESTIONS = 2  # questions per iteration drawn in the SPO-tree markdown artifact
+VIEW_ITEMS = 2  # questions (SPO-tree) or responses (SPO-chain) per iteration drawn in a markdown artifact
 
 
 def artifact_key(*parts: str) -> str:
@@ -163,11 +166,10 @@ def _train(cfg: Config, layout: RunLayout) -> dict:
             executed_before = sum(executed.values())
             if cfg.advantage.estimator in TREE_ESTIMATORS:
                 outs, buffer = tree_iteration(stage, policy, start, data.train, buffer, it)
-                create_markdown_artifact(
-                    tree_markdown(read_tree(outs[0].artifact.path, outs[1].artifact.path), it, TREE_VIEW_QUESTIONS),
-                    key=f"{key}-trees", description=f"SPO-tree values and advantages, iteration {it}")
             else:
                 outs = rollout_iteration(cfg, stage, policy, start, data.train, it)
+            if sum(executed.values()) > executed_before:  # a cached iteration would only repeat its view
+                publish_views(cfg, layout, outs, it, key)
             trained = outs[-1]
             policy = trained.artifact
             metrics = {}
@@ -246,6 +248,25 @@ def tree_iteration(stage, policy: FileRef, start: FileRef, train: FileRef, buffe
     replay = stage("replay_buffer", replay_buffer, buffer, tree.artifact, adv.artifact, train, it)
     trained = stage("train_policy", train_policy, start, policy, replay.artifact, replay.artifact, None, it)
     return (tree, adv, replay, trained), replay.state
+
+
+def publish_views(cfg: Config, layout: RunLayout, outs: tuple, it: int, key: str) -> None:
+    """Markdown artifacts of an iteration, decoded with the new checkpoint's tokenizer: SPO-tree's trees for
+    a few questions, SPO-chain's segments for a few responses."""
+    if cfg.advantage.estimator not in TREE_ESTIMATORS + SEGMENT_ESTIMATORS:
+        return
+    tok = load_tokenizer(outs[-1].artifact.path)
+
+    def decode(ids: list[int]) -> str:
+        return tok.decode(ids, skip_special_tokens=True)
+
+    if cfg.advantage.estimator in TREE_ESTIMATORS:
+        rows = read_tree(outs[0].artifact.path, outs[1].artifact.path)
+        create_markdown_artifact(tree_markdown(rows, it, VIEW_ITEMS, decode), key=f"{key}-trees",
+                                 description=f"SPO-tree values and advantages, iteration {it}")
+    else:
+        create_markdown_artifact(segments_markdown(read_segment_views(layout, it), it, VIEW_ITEMS, decode),
+                                 key=f"{key}-segments", description=f"SPO-chain segments and advantages, iteration {it}")
 
 
 def health_settings(cfg: Config) -> Settings:

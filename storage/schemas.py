@@ -103,6 +103,7 @@ SEGMENTS = pa.schema(
         ("start_token", pa.int32()),
         ("end_token", pa.int32()),
         ("num_cutpoints", pa.int32()),
+        ("cutpoints", pa.list_(pa.int32())),  # their response-token indices (segflow segments highlights them)
         ("v_start", pa.float64()),  # V(prefix before the segment): group mean, MC mean, or NaN
         ("n_start", pa.int32()),  # samples behind v_start
         ("v_end", pa.float64()),  # V(prefix after it): MC mean, or the response's own reward for the last one
@@ -112,7 +113,7 @@ SEGMENTS = pa.schema(
 
 # One row per segment: its advantage (compute_advantages, storage/sql/adv_spo_chain.sql).
 SEGMENT_ADVANTAGES = pa.schema(
-    [f for f in SEGMENTS if f.name not in ("n_start", "n_end")] + [pa.field("advantage", pa.float64())]
+    [f for f in SEGMENTS if f.name not in ("n_start", "n_end", "cutpoints")] + [pa.field("advantage", pa.float64())]
 )
 
 # One row per Monte Carlo continuation of a deduplicated boundary prefix (SPO-chain values).

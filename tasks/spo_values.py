@@ -129,18 +129,25 @@ def spo_values(cfg: Config, layout: RunLayout, policy: FileRef, rollouts: FileRe
             v1, n1 = value(r_i, p, comp, seg.end_position, own)
             rows.append({"run_id": layout.run_id, "iteration": iteration, "prompt_id": p, "sample_index": s,
                          "segment_index": seg.index, "start_token": seg.start, "end_token": seg.end,
-                         "num_cutpoints": seg.num_cutpoints, "v_start": v0, "n_start": n0, "v_end": v1, "n_end": n1})
+                         "num_cutpoints": seg.num_cutpoints, "cutpoints": list(seg.cutpoints), "v_start": v0, "n_start": n0, "v_end": v1, "n_end": n1})
     write_parquet(mc_rows, MC_ROLLOUTS, layout.mc_rollouts(iteration))
     ref = write_parquet(rows, SEGMENTS, layout.segments(iteration))
     n_tokens = sum(len(c) for c in comps)
     mc_tokens = sum(len(o.token_ids) for _, _, o in flat)
     prefixes_total = sum(1 for ss in segs for seg in ss if seg.start_position >= 0) + sum(mc_prompt)
+    n_cut = sum(seg.num_cutpoints for ss in segs for seg in ss)
     metrics = write_metrics(layout.metrics(iteration, "spo"), layout.run_id, iteration, "spo", {
         "spo_prob_seconds": prob_seconds, "mc_seconds": mc_seconds, "mc_prefixes": float(prefixes_total),
-        "mc_prefixes_unique": float(len(keys)), "mc_generated_tokens": float(mc_tokens),
-        "mc_tokens_per_second": mc_tokens / max(mc_seconds, 1e-9),
+        "mc_prefixes_unique": float(len(keys)), "mc_rollouts": float(len(flat)),
+        # Share of boundary prefixes whose Monte Carlo samples a shared prefix already paid for.
+        "mc_dedup_savings": 1.0 - len(keys) / prefixes_total if prefixes_total else 0.0,
+        "mc_generated_tokens": float(mc_tokens), "mc_tokens_per_second": mc_tokens / max(mc_seconds, 1e-9),
         "segments_per_response": len(rows) / max(1, len(comps)),
-        "frac_tokens_cutpoint": sum(seg.num_cutpoints for ss in segs for seg in ss) / max(1, n_tokens),
+        "cutpoints_per_response": n_cut / max(1, len(comps)),
+        # Monte Carlo cost per token that trains: the probability mask keeps tokens with p < train.prob_mask_rho.
+        "mc_tokens_per_trained_token": mc_tokens / max(1, n_tokens if cfg.train.prob_mask_rho is None else
+                                                       sum(x < cfg.train.prob_mask_rho for pr in probs for x in pr)),
+        "frac_tokens_cutpoint": n_cut / max(1, n_tokens),
         **{f"mc_{k}": v for k, v in timings.items()},
     })
     return StageOutput(artifact=ref, metrics=metrics)

@@ -184,6 +184,35 @@ def test_spo_chain_flow_end_to_end(prefect_harness, live_engine, tmp_path):
     assert rows[0][0] > 0
     _, rows = query(runs, "select min(value) from metrics where name = 'mc_generated_tokens'")
     assert rows[0][0] > 0
+    # Each segment lists its cutpoints; with interval 1 every segment after the first starts at one.
+    _, rows = query(runs, "select segment_index, start_token, end_token, num_cutpoints, cutpoints from segments")
+    assert all(len(c) == k and all(a <= i < b for i in c) for _, a, b, k, c in rows)
+    assert all(c and c[0] == a for j, a, _, _, c in rows if j > 0)
+    _, rows = query(runs, "select iteration, max(value) filter (name = 'mc_rollouts'), "
+                          "max(value) filter (name = 'mc_dedup_savings'), "
+                          "max(value) filter (name = 'mc_prefixes_unique') / max(value) filter (name = 'mc_prefixes'), "
+                          "max(value) filter (name = 'mc_tokens_per_trained_token'), "
+                          "(select count(*) from mc_rollouts m where m.iteration = x.iteration) "
+                          "from metrics x where iteration > 0 group by 1 order by 1")
+    assert [r[0] for r in rows] == [1, 2]
+    for _, mc, saved, unique_share, per_trained, recorded in rows:
+        assert mc == recorded and saved == pytest.approx(1 - unique_share) and per_trained > 0
+
+    # The segments view: a markdown artifact per iteration, and `segflow segments` in the terminal.
+    from prefect.client.orchestration import get_client
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    from flows.rl_train import artifact_key
+
+    with get_client(sync_client=True) as client:
+        key = artifact_key("rl-train", summary["run_id"]) + "-segments"
+        views = [a for a in client.read_artifacts() if a.key == key]
+    assert len(views) == 2 and all("⟦" in a.data and "A trained" in a.data for a in views)
+    res = CliRunner().invoke(app, ["segments", summary["run_id"], "--runs-dir", str(runs), "--n", "3"])
+    assert res.exit_code == 0, res.output
+    assert f"{summary['run_id']}, iteration 2:" in res.output and res.output.count("segment") >= 3
+    assert "⟦" in res.output and "V start -> end" in res.output
 
 
 def test_spo_tree_flow_end_to_end_and_replay_buffer_resume(prefect_harness, live_engine, tmp_path):

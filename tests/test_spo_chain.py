@@ -50,6 +50,7 @@ def test_reference_trajectory_shape():
     assert _spans(probs) == [(0, 3, 0), (3, 21, 5), (21, 30, 2)]
     # every segment after the first starts with a low-probability token
     assert all(probs[s] < 0.9 for s, _, _ in _spans(probs)[1:])
+    assert [s.cutpoints for s in segments(probs, 0.9, 5)] == [(), (3, 7, 8, 12, 20), (21, 25)]
     assert segments([], 0.9, 5) == []
     with pytest.raises(ValueError, match="spo.interval=0"):
         boundaries(probs, 0.9, 0)
@@ -83,7 +84,7 @@ def _segment_rows(rng, n_resp=6):
             values.setdefault(s.end_position, float(rng.choice([0.0, 0.25, 0.5, 1.0, np.nan])))
             rows.append({"run_id": "r", "iteration": 1, "prompt_id": f"p{r // 2}", "sample_index": r % 2,
                          "segment_index": s.index, "start_token": s.start, "end_token": s.end,
-                         "num_cutpoints": s.num_cutpoints, "v_start": values[s.start_position], "n_start": 4,
+                         "num_cutpoints": s.num_cutpoints, "cutpoints": list(s.cutpoints), "v_start": values[s.start_position], "n_start": 4,
                          "v_end": values[s.end_position], "n_end": 4})
     return rows
 

@@ -37,6 +37,7 @@ class Segment:
     start_position: int  # value position before the segment: start - 1
     end_position: int  # value position after the segment: end - 1
     num_cutpoints: int
+    cutpoints: tuple[int, ...] = ()  # response-token indices of the segment's cutpoints, ascending
 
 
 def segments(probs: Sequence[float], rho: float, interval: int) -> list[Segment]:
@@ -48,8 +49,8 @@ def segments(probs: Sequence[float], rho: float, interval: int) -> list[Segment]
     positions = sorted({-1, *boundaries(probs, rho, interval), n - 1})
     out = []
     for j, (a, b) in enumerate(zip(positions, positions[1:])):
-        count = sum(1 for i in low if a < i <= b)
-        out.append(Segment(j, a + 1, b + 1, a, b, count))
+        cut = tuple(i for i in low if a < i <= b)
+        out.append(Segment(j, a + 1, b + 1, a, b, len(cut), cut))
     return out
 
 
