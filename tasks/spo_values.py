@@ -129,7 +129,8 @@ def spo_values(cfg: Config, layout: RunLayout, policy: FileRef, rollouts: FileRe
             v1, n1 = value(r_i, p, comp, seg.end_position, own)
             rows.append({"run_id": layout.run_id, "iteration": iteration, "prompt_id": p, "sample_index": s,
                          "segment_index": seg.index, "start_token": seg.start, "end_token": seg.end,
-                         "num_cutpoints": seg.num_cutpoints, "cutpoints": list(seg.cutpoints), "v_start": v0, "n_start": n0, "v_end": v1, "n_end": n1})
+                         "num_cutpoints": seg.num_cutpoints, "cutpoints": list(seg.cutpoints),
+                         "v_start": v0, "n_start": n0, "v_end": v1, "n_end": n1})
     write_parquet(mc_rows, MC_ROLLOUTS, layout.mc_rollouts(iteration))
     ref = write_parquet(rows, SEGMENTS, layout.segments(iteration))
     n_tokens = sum(len(c) for c in comps)
