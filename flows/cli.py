@@ -325,8 +325,9 @@ def segments(
     console.print(f"{root.name}, iteration {k}: {len(views)} responses; ‖ separates segments, ⟦ ⟧ marks cutpoints",
                   markup=False)
     marks = {"cut": lambda t: f"[bold reverse]⟦{escape(t)}⟧[/]", "plain": escape, "sep": "[dim] ‖ [/]"}
+    decode = _decoder(root) if text else None
     for v in views if prompt is not None else pick(views, n):
-        lines = segment_lines(v, _decoder(root) if text else None, **marks)
+        lines = segment_lines(v, decode, **marks)
         console.print()
         for i, line in enumerate(lines):
             console.print(line, markup=text and i == len(lines) - 1, soft_wrap=True)
