@@ -1,10 +1,9 @@
 """Write one benchmark's section into BENCHMARKS.md (between its markers), keeping the others."""
 from __future__ import annotations
 
-import statistics
-
 import platform
 import re
+import statistics
 import sys
 from datetime import datetime, timezone
 from pathlib import Path

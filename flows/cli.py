@@ -248,6 +248,11 @@ def _run_dir(run: str, runs_dir: Path) -> Path:
     _fail(f"no run {run!r}: neither {run} nor {runs_dir / run} holds a config.yaml")
 
 
+def _iterations_with(root: Path, name: str) -> list[int]:
+    """Iterations of run directory `root` that hold the artifact file `name`, ascending."""
+    return sorted(int(p.parent.name) for p in (root / "iterations").glob(f"*/{name}"))
+
+
 def _decoder(root: Path):
     """Token ids -> text with the run's tokenizer (any local checkpoint holds it); None when there is none."""
     dirs = sorted((root / "checkpoints").glob("*")) + [root / "models" / "warm_start"]
@@ -276,7 +281,7 @@ def tree(
     layout = RunLayout(runs_dir=str(root.parent), run_id=root.name)
     nodes, adv = layout.tree_nodes(iteration), layout.tree_advantages(iteration)
     if not nodes.exists() or not adv.exists():
-        done = sorted(int(p.parent.name) for p in (root / "iterations").glob("*/tree_advantages.parquet"))
+        done = _iterations_with(root, "tree_advantages.parquet")
         _fail(f"{root.name}: iteration {iteration} has no SPO-tree (tree_nodes + tree_advantages); "
               f"iterations with trees: {done or 'none (not an spo_tree run?)'}")
     rows = read_tree(nodes, adv)
@@ -309,7 +314,7 @@ def segments(
     from tasks.segment_view import pick, read_segment_views, segment_lines
 
     root = _run_dir(run, runs_dir)
-    done = sorted(int(p.parent.name) for p in (root / "iterations").glob("*/segment_advantages.parquet"))
+    done = _iterations_with(root, "segment_advantages.parquet")
     if not done:
         _fail(f"{root.name}: no iteration has SPO-chain segments (segments + segment_advantages); not an "
               "spo_chain run, or its first iteration has not finished")

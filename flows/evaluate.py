@@ -39,6 +39,9 @@ from tasks.models import resolve_model_dir
 DATASET_PRESETS = {"arith": "default", "gsm8k": "gsm8k_qwen05b", "math500": "math500_r1distill"}
 
 
+EXECUTION_FIELDS = ("shards", "ray_address")  # EvalSpec fields left out of the eval id
+
+
 class EvalSpec(BaseModel):
     """What `segflow eval` evaluates. Hashes to the eval id."""
 
@@ -61,9 +64,6 @@ class EvalSpec(BaseModel):
     def eval_id(self) -> str:
         what = self.model_dump_json(exclude=set(EXECUTION_FIELDS))
         return "eval-" + hashlib.sha256(what.encode()).hexdigest()[:10]
-
-
-EXECUTION_FIELDS = ("shards", "ray_address")
 
 
 def dataset_section(name: str, spec: EvalSpec) -> DataSection:

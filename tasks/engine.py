@@ -236,6 +236,11 @@ def continue_prefixes(engine, prefixes: Sequence[Sequence[int]], n: int, *, seed
     return [outs[i * n : (i + 1) * n] for i in range(len(prefixes))]
 
 
+def engine_count(engine) -> int:
+    """Engines behind `engine`: its Ray actors when sharded (rollout.shards), else 1."""
+    return len(getattr(engine, "actors", [engine]))
+
+
 def current_engine():
     return _ENGINE
 

@@ -21,7 +21,7 @@ from storage.schemas import EVAL_SAMPLES
 from tasks.algos.eval_summary import summarize
 from tasks.common import STAGE, StageOutput
 from tasks.datasets import load_records
-from tasks.engine import get_engine
+from tasks.engine import engine_count, get_engine
 from tasks.evaluate import sample_and_grade
 from tasks.graders import scheme_of
 from tasks.models import dtype_name
@@ -58,7 +58,7 @@ def eval_checkpoint(layout: EvalLayout, checkpoint: FileRef, label: str, dataset
     ref = write_parquet(rows, EVAL_SAMPLES, cell / "samples.parquet")
     metrics = {**summarize(rows, *prices), "prompts_skipped_too_long": float(skipped),
                "generation_seconds": seconds, "generated_tokens": float(sum(a["num_tokens"] for a in rows)),
-               "engines": float(len(getattr(engine, "actors", [engine]))),  # `segflow eval --shards`
+               "engines": float(engine_count(engine)),  # `segflow eval --shards`
                **{k: float(v) for k, v in timings.items()}}
     atomic_write_text(cell / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True))
     return StageOutput(artifact=ref, metrics=FileRef.of(cell / "metrics.json"))

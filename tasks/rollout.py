@@ -13,7 +13,7 @@ from storage.parquet import read_parquet, write_parquet
 from storage.schemas import PROMPTS, ROLLOUTS
 from tasks.algos.seeding import derive_seed, iteration_prompts
 from tasks.common import STAGE, StageOutput
-from tasks.engine import LOGPROBS_MODE, Request, get_engine
+from tasks.engine import LOGPROBS_MODE, Request, engine_count, get_engine
 from tasks.models import engine_dtype
 
 
@@ -46,7 +46,7 @@ def generate_rollouts(cfg: Config, layout: RunLayout, policy: FileRef, policy_ve
     n_tok = sum(len(o.token_ids) for o in outs)
     metrics = write_metrics(layout.metrics(iteration, "rollout"), layout.run_id, iteration, "rollout", {
         **timings,
-        "rollout_engines": len(getattr(engine, "actors", [engine])),  # rollout.shards that produced this file
+        "rollout_engines": engine_count(engine),  # rollout.shards that produced this file
         "generation_seconds": gen_seconds,
         "generated_tokens": n_tok,
         "tokens_per_second": n_tok / max(gen_seconds, 1e-9),

@@ -22,6 +22,7 @@ from storage.layout import RunLayout
 from storage.parquet import read_parquet
 from storage.schemas import GRADES, ROLLOUTS, SEGMENT_ADVANTAGES
 from tasks.algos.spo_chain import segment_advantages
+from tasks.tree_view import fmt_value
 
 
 def read_segment_views(layout: RunLayout, iteration: int) -> list[dict]:
@@ -78,12 +79,6 @@ def pick(views: list[dict], n: int) -> list[dict]:
     return chosen
 
 
-def _num(x: float | None, signed: bool = False) -> str:
-    if x is None or x != x:  # None or NaN: a value the run did not estimate
-        return "n/a"
-    return f"{x:+.2f}" if signed else f"{x:.2f}"
-
-
 def highlighted(view: dict, decode: Callable[[list[int]], str], cut: Callable[[str], str] = lambda t: f"⟦{t}⟧",
                 sep: str = " ‖ ", plain: Callable[[str], str] = lambda t: t) -> str:
     """The response's text, segment by segment (joined by `sep`), cutpoint tokens wrapped by `cut` and the
@@ -107,13 +102,13 @@ def highlighted(view: dict, decode: Callable[[list[int]], str], cut: Callable[[s
 def segment_lines(view: dict, decode: Callable[[list[int]], str] | None = None, **marks) -> list[str]:
     """Header, a row per segment, and (with `decode`) the highlighted text; `marks` go to `highlighted`."""
     segs = view["segments"]
-    lines = [f"{view['prompt_id']} #{view['sample_index']}  reward {_num(view['score'])} ({view['status']}), "
+    lines = [f"{view['prompt_id']} #{view['sample_index']}  reward {fmt_value(view['score'])} ({view['status']}), "
              f"{len(view['token_ids'])} tokens, {len(segs)} segment{'s' * (len(segs) != 1)}",
              "  seg  tokens   cut  V start -> end   A raw   A trained"]
     for s in segs:
         span = f"{s['start']}-{s['end'] - 1}" if s["end"] > s["start"] else "-"
-        lines.append(f"  {s['index']:<4} {span:<8} {s['num_cutpoints']:<4} {_num(s['v_start']):>7} -> "
-                     f"{_num(s['v_end']):<7} {_num(s['raw'], True):>6}  {_num(s['advantage'], True):>8}")
+        lines.append(f"  {s['index']:<4} {span:<8} {s['num_cutpoints']:<4} {fmt_value(s['v_start']):>7} -> "
+                     f"{fmt_value(s['v_end']):<7} {fmt_value(s['raw'], True):>6}  {fmt_value(s['advantage'], True):>8}")
     if decode is not None and segs:
         lines.append("  " + highlighted(view, lambda ids: decode(ids).replace("\n", "\\n"), **marks))
     return lines

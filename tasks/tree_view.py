@@ -20,7 +20,8 @@ def read_tree(nodes: FileRef | str, advantages: FileRef | str) -> list[dict]:
     return [{**r, **{k: a[r["node_id"]][k] for k in ("value", "advantage", "kept", "n_leaves")}} for r in n]
 
 
-def _fmt(x: float | None, signed: bool = False) -> str:
+def fmt_value(x: float | None, signed: bool = False) -> str:
+    """Two decimals (signed for advantages); "n/a" for a value the run did not estimate."""
     if x is None or x != x:  # None or NaN
         return "n/a"
     return f"{x:+.2f}" if signed else f"{x:.2f}"
@@ -39,16 +40,16 @@ def tree_lines(rows: list[dict], question: str, decode: Callable[[list[int]], st
     for v in kids.values():
         v.sort(key=lambda r: r["child_index"])
     root = kids[None][0]
-    lines = [f"{question}  V={_fmt(root['value'])} ({root['n_leaves']} leaves)"]
+    lines = [f"{question}  V={fmt_value(root['value'])} ({root['n_leaves']} leaves)"]
 
     def label(r: dict) -> str:
         text = ""
         if decode is not None:
             t = decode(r["token_ids"]).replace("\n", "\\n")
             text = f'  "{t[:max_chars]}{"..." if len(t) > max_chars else ""}"'
-        leaf = f"  leaf {_fmt(r['score'])} {r['status']}" if r["is_leaf"] else f"  ({r['n_leaves']} leaves)"
+        leaf = f"  leaf {fmt_value(r['score'])} {r['status']}" if r["is_leaf"] else f"  ({r['n_leaves']} leaves)"
         mark = "*" if r["kept"] else " "
-        return (f"{r['node_id'][len(question):]}  {mark}A={_fmt(r['advantage'], True)}  V={_fmt(r['value'])}  "
+        return (f"{r['node_id'][len(question):]}  {mark}A={fmt_value(r['advantage'], True)}  V={fmt_value(r['value'])}  "
                 f"{len(r['token_ids'])} tok{text}{leaf}")
 
     def walk(node_id: str, indent: str) -> None:
