@@ -181,6 +181,11 @@ class SPOSection(Section):
         "token is a cutpoint, else the first segment gets 0).",
     )
     whiten_eps: float = Field(1e-8, gt=0)
+    mc_train: bool = Field(
+        False, description="Also train on the Monte Carlo continuations: each is a sample (prefix = the boundary "
+        "prefix) with A = its reward - V(prefix); those with A = 0 are skipped. They join the iteration's optimiser "
+        "steps (mini-batches grow, the number of steps does not) and its advantage whitening.",
+    )
 
 
 class TreeSection(Section):
@@ -340,6 +345,9 @@ class Config(Section):
                 self.train.kl_placement == "reward":
             raise ValueError(f"advantage.estimator={self.advantage.estimator!r} takes its values from Monte Carlo "
                              "rollouts: train.kl_placement='reward' is not supported, use 'loss'")
+        if self.spo.mc_train and self.advantage.estimator not in SEGMENT_ESTIMATORS:
+            raise ValueError(f"spo.mc_train=true trains SPO-chain's Monte Carlo continuations, but "
+                             f"advantage.estimator={self.advantage.estimator!r} makes none: use 'spo_chain'")
         if self.data.max_prompt_tokens >= self.rollout.max_model_len:
             raise ValueError(f"data.max_prompt_tokens={self.data.max_prompt_tokens} leaves no room for a response "
                              f"under rollout.max_model_len={self.rollout.max_model_len}: lower the first or raise the second")

@@ -178,8 +178,9 @@ def _train(cfg: Config, layout: RunLayout) -> dict:
                     metrics.update(read_metrics(out.metrics))
             new_tokens = metrics.get("generated_tokens", 0.0) + metrics.get("mc_generated_tokens", 0.0)
             generated += new_tokens
-            # Training samples this iteration's generation produced: kept tree edges, or responses.
-            made = metrics.get("kept_edges", metrics.get("samples", 0.0))
+            # Training samples this iteration's generation produced: kept tree edges, or responses (and the
+            # Monte Carlo continuations that train, with spo.mc_train).
+            made = metrics.get("kept_edges", metrics.get("samples", 0.0) + metrics.get("mc_trained_samples", 0.0))
             if made:
                 metrics["generated_tokens_per_sample"] = new_tokens / made
             first_metrics = first_metrics or metrics  # the baseline of trend checks (entropy)
@@ -237,7 +238,8 @@ def rollout_iteration(cfg: Config, stage, policy: FileRef, start: FileRef, train
     adv = stage("compute_advantages", compute_advantages, roll.artifact, grades.artifact,
                 ref.artifact if in_reward else None, spo.artifact if spo else None, it)
     trained = stage("train_policy", train_policy, start, policy, roll.artifact, adv.artifact,
-                    ref.artifact if ref is not None and not in_reward else None, it)
+                    ref.artifact if ref is not None and not in_reward else None,
+                    spo.side if spo is not None and cfg.spo.mc_train else None, it)
     return (roll, grades, ref, spo, adv, trained)
 
 
@@ -246,7 +248,7 @@ def tree_iteration(stage, policy: FileRef, start: FileRef, train: FileRef, buffe
     tree = stage("tree_rollouts", tree_rollouts, policy, it - 1, train, it)
     adv = stage("compute_advantages", compute_advantages, tree.artifact, None, None, None, it)
     replay = stage("replay_buffer", replay_buffer, buffer, tree.artifact, adv.artifact, train, it)
-    trained = stage("train_policy", train_policy, start, policy, replay.artifact, replay.artifact, None, it)
+    trained = stage("train_policy", train_policy, start, policy, replay.artifact, replay.artifact, None, None, it)
     return (tree, adv, replay, trained), replay.state
 
 

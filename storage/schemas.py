@@ -98,7 +98,10 @@ SEGMENTS = pa.schema(
         ("run_id", pa.string()),
         ("iteration", pa.int32()),
         ("prompt_id", pa.string()),
-        ("sample_index", pa.int32()),
+        ("sample_index", pa.int32()),  # a response's, or a Monte Carlo continuation's (with prefix_id)
+        # null for a response's segment; a trained Monte Carlo continuation's prefix (spo.mc_train), whose one
+        # segment spans the continuation's tokens with V(prefix) -> its reward
+        ("prefix_id", pa.string()),
         ("segment_index", pa.int32()),
         ("start_token", pa.int32()),
         ("end_token", pa.int32()),
@@ -124,9 +127,11 @@ MC_ROLLOUTS = pa.schema(
         ("prefix_id", pa.string()),  # hash of (prompt token ids, response prefix token ids)
         ("prompt_id", pa.string()),
         ("prefix_tokens", pa.int32()),  # response tokens in the prefix (position + 1)
+        ("prefix_token_ids", _ids),  # prompt + response prefix: what the continuation was sampled from
         ("sample_index", pa.int32()),
         ("seed", pa.int64()),
         ("completion_token_ids", _ids),
+        ("sampling_logprobs", pa.list_(pa.float32())),
         ("finish_reason", pa.string()),
         ("score", pa.float64()),
         ("status", pa.string()),

@@ -52,12 +52,14 @@ STAGE = dict(cache_policy=StageInputs() + TASK_SOURCE, persist_result=True, cach
 
 
 class StageOutput(BaseModel):
-    """What a stage returns: its main artifact, its metrics file, and state carried to the next iteration
-    (the SPO-tree replay buffer)."""
+    """What a stage returns: its main artifact, its metrics file, state carried to the next iteration
+    (the SPO-tree replay buffer), and a side file a later stage of the iteration reads (SPO-chain's Monte
+    Carlo rollouts, trained with spo.mc_train)."""
 
     artifact: FileRef
     metrics: FileRef | None = None
     state: FileRef | None = None
+    side: FileRef | None = None
 
 
 def file_refs(obj: Any) -> Iterator[FileRef]:

@@ -20,7 +20,7 @@ import numpy as np
 
 from storage.layout import RunLayout
 from storage.parquet import read_parquet
-from storage.schemas import GRADES, ROLLOUTS, SEGMENT_ADVANTAGES
+from storage.schemas import GRADES, ROLLOUTS
 from tasks.algos.spo_chain import segment_advantages
 from tasks.tree_view import fmt_value
 
@@ -36,9 +36,11 @@ def read_segment_views(layout: RunLayout, iteration: int) -> list[dict]:
         raise FileNotFoundError(f"iteration {iteration} of {layout.run_id} has no {', '.join(missing)}")
     rollouts = read_parquet(paths[0], ROLLOUTS).to_pylist()
     grades = {(g["prompt_id"], g["sample_index"]): g for g in read_parquet(paths[1], GRADES).to_pylist()}
-    segs = read_parquet(paths[2]).to_pylist()  # no schema check: files before the `cutpoints` column still draw
+    # No schema check: files from before the `cutpoints` and `prefix_id` columns still draw. Rows with a
+    # prefix_id are trained Monte Carlo continuations (spo.mc_train), not segments of a response.
+    segs = [s for s in read_parquet(paths[2]).to_pylist() if s.get("prefix_id") is None]
     adv = {(a["prompt_id"], a["sample_index"], a["segment_index"]): a["advantage"]
-           for a in read_parquet(paths[3], SEGMENT_ADVANTAGES).to_pylist()}
+           for a in read_parquet(paths[3]).to_pylist() if a.get("prefix_id") is None}
     raw = segment_advantages(np.array([s["v_start"] for s in segs], dtype=float),
                              np.array([s["v_end"] for s in segs], dtype=float))
     by_response: dict[tuple[str, int], list[dict]] = {}

@@ -6,6 +6,8 @@ For every response: per-token probabilities under the current policy at the samp
 across the batch) gets N continuations on the live engine; V(prefix) is their mean grade. The
 response's own reward closes its last segment and V(prompt) is its group's mean reward.
 Writes segments.parquet (one row per segment, values at both ends) and mc_rollouts.parquet.
+With spo.mc_train each continuation whose reward differs from V(prefix) also gets a segments row
+(prefix_id set, spo_chain.continuation_segment): train_policy trains it as a sample.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from storage.metrics import write_metrics
 from storage.parquet import read_parquet, write_parquet
 from storage.schemas import GRADES, MC_ROLLOUTS, PROMPTS, ROLLOUTS, SEGMENTS
 from tasks.algos.seeding import derive_seed
+from tasks.algos.spo_chain import continuation_segment
 from tasks.algos.spo_chain import segments as split_segments
 from tasks.common import STAGE, StageOutput
 from tasks.engine import continue_prefixes, get_engine
@@ -106,9 +109,10 @@ def spo_values(cfg: Config, layout: RunLayout, policy: FileRef, rollouts: FileRe
         if math.isfinite(gr.score):
             totals[k].append(gr.score)
     mc_rows = [{"run_id": layout.run_id, "iteration": iteration, "prefix_id": k, "prompt_id": wanted[k][0],
-                "prefix_tokens": wanted[k][2], "sample_index": j,
+                "prefix_tokens": wanted[k][2], "prefix_token_ids": wanted[k][1], "sample_index": j,
                 "seed": derive_seed(layout.run_id, iteration, "mc", k, j), "completion_token_ids": o.token_ids,
-                "finish_reason": o.finish_reason, "score": gr.score, "status": gr.status}
+                "sampling_logprobs": o.logprobs, "finish_reason": o.finish_reason, "score": gr.score,
+                "status": gr.status}
                for (k, j, o), gr in zip(flat, mc_grades)]
 
     def mean(vals: list[float] | None) -> tuple[float, int]:
@@ -128,10 +132,14 @@ def spo_values(cfg: Config, layout: RunLayout, policy: FileRef, rollouts: FileRe
             v0, n0 = value(r_i, p, comp, seg.start_position, own)
             v1, n1 = value(r_i, p, comp, seg.end_position, own)
             rows.append({"run_id": layout.run_id, "iteration": iteration, "prompt_id": p, "sample_index": s,
-                         "segment_index": seg.index, "start_token": seg.start, "end_token": seg.end,
+                         "prefix_id": None, "segment_index": seg.index, "start_token": seg.start, "end_token": seg.end,
                          "num_cutpoints": seg.num_cutpoints, "cutpoints": list(seg.cutpoints),
                          "v_start": v0, "n_start": n0, "v_end": v1, "n_end": n1})
-    write_parquet(mc_rows, MC_ROLLOUTS, layout.mc_rollouts(iteration))
+    response_segments = len(rows)
+    if sp.mc_train:
+        rows += continuation_rows(layout.run_id, iteration, sp.rho, flat, mc_grades,
+                                  {k: mean(totals.get(k)) for k in keys}, wanted)
+    mc_ref = write_parquet(mc_rows, MC_ROLLOUTS, layout.mc_rollouts(iteration))
     ref = write_parquet(rows, SEGMENTS, layout.segments(iteration))
     n_tokens = sum(len(c) for c in comps)
     mc_tokens = sum(len(o.token_ids) for _, _, o in flat)
@@ -143,7 +151,8 @@ def spo_values(cfg: Config, layout: RunLayout, policy: FileRef, rollouts: FileRe
         # Share of boundary prefixes whose Monte Carlo samples a shared prefix already paid for.
         "mc_dedup_savings": 1.0 - len(keys) / prefixes_total if prefixes_total else 0.0,
         "mc_generated_tokens": float(mc_tokens), "mc_tokens_per_second": mc_tokens / max(mc_seconds, 1e-9),
-        "segments_per_response": len(rows) / max(1, len(comps)),
+        "segments_per_response": response_segments / max(1, len(comps)),
+        "mc_trained_samples": float(len(rows) - response_segments),
         "cutpoints_per_response": n_cut / max(1, len(comps)),
         # Monte Carlo cost per token that trains: the probability mask keeps tokens with p < train.prob_mask_rho.
         "mc_tokens_per_trained_token": mc_tokens / max(1, n_tokens if cfg.train.prob_mask_rho is None else
@@ -151,5 +160,21 @@ def spo_values(cfg: Config, layout: RunLayout, policy: FileRef, rollouts: FileRe
         "frac_tokens_cutpoint": n_cut / max(1, n_tokens),
         **{f"mc_{k}": v for k, v in timings.items()},
     })
-    return StageOutput(artifact=ref, metrics=metrics)
+    return StageOutput(artifact=ref, metrics=metrics, side=mc_ref)
+
+
+def continuation_rows(run_id: str, iteration: int, rho: float, flat: list, grades: list, values: dict,
+                      wanted: dict) -> list[dict]:
+    """SEGMENTS rows of the Monte Carlo continuations that train (spo.mc_train): one segment each over its
+    own tokens, from V(prefix) (values[prefix id] = (mean, count)) to its reward."""
+    rows = []
+    for (k, j, o), gr in zip(flat, grades):
+        v, n = values[k]
+        seg = continuation_segment([math.exp(x) for x in o.logprobs], rho, gr.score, v)
+        if seg is not None:
+            rows.append({"run_id": run_id, "iteration": iteration, "prompt_id": wanted[k][0], "sample_index": j,
+                         "prefix_id": k, "segment_index": 0, "start_token": seg.start, "end_token": seg.end,
+                         "num_cutpoints": seg.num_cutpoints, "cutpoints": list(seg.cutpoints),
+                         "v_start": v, "n_start": n, "v_end": gr.score, "n_end": 1})
+    return rows
 

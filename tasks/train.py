@@ -20,6 +20,7 @@ from storage.metrics import write_metrics
 from storage.parquet import read_parquet
 from storage.schemas import (
     ADVANTAGES,
+    MC_ROLLOUTS,
     REF_LOGPROBS,
     ROLLOUTS,
     SEGMENT_ADVANTAGES,
@@ -38,9 +39,10 @@ def _segment_token_advantages(segment_advantages: FileRef, lengths: dict) -> dic
 
     t = read_parquet(segment_advantages, SEGMENT_ADVANTAGES)
     spans: dict = {}
-    for p, s, a, b, v in zip(t["prompt_id"].to_pylist(), t["sample_index"].to_pylist(), t["start_token"].to_pylist(),
-                             t["end_token"].to_pylist(), t["advantage"].to_pylist()):
-        spans.setdefault((p, s), []).append((a, b, v))
+    for p, s, pre, a, b, v in zip(t["prompt_id"].to_pylist(), t["sample_index"].to_pylist(), t["prefix_id"].to_pylist(),
+                                  t["start_token"].to_pylist(), t["end_token"].to_pylist(), t["advantage"].to_pylist()):
+        if pre is None:  # a response's segment (a trained Monte Carlo continuation's has its prefix id)
+            spans.setdefault((p, s), []).append((a, b, v))
     return {key: token_advantages(n, spans.get(key, [])) for key, n in lengths.items()}
 
 
@@ -73,6 +75,32 @@ def load_samples(rollouts: FileRef, advantages: FileRef, reference: FileRef | No
         if c:  # an empty completion carries no token to train
             a = adv[(p, s)]
             samples.append(Sample(pr, c, lp, 0.0 if per_token else a, ref.get((p, s)), a if per_token else None))
+    return samples
+
+
+def load_continuation_samples(mc_rollouts: FileRef, segment_advantages: FileRef):
+    """SPO-chain's trained Monte Carlo continuations (spo.mc_train): prefix = the boundary prefix,
+    response = the continuation, its one segment's advantage on every token. Continuations without a
+    segment (A = 0) are left out."""
+    from tasks.trainer import Sample
+
+    t = read_parquet(segment_advantages, SEGMENT_ADVANTAGES)
+    adv = {(pre, s): (a, b, v) for pre, s, a, b, v in zip(
+        t["prefix_id"].to_pylist(), t["sample_index"].to_pylist(), t["start_token"].to_pylist(),
+        t["end_token"].to_pylist(), t["advantage"].to_pylist()) if pre is not None}
+    m = read_parquet(mc_rollouts, MC_ROLLOUTS)
+    samples = []
+    for pre, s, prefix, c, lp in zip(m["prefix_id"].to_pylist(), m["sample_index"].to_pylist(),
+                                     m["prefix_token_ids"].to_pylist(), m["completion_token_ids"].to_pylist(),
+                                     m["sampling_logprobs"].to_pylist()):
+        if (pre, s) in adv:
+            a, b, v = adv.pop((pre, s))
+            if (a, b) != (0, len(c)):
+                raise ValueError(f"{segment_advantages.path}: continuation {pre} #{s} spans [{a}, {b}), "
+                                 f"its {len(c)} tokens are [0, {len(c)})")
+            samples.append(Sample(prefix, c, lp, 0.0, None, [v] * len(c)))
+    if adv:
+        raise KeyError(f"{mc_rollouts.path}: no continuation for {len(adv)} trained segments, e.g. {next(iter(adv))}")
     return samples
 
 
@@ -134,9 +162,11 @@ def add_lora(cfg: Config, model, adapter: Path | None):
 
 @task(name="train_policy", **STAGE)
 def train_policy(cfg: Config, layout: RunLayout, start: FileRef, policy: FileRef, rollouts: FileRef,
-                 advantages: FileRef, reference: FileRef | None, iteration: int, code_version: str) -> StageOutput:
+                 advantages: FileRef, reference: FileRef | None, continuations: FileRef | None, iteration: int,
+                 code_version: str) -> StageOutput:
     """`start` is the run's start policy (LoRA base), `policy` the latest checkpoint, `reference` the
-    reference log-probs file when the KL penalty is in the loss."""
+    reference log-probs file when the KL penalty is in the loss, `continuations` SPO-chain's Monte Carlo
+    rollouts when they train too (spo.mc_train), else None."""
     import torch
 
     from tasks.trainer import make_scheduler, rl_update
@@ -150,14 +180,25 @@ def train_policy(cfg: Config, layout: RunLayout, start: FileRef, policy: FileRef
     else:
         samples = load_samples(rollouts, advantages, reference, per_token=cfg.advantage.estimator in SEGMENT_ESTIMATORS)
         nominal = cfg.rollout.prompts_per_iteration * cfg.rollout.samples_per_prompt
+    train_cfg = cfg.train
+    if continuations is not None:
+        extra = load_continuation_samples(continuations, advantages)
+        if cfg.train.kl_coef > 0:  # the reference_logprobs stage covers the responses only
+            reference_for(cfg, start, extra)
+        # The continuations join the iteration's optimiser steps: mini-batches grow, their number does not,
+        # so the lr schedule and the number of updates per iteration stay those of the same run without them.
+        steps = math.ceil(nominal / cfg.train.mini_batch_size)
+        samples = samples + extra
+        train_cfg = cfg.train.model_copy(update={"mini_batch_size": max(
+            cfg.train.mini_batch_size, math.ceil(len(samples) / max(1, steps)))})
     # The schedule's length is nominal (a tree iteration's edge count varies); the bar counts real steps.
     steps_per_iter = cfg.train.epochs * math.ceil(nominal / cfg.train.mini_batch_size)
-    steps_now = cfg.train.epochs * math.ceil(len(samples) / cfg.train.mini_batch_size)
+    steps_now = train_cfg.epochs * math.ceil(len(samples) / train_cfg.mini_batch_size)
     whiten = cfg.advantage.estimator in SEGMENT_ESTIMATORS + TREE_ESTIMATORS and cfg.spo.normalize == "micro_batch"
     old_from_sampler = tree and cfg.tree.old_logprobs == "generation"
     if cfg.train.processes > 1:
-        return _train_distributed(cfg, layout, start, policy, samples, iteration, cfg.run.iterations * steps_per_iter,
-                                  whiten, old_from_sampler)
+        return _train_distributed(cfg, train_cfg, layout, start, policy, samples, iteration,
+                                  cfg.run.iterations * steps_per_iter, whiten, old_from_sampler)
     peft_model = None
     if cfg.train.lora_rank:
         adapter = Path(policy.path) / ADAPTER_DIR
@@ -179,7 +220,7 @@ def train_policy(cfg: Config, layout: RunLayout, start: FileRef, policy: FileRef
         skips = int(state.get("consecutive_skips", 0))
     t0 = time.perf_counter()
     with bar(f"train iteration {iteration}", steps_now) as advance:
-        stats = rl_update(model, opt, sched, samples, cfg.train, temperature=cfg.rollout.temperature,
+        stats = rl_update(model, opt, sched, samples, train_cfg, temperature=cfg.rollout.temperature,
                           pad_id=tok.pad_token_id, device=device, seed=iteration, norm_len=cfg.rollout.max_tokens,
                           whiten_micro_batch=whiten, old_from_sampler=old_from_sampler, consecutive_skips=skips,
                           on_step=lambda i, n: advance(1, ""))
@@ -199,8 +240,8 @@ def train_policy(cfg: Config, layout: RunLayout, start: FileRef, policy: FileRef
     return StageOutput(artifact=FileRef.of(layout.checkpoint(iteration)), metrics=metrics)
 
 
-def _train_distributed(cfg: Config, layout: RunLayout, start: FileRef, policy: FileRef, samples: list, iteration: int,
-                       total_steps: int, whiten: bool, old_from_sampler: bool) -> StageOutput:
+def _train_distributed(cfg: Config, train_cfg, layout: RunLayout, start: FileRef, policy: FileRef, samples: list,
+                       iteration: int, total_steps: int, whiten: bool, old_from_sampler: bool) -> StageOutput:
     """train_policy with cfg.train.processes > 1: the same update under torchrun in a subprocess
     (tasks/distributed.py), bounded by cfg.train.timeout_seconds. The job directory keeps its logs."""
     from tasks.distributed import launch, write_job
@@ -209,7 +250,7 @@ def _train_distributed(cfg: Config, layout: RunLayout, start: FileRef, policy: F
     base = start.path if cfg.train.lora_rank else policy.path
     t0 = time.perf_counter()
     with atomic_dir(layout.checkpoint(iteration)) as tmp:
-        job = write_job(layout.iteration_dir(iteration) / "train_job", samples, cfg.train, model_dir=base,
+        job = write_job(layout.iteration_dir(iteration) / "train_job", samples, train_cfg, model_dir=base,
                         output_dir=tmp, optimizer_state=Path(policy.path) / OPTIMIZER_FILE,
                         adapter_dir=Path(policy.path) / ADAPTER_DIR if cfg.train.lora_rank else None,
                         temperature=cfg.rollout.temperature, pad_id=load_tokenizer(base).pad_token_id, seed=iteration,

@@ -361,6 +361,7 @@ def rl_update(model, optimizer, scheduler, samples: Sequence[Sample], cfg: Train
         del out["kl_ref"]
     all_tokens = sum(len(o) for o in old)
     out.update(
+        train_samples=float(len(samples)),
         optimizer_steps=float(n_updates),
         trained_tokens=float(total_tokens),
         train_tokens_per_second=total_tokens / max(seconds, 1e-9),

@@ -72,7 +72,7 @@ def test_advantages_command_for_spo_chain_segments(tmp_path):
     from storage.parquet import write_parquet
     from storage.schemas import SEGMENT_ADVANTAGES, SEGMENTS
 
-    rows = [{"run_id": "r", "iteration": 1, "prompt_id": "p", "sample_index": 0, "segment_index": i,
+    rows = [{"run_id": "r", "iteration": 1, "prompt_id": "p", "sample_index": 0, "prefix_id": None, "segment_index": i,
              "start_token": 2 * i, "end_token": 2 * i + 2, "num_cutpoints": 1, "cutpoints": [2 * i], "v_start": a, "n_start": 4,
              "v_end": b, "n_end": 4} for i, (a, b) in enumerate([(0.5, 0.25), (0.25, 1.0)])]
     write_parquet(rows, SEGMENTS, tmp_path / "segments.parquet")

@@ -32,6 +32,10 @@ def test_bad_value_names_field_and_value():
 def test_cross_field_check():
     with pytest.raises(ConfigError, match="mini_batch_size=100 must be a multiple"):
         resolve("default", overrides=["train.mini_batch_size=100", "train.micro_batch_size=64"])
+    # Training Monte Carlo continuations needs an estimator that makes them.
+    with pytest.raises(ConfigError, match=r"spo\.mc_train=true .* advantage\.estimator='grpo'"):
+        resolve("grpo", overrides=["spo.mc_train=true"])
+    assert resolve("spo_chain", overrides=["spo.mc_train=true"]).spo.mc_train
 
 
 def test_unknown_preset_lists_available():

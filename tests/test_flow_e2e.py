@@ -215,6 +215,46 @@ def test_spo_chain_flow_end_to_end(prefect_harness, live_engine, tmp_path):
     assert "⟦" in res.output and "V start -> end" in res.output
 
 
+def test_spo_chain_trains_its_monte_carlo_continuations(prefect_harness, live_engine, tmp_path):
+    from configs.loader import resolve
+    from flows.rl_train import rl_train
+    from tests.conftest import SMALL
+
+    cfg = resolve("spo_chain", overrides=SMALL + ["run.iterations=1", "spo.mc_samples=4", "spo.interval=1",
+                                                  "spo.mc_train=true"])
+    runs = tmp_path / "runs"
+    summary = rl_train(cfg, str(runs))
+    # Each trained continuation is one segment over its own tokens, from V(prefix) = the mean grade of the
+    # prefix's 4 continuations to its own grade, and only where the two differ.
+    _, rows = query(runs, "with v as (select prefix_id, avg(score) as v from mc_rollouts group by 1) "
+                          "select s.start_token, s.end_token, len(m.completion_token_ids), len(m.sampling_logprobs), "
+                          "s.v_start, v.v, s.v_end, m.score, s.n_start, "
+                          "m.prefix_token_ids[len(m.prefix_token_ids) - m.prefix_tokens + 1:] "
+                          "from segments s join mc_rollouts m using (run_id, iteration, prefix_id, sample_index) "
+                          "join v using (prefix_id) where s.prefix_id is not null")
+    assert rows
+    for start, end, n, n_lp, v_start, v, v_end, score, n_start, response_prefix in rows:
+        assert (start, end) == (0, n) and n_lp == n and n_start == 4
+        assert v_start == pytest.approx(v) and v_end == score and v_end != v_start and len(response_prefix) >= 1
+    _, skipped = query(runs, "with v as (select prefix_id, avg(score) as v, count(*) as n from mc_rollouts group by 1) "
+                             "select count(*) from mc_rollouts m join v using (prefix_id) where m.score = v.v")
+    assert skipped[0][0] > 0  # prefixes whose continuations all agree carry no signal and do not train
+    # They train beside the responses, in as many optimiser steps as the responses alone would take.
+    _, metrics = query(runs, "select name, value from metrics where iteration = 1 and name in "
+                             "('mc_trained_samples', 'train_samples', 'optimizer_steps')")
+    m = dict(metrics)
+    _, responses = query(runs, "select count(*) from rollouts where len(completion_token_ids) > 0")
+    assert m["mc_trained_samples"] == len(rows) and m["train_samples"] == responses[0][0] + len(rows)
+    assert m["optimizer_steps"] == -(-cfg.rollout.prompts_per_iteration * cfg.rollout.samples_per_prompt
+                                     // cfg.train.mini_batch_size) * cfg.train.epochs
+    # `segflow segments` still draws the responses alone.
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    res = CliRunner().invoke(app, ["segments", summary["run_id"], "--runs-dir", str(runs), "--n", "2"])
+    assert res.exit_code == 0 and "iteration 1:" in res.output, res.output
+
+
 def test_spo_tree_flow_end_to_end_and_replay_buffer_resume(prefect_harness, live_engine, tmp_path):
     from configs.loader import resolve
     from flows.rl_train import rl_train

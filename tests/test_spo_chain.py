@@ -6,7 +6,15 @@ import torch
 from storage.advantages import compute_segment_advantages
 from storage.parquet import write_parquet
 from storage.schemas import SEGMENTS
-from tasks.algos.spo_chain import boundaries, cutpoints, segment_advantages, segments, token_advantages, whiten
+from tasks.algos.spo_chain import (
+    boundaries,
+    continuation_segment,
+    cutpoints,
+    segment_advantages,
+    segments,
+    token_advantages,
+    whiten,
+)
 from tasks.trainer import whiten_masked
 
 HI, LO = 0.95, 0.5
@@ -83,9 +91,16 @@ def _segment_rows(rng, n_resp=6):
         for s in segments(probs, 0.9, 2):
             values.setdefault(s.end_position, float(rng.choice([0.0, 0.25, 0.5, 1.0, np.nan])))
             rows.append({"run_id": "r", "iteration": 1, "prompt_id": f"p{r // 2}", "sample_index": r % 2,
-                         "segment_index": s.index, "start_token": s.start, "end_token": s.end,
+                         "prefix_id": None, "segment_index": s.index, "start_token": s.start, "end_token": s.end,
                          "num_cutpoints": s.num_cutpoints, "cutpoints": list(s.cutpoints), "v_start": values[s.start_position], "n_start": 4,
                          "v_end": values[s.end_position], "n_end": 4})
+        # Trained Monte Carlo continuations (spo.mc_train) share the table, keys and whitening.
+        for j in range(2):
+            n = int(rng.integers(1, 6))
+            rows.append({"run_id": "r", "iteration": 1, "prompt_id": f"p{r // 2}", "sample_index": j,
+                         "prefix_id": f"x{r}", "segment_index": 0, "start_token": 0, "end_token": n,
+                         "num_cutpoints": int(rng.integers(0, n + 1)), "cutpoints": [], "v_start": 0.5, "n_start": 2,
+                         "v_end": float(j), "n_end": 1})
     return rows
 
 
@@ -97,13 +112,34 @@ def test_segment_sql_matches_numpy(tmp_path, normalize, masked, seed):
     write_parquet(rows, SEGMENTS, tmp_path / "segments.parquet")
     table = compute_segment_advantages("spo_chain", tmp_path / "segments.parquet",
                                        {"normalize": normalize, "masked": masked, "whiten_eps": 1e-8})
-    key = lambda r: (r["prompt_id"], r["sample_index"], r["segment_index"])  # noqa: E731
+    key = lambda r: (r["prompt_id"], r["prefix_id"], r["sample_index"], r["segment_index"])  # noqa: E731
     got = {key(r): r["advantage"] for r in table.to_pylist()}
     raw = segment_advantages([r["v_start"] for r in rows], [r["v_end"] for r in rows])
     if normalize == "batch":
         w = [r["num_cutpoints"] if masked else r["end_token"] - r["start_token"] for r in rows]
         raw = whiten(raw, np.array(w, dtype=float))
     np.testing.assert_allclose([got[key(r)] for r in rows], raw, rtol=1e-9, atol=1e-9)
+    # Rows come out in a fixed order: a prompt's response segments, then its continuations.
+    order = [key(r) for r in table.to_pylist()]
+    assert order == sorted(order, key=lambda k: (k[0], k[1] is not None, k[1] or "", k[2], k[3]))
+
+
+def test_a_continuation_trains_as_one_segment_from_the_prefix_value_to_its_reward():
+    seg = continuation_segment([HI, LO, HI, LO], 0.9, reward=1.0, v_prefix=0.25)
+    assert (seg.start, seg.end, seg.start_position, seg.end_position) == (0, 4, -1, 3)
+    assert seg.cutpoints == (1, 3) and seg.num_cutpoints == 2
+    assert continuation_segment([HI, HI], 0.9, reward=0.0, v_prefix=0.5).num_cutpoints == 0
+
+
+@pytest.mark.parametrize("probs, reward, v_prefix", [
+    ([HI, LO], 1.0, 1.0),  # every continuation of the prefix scored alike: A = 0, no signal
+    ([HI, LO], 0.0, 0.0),
+    ([], 1.0, 0.5),  # no token to train
+    ([LO], float("nan"), 0.5),  # a failed grade
+    ([LO], 1.0, float("nan")),  # no finite value for the prefix
+])
+def test_a_continuation_without_signal_does_not_train(probs, reward, v_prefix):
+    assert continuation_segment(probs, 0.9, reward, v_prefix) is None
 
 
 def test_micro_batch_whitening_uses_masked_tokens_only():

@@ -8,6 +8,8 @@ b: prefix = prompt + response[0..b]; b = -1 is the prompt alone, b = T-1 the fin
   positions    [-1] + boundaries + [T-1] (deduplicated); segment j spans tokens (P[j], P[j+1]]
   advantage    A_j = V(P[j+1]) - V(P[j]); V(-1) from the prompt's group (or none, as the
                reference when the first token is not a cutpoint), V(b) by Monte Carlo, V(T-1) = reward.
+  continuation with spo.mc_train, a Monte Carlo continuation of boundary prefix b also trains: one
+               segment over its own tokens, A = reward - V(b) (V(b) the mean of the prefix's N samples).
 """
 from __future__ import annotations
 
@@ -52,6 +54,23 @@ def segments(probs: Sequence[float], rho: float, interval: int) -> list[Segment]
         cut = tuple(i for i in low if a < i <= b)
         out.append(Segment(j, a + 1, b + 1, a, b, len(cut), cut))
     return out
+
+
+def continuation_segment(probs: Sequence[float], rho: float, reward: float, v_prefix: float) -> Segment | None:
+    """A Monte Carlo continuation as one training segment (spo.mc_train), or None if it cannot train.
+
+    The continuation was sampled by the current policy from the boundary prefix, so it is an on-policy
+    sample of the sub-problem "finish from here": its tokens get A = reward - V(prefix), the baseline
+    being the mean reward of the prefix's N continuations (itself included, as GRPO's group mean).
+    None when it has no token, its reward or V(prefix) is not finite, or A = 0 (every continuation of
+    the prefix scored alike: no signal, as SPO-tree drops zero-advantage edges). `probs` are its
+    sampler probabilities (at the sampling temperature); its cutpoints are the tokens with p < rho.
+    """
+    n = len(probs)
+    if n == 0 or not (np.isfinite(reward) and np.isfinite(v_prefix)) or reward == v_prefix:
+        return None
+    cut = tuple(cutpoints(probs, rho))
+    return Segment(0, 0, n, -1, n - 1, len(cut), cut)
 
 
 def segment_advantages(v_start: np.ndarray, v_end: np.ndarray) -> np.ndarray:
