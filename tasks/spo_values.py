@@ -142,6 +142,11 @@ def spo_values(cfg: Config, layout: RunLayout, policy: FileRef, rollouts: FileRe
     mc_ref = write_parquet(mc_rows, MC_ROLLOUTS, layout.mc_rollouts(iteration))
     ref = write_parquet(rows, SEGMENTS, layout.segments(iteration))
     n_tokens = sum(len(c) for c in comps)
+    # Tokens that will train: the probability mask keeps those with p < train.prob_mask_rho.
+    mask_rho = cfg.train.prob_mask_rho
+    trains = {(r["prefix_id"], r["sample_index"]) for r in rows[response_segments:]}
+    trained = sum(masked_count(pr, mask_rho) for pr in probs) + sum(
+        masked_count([math.exp(x) for x in o.logprobs], mask_rho) for k, j, o in flat if (k, j) in trains)
     mc_tokens = sum(len(o.token_ids) for _, _, o in flat)
     prefixes_total = sum(1 for ss in segs for seg in ss if seg.start_position >= 0) + sum(mc_prompt)
     n_cut = sum(seg.num_cutpoints for ss in segs for seg in ss)
@@ -154,13 +159,17 @@ def spo_values(cfg: Config, layout: RunLayout, policy: FileRef, rollouts: FileRe
         "segments_per_response": response_segments / max(1, len(comps)),
         "mc_trained_samples": float(len(rows) - response_segments),
         "cutpoints_per_response": n_cut / max(1, len(comps)),
-        # Monte Carlo cost per token that trains: the probability mask keeps tokens with p < train.prob_mask_rho.
-        "mc_tokens_per_trained_token": mc_tokens / max(1, n_tokens if cfg.train.prob_mask_rho is None else
-                                                       sum(x < cfg.train.prob_mask_rho for pr in probs for x in pr)),
+        # Monte Carlo cost per token that trains (the responses', and the continuations' that train too).
+        "mc_tokens_per_trained_token": mc_tokens / max(1, trained),
         "frac_tokens_cutpoint": n_cut / max(1, n_tokens),
         **{f"mc_{k}": v for k, v in timings.items()},
     })
     return StageOutput(artifact=ref, metrics=metrics, side=mc_ref)
+
+
+def masked_count(probs: list[float], mask_rho: float | None) -> int:
+    """Tokens that train under the probability mask p < mask_rho (all of them without the mask)."""
+    return len(probs) if mask_rho is None else sum(p < mask_rho for p in probs)
 
 
 def continuation_rows(run_id: str, iteration: int, rho: float, flat: list, grades: list, values: dict,
