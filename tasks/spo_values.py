@@ -136,8 +136,10 @@ def spo_values(cfg: Config, layout: RunLayout, policy: FileRef, rollouts: FileRe
                          "num_cutpoints": seg.num_cutpoints, "cutpoints": list(seg.cutpoints),
                          "v_start": v0, "n_start": n0, "v_end": v1, "n_end": n1})
     response_segments = len(rows)
+    # The continuations' sampler probabilities: their cutpoints and masked tokens when they train.
+    mc_probs = [[math.exp(x) for x in o.logprobs] for _, _, o in flat] if sp.mc_train else []
     if sp.mc_train:
-        rows += continuation_rows(layout.run_id, iteration, sp.rho, flat, mc_grades,
+        rows += continuation_rows(layout.run_id, iteration, sp.rho, flat, mc_probs, mc_grades,
                                   {k: mean(totals.get(k)) for k in keys}, wanted)
     mc_ref = write_parquet(mc_rows, MC_ROLLOUTS, layout.mc_rollouts(iteration))
     ref = write_parquet(rows, SEGMENTS, layout.segments(iteration))
@@ -146,7 +148,7 @@ def spo_values(cfg: Config, layout: RunLayout, policy: FileRef, rollouts: FileRe
     mask_rho = cfg.train.prob_mask_rho
     trains = {(r["prefix_id"], r["sample_index"]) for r in rows[response_segments:]}
     trained = sum(masked_count(pr, mask_rho) for pr in probs) + sum(
-        masked_count([math.exp(x) for x in o.logprobs], mask_rho) for k, j, o in flat if (k, j) in trains)
+        masked_count(pr, mask_rho) for (k, j, _), pr in zip(flat, mc_probs) if (k, j) in trains)
     mc_tokens = sum(len(o.token_ids) for _, _, o in flat)
     prefixes_total = sum(1 for ss in segs for seg in ss if seg.start_position >= 0) + sum(mc_prompt)
     n_cut = sum(seg.num_cutpoints for ss in segs for seg in ss)
@@ -172,14 +174,15 @@ def masked_count(probs: list[float], mask_rho: float | None) -> int:
     return len(probs) if mask_rho is None else sum(p < mask_rho for p in probs)
 
 
-def continuation_rows(run_id: str, iteration: int, rho: float, flat: list, grades: list, values: dict,
+def continuation_rows(run_id: str, iteration: int, rho: float, flat: list, probs: list, grades: list, values: dict,
                       wanted: dict) -> list[dict]:
     """SEGMENTS rows of the Monte Carlo continuations that train (spo.mc_train): one segment each over its
-    own tokens, from V(prefix) (values[prefix id] = (mean, count)) to its reward."""
+    own tokens, from V(prefix) (values[prefix id] = (mean, count)) to its reward. `probs` are each
+    continuation's sampler probabilities, in `flat`'s order."""
     rows = []
-    for (k, j, o), gr in zip(flat, grades):
+    for (k, j, _), pr, gr in zip(flat, probs, grades):
         v, n = values[k]
-        seg = continuation_segment([math.exp(x) for x in o.logprobs], rho, gr.score, v)
+        seg = continuation_segment(pr, rho, gr.score, v)
         if seg is not None:
             rows.append({"run_id": run_id, "iteration": iteration, "prompt_id": wanted[k][0], "sample_index": j,
                          "prefix_id": k, "segment_index": 0, "start_token": seg.start, "end_token": seg.end,

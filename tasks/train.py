@@ -180,6 +180,7 @@ def train_policy(cfg: Config, layout: RunLayout, start: FileRef, policy: FileRef
     else:
         samples = load_samples(rollouts, advantages, reference, per_token=cfg.advantage.estimator in SEGMENT_ESTIMATORS)
         nominal = cfg.rollout.prompts_per_iteration * cfg.rollout.samples_per_prompt
+    steps_per_epoch = math.ceil(nominal / cfg.train.mini_batch_size)
     train_cfg = cfg.train
     if continuations is not None:
         extra = load_continuation_samples(continuations, advantages)
@@ -187,12 +188,11 @@ def train_policy(cfg: Config, layout: RunLayout, start: FileRef, policy: FileRef
             reference_for(cfg, start, extra)
         # The continuations join the iteration's optimiser steps: mini-batches grow, their number does not,
         # so the lr schedule and the number of updates per iteration stay those of the same run without them.
-        steps = math.ceil(nominal / cfg.train.mini_batch_size)
         samples = samples + extra
         train_cfg = cfg.train.model_copy(update={"mini_batch_size": max(
-            cfg.train.mini_batch_size, math.ceil(len(samples) / max(1, steps)))})
+            cfg.train.mini_batch_size, math.ceil(len(samples) / max(1, steps_per_epoch)))})
     # The schedule's length is nominal (a tree iteration's edge count varies); the bar counts real steps.
-    steps_per_iter = cfg.train.epochs * math.ceil(nominal / cfg.train.mini_batch_size)
+    steps_per_iter = cfg.train.epochs * steps_per_epoch
     steps_now = train_cfg.epochs * math.ceil(len(samples) / train_cfg.mini_batch_size)
     whiten = cfg.advantage.estimator in SEGMENT_ESTIMATORS + TREE_ESTIMATORS and cfg.spo.normalize == "micro_batch"
     old_from_sampler = tree and cfg.tree.old_logprobs == "generation"
