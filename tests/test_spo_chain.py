@@ -1,4 +1,6 @@
 """SPO-chain core: cutpoints, boundaries, segments, segment advantages (golden, SQL == numpy), masks."""
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -8,11 +10,14 @@ from storage.parquet import write_parquet
 from storage.schemas import SEGMENTS
 from tasks.algos.spo_chain import (
     boundaries,
+    NO_VALUE,
     continuation_segment,
     cutpoints,
+    finite_mean,
     segment_advantages,
     segments,
     token_advantages,
+    value_at,
     whiten,
 )
 from tasks.trainer import whiten_masked
@@ -129,17 +134,31 @@ def test_a_continuation_trains_as_one_segment_from_the_prefix_value_to_its_rewar
     assert (seg.start, seg.end, seg.start_position, seg.end_position) == (0, 4, -1, 3)
     assert seg.cutpoints == (1, 3) and seg.num_cutpoints == 2
     assert continuation_segment([HI, HI], 0.9, reward=0.0, v_prefix=0.5).num_cutpoints == 0
+    assert continuation_segment([HI], 0.9, reward=0.1, v_prefix=(0.1 + 0.1 + 0.0) / 3) is not None  # A = 1/30
 
 
 @pytest.mark.parametrize("probs, reward, v_prefix", [
     ([HI, LO], 1.0, 1.0),  # every continuation of the prefix scored alike: A = 0, no signal
     ([HI, LO], 0.0, 0.0),
+    ([HI, LO], 0.1, sum([0.1] * 3) / 3),  # all alike, but the float mean is 0.1 + 2.8e-17: still no signal
     ([], 1.0, 0.5),  # no token to train
     ([LO], float("nan"), 0.5),  # a failed grade
     ([LO], 1.0, float("nan")),  # no finite value for the prefix
 ])
 def test_a_continuation_without_signal_does_not_train(probs, reward, v_prefix):
     assert continuation_segment(probs, 0.9, reward, v_prefix) is None
+
+
+def test_boundary_values_come_from_the_reward_the_monte_carlo_mean_or_the_group():
+    values = {"k3": finite_mean([1.0, 0.0, 1.0, 1.0]), "k_failed": finite_mean([])}
+    assert values["k3"] == (0.75, 4) and values["k_failed"] == NO_VALUE
+    group = finite_mean([1.0, 0.0])
+    assert value_at(5, 6, -2.0, group, "k3", values) == (-2.0, 1)  # the last token: the response's own reward
+    assert value_at(3, 6, 1.0, group, "k3", values) == (0.75, 4)  # a boundary prefix: its Monte Carlo mean
+    assert value_at(-1, 6, 1.0, group, None, values) == (0.5, 2)  # the prompt: the group's mean reward
+    assert value_at(-1, 6, 1.0, NO_VALUE, None, values) is NO_VALUE  # V(prompt) unknown (spo.prompt_value)
+    v, n = value_at(2, 6, 1.0, group, "k_failed", values)  # every continuation failed to grade
+    assert math.isnan(v) and n == 0
 
 
 def test_micro_batch_whitening_uses_masked_tokens_only():

@@ -13,6 +13,7 @@ b: prefix = prompt + response[0..b]; b = -1 is the prompt alone, b = T-1 the fin
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -62,15 +63,39 @@ def continuation_segment(probs: Sequence[float], rho: float, reward: float, v_pr
     The continuation was sampled by the current policy from the boundary prefix, so it is an on-policy
     sample of the sub-problem "finish from here": its tokens get A = reward - V(prefix), the baseline
     being the mean reward of the prefix's N continuations (itself included, as GRPO's group mean).
-    None when it has no token, its reward or V(prefix) is not finite, or A = 0 (every continuation of
-    the prefix scored alike: no signal, as SPO-tree drops zero-advantage edges). `probs` are its
+    None when it has no token, its reward or V(prefix) is not finite, or A = 0 up to float rounding
+    (every continuation of the prefix scored alike: no signal, as SPO-tree drops zero-advantage edges). `probs` are its
     sampler probabilities (at the sampling temperature); its cutpoints are the tokens with p < rho.
     """
     n = len(probs)
-    if n == 0 or not (np.isfinite(reward) and np.isfinite(v_prefix)) or reward == v_prefix:
+    if n == 0 or not (np.isfinite(reward) and np.isfinite(v_prefix)):
+        return None
+    # V(prefix) is a float mean: N equal non-dyadic rewards (0.1 each) average to 0.1 plus rounding, which
+    # is still "all agreed". A real advantage is at least |reward step| / N, far above this tolerance.
+    if math.isclose(reward, v_prefix, rel_tol=1e-9, abs_tol=1e-12):
         return None
     cut = tuple(cutpoints(probs, rho))
     return Segment(0, 0, n, -1, n - 1, len(cut), cut)
+
+
+NO_VALUE = (math.nan, 0)  # (V, sample count) where no estimate exists
+
+
+def finite_mean(vals: list[float]) -> tuple[float, int]:
+    """(mean, count) of `vals`; NO_VALUE when empty."""
+    return (sum(vals) / len(vals), len(vals)) if vals else NO_VALUE
+
+
+def value_at(position: int, length: int, own: float, prompt: tuple[float, int], key: str | None,
+             values: dict) -> tuple[float, int]:
+    """(V, sample count) at a boundary `position` of a response of `length` tokens (spo.md §2.1): its own
+    reward at the last token, the Monte Carlo mean of prefix `key` where one was sampled, else (the prompt,
+    position -1) `prompt`: the group's mean reward, or NO_VALUE when V(prompt) is unknown."""
+    if position == length - 1:
+        return own, 1
+    if key is None:
+        return prompt
+    return values[key]
 
 
 def segment_advantages(v_start: np.ndarray, v_end: np.ndarray) -> np.ndarray:
