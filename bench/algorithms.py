@@ -100,11 +100,13 @@ def main() -> None:
     # A loaded 2-core machine can take longer than Prefect's default 20 s to start the ephemeral API.
     env = {**os.environ, "PREFECT_HOME": str(work / "prefect-home"), "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}
     env.pop("PREFECT_RESULTS_LOCAL_STORAGE_PATH", None)
-    results: dict[str, list[dict]] = {}
-    for preset in opts.presets:
-        for seed in opts.seeds:
+    results: dict[str, list[dict]] = {preset: [] for preset in opts.presets}
+    # Seed-major: a stopped invocation leaves every preset paired on the seeds it finished, and the same
+    # command with the same --work reruns those from Prefect's cache in seconds.
+    for seed in opts.seeds:
+        for preset in opts.presets:
             wall, s = run(preset, seed, work / "runs", opts.overrides, env)
-            results.setdefault(preset, []).append(s)
+            results[preset].append(s)
             print(f"{preset} seed {seed}: {s['initial_eval_accuracy']:.3f} -> {s['final_eval_accuracy']:.3f} "
                   f"({wall:.0f} s)", flush=True)
 
