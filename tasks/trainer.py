@@ -221,6 +221,90 @@ class Collective:
         return sums
 
 
+@dataclass
+class OldPolicy:
+    """pi_old of an iteration's samples, from one no-grad pass before any update."""
+
+    logprobs: list[torch.Tensor]  # per sample: [completion tokens] (the sampler's with old_from_sampler)
+    entropy_sum: float  # the recomputed policy's entropy, summed over every completion token
+    gap_sum: float  # |recomputed - sampler| log-prob, summed over tokens whose sample carries sampler log-probs
+    gap_max: float
+    gap_tokens: int
+
+
+def old_policy(model, samples: Sequence[Sample], micro: int, *, temperature: float, chunk: int, pad_id: int,
+               device: torch.device, old_from_sampler: bool, collective: Collective) -> OldPolicy:
+    """Recompute every sample's completion log-probs (and entropy) under `model`, micro-batch by micro-batch.
+
+    Each rank computes its share of the micro-batches into one flat per-token buffer (zeros elsewhere),
+    summed over ranks, so every rank ends with the same pi_old. The gap to the sampler's log-probs is kept
+    as a metric: ~0 means sampler and trainer agree on the same weights.
+    """
+    model.eval()
+    offsets = [0]
+    for x in samples:
+        offsets.append(offsets[-1] + len(x.completion_ids))
+    starts = list(range(0, len(samples), micro))
+    lp_flat = torch.zeros(offsets[-1], dtype=torch.float32, device=device)
+    ent_parts = torch.zeros(len(starts), dtype=torch.float64, device=device)  # per micro-batch, summed in order
+    with torch.no_grad():
+        for j in collective.shard(list(range(len(starts)))):
+            part = samples[starts[j] : starts[j] + micro]
+            batch = pack([x.prompt_ids for x in part], [x.completion_ids for x in part], pad_id, device)
+            lp, ent = completion_logprobs(model, batch, temperature, chunk, with_entropy=True)
+            ent_parts[j] = float((ent * batch.comp_mask).sum())
+            for i, x in enumerate(part):
+                lp_flat[offsets[starts[j] + i] : offsets[starts[j] + i + 1]] = lp[i, : len(x.completion_ids)]
+    lp_flat = collective.sum_(lp_flat).cpu()
+    ent_sum = 0.0
+    for v in collective.sum_(ent_parts).tolist():
+        ent_sum += v
+    old: list[torch.Tensor] = []
+    gap_sum, gap_max, n_tok = 0.0, 0.0, 0
+    for k, x in enumerate(samples):
+        row = lp_flat[offsets[k] : offsets[k + 1]]
+        sampler = torch.tensor(x.sampler_logprobs, dtype=torch.float32) if x.sampler_logprobs else None
+        if old_from_sampler and sampler is None:
+            raise ValueError("old_from_sampler=True but a sample carries no sampler log-probs")
+        old.append(sampler if old_from_sampler else row)
+        if sampler is not None:
+            d = (row - sampler).abs()
+            gap_sum, gap_max, n_tok = gap_sum + d.sum().item(), max(gap_max, d.max().item()), n_tok + d.numel()
+    return OldPolicy(old, ent_sum, gap_sum, gap_max, n_tok)
+
+
+def _accumulate_gradients(model, samples: Sequence[Sample], idx: list[int], old: list[torch.Tensor], spec: LossSpec,
+                          cfg: TrainSection, *, temperature: float, pad_id: int, device: torch.device,
+                          num_tokens: float, norm_len: float | None, whiten_micro_batch: bool,
+                          collective: Collective) -> dict[str, float]:
+    """Backward the loss of mini-batch `idx` (this rank's micro-batches of it) into the parameters' .grad.
+
+    The loss is normalised by the whole mini-batch (`num_tokens` trained tokens, len(idx) sequences), so
+    the accumulated gradient equals the full mini-batch's. Returns this rank's loss and metric sums.
+    """
+    micro, rho = cfg.micro_batch_size, cfg.prob_mask_rho
+    step = dict.fromkeys(("loss", "clip_upper", "clip_lower", "clip_dual", "ratio", "kl_old", "kl_ref"), 0.0)
+    for s in collective.shard(list(range(0, len(idx), micro))):
+        part = [samples[i] for i in idx[s : s + micro]]
+        batch = pack([x.prompt_ids for x in part], [x.completion_ids for x in part], pad_id, device)
+        out = completion_logprobs(model, batch, temperature, cfg.logprob_chunk, with_entropy=spec.entropy_coef > 0)
+        lp, ent = out if spec.entropy_coef > 0 else (out, None)
+        old_lp = _rows([old[i] for i in idx[s : s + micro]], lp.shape, device)
+        adv = _advantages(part, lp.shape, device)
+        ref = _rows([x.ref_logprobs for x in part], lp.shape, device) if spec.kl_coef > 0 else None
+        # SPO's probability mask (spec §3.2): only tokens the pre-update policy gave p < rho carry gradient.
+        mask = batch.comp_mask if rho is None else batch.comp_mask & (old_lp.exp() < rho)
+        if whiten_micro_batch:
+            adv = whiten_masked(adv, mask)
+        loss, st = policy_loss(lp, old_lp, adv, mask, spec, ref_logp=ref, entropy=ent, num_seqs=len(idx),
+                               num_tokens=num_tokens, norm_len=norm_len)
+        loss.backward()
+        step["loss"] += loss.item()
+        for k, v in st.items():
+            step[k] += v
+    return step
+
+
 def rl_update(model, optimizer, scheduler, samples: Sequence[Sample], cfg: TrainSection, *, temperature: float,
               pad_id: int, device: torch.device, seed: int, norm_len: float | None = None,
               whiten_micro_batch: bool = False, old_from_sampler: bool = False, consecutive_skips: int = 0,
@@ -251,37 +335,9 @@ def rl_update(model, optimizer, scheduler, samples: Sequence[Sample], cfg: Train
         log = lambda _msg: None  # noqa: E731
     spec = loss_spec(cfg)
     micro = cfg.micro_batch_size
-    model.eval()
-    # pi_old: each rank's micro-batches into one flat per-token buffer (zeros elsewhere), summed over ranks.
-    offsets = [0]
-    for x in samples:
-        offsets.append(offsets[-1] + len(x.completion_ids))
-    starts = list(range(0, len(samples), micro))
-    lp_flat = torch.zeros(offsets[-1], dtype=torch.float32, device=device)
-    ent_parts = torch.zeros(len(starts), dtype=torch.float64, device=device)  # per micro-batch, summed in order
-    with torch.no_grad():
-        for j in coll.shard(list(range(len(starts)))):
-            part = samples[starts[j] : starts[j] + micro]
-            batch = pack([x.prompt_ids for x in part], [x.completion_ids for x in part], pad_id, device)
-            lp, ent = completion_logprobs(model, batch, temperature, cfg.logprob_chunk, with_entropy=True)
-            ent_parts[j] = float((ent * batch.comp_mask).sum())
-            for i, x in enumerate(part):
-                lp_flat[offsets[starts[j] + i] : offsets[starts[j] + i + 1]] = lp[i, : len(x.completion_ids)]
-    lp_flat = coll.sum_(lp_flat).cpu()
-    ent_sum = 0.0
-    for v in coll.sum_(ent_parts).tolist():
-        ent_sum += v
-    old: list[torch.Tensor] = []
-    gap_sum, gap_max, n_tok = 0.0, 0.0, 0
-    for k, x in enumerate(samples):
-        row = lp_flat[offsets[k] : offsets[k + 1]]
-        sampler = torch.tensor(x.sampler_logprobs, dtype=torch.float32) if x.sampler_logprobs else None
-        if old_from_sampler and sampler is None:
-            raise ValueError("old_from_sampler=True but a sample carries no sampler log-probs")
-        old.append(sampler if old_from_sampler else row)
-        if sampler is not None:
-            d = (row - sampler).abs()
-            gap_sum, gap_max, n_tok = gap_sum + d.sum().item(), max(gap_max, d.max().item()), n_tok + d.numel()
+    pi_old = old_policy(model, samples, micro, temperature=temperature, chunk=cfg.logprob_chunk, pad_id=pad_id,
+                        device=device, old_from_sampler=old_from_sampler, collective=coll)
+    old = pi_old.logprobs
     if spec.kl_coef > 0 and any(x.ref_logprobs is None for x in samples):
         raise ValueError("train.kl_coef > 0 (kl_placement=loss) but the samples carry no reference log-probs")
 
@@ -306,25 +362,9 @@ def rl_update(model, optimizer, scheduler, samples: Sequence[Sample], cfg: Train
             idx = order[m * cfg.mini_batch_size : (m + 1) * cfg.mini_batch_size]
             num_tokens = float(sum(trained[i] for i in idx)) or 1.0
             optimizer.zero_grad(set_to_none=True)
-            step = dict.fromkeys(("loss", "clip_upper", "clip_lower", "clip_dual", "ratio", "kl_old", "kl_ref"), 0.0)
-            for s in coll.shard(list(range(0, len(idx), micro))):
-                part = [samples[i] for i in idx[s : s + micro]]
-                batch = pack([x.prompt_ids for x in part], [x.completion_ids for x in part], pad_id, device)
-                out = completion_logprobs(model, batch, temperature, cfg.logprob_chunk,
-                                          with_entropy=spec.entropy_coef > 0)
-                lp, ent = out if spec.entropy_coef > 0 else (out, None)
-                old_lp = _rows([old[i] for i in idx[s : s + micro]], lp.shape, device)
-                adv = _advantages(part, lp.shape, device)
-                ref = _rows([x.ref_logprobs for x in part], lp.shape, device) if spec.kl_coef > 0 else None
-                mask = batch.comp_mask if rho is None else batch.comp_mask & (old_lp.exp() < rho)
-                if whiten_micro_batch:
-                    adv = whiten_masked(adv, mask)
-                loss, st = policy_loss(lp, old_lp, adv, mask, spec, ref_logp=ref, entropy=ent, num_seqs=len(idx),
-                                       num_tokens=num_tokens, norm_len=norm_len)
-                loss.backward()
-                step["loss"] += loss.item()
-                for k, v in st.items():
-                    step[k] += v
+            step = _accumulate_gradients(model, samples, idx, old, spec, cfg, temperature=temperature, pad_id=pad_id,
+                                         device=device, num_tokens=num_tokens, norm_len=norm_len,
+                                         whiten_micro_batch=whiten_micro_batch, collective=coll)
             if coll.world > 1:  # the whole mini-batch's gradient and metric sums, on every rank
                 step = dict(zip(step, coll.sum_grads(params, list(step.values()))))
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -366,9 +406,9 @@ def rl_update(model, optimizer, scheduler, samples: Sequence[Sample], cfg: Train
         trained_tokens=float(total_tokens),
         train_tokens_per_second=total_tokens / max(seconds, 1e-9),
         lr=float(scheduler.get_last_lr()[0]),
-        entropy=ent_sum / max(1, all_tokens),
-        logprob_gap_mean=gap_sum / max(1, n_tok),
-        logprob_gap_max=gap_max,
+        entropy=pi_old.entropy_sum / max(1, all_tokens),
+        logprob_gap_mean=pi_old.gap_sum / max(1, pi_old.gap_tokens),
+        logprob_gap_max=pi_old.gap_max,
         frac_tokens_trained=sum(trained) / max(1, all_tokens),
         skipped_steps=float(skipped),
         consecutive_skips=float(consecutive_skips),
