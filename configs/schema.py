@@ -169,6 +169,11 @@ class SPOSection(Section):
     rho: float = Field(0.9, gt=0, le=1, description="A token with p < rho is a cutpoint (p at the sampling temperature).")
     interval: int = Field(5, ge=1, description="Cutpoints per segment: a boundary before every interval-th cutpoint.")
     mc_samples: int = Field(9, ge=1, description="N: Monte Carlo continuations per (deduplicated) boundary prefix.")
+    mc_samples_min: int | None = Field(
+        None, ge=1, description="Adaptive N: every prefix first gets this many continuations, and only prefixes whose "
+        "first rewards differ (or failed to grade) get the rest up to mc_samples; the others take V = their common "
+        "reward (biased toward 0 and 1: spo_chain.agreed). Null = mc_samples for every prefix.",
+    )
     prob_source: Literal["teacher_forced", "sampler"] = Field(
         "teacher_forced", description="Cutpoint probabilities: a forward pass of the policy, or the sampler's log-probs.",
     )
@@ -186,6 +191,14 @@ class SPOSection(Section):
         "prefix) with A = its reward - V(prefix); those with A = 0 are skipped. They join the iteration's optimiser "
         "steps (mini-batches grow, the number of steps does not) and its advantage whitening.",
     )
+
+
+    @model_validator(mode="after")
+    def _adaptive(self) -> "SPOSection":
+        if self.mc_samples_min is not None and self.mc_samples_min > self.mc_samples:
+            raise ValueError(f"spo.mc_samples_min={self.mc_samples_min} exceeds spo.mc_samples={self.mc_samples}: "
+                             "the first stage cannot sample more than the whole budget")
+        return self
 
 
 class TreeSection(Section):

@@ -212,12 +212,13 @@ def get_engine(model_dir: str | Path, cfg: RolloutSection, dtype: str, seed: int
 
 def continue_prefixes(engine, prefixes: Sequence[Sequence[int]], n: int, *, seed_key: Sequence[object],
                       max_tokens: int | Sequence[int], temperature: float, top_p: float, stop: Sequence[str] = (),
-                      max_model_len: int | None = None,
-                      prefix_keys: Sequence[object] | None = None) -> list[list[Completion]]:
+                      max_model_len: int | None = None, prefix_keys: Sequence[object] | None = None,
+                      first_sample: int = 0) -> list[list[Completion]]:
     """`n` continuations of each token-id prefix (SPO's Monte Carlo values and tree levels use this).
 
     Seeds derive from (*seed_key, prefix key, j), the prefix key being its index unless `prefix_keys`
-    names each prefix (then a prefix's samples do not depend on what else is in the batch).
+    names each prefix (then a prefix's samples do not depend on what else is in the batch), and j running
+    from `first_sample` (a later call can add samples j >= n to a prefix without repeating 0..n-1).
     `max_tokens` is one budget or one per prefix; a prefix's budget is also capped at
     max_model_len - len(prefix). On vLLM, requests that share a prefix reuse its KV blocks through
     the prefix cache, so n samples cost one prefill. Returns one list of `n` completions per prefix.
@@ -231,7 +232,8 @@ def continue_prefixes(engine, prefixes: Sequence[Sequence[int]], n: int, *, seed
         budget = cap if max_model_len is None else min(cap, max_model_len - len(p))
         if budget < 1:
             raise ValueError(f"prefix {i} has {len(p)} tokens: no room left under max_model_len={max_model_len}")
-        requests += [Request(list(p), derive_seed(*seed_key, keys[i], j), budget) for j in range(n)]
+        requests += [Request(list(p), derive_seed(*seed_key, keys[i], j), budget)
+                     for j in range(first_sample, first_sample + n)]
     outs = engine.generate(requests, temperature=temperature, top_p=top_p, stop=stop, progress=False)
     return [outs[i * n : (i + 1) * n] for i in range(len(prefixes))]
 

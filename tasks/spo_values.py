@@ -26,7 +26,7 @@ from storage.metrics import write_metrics
 from storage.parquet import read_parquet, write_parquet
 from storage.schemas import GRADES, MC_ROLLOUTS, PROMPTS, ROLLOUTS, SEGMENTS
 from tasks.algos.seeding import derive_seed
-from tasks.algos.spo_chain import NO_VALUE, continuation_segment, finite_mean, value_at
+from tasks.algos.spo_chain import NO_VALUE, agreed, continuation_segment, finite_mean, value_at
 from tasks.algos.spo_chain import segments as split_segments
 from tasks.common import STAGE, StageOutput
 from tasks.engine import continue_prefixes, get_engine
@@ -109,6 +109,8 @@ def spo_values(cfg: Config, layout: RunLayout, policy: FileRef, rollouts: FileRe
         "mc_prefixes_unique": float(len(wanted)), "mc_rollouts": float(len(mc.flat)),
         # Share of boundary prefixes whose Monte Carlo samples a shared prefix already paid for.
         "mc_dedup_savings": 1.0 - len(wanted) / prefixes_total if prefixes_total else 0.0,
+        # Adaptive N (spo.mc_samples_min): share of sampled prefixes that stopped after the first stage.
+        "mc_settled_early": mc.settled_early / len(wanted) if wanted else 0.0,
         "mc_generated_tokens": float(mc_tokens), "mc_tokens_per_second": mc_tokens / max(mc.seconds, 1e-9),
         "segments_per_response": response_segments / max(1, len(comps)),
         "mc_trained_samples": float(len(rows) - response_segments),
@@ -148,8 +150,9 @@ class Continuations:
     wanted: dict
     flat: list
     grades: list
-    seconds: float
-    timings: dict
+    seconds: float  # engine start or weight load plus generation
+    timings: dict  # get_engine's
+    settled_early: int = 0  # adaptive N: prefixes whose first spo.mc_samples_min continuations agreed
 
     def rewards(self) -> dict[str, list[float]]:
         """Prefix id -> its continuations' finite rewards."""
@@ -172,25 +175,49 @@ class Continuations:
 def sample_continuations(cfg: Config, layout: RunLayout, policy: FileRef, wanted: dict, refs: dict,
                          iteration: int) -> Continuations:
     """spo.mc_samples continuations of every wanted prefix on the live engine, each graded as the whole
-    response (the prefix's response tokens + the continuation) against its prompt's reference."""
+    response (the prefix's response tokens + the continuation) against its prompt's reference.
+
+    With spo.mc_samples_min (adaptive N) every prefix first gets that many, and a second batch adds the
+    rest only to prefixes whose first rewards are not all equal and finite (spo_chain.agreed).
+    """
     from tasks.tokens import load_tokenizer
 
-    keys = sorted(wanted)
+    sp = cfg.spo
     t0 = time.perf_counter()
     engine, timings = get_engine(policy.path, cfg.rollout, engine_dtype(cfg), cfg.run.seed)
-    outs = continue_prefixes(
-        engine, [wanted[k][1] for k in keys], cfg.spo.mc_samples, seed_key=(layout.run_id, iteration, "mc"),
-        max_tokens=[cfg.rollout.max_tokens - wanted[k][2] for k in keys], temperature=cfg.rollout.temperature,
-        top_p=cfg.rollout.top_p, stop=cfg.rollout.stop, max_model_len=cfg.rollout.max_model_len, prefix_keys=keys,
-    ) if keys else []
-    seconds = time.perf_counter() - t0
+    seconds = [time.perf_counter() - t0]  # engine start or weight load, then each generation call (not grading)
     tok = load_tokenizer(policy.path)
-    flat = [(k, j, o) for k, os_ in zip(keys, outs) for j, o in enumerate(os_)]
-    texts = [tok.decode(wanted[k][1][len(wanted[k][1]) - wanted[k][2]:] + o.token_ids, skip_special_tokens=True)
-             for k, _, o in flat]
-    grades = grade_all(cfg.data.task, texts, [refs[wanted[k][0]] for k, _, _ in flat],
-                       [o.finish_reason for _, _, o in flat], scheme_of(cfg.reward))
-    return Continuations(wanted, flat, grades, seconds, timings)
+
+    def sample(keys: list[str], n: int, first: int) -> tuple[list, list]:
+        """n continuations j = first.. of each prefix in `keys`, as (k, j, Completion), and their grades."""
+        if not keys or n < 1:
+            return [], []
+        t1 = time.perf_counter()
+        outs = continue_prefixes(
+            engine, [wanted[k][1] for k in keys], n, seed_key=(layout.run_id, iteration, "mc"),
+            max_tokens=[cfg.rollout.max_tokens - wanted[k][2] for k in keys], temperature=cfg.rollout.temperature,
+            top_p=cfg.rollout.top_p, stop=cfg.rollout.stop, max_model_len=cfg.rollout.max_model_len,
+            prefix_keys=keys, first_sample=first,
+        )
+        seconds.append(time.perf_counter() - t1)
+        flat = [(k, first + j, o) for k, os_ in zip(keys, outs) for j, o in enumerate(os_)]
+        texts = [tok.decode(wanted[k][1][len(wanted[k][1]) - wanted[k][2]:] + o.token_ids, skip_special_tokens=True)
+                 for k, _, o in flat]
+        return flat, grade_all(cfg.data.task, texts, [refs[wanted[k][0]] for k, _, _ in flat],
+                               [o.finish_reason for _, _, o in flat], scheme_of(cfg.reward))
+
+    keys = sorted(wanted)
+    first_n = sp.mc_samples if sp.mc_samples_min is None else sp.mc_samples_min
+    flat, grades = sample(keys, first_n, 0)
+    first_scores: dict[str, list[float]] = defaultdict(list)
+    for (k, _, _), gr in zip(flat, grades):
+        first_scores[k].append(gr.score)
+    settled = agreed(first_scores)
+    more, more_grades = sample([k for k in keys if k not in settled], sp.mc_samples - first_n, first_n)
+    # One list in (prefix id, sample index) order, as the fixed-N run lists them.
+    merged = sorted(zip(flat + more, grades + more_grades), key=lambda e: (e[0][0], e[0][1]))
+    early = len(settled) if sp.mc_samples_min is not None and sp.mc_samples_min < sp.mc_samples else 0
+    return Continuations(wanted, [e[0] for e in merged], [e[1] for e in merged], sum(seconds), timings, early)
 
 
 def _segment_row(run_id: str, iteration: int, prompt_id: str, sample_index: int, prefix: str | None, seg,

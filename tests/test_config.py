@@ -36,6 +36,10 @@ def test_cross_field_check():
     with pytest.raises(ConfigError, match=r"spo\.mc_train=true .* advantage\.estimator='grpo'"):
         resolve("grpo", overrides=["spo.mc_train=true"])
     assert resolve("spo_chain", overrides=["spo.mc_train=true"]).spo.mc_train
+    # Adaptive N's first stage is part of the budget.
+    with pytest.raises(ConfigError, match=r"spo\.mc_samples_min=5 exceeds spo\.mc_samples=4"):
+        resolve("spo_chain", overrides=["spo.mc_samples_min=5"])
+    assert resolve("spo_chain", overrides=["spo.mc_samples_min=2"]).spo.mc_samples_min == 2
 
 
 def test_unknown_preset_lists_available():

@@ -255,6 +255,32 @@ def test_spo_chain_trains_its_monte_carlo_continuations(prefect_harness, live_en
     assert res.exit_code == 0 and "iteration 1:" in res.output, res.output
 
 
+def test_spo_chain_adaptive_n_tops_up_only_prefixes_whose_first_samples_disagree(prefect_harness, live_engine,
+                                                                                   tmp_path):
+    from configs.loader import resolve
+    from flows.rl_train import rl_train
+    from tests.conftest import SMALL
+
+    cfg = resolve("spo_chain", overrides=SMALL + ["run.iterations=1", "spo.mc_samples=4", "spo.mc_samples_min=2",
+                                                  "spo.interval=1"])
+    runs = tmp_path / "runs"
+    rl_train(cfg, str(runs))
+    _, rows = query(runs, "select prefix_id, list(sample_index order by sample_index), "
+                          "list(score order by sample_index) from mc_rollouts group by 1")
+    settled = topped = 0
+    for _, index, scores in rows:
+        assert index in ([0, 1], [0, 1, 2, 3])
+        first_agree = scores[0] == scores[1] and all(x == x for x in scores[:2])  # equal and not NaN
+        assert first_agree == (len(index) == 2)  # the second stage runs exactly where the first two disagree
+        settled, topped = settled + (len(index) == 2), topped + (len(index) == 4)
+    assert settled and topped
+    # V at a boundary inside a response is the mean of the samples its prefix got, with their count.
+    _, counts = query(runs, "select distinct n_start from segments where start_token > 0")
+    assert {c for (c,) in counts} == {2, 4}
+    _, metric = query(runs, "select value from metrics where name = 'mc_settled_early' and iteration = 1")
+    assert metric == [(pytest.approx(settled / (settled + topped)),)]
+
+
 def test_spo_tree_flow_end_to_end_and_replay_buffer_resume(prefect_harness, live_engine, tmp_path):
     from configs.loader import resolve
     from flows.rl_train import rl_train

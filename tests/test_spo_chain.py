@@ -11,6 +11,7 @@ from storage.schemas import SEGMENTS
 from tasks.algos.spo_chain import (
     boundaries,
     NO_VALUE,
+    agreed,
     continuation_segment,
     cutpoints,
     finite_mean,
@@ -159,6 +160,12 @@ def test_boundary_values_come_from_the_reward_the_monte_carlo_mean_or_the_group(
     assert value_at(-1, 6, 1.0, NO_VALUE, None, values) is NO_VALUE  # V(prompt) unknown (spo.prompt_value)
     v, n = value_at(2, 6, 1.0, group, "k_failed", values)  # every continuation failed to grade
     assert math.isnan(v) and n == 0
+
+
+def test_adaptive_n_settles_only_prefixes_whose_first_rewards_agree():
+    scores = {"all_right": [1.0, 1.0], "all_wrong": [0.0, 0.0], "split": [1.0, 0.0], "penalty": [-2.0, -2.0],
+              "failed": [float("nan"), float("nan")], "one_failed": [1.0, float("nan")], "none": []}
+    assert agreed(scores) == {"all_right", "all_wrong", "penalty"}
 
 
 def test_micro_batch_whitening_uses_masked_tokens_only():

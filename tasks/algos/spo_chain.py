@@ -98,6 +98,17 @@ def value_at(position: int, length: int, own: float, prompt: tuple[float, int], 
     return values[key]
 
 
+def agreed(scores: dict[str, list[float]]) -> set[str]:
+    """Adaptive N (spo.mc_samples_min): the prefixes whose first continuations all scored the same finite
+    reward, so they take it as V and get no more samples. A failed grade (NaN) never agrees.
+
+    The stopping rule looks at the data, so V is biased toward 0 and 1 against a fixed N: by
+    (N - k)/N * p(1 - p) * (p^(k-1) - (1-p)^(k-1)) for true value p and k first samples (0.048 at k = 2,
+    N = 4, p = 0.8), the price of the saved samples.
+    """
+    return {k for k, v in scores.items() if v and all(math.isfinite(x) for x in v) and max(v) == min(v)}
+
+
 def segment_advantages(v_start: np.ndarray, v_end: np.ndarray) -> np.ndarray:
     """A = V(end) - V(start); 0 where the start value is unknown (NaN) - the numpy twin of adv_spo_chain.sql."""
     v_start, v_end = np.asarray(v_start, dtype=float), np.asarray(v_end, dtype=float)
