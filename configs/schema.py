@@ -192,7 +192,6 @@ class SPOSection(Section):
         "steps (mini-batches grow, the number of steps does not) and its advantage whitening.",
     )
 
-
     @model_validator(mode="after")
     def _adaptive(self) -> "SPOSection":
         if self.mc_samples_min is not None and self.mc_samples_min > self.mc_samples:

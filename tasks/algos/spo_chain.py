@@ -64,8 +64,8 @@ def continuation_segment(probs: Sequence[float], rho: float, reward: float, v_pr
     sample of the sub-problem "finish from here": its tokens get A = reward - V(prefix), the baseline
     being the mean reward of the prefix's N continuations (itself included, as GRPO's group mean).
     None when it has no token, its reward or V(prefix) is not finite, or A = 0 up to float rounding
-    (every continuation of the prefix scored alike: no signal, as SPO-tree drops zero-advantage edges). `probs` are its
-    sampler probabilities (at the sampling temperature); its cutpoints are the tokens with p < rho.
+    (every continuation of the prefix scored alike: no signal, as SPO-tree drops zero-advantage edges).
+    `probs` are its sampler probabilities (at the sampling temperature); its cutpoints are the tokens with p < rho.
     """
     n = len(probs)
     if n == 0 or not (np.isfinite(reward) and np.isfinite(v_prefix)):
