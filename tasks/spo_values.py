@@ -156,11 +156,8 @@ class Continuations:
 
     def rewards(self) -> dict[str, list[float]]:
         """Prefix id -> its continuations' finite rewards."""
-        out: dict[str, list[float]] = {k: [] for k in self.wanted}
-        for (k, _, _), gr in zip(self.flat, self.grades):
-            if math.isfinite(gr.score):
-                out[k].append(gr.score)
-        return out
+        scores = scores_by_prefix(self.flat, self.grades)
+        return {k: [x for x in scores.get(k, []) if math.isfinite(x)] for k in self.wanted}
 
     def rows(self, run_id: str, iteration: int) -> list[dict]:
         """MC_ROLLOUTS rows, one per continuation."""
@@ -209,15 +206,20 @@ def sample_continuations(cfg: Config, layout: RunLayout, policy: FileRef, wanted
     keys = sorted(wanted)
     first_n = sp.mc_samples if sp.mc_samples_min is None else sp.mc_samples_min
     flat, grades = sample(keys, first_n, 0)
-    first_scores: dict[str, list[float]] = defaultdict(list)
-    for (k, _, _), gr in zip(flat, grades):
-        first_scores[k].append(gr.score)
-    settled = agreed(first_scores)
+    settled = agreed(scores_by_prefix(flat, grades))
     more, more_grades = sample([k for k in keys if k not in settled], sp.mc_samples - first_n, first_n)
     # One list in (prefix id, sample index) order, as the fixed-N run lists them.
     merged = sorted(zip(flat + more, grades + more_grades), key=lambda e: (e[0][0], e[0][1]))
-    early = len(settled) if sp.mc_samples_min is not None and sp.mc_samples_min < sp.mc_samples else 0
+    early = len(settled) if first_n < sp.mc_samples else 0  # with no second stage nothing stopped early
     return Continuations(wanted, [e[0] for e in merged], [e[1] for e in merged], sum(seconds), timings, early)
+
+
+def scores_by_prefix(flat: list, grades: list) -> dict[str, list[float]]:
+    """Prefix id -> its continuations' scores (failed grades included), in `flat`'s order."""
+    out: dict[str, list[float]] = defaultdict(list)
+    for (k, _, _), gr in zip(flat, grades):
+        out[k].append(gr.score)
+    return out
 
 
 def _segment_row(run_id: str, iteration: int, prompt_id: str, sample_index: int, prefix: str | None, seg,
