@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from prefect import task
 
-from configs.schema import SEGMENT_ESTIMATORS, TREE_ESTIMATORS, Config
+from configs.schema import SEGMENT_ESTIMATORS, TREE_ESTIMATORS, Config, TrainSection
 from storage.handles import FileRef, atomic_dir
 from storage.layout import RunLayout
 from storage.metrics import write_metrics
@@ -160,19 +161,26 @@ def add_lora(cfg: Config, model, adapter: Path | None):
     return peft_model
 
 
-@task(name="train_policy", **STAGE)
-def train_policy(cfg: Config, layout: RunLayout, start: FileRef, policy: FileRef, rollouts: FileRef,
-                 advantages: FileRef, reference: FileRef | None, continuations: FileRef | None, iteration: int,
-                 code_version: str) -> StageOutput:
-    """`start` is the run's start policy (LoRA base), `policy` the latest checkpoint, `reference` the
-    reference log-probs file when the KL penalty is in the loss, `continuations` SPO-chain's Monte Carlo
-    rollouts when they train too (spo.mc_train), else None."""
-    import torch
+@dataclass
+class IterationBatch:
+    """What one iteration trains: its samples, the train section they train with (mini-batches grown
+    when Monte Carlo continuations join), and the nominal optimiser steps per iteration, the lr
+    schedule's unit (a tree iteration's edge count varies; the schedule must not)."""
 
-    from tasks.trainer import make_scheduler, rl_update
+    samples: list
+    train_cfg: TrainSection
+    steps_per_iter: int
 
-    tree = cfg.advantage.estimator in TREE_ESTIMATORS
-    if tree:  # `rollouts` is the iteration's train_edges file
+    @property
+    def steps_now(self) -> int:
+        return self.train_cfg.epochs * math.ceil(len(self.samples) / self.train_cfg.mini_batch_size)
+
+
+def iteration_batch(cfg: Config, start: FileRef, rollouts: FileRef, advantages: FileRef, reference: FileRef | None,
+                    continuations: FileRef | None) -> IterationBatch:
+    """The iteration's training samples: SPO-tree's taken edges, or the responses (and SPO-chain's trained
+    Monte Carlo continuations), with reference log-probs where the KL penalty in the loss needs them."""
+    if cfg.advantage.estimator in TREE_ESTIMATORS:  # `rollouts` is the iteration's train_edges file
         samples = load_edge_samples(rollouts)
         if cfg.train.kl_coef > 0:
             reference_for(cfg, start, samples)
@@ -191,14 +199,44 @@ def train_policy(cfg: Config, layout: RunLayout, start: FileRef, policy: FileRef
         samples = samples + extra
         train_cfg = cfg.train.model_copy(update={"mini_batch_size": max(
             cfg.train.mini_batch_size, math.ceil(len(samples) / max(1, steps_per_epoch)))})
-    # The schedule's length is nominal (a tree iteration's edge count varies); the bar counts real steps.
-    steps_per_iter = cfg.train.epochs * steps_per_epoch
-    steps_now = train_cfg.epochs * math.ceil(len(samples) / train_cfg.mini_batch_size)
+    return IterationBatch(samples, train_cfg, cfg.train.epochs * steps_per_epoch)
+
+
+@task(name="train_policy", **STAGE)
+def train_policy(cfg: Config, layout: RunLayout, start: FileRef, policy: FileRef, rollouts: FileRef,
+                 advantages: FileRef, reference: FileRef | None, continuations: FileRef | None, iteration: int,
+                 code_version: str) -> StageOutput:
+    """`start` is the run's start policy (LoRA base), `policy` the latest checkpoint, `reference` the
+    reference log-probs file when the KL penalty is in the loss, `continuations` SPO-chain's Monte Carlo
+    rollouts when they train too (spo.mc_train), else None."""
+    from tasks.trainer import rl_update
+
+    batch = iteration_batch(cfg, start, rollouts, advantages, reference, continuations)
+    total_steps = cfg.run.iterations * batch.steps_per_iter
     whiten = cfg.advantage.estimator in SEGMENT_ESTIMATORS + TREE_ESTIMATORS and cfg.spo.normalize == "micro_batch"
-    old_from_sampler = tree and cfg.tree.old_logprobs == "generation"
+    old_from_sampler = cfg.advantage.estimator in TREE_ESTIMATORS and cfg.tree.old_logprobs == "generation"
     if cfg.train.processes > 1:
-        return _train_distributed(cfg, train_cfg, layout, start, policy, samples, iteration,
-                                  cfg.run.iterations * steps_per_iter, whiten, old_from_sampler)
+        return _train_distributed(cfg, batch.train_cfg, layout, start, policy, batch.samples, iteration,
+                                  total_steps, whiten, old_from_sampler)
+    model, peft_model, tok, device = load_trainable(cfg, start, policy)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt, sched, skips = restore_optimizer(cfg, params, Path(policy.path) / OPTIMIZER_FILE, device, total_steps)
+    t0 = time.perf_counter()
+    with bar(f"train iteration {iteration}", batch.steps_now) as advance:
+        stats = rl_update(model, opt, sched, batch.samples, batch.train_cfg, temperature=cfg.rollout.temperature,
+                          pad_id=tok.pad_token_id, device=device, seed=iteration, norm_len=cfg.rollout.max_tokens,
+                          whiten_micro_batch=whiten, old_from_sampler=old_from_sampler, consecutive_skips=skips,
+                          on_step=lambda i, n: advance(1, ""))
+    stats["train_seconds"] = time.perf_counter() - t0
+    stats["trainable_parameters"] = float(sum(p.numel() for p in params))
+    save_checkpoint(cfg, layout.checkpoint(iteration), model, peft_model, tok, opt, sched, int(stats["consecutive_skips"]))
+    metrics = write_metrics(layout.metrics(iteration, "train"), layout.run_id, iteration, "train", stats)
+    return StageOutput(artifact=FileRef.of(layout.checkpoint(iteration)), metrics=metrics)
+
+
+def load_trainable(cfg: Config, start: FileRef, policy: FileRef):
+    """(model, peft model or None, tokenizer, device) to train this iteration: the latest checkpoint, or
+    with LoRA the start policy with the latest adapter on top."""
     peft_model = None
     if cfg.train.lora_rank:
         adapter = Path(policy.path) / ADAPTER_DIR
@@ -208,36 +246,41 @@ def train_policy(cfg: Config, layout: RunLayout, start: FileRef, policy: FileRef
         model, tok, device = load_policy(cfg, policy.path)
     if cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    params = [p for p in model.parameters() if p.requires_grad]
+    return model, peft_model, tok, device
+
+
+def restore_optimizer(cfg: Config, params: list, state_file: Path, device, total_steps: int):
+    """(AdamW, lr schedule, skipped-step streak), continued from the previous checkpoint's state file
+    when it has one (the first iteration starts fresh)."""
+    import torch
+
+    from tasks.trainer import make_scheduler
+
     opt = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    sched = make_scheduler(opt, cfg.train, total_steps=cfg.run.iterations * steps_per_iter)
-    state_file = Path(policy.path) / OPTIMIZER_FILE
-    skips = 0
-    if state_file.exists():  # continue AdamW moments, the schedule and the skipped-step streak
-        state = torch.load(state_file, map_location=device, weights_only=True)
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        skips = int(state.get("consecutive_skips", 0))
-    t0 = time.perf_counter()
-    with bar(f"train iteration {iteration}", steps_now) as advance:
-        stats = rl_update(model, opt, sched, samples, train_cfg, temperature=cfg.rollout.temperature,
-                          pad_id=tok.pad_token_id, device=device, seed=iteration, norm_len=cfg.rollout.max_tokens,
-                          whiten_micro_batch=whiten, old_from_sampler=old_from_sampler, consecutive_skips=skips,
-                          on_step=lambda i, n: advance(1, ""))
-    stats["train_seconds"] = time.perf_counter() - t0
-    stats["trainable_parameters"] = float(sum(p.numel() for p in params))
-    with atomic_dir(layout.checkpoint(iteration)) as tmp:
+    sched = make_scheduler(opt, cfg.train, total_steps=total_steps)
+    if not state_file.exists():
+        return opt, sched, 0
+    state = torch.load(state_file, map_location=device, weights_only=True)
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    return opt, sched, int(state.get("consecutive_skips", 0))
+
+
+def save_checkpoint(cfg: Config, dest: Path, model, peft_model, tok, opt, sched, consecutive_skips: int) -> None:
+    """The checkpoint directory, written atomically: optimizer state, the LoRA adapter (if any) and the
+    plain weights both the engine and from_pretrained read."""
+    import torch
+
+    with atomic_dir(dest) as tmp:
         torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                    "consecutive_skips": int(stats["consecutive_skips"])}, tmp / OPTIMIZER_FILE)
+                    "consecutive_skips": consecutive_skips}, tmp / OPTIMIZER_FILE)
         if peft_model is not None:
             peft_model.save_pretrained(tmp / ADAPTER_DIR)
-            model = peft_model.merge_and_unload()  # the engine and from_pretrained read plain weights
+            model = peft_model.merge_and_unload()
         if cfg.train.gradient_checkpointing:
             model.gradient_checkpointing_disable()
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-    metrics = write_metrics(layout.metrics(iteration, "train"), layout.run_id, iteration, "train", stats)
-    return StageOutput(artifact=FileRef.of(layout.checkpoint(iteration)), metrics=metrics)
 
 
 def _train_distributed(cfg: Config, train_cfg, layout: RunLayout, start: FileRef, policy: FileRef, samples: list,

@@ -177,3 +177,40 @@ def test_sft_lowers_the_loss_at_a_constant_lr():
     last50 = sft(model, examples, steps=30, batch_size=1, lr=1e-2, seed=0, pad_id=tok.pad_token_id,
                  device=torch.device("cpu"), min_lr_ratio=1.0, on_step=lambda step, loss: losses.append(loss))
     assert len(losses) == 30 and losses[-1] < losses[0] / 2 and last50 < losses[0]
+
+
+def test_a_lora_checkpoint_resumes_to_the_same_policy_and_optimizer_state(tmp_path):
+    """train_policy's pieces: a checkpoint written after one iteration's update is what the next iteration
+    loads (start policy + adapter, AdamW moments, schedule position, skipped-step streak), and its plain
+    weights are the merged policy that the engine and from_pretrained read."""
+    from transformers import AutoModelForCausalLM
+
+    from configs.loader import resolve
+    from storage.handles import FileRef
+    from tasks.train import OPTIMIZER_FILE, load_trainable, restore_optimizer, save_checkpoint
+
+    cfg = resolve("default", overrides=["train.lora_rank=4", "train.lr=1e-2", "train.mini_batch_size=4",
+                                        "train.micro_batch_size=2"])
+    _model().save_pretrained(tmp_path / "start")
+    tiny_model.build_tokenizer().save_pretrained(tmp_path / "start")
+    start = FileRef.of(tmp_path / "start")
+
+    model, peft_model, tok, device = load_trainable(cfg, start, start)  # first iteration: no adapter yet
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt, sched, skips = restore_optimizer(cfg, params, tmp_path / "start" / OPTIMIZER_FILE, device, total_steps=10)
+    assert skips == 0 and sched.last_epoch == 0
+    before = _seq_logprob(model, [5, 6, 7], [9, 10, 11])
+    rl_update(model, opt, sched, _samples(), cfg.train, temperature=1.0, pad_id=0, device=device, seed=0)
+    tuned = _seq_logprob(model, [5, 6, 7], [9, 10, 11])
+    assert abs(tuned - before) > 1e-3
+    moments = {k: v["exp_avg"].clone() for k, v in opt.state_dict()["state"].items()}
+    save_checkpoint(cfg, tmp_path / "ckpt", model, peft_model, tok, opt, sched, consecutive_skips=1)
+
+    again, _, _, _ = load_trainable(cfg, start, FileRef.of(tmp_path / "ckpt"))
+    assert abs(_seq_logprob(again, [5, 6, 7], [9, 10, 11]) - tuned) < 1e-4
+    params = [p for p in again.parameters() if p.requires_grad]
+    opt2, sched2, skips2 = restore_optimizer(cfg, params, tmp_path / "ckpt" / OPTIMIZER_FILE, device, total_steps=10)
+    assert skips2 == 1 and sched2.last_epoch == sched.last_epoch > 0
+    assert all(torch.equal(opt2.state_dict()["state"][k]["exp_avg"], m) for k, m in moments.items())
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt", use_safetensors=True)
+    assert abs(_seq_logprob(merged, [5, 6, 7], [9, 10, 11]) - tuned) < 1e-4
