@@ -102,24 +102,57 @@ def rl_train(cfg: Config, runs_dir: str) -> dict:
         return _train(cfg, layout)
 
 
+class StageLedger:
+    """Runs stages through `ensure` and keeps this invocation's account of them: wall seconds, calls that
+    executed or were cache hits, and each stage's own measured work (COMPUTE_METRICS), which a cached
+    rerun reads back from the stage's metrics, so it describes the run however often it is resumed."""
+
+    def __init__(self, cfg: Config, layout: RunLayout):
+        self.cfg, self.layout = cfg, layout
+        self.wall: dict[str, float] = defaultdict(float)
+        self.executed: dict[str, int] = defaultdict(int)
+        self.cached: dict[str, int] = defaultdict(int)
+        self.compute: dict[str, float] = defaultdict(float)
+
+    def __call__(self, name: str, fn, *args):
+        t0 = time.perf_counter()
+        out, hit = ensure(fn, self.cfg, self.layout, *args, CODE_VERSION)
+        self.wall[name] += time.perf_counter() - t0
+        (self.cached if hit else self.executed)[name] += 1
+        if name in COMPUTE_METRICS:
+            self.compute[name] += read_metrics(out.metrics).get(COMPUTE_METRICS[name], 0.0)
+        return out
+
+    def executed_calls(self) -> int:
+        return sum(self.executed.values())
+
+    def compute_seconds(self) -> float:
+        return sum(self.compute.values())
+
+
+def iteration_metrics(stage_metrics: list[dict[str, float]]) -> dict[str, float]:
+    """The iteration's stages' metrics in one dict, plus `generated_tokens_per_sample`: rollout and Monte
+    Carlo tokens per training sample this iteration's generation produced (kept tree edges, or responses
+    and, with spo.mc_train, the Monte Carlo continuations that train)."""
+    metrics: dict[str, float] = {}
+    for m in stage_metrics:
+        metrics.update(m)
+    made = metrics.get("kept_edges", metrics.get("samples", 0.0) + metrics.get("mc_trained_samples", 0.0))
+    if made:
+        metrics["generated_tokens_per_sample"] = generated_tokens(metrics) / made
+    return metrics
+
+
+def generated_tokens(metrics: dict[str, float]) -> float:
+    """Rollout + Monte Carlo tokens: the x axis of accuracy-vs-compute comparisons."""
+    return metrics.get("generated_tokens", 0.0) + metrics.get("mc_generated_tokens", 0.0)
+
+
 def _train(cfg: Config, layout: RunLayout) -> dict:
     wall0 = time.perf_counter()
     start_run(cfg, layout)
     print(f"run {layout.run_id} -> {layout.root}")
-    stage_seconds: dict[str, float] = defaultdict(float)
-    executed: dict[str, int] = defaultdict(int)
-    cached: dict[str, int] = defaultdict(int)
-    compute_seconds: dict[str, float] = defaultdict(float)
-
-    def stage(name: str, fn, *args):
-        t0 = time.perf_counter()
-        out, hit = ensure(fn, cfg, layout, *args, CODE_VERSION)
-        stage_seconds[name] += time.perf_counter() - t0
-        (cached if hit else executed)[name] += 1
-        if name in COMPUTE_METRICS:  # the stage's own measured work: stable across cached reruns
-            compute_seconds[name] += read_metrics(out.metrics).get(COMPUTE_METRICS[name], 0.0)
-        return out
-
+    stage = StageLedger(cfg, layout)
     owns_engine = current_engine() is None  # leave an engine we were handed (tests, notebooks) running
     key = artifact_key("rl-train", layout.run_id)
     progress_id = create_progress_artifact(0.0, key=f"{key}-progress", description=f"iterations of {layout.run_id}")
@@ -159,50 +192,39 @@ def _train(cfg: Config, layout: RunLayout) -> dict:
         print(f"start accuracy (held-out, greedy): {evals[0]:.3f}")
         rows = []
         buffer = None  # SPO-tree: the replay buffer's state file after the last iteration
-        generated = 0.0  # rollout + Monte Carlo tokens so far: the x axis of accuracy-vs-compute comparisons
+        generated = 0.0  # rollout + Monte Carlo tokens so far
         tokens_at_eval = {0: 0.0}
-        seconds_at_eval = {0: sum(compute_seconds.values())}  # measured work so far: the wall-clock x axis
+        seconds_at_eval = {0: stage.compute_seconds()}  # measured work so far: the wall-clock x axis
         for it in range(1, cfg.run.iterations + 1):
-            executed_before = sum(executed.values())
+            executed_before = stage.executed_calls()
             if cfg.advantage.estimator in TREE_ESTIMATORS:
                 outs, buffer = tree_iteration(stage, policy, start, data.train, buffer, it)
             else:
                 outs = rollout_iteration(cfg, stage, policy, start, data.train, it)
-            if sum(executed.values()) > executed_before:  # a cached iteration would only repeat its view
+            if stage.executed_calls() > executed_before:  # a cached iteration would only repeat its views
                 publish_views(cfg, layout, outs, it, key)
-            trained = outs[-1]
-            policy = trained.artifact
-            metrics = {}
-            for out in outs:
-                if out is not None:
-                    metrics.update(read_metrics(out.metrics))
-            new_tokens = metrics.get("generated_tokens", 0.0) + metrics.get("mc_generated_tokens", 0.0)
-            generated += new_tokens
-            # Training samples this iteration's generation produced: kept tree edges, or responses (and the
-            # Monte Carlo continuations that train, with spo.mc_train).
-            made = metrics.get("kept_edges", metrics.get("samples", 0.0) + metrics.get("mc_trained_samples", 0.0))
-            if made:
-                metrics["generated_tokens_per_sample"] = new_tokens / made
+            policy = outs[-1].artifact
+            metrics = iteration_metrics([read_metrics(out.metrics) for out in outs if out is not None])
+            generated += generated_tokens(metrics)
             first_metrics = first_metrics or metrics  # the baseline of trend checks (entropy)
             flag(diagnose(metrics, checks, first_metrics), it)
             row = {"iteration": it, **{k: round(metrics[k], 4) for k in TABLE_METRICS if k in metrics}}
             if it % cfg.eval.every == 0 or it == cfg.run.iterations:
                 evals[it] = run_eval(it)
                 tokens_at_eval[it] = generated
-                seconds_at_eval[it] = sum(compute_seconds.values())
+                seconds_at_eval[it] = stage.compute_seconds()
                 row["eval_accuracy"] = round(evals[it], 4)
                 print(f"iteration {it}: held-out accuracy {evals[it]:.3f}"
                       + (f", avg@{cfg.eval.samples} {sampled[it]:.3f}" if it in sampled else ""))
             rows.append(row)
             print(f"iteration {it}: reward {metrics.get('reward_mean', 0):.3f}, "
                   f"train accuracy {metrics.get('accuracy', 0):.3f}")
-            if sum(executed.values()) > executed_before:  # a cached iteration is not progress (one request less)
+            if stage.executed_calls() > executed_before:  # a cached iteration is not progress (one request less)
                 update_progress_artifact(progress_id, 100.0 * it / max(1, cfg.run.iterations))
     finally:
         if owns_engine:
             shutdown_engine()
 
-    wall = time.perf_counter() - wall0
     summary = {
         "run_id": layout.run_id, "preset": cfg.run.preset, "estimator": cfg.advantage.estimator,
         "iterations_completed": cfg.run.iterations, "initial_eval_accuracy": evals[0],
@@ -210,16 +232,17 @@ def _train(cfg: Config, layout: RunLayout) -> dict:
         "eval_avg_at_k": {str(k): v for k, v in sampled.items()},
         "generated_tokens": generated, "generated_tokens_at_eval": {str(k): v for k, v in tokens_at_eval.items()},
         "compute_seconds_at_eval": {str(k): round(v, 2) for k, v in seconds_at_eval.items()},
-        "wall_seconds": round(wall, 2), "stage_seconds": {k: round(v, 2) for k, v in stage_seconds.items()},
-        "compute_seconds": {k: round(v, 2) for k, v in compute_seconds.items()},
-        "stages_executed": dict(executed), "stages_cached": dict(cached), "code_version": CODE_VERSION,
+        "wall_seconds": round(time.perf_counter() - wall0, 2),
+        "stage_seconds": {k: round(v, 2) for k, v in stage.wall.items()},
+        "compute_seconds": {k: round(v, 2) for k, v in stage.compute.items()},
+        "stages_executed": dict(stage.executed), "stages_cached": dict(stage.cached), "code_version": CODE_VERSION,
         "health": health,
     }
     for code, entry in health.items():
         print(f"health: {code} in {len(entry['iterations'])} of {cfg.run.iterations} iterations "
               f"(first at {entry['iterations'][0]})")
     atomic_write_text(layout.summary, json.dumps(summary, indent=2))
-    if executed:  # a fully cached rerun would only add identical versions of both
+    if stage.executed:  # a fully cached rerun would only add identical versions of both
         if rows:
             create_table_artifact(rows, key=f"{key}-metrics", description=f"per-iteration metrics of {layout.run_id}")
         create_markdown_artifact(summary_markdown(summary), key=f"{key}-summary", description="run summary")

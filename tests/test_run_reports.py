@@ -244,3 +244,19 @@ def test_in_flow_evaluation_draws_the_same_samples_for_runs_that_share_a_seed(tm
     assert len(seeds[0]) == 12 and len(set(seeds[0])) == 12
     assert seeds[0] == seeds[1]  # grpo and rloo runs: different run ids, same draws
     assert seeds[2] != seeds[0]  # another run.seed: other draws
+
+
+def test_iteration_metrics_count_generated_tokens_per_training_sample():
+    """The x axis of cost comparisons: rollout + Monte Carlo tokens per sample the iteration trains."""
+    from flows.rl_train import generated_tokens, iteration_metrics
+
+    grpo = iteration_metrics([{"generated_tokens": 2560.0, "samples": 128.0}, {"loss": 0.25}])
+    assert grpo["generated_tokens_per_sample"] == 20.0 and grpo["loss"] == 0.25
+    chain = [{"generated_tokens": 1000.0, "samples": 100.0}, {"mc_generated_tokens": 3000.0}]
+    assert iteration_metrics(chain)["generated_tokens_per_sample"] == 40.0
+    chain[1]["mc_trained_samples"] = 100.0  # spo.mc_train: trained continuations are samples too
+    assert iteration_metrics(chain)["generated_tokens_per_sample"] == 20.0
+    assert generated_tokens(iteration_metrics(chain)) == 4000.0
+    tree = iteration_metrics([{"generated_tokens": 3000.0, "kept_edges": 100.0, "samples": 999.0}])
+    assert tree["generated_tokens_per_sample"] == 30.0  # kept edges, not the tree's node count
+    assert "generated_tokens_per_sample" not in iteration_metrics([{"generated_tokens": 10.0}])
