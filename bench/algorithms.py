@@ -73,6 +73,9 @@ def accuracy_at_tokens(run: dict, key: str, budget: float) -> float:
 
 
 def fmt(values: list[float]) -> str:
+    """Mean ± std over seeds; a single seed has no spread to show."""
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
     return f"{statistics.mean(values):.1f} ± {spread(values):.1f}"
 
 
