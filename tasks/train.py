@@ -229,7 +229,8 @@ def train_policy(cfg: Config, layout: RunLayout, start: FileRef, policy: FileRef
                           on_step=lambda i, n: advance(1, ""))
     stats["train_seconds"] = time.perf_counter() - t0
     stats["trainable_parameters"] = float(sum(p.numel() for p in params))
-    save_checkpoint(cfg, layout.checkpoint(iteration), model, peft_model, tok, opt, sched, int(stats["consecutive_skips"]))
+    save_checkpoint(cfg, layout.checkpoint(iteration), model, peft_model, tok, opt, sched,
+                    consecutive_skips=int(stats["consecutive_skips"]))
     metrics = write_metrics(layout.metrics(iteration, "train"), layout.run_id, iteration, "train", stats)
     return StageOutput(artifact=FileRef.of(layout.checkpoint(iteration)), metrics=metrics)
 
