@@ -33,6 +33,8 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=TinyModelSection().hidden_size)
     ap.add_argument("--layers", type=int, default=TinyModelSection().num_layers)
     ap.add_argument("--heads", type=int, default=TinyModelSection().num_heads)
+    ap.add_argument("--sft-steps", type=int, default=200,
+                    help="SFT steps before measuring; fewer keep larger models' set-up short")
     opts = ap.parse_args()
 
     from configs.schema import RolloutSection
@@ -42,7 +44,7 @@ def main() -> None:
 
     shape = TinyModelSection(hidden_size=opts.hidden, num_layers=opts.layers, num_heads=opts.heads,
                              intermediate_size=4 * opts.hidden)
-    model_dir, _, examples, model = sft_tiny_model(shape)
+    model_dir, _, examples, model = sft_tiny_model(shape, steps=opts.sft_steps)
 
     prompts = [examples[i % len(examples)][0] for i in range(opts.samples)]
     requests = [Request(p, seed=i, max_tokens=opts.max_tokens) for i, p in enumerate(prompts)]
@@ -66,7 +68,7 @@ def main() -> None:
     lines += ["", f"vLLM / HF generate, per round: {', '.join(f'{x:.2f}' for x in ratios)}; median "
               f"**{statistics.median(ratios):.2f}x** (target ≥ 4x). {opts.samples} samples x ≤ {opts.max_tokens} "
               f"tokens, temperature 1.0, Qwen2 (hidden {opts.hidden}, {opts.layers} layers, "
-              f"{sum(p.numel() for p in model.parameters()) / 1e3:.0f}k parameters) after 200 SFT steps; vLLM engine start {vllm.start_seconds:.1f} s, HF load "
+              f"{sum(p.numel() for p in model.parameters()) / 1e3:.0f}k parameters) after {opts.sft_steps} SFT steps; vLLM engine start {vllm.start_seconds:.1f} s, HF load "
               f"{hf.start_seconds:.1f} s (not in the rates)."]
     lines += ["", "Where one vLLM round's time goes (cProfile, cumulative seconds of vLLM functions; the profiler "
               "inflates Python-heavy parts, so read shares, not rates):", "",
