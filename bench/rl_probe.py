@@ -42,7 +42,7 @@ from tasks import tiny_model  # noqa: E402
 from tasks.algos.arith import generate, split, steps_match  # noqa: E402
 from tasks.algos.grading import RewardScheme, grade_numeric  # noqa: E402
 from tasks.tokens import encode_prompt, render_prompt  # noqa: E402
-from tasks.trainer import sft  # noqa: E402
+from tasks.sft import sft  # noqa: E402
 
 SCHEME = RewardScheme()
 

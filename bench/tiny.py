@@ -13,7 +13,7 @@ def sft_tiny_model(shape=None, steps: int = 200):
     from configs.schema import ArithSection, TinyModelSection
     from tasks import tiny_model
     from tasks.algos import arith
-    from tasks.trainer import sft
+    from tasks.sft import sft
 
     tok = tiny_model.build_tokenizer()
     a = ArithSection()

@@ -94,7 +94,8 @@ def warm_start(cfg: Config, layout: RunLayout, train: FileRef, code_version: str
     import torch
 
     from tasks import tiny_model
-    from tasks.trainer import resolve_device, sft
+    from tasks.sft import sft
+    from tasks.trainer import resolve_device
 
     if cfg.model.name_or_path != "tiny":
         raise ValueError(f"warm_start builds the tiny model only; model.name_or_path={cfg.model.name_or_path!r}")

@@ -1,4 +1,4 @@
-"""torch + transformers training: batching, completion log-probs, the SFT warm start and the RL update.
+"""torch + transformers training: batching, completion log-probs and the RL update (the SFT warm start: tasks/sft.py).
 
 Sequences are right-padded `prompt + completion` token ids (the ids vLLM sampled, EOS included, so
 the stop action is trained). Position ids are given explicitly so padding can never shift them.
@@ -115,39 +115,6 @@ def make_scheduler(optimizer, cfg: TrainSection, total_steps: int):
         return 1.0
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def warm_start_lr_factor(step: int, steps: int, min_lr_ratio: float) -> float:
-    """Multiplier of the warm start's lr at `step` (0-based) of `steps`: linear warmup over 20 steps, then a
-    linear fall towards 0 at `steps`, floored at `min_lr_ratio` (1 = constant after warmup)."""
-    return min(1.0, (step + 1) / 20) * max(min_lr_ratio, 1 - step / max(1, steps))
-
-
-def sft(model, examples: Sequence[tuple[list[int], list[int]]], *, steps: int, batch_size: int, lr: float,
-        seed: int, pad_id: int, device: torch.device, min_lr_ratio: float,
-        on_step: Callable[[int, float], None] | None = None) -> float:
-    """Supervised warm start: token-mean NLL on completion tokens only, AdamW, lr schedule
-    `warm_start_lr_factor`. Returns the last-50-step mean loss."""
-    rng = random.Random(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warm_start_lr_factor(s, steps, min_lr_ratio))
-    model.train()
-    recent: list[float] = []
-    for step in range(steps):
-        chosen = rng.sample(range(len(examples)), min(batch_size, len(examples)))
-        batch = pack([examples[i][0] for i in chosen], [examples[i][1] for i in chosen], pad_id, device)
-        lp = completion_logprobs(model, batch, 1.0, 4096)
-        loss = -(lp * batch.comp_mask).sum() / batch.comp_mask.sum()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        recent = (recent + [loss.item()])[-50:]
-        if on_step:
-            on_step(step, loss.item())
-    model.eval()
-    return sum(recent) / max(1, len(recent))
 
 
 @dataclass

@@ -2,7 +2,8 @@ import torch
 
 from configs.schema import TinyModelSection, TrainSection
 from tasks import tiny_model
-from tasks.trainer import Sample, completion_logprobs, make_scheduler, pack, rl_update, sft, warm_start_lr_factor
+from tasks.sft import sft, warm_start_lr_factor
+from tasks.trainer import Sample, completion_logprobs, make_scheduler, pack, rl_update
 
 
 def _model():
