@@ -18,12 +18,16 @@ with the ADVANTAGES schema, rows in any order:
 
 Before timing, every method's output is checked against the numpy twins in tasks/algos/estimators.py
 (max abs difference <= 1e-9). Methods run interleaved (order rotated each round) so machine noise
-hits all of them. Results go to BENCHMARKS.md.
+hits all of them. After timing, each DuckDB variant runs --repeats more times on a copy of the grades
+whose scores carry fractional parts (0/1 sums are exact in any order, fractions are not), and the
+number of distinct advantage columns it returned is reported: the pipeline must give one.
+Results go to BENCHMARKS.md.
 """
 from __future__ import annotations
 
 import argparse
 import gc
+import hashlib
 import inspect
 import math
 import os
@@ -56,6 +60,10 @@ ESTIMATORS = ("grpo", "rloo")
 # The pipeline's DuckDB path on the grades file as write_parquet writes it (one row group up to
 # storage.parquet.ROW_GROUP_ROWS), and on a copy in 64Ki-row groups: DuckDB scans one row group per thread.
 SPLIT_ROWS = 65_536
+# Row groups for the determinism check: the pipeline's one, 64Ki (whole groups of 8 in every row group) and
+# 64Ki + 3 (groups straddle row groups, as they would for group sizes that do not divide 65,536).
+DETERMINISM_FILES = {"duckdb": None, "duckdb, grades in 64Ki-row groups": SPLIT_ROWS,
+                     "duckdb, grades in 65,539-row groups": SPLIT_ROWS + 3}
 DUCKDB_FILES = ("duckdb", "duckdb, grades in 64Ki-row groups")
 METHODS = (*DUCKDB_FILES, "pandas", "loop")
 TOKENS = 4  # tokens per list column: the SQL never reads them, they only make the file realistic in shape
@@ -123,6 +131,28 @@ def split_copy(grades: Path) -> Path:
 
 def write_split_copy(grades: Path) -> None:
     pq.write_table(pq.read_table(grades), split_copy(grades), row_group_size=SPLIT_ROWS)
+
+
+def fractional_copy(grades: Path, row_group_rows: int | None, seed: int = 1) -> Path:
+    """A copy of `grades` whose finite scores gain a fraction in [0, 0.5) (partial credit, shaped rewards),
+    in one row group as write_parquet writes it (None), or in row groups of `row_group_rows`."""
+    t = pq.read_table(grades)
+    score = t["score"].to_numpy(zero_copy_only=False)
+    score = score + np.random.default_rng(seed).random(len(score)) / 2
+    t = t.set_column(t.schema.get_field_index("score"), "score", pa.array(score))
+    path = grades.with_name(f"grades_fractional_{row_group_rows}.parquet")
+    if row_group_rows:
+        pq.write_table(t, path, row_group_size=row_group_rows)
+    else:
+        write_parquet(t, GRADES, path)
+    return path
+
+
+def distinct_results(name: str, rollouts: Path, grades: Path, repeats: int) -> int:
+    """How many different advantage columns (bitwise) `repeats` calls of the pipeline's code return."""
+    digests = {hashlib.sha256(run_duckdb(name, rollouts, grades)["advantage"].to_numpy().tobytes()).hexdigest()
+               for _ in range(repeats)}
+    return len(digests)
 
 
 def run_pandas(name: str, rollouts: Path, grades: Path) -> pa.Table:
@@ -212,6 +242,7 @@ def main() -> None:
     ap.add_argument("--groups", type=int, default=125_000)
     ap.add_argument("--group-size", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=20, help="Calls per DuckDB variant in the determinism check.")
     opts = ap.parse_args()
     n = opts.groups * opts.group_size
     load_start = os.getloadavg()[0]
@@ -248,30 +279,42 @@ def main() -> None:
                     del table
                     print(f"round {rnd + 1} {name:5s} {method:38s} {times[name, method][-1]:.3f} s", flush=True)
 
+        # Determinism: fractional scores, so the float sums depend on the order DuckDB feeds them in.
+        distinct = {}
+        for method, rows in DETERMINISM_FILES.items():
+            frac = fractional_copy(grades, rows)
+            for name in ESTIMATORS:
+                distinct[name, method] = distinct_results(name, rollouts, frac, opts.repeats)
+                print(f"determinism {name} {method}: {distinct[name, method]} distinct in {opts.repeats}", flush=True)
+
     load_end = os.getloadavg()[0]
     med = {k: statistics.median(v) for k, v in times.items()}
-    lines = ["| estimator | method | seconds per round | median s | speed-up vs loop | speed-up vs pandas |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| estimator | method | seconds per round | median s | speed-up vs loop | speed-up vs pandas | "
+             "distinct results |", "|---|---|---|---|---|---|---|"]
     verdict = []
     for name in ESTIMATORS:
         for method in METHODS:
             per = ", ".join(f"{t:.3f}" for t in times[name, method])
             if method not in DUCKDB_FILES:
-                lines.append(f"| {name} | {method} | {per} | {med[name, method]:.3f} | | |")
+                lines.append(f"| {name} | {method} | {per} | {med[name, method]:.3f} | | | |")
                 continue
             r = {o: statistics.median(a / b for a, b in zip(times[name, o], times[name, method]))
                  for o in ("loop", "pandas")}
             label = "**duckdb (pipeline as is)**" if method == "duckdb" else method
             bold = "**" if method == "duckdb" else ""
             lines.append(f"| {name} | {label} | {per} | {med[name, method]:.3f} | "
-                         f"{bold}{r['loop']:.1f}x{bold} | {bold}{r['pandas']:.2f}x{bold} |")
+                         f"{bold}{r['loop']:.1f}x{bold} | {bold}{r['pandas']:.2f}x{bold} | "
+                         f"{distinct[name, method]} of {opts.repeats} |")
             if method == "duckdb":
                 verdict.append(f"{name}: {r['loop']:.1f}x the loop ({'met' if r['loop'] >= 20 else 'NOT met'}), "
                                f"{r['pandas']:.2f}x pandas ({'met' if r['pandas'] >= 1.5 else 'NOT met'})")
     lines += [
         "",
         ("Speed-ups are the median over rounds of (other method's seconds / this DuckDB row's seconds) in the "
-         "same round."),
+         "same round. Distinct results: bitwise-different advantage columns over "
+         f"{opts.repeats} calls on the same grades with a fraction in [0, 0.5) added to every finite score "
+         "(0/1 sums are exact in any order; fractional sums depend on it); the artifacts must be identical "
+         "on every run, so the pipeline needs 1."),
         (f"{n:,} responses ({opts.groups:,} groups of {opts.group_size}), one run/iteration; scores 0/1 with "
          f"{int(np.isnan(scores).sum()):,} NaN; rollouts file {sizes['rollouts.parquet']:.1f} MiB "
          f"(real ROLLOUTS schema, {TOKENS}-token lists), grades "
@@ -292,6 +335,10 @@ def main() -> None:
         "",
         "Targets: DuckDB ≥ 20x the per-group Python loop and ≥ 1.5x pandas groupby. Measured (pipeline as is, "
         "median): " + "; ".join(verdict) + ".",
+        "",
+        "With row groups that do not hold whole groups (65,539 rows, a group straddles each boundary), distinct "
+        "results in " + f"{opts.repeats} calls: " + ", ".join(
+            f"{name} {distinct[name, 'duckdb, grades in 65,539-row groups']}" for name in ESTIMATORS) + ".",
     ]
     write_section("Advantages: DuckDB vs pandas vs Python loop, 1M responses", "\n".join(lines))
 
