@@ -1,7 +1,7 @@
 """The supervised warm start: token-mean NLL on the completion tokens of (prompt ids, completion ids) pairs.
 
-It shares the RL trainer's packing and chunked completion log-probs (tasks/trainer.py), so the warm start
-trains exactly the positions the RL update will.
+It packs sequences and computes completion log-probs with the RL trainer's code (tasks/trainer.py: explicit
+position ids, chunked LM head), so the warm start and the RL update score the same positions the same way.
 """
 from __future__ import annotations
 
