@@ -62,9 +62,9 @@ ESTIMATORS = ("grpo", "rloo")
 SPLIT_ROWS = 65_536
 # Row groups for the determinism check: the pipeline's one, 64Ki (whole groups of 8 in every row group) and
 # 64Ki + 3 (groups straddle row groups, as they would for group sizes that do not divide 65,536).
-DETERMINISM_FILES = {"duckdb": None, "duckdb, grades in 64Ki-row groups": SPLIT_ROWS,
-                     "duckdb, grades in 65,539-row groups": SPLIT_ROWS + 3}
 DUCKDB_FILES = ("duckdb", "duckdb, grades in 64Ki-row groups")
+STRADDLING = "duckdb, grades in 65,539-row groups"
+DETERMINISM_FILES = {DUCKDB_FILES[0]: None, DUCKDB_FILES[1]: SPLIT_ROWS, STRADDLING: SPLIT_ROWS + 3}
 METHODS = (*DUCKDB_FILES, "pandas", "loop")
 TOKENS = 4  # tokens per list column: the SQL never reads them, they only make the file realistic in shape
 
@@ -129,8 +129,16 @@ def split_copy(grades: Path) -> Path:
     return grades.with_name("grades_split.parquet")
 
 
+def write_grades(table: pa.Table, path: Path, row_group_rows: int | None) -> None:
+    """`table` to `path` in one row group as write_parquet writes it (None), or in row groups of `row_group_rows`."""
+    if row_group_rows:
+        pq.write_table(table, path, row_group_size=row_group_rows)
+    else:
+        write_parquet(table, GRADES, path)
+
+
 def write_split_copy(grades: Path) -> None:
-    pq.write_table(pq.read_table(grades), split_copy(grades), row_group_size=SPLIT_ROWS)
+    write_grades(pq.read_table(grades), split_copy(grades), SPLIT_ROWS)
 
 
 def fractional_copy(grades: Path, row_group_rows: int | None, seed: int = 1) -> Path:
@@ -141,10 +149,7 @@ def fractional_copy(grades: Path, row_group_rows: int | None, seed: int = 1) -> 
     score = score + np.random.default_rng(seed).random(len(score)) / 2
     t = t.set_column(t.schema.get_field_index("score"), "score", pa.array(score))
     path = grades.with_name(f"grades_fractional_{row_group_rows}.parquet")
-    if row_group_rows:
-        pq.write_table(t, path, row_group_size=row_group_rows)
-    else:
-        write_parquet(t, GRADES, path)
+    write_grades(t, path, row_group_rows)
     return path
 
 
@@ -338,7 +343,7 @@ def main() -> None:
         "",
         "With row groups that do not hold whole groups (65,539 rows, a group straddles each boundary), distinct "
         "results in " + f"{opts.repeats} calls: " + ", ".join(
-            f"{name} {distinct[name, 'duckdb, grades in 65,539-row groups']}" for name in ESTIMATORS) + ".",
+            f"{name} {distinct[name, STRADDLING]}" for name in ESTIMATORS) + ".",
     ]
     write_section("Advantages: DuckDB vs pandas vs Python loop, 1M responses", "\n".join(lines))
 
