@@ -1,6 +1,6 @@
 """Chaos benchmark: SIGKILL `segflow run` again and again, rerun the same command, compare with an uninterrupted run.
 
-    .venv/bin/python bench/chaos.py [--kills 24] [--seed 0] [--work DIR]
+    .venv/bin/python bench/chaos.py [--kills 24] [--seed 0] [--work DIR] [--iterations 8]
 
 A small embedded-default run (8 iterations, evaluation every 2) is first run uninterrupted. Then the same
 command runs in a second runs directory and is killed over and over, each time rerun, until it finishes.
@@ -9,7 +9,10 @@ rename, inside a checkpoint save before its rename, inside the engine's in-place
 a named stage) and SIGKILLs of the whole process group at a random moment. At the end every artifact is
 compared with the uninterrupted run's: Parquet content (metrics without their timing values, the runs table
 without its creation time), checkpoint weights (allclose), and the final summary's accuracies. No temporary
-file may be left. Results go to BENCHMARKS.md.
+file may be left. After every kill of the segflow process alone (the fault points; an OOM kill does the
+same), the temporary Prefect API servers of that attempt still running SERVER_WAIT seconds later are
+counted (flows/prefect_server.py stops them with their parent): expected 0. Results go to BENCHMARKS.md;
+a run with --iterations other than 8 is a reduced one and writes its own section.
 """
 from __future__ import annotations
 
@@ -34,10 +37,20 @@ CONFIG = ["data.arith.n_train=400", "data.arith.n_test=64", "warm_start.steps=80
           "train.micro_batch_size=16", "eval.every=2"]
 STAGES = ["generate_rollouts", "grade", "compute_advantages", "train_policy", "evaluate"]
 TIMING = ("_seconds", "_per_second")  # measured times differ between any two runs
+SERVER_WAIT = 10.0  # seconds a dead run's Prefect server gets to go (its watchdog: SIGTERM, SIGKILL after 5 s)
+SERVER_APP = b"prefect.server.api.server:create_app"
+DEFAULT_ITERATIONS = 8
 
 
-def launch(runs: Path, env: dict, crash_at: str | None) -> subprocess.Popen:
-    args = [str(SEGFLOW), "run", "--runs-dir", str(runs)] + [a for c in CONFIG for a in ("--set", c)]
+def config(iterations: int) -> list[str]:
+    if iterations == DEFAULT_ITERATIONS:
+        return CONFIG
+    return [c for c in CONFIG if not c.startswith(("run.iterations=", "eval.every="))] + [
+        f"run.iterations={iterations}", f"eval.every={min(2, iterations)}"]
+
+
+def launch(runs: Path, env: dict, crash_at: str | None, iterations: int) -> subprocess.Popen:
+    args = [str(SEGFLOW), "run", "--runs-dir", str(runs)] + [a for c in config(iterations) for a in ("--set", c)]
     e = {**env, **({"SEGFLOW_CRASH_AT": crash_at} if crash_at else {})}
     return subprocess.Popen(args, cwd=ROOT, env=e, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
@@ -51,11 +64,36 @@ def plan(n: int, rng: random.Random) -> list[str]:
     return [kinds[i % len(kinds)]() for i in range(n)]
 
 
-def run_with_kill(runs: Path, env: dict, spec: str | None) -> tuple[str, float]:
-    """One attempt (`spec` None: no kill). Returns (outcome, seconds): killed | finished | failed."""
+def prefect_servers(pgid: int) -> list[int]:
+    """Live (not zombie) temporary Prefect API servers in process group `pgid`: a run's own, since each
+    attempt starts in a new session and the server inherits its group."""
+    found = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(stat[2]) == pgid and stat[0] != "Z" and SERVER_APP in (d / "cmdline").read_bytes():
+                found.append(int(d.name))
+        except (OSError, IndexError, ValueError):  # exited while we looked
+            continue
+    return found
+
+
+def servers_left(pgid: int) -> int:
+    """How many of the group's Prefect servers are still alive SERVER_WAIT seconds from now (0 sooner)."""
+    deadline = time.monotonic() + SERVER_WAIT
+    while (left := len(prefect_servers(pgid))) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left
+
+
+def run_with_kill(runs: Path, env: dict, spec: str | None, iterations: int) -> tuple[str, float, int | None]:
+    """One attempt (`spec` None: no kill). Returns (outcome, seconds, servers): outcome killed | finished |
+    failed; servers, after a kill of the segflow process alone, its Prefect servers alive SERVER_WAIT s later."""
     t0 = time.perf_counter()
     timed = spec is not None and spec.startswith("time:")
-    proc = launch(runs, env, None if timed else spec)
+    proc = launch(runs, env, None if timed else spec, iterations)
     if timed:
         try:
             proc.wait(timeout=float(spec.split(":")[1]))
@@ -63,17 +101,19 @@ def run_with_kill(runs: Path, env: dict, spec: str | None) -> tuple[str, float]:
             os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     dt = time.perf_counter() - t0
+    killed = proc.returncode in (-signal.SIGKILL, 128 + signal.SIGKILL)
+    servers = servers_left(proc.pid) if killed and not timed else None  # a group kill took the server too
     try:  # the dead run's children (its temporary Prefect API server, which holds our stderr pipe) die too
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
     _, err = proc.communicate()
     if proc.returncode == 0:
-        return "finished", dt
-    if proc.returncode in (-signal.SIGKILL, 128 + signal.SIGKILL):
-        return "killed", dt
+        return "finished", dt, servers
+    if killed:
+        return "killed", dt, servers
     print(err[-3000:], file=sys.stderr)
-    return "failed", dt
+    return "failed", dt, servers
 
 
 def parquet_equal(a: Path, b: Path) -> str | None:
@@ -126,6 +166,8 @@ def main() -> None:
     ap.add_argument("--kills", type=int, default=24)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", type=Path, default=None)
+    ap.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS,
+                    help="run.iterations (eval.every 2); other than 8 is a reduced run with its own section")
     opts = ap.parse_args()
     work = opts.work or Path(tempfile.mkdtemp(prefix="segflow-chaos-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -135,44 +177,54 @@ def main() -> None:
     env.pop("SEGFLOW_CRASH_AT", None)
 
     t0 = time.perf_counter()
-    outcome, _ = run_with_kill(work / "ref", env, None)
+    outcome, _, _ = run_with_kill(work / "ref", env, None, opts.iterations)
     if outcome != "finished":
         sys.exit("the uninterrupted reference run failed")
     ref_seconds = time.perf_counter() - t0
     rng = random.Random(opts.seed)
     log, finished = [], False
     for spec in plan(opts.kills, rng):
-        outcome, dt = run_with_kill(work / "chaos", env, spec)
-        log.append((spec, outcome, dt))
-        print(f"{spec}: {outcome} after {dt:.0f} s", flush=True)
+        outcome, dt, servers = run_with_kill(work / "chaos", env, spec, opts.iterations)
+        log.append((spec, outcome, dt, servers))
+        left = "" if servers is None else f", {servers} Prefect server(s) left"
+        print(f"{spec}: {outcome} after {dt:.0f} s{left}", flush=True)
         if outcome == "failed":
             break
         if outcome == "finished":
             finished = True
             break
     while not finished and (not log or log[-1][1] != "failed"):
-        outcome, dt = run_with_kill(work / "chaos", env, None)  # the final, uninterrupted resume
-        log.append(("(resume to the end)", outcome, dt))
+        outcome, dt, servers = run_with_kill(work / "chaos", env, None, opts.iterations)  # the final resume
+        log.append(("(resume to the end)", outcome, dt, servers))
         finished = outcome == "finished"
         if outcome == "failed":
             break
     run_id = next(p.name for p in (work / "ref").iterdir() if (p / "summary.json").exists())
     result = compare(work / "ref" / run_id, work / "chaos" / run_id) if finished else {}
-    killed = sum(1 for _, o, _ in log if o == "killed")
-    tried = sum(1 for s, _, _ in log if s != "(resume to the end)")
+    killed = sum(1 for _, o, _, _ in log if o == "killed")
+    tried = sum(1 for s, _, _, _ in log if s != "(resume to the end)")
+    counted = [n for _, _, _, n in log if n is not None]
     survived = killed if finished and result and not result["parquet_different"] and not result[
         "checkpoints_different"] and result["summary_equal"] and not result["temporaries_left"] else 0
-    lines = ["| # | kill | outcome | seconds |", "|---|---|---|---|"]
-    lines += [f"| {i} | `{s}` | {o} | {dt:.0f} |" for i, (s, o, dt) in enumerate(log, 1)]
+    lines = ["| # | kill | outcome | seconds | Prefect servers left |", "|---|---|---|---|---|"]
+    lines += [f"| {i} | `{s}` | {o} | {dt:.0f} | {'' if n is None else n} |"
+              for i, (s, o, dt, n) in enumerate(log, 1)]
     lines += ["", f"Kills survived / kills tried: **{survived} / {tried}** ({killed} attempts died by SIGKILL; "
               f"a kill spec whose point was not reached let the attempt finish). Reference run {ref_seconds:.0f} s."]
+    lines += [f"Temporary Prefect API servers still alive {SERVER_WAIT:.0f} s after a SIGKILL of the segflow process "
+              f"alone: **{sum(counted)}** after {len(counted)} such kills (a `time:` kill SIGKILLs the whole process "
+              "group, server included, so it is not counted)."]
     if result:
         lines += [f"Compared with the uninterrupted run: {result['parquet_files']} Parquet files, "
                   f"{len(result['parquet_different'])} different; {result['checkpoints']} checkpoints, "
                   f"{len(result['checkpoints_different'])} not allclose (atol 1e-6); final summary accuracies and "
                   f"generated tokens equal: {result['summary_equal']}; temporaries left: {len(result['temporaries_left'])}."]
         lines += [f"- {d}" for d in result["parquet_different"][:10] + result["checkpoints_different"][:10]]
-    write_section("Chaos: crash anywhere, resume, identical results", "\n".join(lines))
+    title = "Chaos: crash anywhere, resume, identical results"
+    if opts.iterations != DEFAULT_ITERATIONS:
+        title += f" (reduced: {opts.iterations} iterations)"
+        lines.insert(0, f"A reduced run: `run.iterations={opts.iterations}` instead of {DEFAULT_ITERATIONS}.\n")
+    write_section(title, "\n".join(lines))
     print("\n".join(lines))
 
 

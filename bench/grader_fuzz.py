@@ -11,11 +11,21 @@ matrices, exponent towers, `100000!`), sympy-hostile inputs (`'x'*10**5`, `10**1
 stressors (long runs of whitespace after "answer is", many unclosed "final answer is $") and valid
 answers (so `ok` and `wrong` appear too), with references that are sometimes hard as well.
 
+Verdict categories carry the status they must get (issue 27), and any other status is a failure:
+numeric_whole (a whole answer that is not its first number: `1/2`, `2^10`, `5!`, `3:2`, `0x1F`,
+`1.5e3`, `12 and 13`, in `####` and in the fallbacks, next to unit/`$`/full-stop forms that must
+stay `ok`), unicode_numeric (U+2212 and dashes as minus, no-break/thin/narrow/`'`/`_` digit groups,
+zero-width and direction marks inside or around a number), latex_spacing (math: `\\,` `\\;` `~`
+`\\quad`... inside numbers and expressions, invisible characters, U+2212) and nesting_verdicts (math:
+chains past `MAX_NESTING` are `parse_error`, shallow ones ok/wrong by value, exact power towers never
+`wrong` when equal).
+
 Every string goes through `tasks.graders.grade_all` for arith and gsm8k (one item per call, timed,
 with a per-item limit) and for math (in batches, so the math-verify worker pool and its per-item
 timeout are exercised). Checked: no exception escapes grade_all, every status is in STATUSES,
-every score is finite except a NaN with status `timeout`, no numeric item exceeds its limit, and
-no math batch exceeds items x per-item timeout + pool start margin. Results go to BENCHMARKS.md.
+every score is finite except a NaN with status `timeout`, no numeric item exceeds its limit, no
+math batch exceeds items x per-item timeout + pool start margin, and every verdict case gets one of
+its expected statuses. Results go to BENCHMARKS.md.
 """
 from __future__ import annotations
 
@@ -34,7 +44,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 
+from tasks.algos.answer_text import INVISIBLE, MINUS_SIGNS
 from tasks.algos.grading import STATUSES, Grade, RewardScheme
+from tasks.algos.math_answer import MAX_NESTING
 from tasks.graders import grade_all
 from tasks.math_grading import DEFAULT_TIMEOUT
 
@@ -53,6 +65,8 @@ class Case:
     num_ref: str  # reference for arith/gsm8k: always holds a number (dataset precondition)
     math_ref: str  # reference for math: always parseable LaTeX (dataset precondition), sometimes hard
     finish: str = "stop"
+    num_expect: tuple[str, ...] = ()  # verdict cases: the statuses arith/gsm8k may give (empty: any)
+    math_expect: tuple[str, ...] = ()  # the statuses math may give (empty: any)
 
 
 # ---------------------------------------------------------------- generator
@@ -199,6 +213,129 @@ def _valid_math(rng: random.Random) -> tuple[str, str]:
     return style % ans, ref
 
 
+# ---- verdict cases (issue 27): each returns (response, reference, expected statuses)
+
+GROUP_SEPS = [",", " ", "'", "_", "\u00a0", "\u2009", "\u202f"]  # digit-group separators a grader must join
+LATEX_SPACES = ["\\,", "\\;", "\\:", "\\ ", "~", "\\!", "{,}", ",\\!", "\\thinspace ", "\u2009", "\u00a0"]
+
+
+def _grouped(n: int, sep: str) -> str:
+    return f"{n:,}".replace(",", sep)
+
+
+def _whole_numeric(rng: random.Random) -> tuple[str, str, tuple[str, ...]]:
+    """An answer whose first number is the reference but whose whole is not (parse_error / wrong), or a
+    unit/currency/full-stop form of the reference (ok)."""
+    a, b = rng.randint(1, 999), rng.randint(2, 99)
+    d, k = rng.randint(1, 9), rng.randint(1, 9)
+    not_a_number = [f"{a}/{b}", f"{a}^{b}", f"{a}^{{{b}}}", f"{a}!", f"{a}:{b:02d}", f"{a} and {b}", f"{a}-{b}",
+                    f"{a}/{b} dollars", f"{a}x{b}"]
+    whole_tokens = [f"{a}/{b}", f"{a}^{b}", f"{a}:{b:02d}"]  # also whole in the fallbacks
+    kind = rng.randrange(6)
+    if kind == 0:
+        return f"Work.\n#### {rng.choice(not_a_number)}", str(a), ("parse_error",)
+    if kind == 1:
+        return f"#### 0x{a:X}", "0", ("parse_error",)
+    if kind == 2:  # scientific notation is one number, and not its mantissa
+        exact = str(int(a * 10**k + d * 10**(k - 1)))  # a.d x 10^k
+        text = rng.choice([f"#### {a}.{d}e{k}", f"The answer is {a}.{d}e{k}.", f"so we get {a}.{d}E+{k}"])
+        return (text, f"{a}.{d}", ("wrong",)) if rng.random() < 0.5 else (text, exact, ("ok",))
+    if kind == 3:
+        tok = rng.choice(whole_tokens)
+        return rng.choice([f"The answer is {tok}.", f"so we get {tok}", f"Total: {tok}\n"]), str(a), ("parse_error",)
+    body = rng.choice(["", "3 + 4 = 7.\n", "Step 1: 12 apples.\n"])
+    form = rng.choice([f"{a} dollars", f"${a}.00", f"{a}.", f"{a}%", f"{a} cm", f"{a} km/h", f"{a}/hour",
+                       f"**{a}**", f"\\boxed{{{a}}}", f"${a}$", f"{a} sq. ft.", f"-${a}", f"$-{a}"])
+    ref = f"-{a}" if form.startswith("-") or form.startswith("$-") else str(a)
+    return f"{body}#### {form}", ref, ("ok",)
+
+
+def _unicode_numeric(rng: random.Random) -> tuple[str, str, tuple[str, ...]]:
+    """Unicode minus signs, digit-group separators and invisible characters in a numeric answer."""
+    n = rng.randint(1000, 10**9)
+    kind = rng.randrange(4)
+    if kind == 0:
+        a = rng.randint(1, 10**6)
+        text = f"#### {rng.choice(MINUS_SIGNS)}{a}"
+        return (text, f"-{a}", ("ok",)) if rng.random() < 0.5 else (text, str(a), ("wrong",))
+    if kind == 1:
+        text = f"#### {_grouped(n, rng.choice(GROUP_SEPS))}"
+        first = f"{n:,}".split(",")[0]
+        return (text, str(n), ("ok",)) if rng.random() < 0.5 else (text, first, ("wrong",))
+    s = str(n)
+    cut = rng.randint(1, len(s) - 1)
+    inv = rng.choice(INVISIBLE)
+    if kind == 2:
+        text = f"#### {s[:cut]}{inv}{s[cut:]}" if rng.random() < 0.5 else f"The answer is {s[:cut]}{inv}{s[cut:]}."
+        return (text, s, ("ok",)) if rng.random() < 0.5 else (text, s[:cut], ("wrong",))
+    text = f"#### {inv}{rng.choice(MINUS_SIGNS)}{_grouped(n, rng.choice(GROUP_SEPS))}{inv}"
+    return text, f"-{n}", ("ok",)
+
+
+def _latex_spacing(rng: random.Random) -> tuple[str, str, tuple[str, ...]]:
+    """LaTeX spacing commands and invisible characters in MATH answers: equal answers are ok."""
+    n = rng.randint(1000, 10**7)
+    wrap = rng.choice(["\\boxed{%s}", "Therefore, the final answer is: $\\boxed{%s}$. I hope it is correct.",
+                       "so \\boxed{%s}."])
+    kind = rng.randrange(5)
+    if kind == 0:
+        text = _grouped(n, rng.choice(LATEX_SPACES))
+        return (wrap % text, str(n), ("ok",)) if rng.random() < 0.7 else (wrap % text, str(n + 1), ("wrong",))
+    if kind == 1:
+        s = str(n)
+        cut = rng.randint(0, len(s))
+        return wrap % (s[:cut] + rng.choice(INVISIBLE) + s[cut:]), s, ("ok",)
+    if kind == 2:
+        a, b = rng.randint(1, 50), rng.randint(51, 99)
+        sp = rng.choice(LATEX_SPACES[:4] + ["\\quad ", "\\qquad "])
+        return wrap % f"\\frac{{{sp}{a}}}{{{b}{sp}}}", f"\\frac{{{a}}}{{{b}}}", ("ok",)
+    if kind == 3:
+        a = rng.randint(1, 999)
+        return wrap % f"\u2212{a}", rng.choice([f"-{a}", str(a)]), None  # expectation set below
+    sp = rng.choice(LATEX_SPACES[:4])
+    return wrap % f"x{sp}+{sp}{n % 97}", f"x+{n % 97}", ("ok",)
+
+
+def _nesting_verdicts(rng: random.Random) -> tuple[str, str, tuple[str, ...]]:
+    """Nesting past MAX_NESTING is parse_error; shallow chains are graded by value; equal exact power
+    towers may time out but are never wrong."""
+    kind = rng.randrange(4)
+    if kind == 0:
+        d = rng.randint(MAX_NESTING + 1, 300)
+        core = rng.choice(["\\frac{1}{" * d + "2" + "}" * d, "(" * d + "3" + ")" * d, "\\sqrt{" * d + "1" + "}" * d,
+                           "{" * d + "4" + "}" * d, "\\left(" * d + "5" + "\\right)" * d])
+        return f"\\boxed{{{core}}}", rng.choice(["2", "3", "1", "4", "5"]), ("parse_error",)
+    if kind == 1:
+        d = rng.randint(1, 10)
+        chain = "\\frac{1}{" * d + "2" + "}" * d  # 2 when d is even, 1/2 when odd
+        ref = rng.choice(["2", "\\frac{1}{2}"])
+        right = (ref == "2") == (d % 2 == 0)
+        return f"\\boxed{{{chain}}}", ref, ("ok", "timeout") if right else ("wrong", "timeout")
+    if kind == 2:
+        equal = [("2^{2^{2^{2^{2}}}}", "2^{65536}"), ("4^{32768}", "2^{65536}"), ("(2^{16})^{4096}", "2^{65536}"),
+                 ("2^{2^{2^{2}}}", "65536"), ("3^{3^{3}}", "7625597484987")]
+        pred, ref = rng.choice(equal)
+        return f"\\boxed{{{pred}}}", ref, ("ok", "timeout")
+    pred, ref = rng.choice([("2^{65536}+1", "2^{65536}"), ("2^{2^{2^{2^{2}}}}", "2^{65535}"),
+                            ("2^{2^{2^{2^{2^{2}}}}}", "2^{65536}"), ("3^{3^{3}}", "7625597484986")])
+    return f"\\boxed{{{pred}}}", ref, ("wrong", "timeout")
+
+
+# name -> (generator, which grader the expectation is for)
+VERDICT_GEN = {"numeric_whole": (_whole_numeric, "num"), "unicode_numeric": (_unicode_numeric, "num"),
+               "latex_spacing": (_latex_spacing, "math"), "nesting_verdicts": (_nesting_verdicts, "math")}
+
+
+def verdict_case(category: str, rng: random.Random) -> Case:
+    gen, grader = VERDICT_GEN[category]
+    resp, ref, expect = gen(rng)
+    if expect is None:  # \u2212 a: -a is the same answer, a is not
+        expect = ("ok",) if ref.startswith("-") else ("wrong",)
+    if grader == "num":
+        return Case(category, resp, ref, _math_ref(rng), num_expect=expect)
+    return Case(category, resp, _num_ref(rng), ref, math_expect=expect)
+
+
 MB_STYLES = {  # chunk mixes for the 1 MB outputs, cycled so even a handful covers each
     "mixed": ["#### 12\n", "\\boxed{\\frac{1}{2}} ", "the answer is 7. ", "final answer is $x$ ", "answer is   ",
               "{{{", "}}", "$", "lorem ipsum dolor sit amet 12,345.6 ", "\\left(", "$. I hope ", " " * 200, "9" * 300],
@@ -224,7 +361,8 @@ def _megabyte(rng: random.Random, style: str) -> str:
 # few hundred of each.
 CATEGORIES = [("valid_numeric", 0.14), ("valid_math", 0.14), ("random_unicode", 0.14), ("random_bytes", 0.08),
               ("token_soup", 0.33), ("unbalanced", 0.06), ("deep_nesting", 0.01), ("huge_numbers", 0.015),
-              ("latex_bombs", 0.015), ("sympy_hostile", 0.01), ("regex_stress", 0.03), ("truncated", 0.03)]
+              ("latex_bombs", 0.015), ("sympy_hostile", 0.01), ("regex_stress", 0.03), ("truncated", 0.03),
+              ("numeric_whole", 0.03), ("unicode_numeric", 0.02), ("latex_spacing", 0.02), ("nesting_verdicts", 0.01)]
 _GEN = {"random_unicode": _unicode, "random_bytes": _bytes, "token_soup": _soup, "unbalanced": _unbalanced,
         "deep_nesting": _nested, "huge_numbers": _huge, "latex_bombs": _bomb, "sympy_hostile": _hostile,
         "regex_stress": _regex, "truncated": _soup}
@@ -242,7 +380,9 @@ def make_cases(n: int, seed: int = 0, megabytes: int | None = None) -> list[Case
     names = [c for c, _ in CATEGORIES]
     for _ in range(n - len(cases)):
         cat = rng.choices(names, weights)[0]
-        if cat == "valid_numeric":
+        if cat in VERDICT_GEN:
+            cases.append(verdict_case(cat, rng))
+        elif cat == "valid_numeric":
             resp, ref = _valid_numeric(rng)
             cases.append(Case(cat, resp, ref, _math_ref(rng)))
         elif cat == "valid_math":
@@ -294,6 +434,8 @@ class Tally:
     hangs: int = 0
     over_limit: int = 0
     bad_outcomes: int = 0
+    unexpected: int = 0  # verdict cases graded outside their expected statuses
+    verdicts: Counter = field(default_factory=Counter)  # (category, "checked" | "unexpected") -> count
     first_error: str = ""
     failed: Counter | None = None  # failures by category
 
@@ -341,7 +483,20 @@ def fuzz_numeric(task: str, cases: list[Case]) -> Tally:
             t.note(f"{task}: BAD OUTCOME {problem} on {_describe(c)}", c.category)
             continue
         t.statuses[out[0].status] += 1
+        check_verdict(t, task, c, c.num_expect, out[0])
     return t
+
+
+def check_verdict(t: Tally, task: str, c: Case, expect: tuple[str, ...], g: Grade) -> None:
+    """Count a verdict case, and note it when its status is not one it may get."""
+    if not expect:
+        return
+    t.verdicts[c.category, "checked"] += 1
+    if g.status not in expect:
+        t.unexpected += 1
+        t.verdicts[c.category, "unexpected"] += 1
+        t.note(f"{task}: UNEXPECTED VERDICT {g.status} (expected {'/'.join(expect)}; extracted "
+               f"{g.extracted[:60]!r}) on {_describe(c)}", c.category)
 
 
 def fuzz_math(cases: list[Case], batch: int) -> tuple[Tally, dict]:
@@ -388,6 +543,7 @@ def fuzz_math(cases: list[Case], batch: int) -> tuple[Tally, dict]:
                 t.note(f"math: BAD OUTCOME {problem} on {_describe(c)}", c.category)
             else:
                 t.statuses[g.status] += 1
+                check_verdict(t, "math", c, c.math_expect, g)
         print(f"  math batch {b + 1}/{-(-len(cases) // batch)}: {dt:.1f} s, {timeouts} timeouts", flush=True)
     return t, worst
 
@@ -430,11 +586,18 @@ def main() -> None:
     chars = sum(len(c.response) for c in cases)
     lines = [f"{len(cases)} strings (seed {args.seed}, {chars / 1e6:.1f} M characters), each graded by every grader. "
              "Categories: " + ", ".join(f"{k} {v}" for k, v in sorted(cats.items())) + ".",
-             "", "| grader | " + " | ".join(cols) + " | crashes | hangs | over limit | non-status outcomes | wall s |",
-             "|---" * (len(cols) + 6) + "|"]
+             "", "| grader | " + " | ".join(cols) + " | crashes | hangs | over limit | non-status outcomes "
+             "| unexpected verdicts | wall s |",
+             "|---" * (len(cols) + 7) + "|"]
     for task, t in tallies.items():
         lines.append(f"| {task} | " + " | ".join(str(t.statuses[s]) for s in cols)
-                     + f" | {t.crashes} | {t.hangs} | {t.over_limit} | {t.bad_outcomes} | {walls[task]:.0f} |")
+                     + f" | {t.crashes} | {t.hangs} | {t.over_limit} | {t.bad_outcomes} | {t.unexpected} "
+                     f"| {walls[task]:.0f} |")
+    lines += ["", "Verdict cases (each must get one of its expected statuses; checked / unexpected):", "",
+              "| category | expected by | " + " | ".join(tallies) + " |", "|---|---|" + "---|" * len(tallies)]
+    for cat, (_, grader) in VERDICT_GEN.items():
+        lines.append(f"| {cat} | {'arith, gsm8k' if grader == 'num' else 'math'} | " + " | ".join(
+            f"{t.verdicts[cat, 'checked']} / {t.verdicts[cat, 'unexpected']}" for t in tallies.values()) + " |")
     lines += ["", "| grader | per | p99 wall s | max wall s | max CPU s | limit |", "|---|---|---|---|---|---|"]
     for task in ("arith", "gsm8k"):
         t = tallies[task]
@@ -444,15 +607,16 @@ def main() -> None:
     lines.append(f"| math | batch of {args.batch} | {_pct(mt, 0.99):.1f} | {max(mt, default=0):.1f} | - | items x "
                  f"{DEFAULT_TIMEOUT:g} s + (1 + timeouts) x {POOL_MARGIN:g} s |")
     worker_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    ok = all(t.crashes == t.hangs == t.over_limit == t.bad_outcomes == 0 for t in tallies.values())
+    ok = all(t.crashes == t.hangs == t.over_limit == t.bad_outcomes == t.unexpected == 0 for t in tallies.values())
     verdict = "pass" if ok else "FAIL"
     lines += [
         "",
         (f"Worst math batch: {worst['wall']:.1f} s, {100 * worst['ratio']:.1f}% of its {worst['budget']:.0f} s budget "
         f"({worst['per_item']:.2f} s per item). Largest math-verify worker: {worker_mb:.0f} MB resident."),
         "",
-        (f"Verdict: **{verdict}**: crashes (exceptions out of grade_all), hangs, items over their limit and "
-        "outcomes that are not a Grade with a status in STATUSES must all be 0, and a score is NaN exactly "
+        (f"Verdict: **{verdict}**: crashes (exceptions out of grade_all), hangs, items over their limit, "
+        "outcomes that are not a Grade with a status in STATUSES and verdict cases outside their expected "
+        "statuses must all be 0, and a score is NaN exactly "
         f"when the status is `timeout`. Total {time.perf_counter() - t_start:.0f} s."),
         "",
         (f"Math: `tasks.math_grading.DEFAULT_TIMEOUT` = {DEFAULT_TIMEOUT:g} s per item in the 2-process math-verify "

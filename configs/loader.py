@@ -93,12 +93,30 @@ def resolve(
         if not path.exists():
             raise ConfigError(f"--config {path}: no such file")
         data = _merge(data, _read_yaml(path))
+    return _validated(data, overrides)
+
+
+def _validated(data: dict[str, Any], overrides: Iterable[str]) -> Config:
     for item in overrides:
         data = _merge(data, parse_override(item))
     try:
         return Config.model_validate(data)
     except ValidationError as e:
         raise ConfigError(_format_errors(e)) from None
+
+
+def load_run_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:
+    """A run's saved config.yaml (storage/layout.RunLayout.config), then `--set` overrides, validated as
+    resolve() validates. The saved file is checked alone first, so a bad override is never blamed on it."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: no such file (a run directory holds its resolved config.yaml)")
+    data = _read_yaml(path)
+    try:
+        _validated(data, ())
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    return _validated(data, overrides)
 
 
 def config_digest(cfg: Config) -> str:

@@ -14,14 +14,16 @@ RESPONSE_ESTIMATORS = ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline", "rec"
 SEGMENT_ESTIMATORS = ("spo_chain",)  # per-segment advantages from Monte Carlo values (spo section)
 TREE_ESTIMATORS = ("spo_tree",)  # edge advantages from tree rollouts and a replay buffer (tree section)
 ESTIMATORS = RESPONSE_ESTIMATORS + SEGMENT_ESTIMATORS + TREE_ESTIMATORS
-LOSS_AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
+LOSS_AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm",
+                     "micro-batch-token-mean")
 CLIP_MODES = ("none", "one-side", "two-side", "dual-clip")
 TOKEN_WEIGHTS = ("none", "importance", "truncated")
 REGULARIZERS = ("none", "k2", "forward-kl")
 KL_ESTIMATORS = ("k1", "k2", "k3")
+KL_AGGREGATIONS = ("loss_agg",) + LOSS_AGGREGATIONS  # loss_agg: the KL term aggregates as train.loss_agg
 # Codes of the training health checks (tasks/algos/health.py), the names health.fail_on accepts.
 HEALTH_FINDINGS = ("no_signal", "truncated", "unparseable", "logprob_mismatch", "clipping", "skipped_steps",
-                   "entropy_collapse", "eval_regression")
+                   "stale_update", "entropy_collapse", "eval_regression")
 
 
 class Section(BaseModel):
@@ -121,7 +123,10 @@ class RolloutSection(Section):
     stop: tuple[str, ...] = ()
     max_model_len: int = Field(128, ge=16)
     kv_cache_gib: float = Field(1.0, gt=0, description="CPU KV-cache size (VLLM_CPU_KVCACHE_SPACE).")
-    gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
+    gpu_memory_utilization: float = Field(
+        0.5, gt=0, le=1, description="Share of the whole GPU one vLLM engine takes (weights, KV cache, CUDA graphs); "
+        "the trainer gets the rest unless sleep_mode frees it (README, 'Memory on one GPU').",
+    )
     enforce_eager: bool = True
     # Execution keys (EXECUTION_KEYS): where the engines run, never what they generate.
     shards: int = Field(
@@ -134,8 +139,35 @@ class RolloutSection(Section):
     )
     shard_cpus: float = Field(1.0, gt=0, description="shards > 1: CPUs Ray reserves per engine actor.")
     shard_gpus: float | None = Field(
-        None, ge=0, description="shards > 1: GPUs per engine actor; null = 1 when this machine has CUDA, else 0.",
+        None, ge=0, description="shards > 1: GPUs per engine actor; null = 1 when this machine has CUDA, else 0. A "
+        "fraction shares a GPU (0.5: two engines per GPU, each taking gpu_memory_utilization of it); above 1, whole "
+        "GPUs only. A local cluster must have shards x shard_gpus GPUs (checked at start).",
     )
+    placement_timeout_seconds: float = Field(
+        300.0, gt=0, description="shards > 1: fail when Ray has not reserved every engine actor's CPUs and GPUs "
+        "within this long (a cluster that lacks them would otherwise wait for good).",
+    )
+    sleep_mode: Literal["auto", True, False] = Field(
+        "auto", description="Sleep the vLLM engine during train_policy (sleep(level=1): weights to host memory, KV "
+        "cache freed) and wake it after, so the trainer has the GPU. auto = on where the engine can sleep (vLLM on "
+        "CUDA, HF generate on CUDA), off on CPU; true = on, and an engine that cannot sleep fails at start; "
+        "false = off.",
+    )
+
+    @model_validator(mode="after")
+    def _shards_fit_a_gpu(self) -> "RolloutSection":
+        g = self.shard_gpus
+        if self.shards == 1 or not g:
+            return self
+        if g > 1 and g != int(g):
+            raise ValueError(f"rollout.shard_gpus={g:g}: above 1 GPU per engine actor Ray assigns whole GPUs only")
+        sharing = min(self.shards, int(1 / g + 1e-9)) if g < 1 else 1
+        if sharing * self.gpu_memory_utilization >= 1:
+            raise ValueError(
+                f"rollout.shard_gpus={g:g} puts {sharing} engines on one GPU, each taking "
+                f"rollout.gpu_memory_utilization={self.gpu_memory_utilization:g} of it ({sharing * self.gpu_memory_utilization:g} in all): lower "
+                f"gpu_memory_utilization below {1 / sharing:.2g} or raise shard_gpus")
+        return self
 
 
 class RewardSection(Section):
@@ -186,6 +218,18 @@ class SPOSection(Section):
         "token is a cutpoint, else the first segment gets 0).",
     )
     whiten_eps: float = Field(1e-8, gt=0)
+    high_prob_advantage: Literal["segment", "zero"] = Field(
+        "segment", description="The raw advantage of a token that is not a cutpoint (p >= rho): its segment's "
+        "(segflow), or 0 before whitening (the reference's generator), so without the probability mask "
+        "(train.prob_mask_rho=null) only the whitening shift reaches it: the paper's 'without mask' ablation. "
+        "With the mask on both train the same. zero needs spo.normalize micro_batch or none without the mask.",
+    )
+    top_p_probs: Literal["sampler", "recompute"] = Field(
+        "sampler", description="With rollout.top_p < 1 the sampler's log-probs are renormalised over the top-p "
+        "nucleus, which inflates p. recompute replaces them by a teacher-forced pass of the generating policy at "
+        "the sampling temperature (the reference's probabilities) where SPO reads them: SPO-tree's pi_old and "
+        "mask, spo.prob_source=sampler's cutpoints, spo.mc_train continuations' cutpoints. No effect at top_p = 1.",
+    )
     mc_train: bool = Field(
         False, description="Also train on the Monte Carlo continuations: each is a sample (prefix = the boundary "
         "prefix) with A = its reward - V(prefix); those with A = 0 are skipped. They join the iteration's optimiser "
@@ -224,6 +268,10 @@ class TreeSection(Section):
     old_logprobs: Literal["generation", "recompute"] = Field(
         "generation", description="pi_old of the ratio: the sampler's at generation time (buffered edges stay "
         "off-policy-corrected), or recomputed by the current policy.",
+    )
+    grade_truncated: bool = Field(
+        False, description="Grade a leaf cut by the response or context budget on its text, as the reference "
+        "does (it can earn reward from an answer its text already holds); false = it scores reward.truncated.",
     )
 
     @model_validator(mode="after")
@@ -280,6 +328,27 @@ class TrainSection(Section):
         None, gt=0, le=1,
         description="SPO probability mask: only tokens with p_old < rho carry gradient (0.9 in the paper); null = off.",
     )
+    whiten_advantages: Literal["none", "micro_batch"] = Field(
+        "none", description="micro_batch: whiten every estimator's advantages over each micro-batch's trained "
+        "tokens in the trainer, (A - mean) / sqrt(var_unbiased + 1e-8), as the SPO reference does for GRPO and "
+        "RLOO too (spo.md §3.3); none: as the estimator made them (SPO's own whitening is spo.normalize).",
+    )
+    kl_agg: Literal[KL_AGGREGATIONS] = Field(
+        "loss_agg", description="Aggregation of the KL term: loss_agg = with the policy-gradient term; "
+        "seq-mean-token-sum = beta * mean over sequences of the sum over trained tokens (the SPO reference).",
+    )
+    log_ratio_clamp: float = Field(
+        20.0, gt=0, description="log pi - log pi_old (the ratio) and, for the KL in the loss, log pi - log pi_ref "
+        "are clamped to +-this (verl: 20, the SPO reference: 10).",
+    )
+    kl_k3_max: float | None = Field(
+        10.0, gt=0, description="k3 in the loss is clamped to [-this, this] (verl, OpenRLHF: 10); null = only to "
+        "k3 >= 0 (the SPO reference).",
+    )
+    skip_ratio_above: float | None = Field(
+        None, gt=0, description="A micro-batch whose mean ratio pi/pi_old over its trained tokens exceeds this "
+        "contributes no loss (the SPO reference: 10); metric skipped_micro_batches. null = off.",
+    )
     processes: int = Field(
         1, ge=1, description="Data-parallel training processes: > 1 runs the update under torchrun (gloo on CPU, "
         "nccl on GPU, one GPU each) in a subprocess (tasks/distributed.py); 1 = in the flow's process.",
@@ -315,6 +384,11 @@ class HealthSection(Section):
     )
     clip_frac: float = Field(0.3, gt=0, le=1, description="clipping: share of trained tokens clipped.")
     entropy_ratio: float = Field(0.1, gt=0, lt=1, description="entropy_collapse: entropy below this share of the first iteration's.")
+    stale_update_frac: float = Field(
+        0.5, ge=0, le=1, description="stale_update: share of the trained (float32 master) weight entries an "
+        "iteration changed, below which it fires (float32 master weights: > 0.99 on the embedded model; bf16 "
+        "weights updated in place at lr 1e-6: ~0.01); 0 turns it off.",
+    )
     eval_drop_std: float = Field(
         3.0, gt=0, description="eval_regression: held-out accuracy below the start by more than this many "
         "standard deviations of evaluation noise.",
@@ -360,6 +434,22 @@ class Config(Section):
         if self.spo.mc_train and self.advantage.estimator not in SEGMENT_ESTIMATORS:
             raise ValueError(f"spo.mc_train=true trains SPO-chain's Monte Carlo continuations, but "
                              f"advantage.estimator={self.advantage.estimator!r} makes none: use 'spo_chain'")
+        # SPO-chain whitens over the cutpoints (p < spo.rho) when the mask is on: they must be the tokens
+        # the mask trains (p_old < train.prob_mask_rho). Without the mask it weighs every token, so any rho.
+        rho, mask_rho = self.spo.rho, self.train.prob_mask_rho
+        if self.advantage.estimator in SEGMENT_ESTIMATORS and mask_rho is not None and mask_rho != rho:
+            raise ValueError(f"spo.rho={rho} differs from train.prob_mask_rho={mask_rho}: SPO-chain whitens over "
+                             "the cutpoints (p < spo.rho), so they must be the tokens the mask trains; set both to "
+                             "the same value (or train.prob_mask_rho=null for no mask)")
+        spo_family = self.advantage.estimator in SEGMENT_ESTIMATORS + TREE_ESTIMATORS
+        if spo_family and self.train.whiten_advantages == "micro_batch" and self.spo.normalize == "batch":
+            raise ValueError(f"train.whiten_advantages='micro_batch' with spo.normalize='batch' would whiten "
+                             f"{self.advantage.estimator}'s advantages twice: set spo.normalize to micro_batch or none")
+        if self.advantage.estimator in SEGMENT_ESTIMATORS and self.spo.high_prob_advantage == "zero" and \
+                mask_rho is None and self.spo.normalize == "batch":
+            raise ValueError("spo.high_prob_advantage='zero' zeroes raw advantages before whitening, but "
+                             "spo.normalize='batch' whitens them first (in the advantage stage) when "
+                             "train.prob_mask_rho=null: set spo.normalize to micro_batch (the reference) or none")
         if self.data.max_prompt_tokens >= self.rollout.max_model_len:
             raise ValueError(f"data.max_prompt_tokens={self.data.max_prompt_tokens} leaves no room for a response "
                              f"under rollout.max_model_len={self.rollout.max_model_len}: lower the first or raise the second")
@@ -373,7 +463,7 @@ class Config(Section):
 # resumes in the same directory with its cached stages and produces the same artifacts. The health
 # checks only judge stored metrics (their findings are rebuilt on every invocation).
 EXECUTION_KEYS: dict[str, set[str]] = {
-    "rollout": {"shards", "ray_address", "shard_cpus", "shard_gpus"},
+    "rollout": {"shards", "ray_address", "shard_cpus", "shard_gpus", "placement_timeout_seconds", "sleep_mode"},
     "train": {"timeout_seconds"},
     "health": set(HealthSection.model_fields),
 }

@@ -22,7 +22,8 @@ def eval_(
     temperature: float = typer.Option(0.6),
     top_p: float = typer.Option(0.95, "--top-p"),
     budget: List[int] = typer.Option([], "--budget", help="Context budget in tokens (total and new); repeatable. "
-                                     "Default: the model's maximum."),
+                                     "Default: the run's rollout.max_model_len for a run's checkpoint, else 4096 "
+                                     "(capped at the model's max_position_embeddings)."),
     seed: int = typer.Option(0),
     limit: Optional[int] = typer.Option(None, help="First N problems of each dataset."),
     price_in: float = typer.Option(0.0, "--price-in", help="USD per million prompt tokens."),

@@ -51,7 +51,8 @@ class EvalSpec(BaseModel):
     samples: int = Field(0, ge=0, description="k sampled answers per problem (avg@k, pass@k, maj@k); 0 = greedy only.")
     temperature: float = Field(0.6, gt=0)
     top_p: float = Field(0.95, gt=0, le=1)
-    budgets: tuple[int, ...] = Field((), description="Context budgets (total tokens); empty = the model's maximum.")
+    budgets: tuple[int, ...] = Field((), description="Context budgets (total tokens); empty = default_budget of "
+                                     "the checkpoints.")
     seed: int = 0
     limit: int | None = Field(None, ge=1, description="First N problems of each dataset.")
     price_in: float = Field(0.0, ge=0, description="USD per million prompt tokens (cost-of-pass).")
@@ -109,6 +110,40 @@ def max_positions(model_dir: Path) -> int:
     return int(cfg.get("max_position_embeddings", 4096))
 
 
+# Context budget (prompt + answer tokens) for a checkpoint that is not a run's, when no --budget is given. Not the
+# model's max_position_embeddings: 131,072 for DeepSeek-R1-Distill, whose KV cache for one such sequence alone
+# outgrows a typical engine share. 4096 holds MATH-500 and GSM8K answers of the presets' models.
+DEFAULT_BUDGET = 4096
+
+
+def run_max_model_len(model_dir: Path) -> int | None:
+    """rollout.max_model_len of the run a checkpoint belongs to (runs/<id>/checkpoints/<k>, runs/<id>/models/<m>,
+    as checkpoint_dir resolves a run directory), from the run's saved config.yaml; None outside a run."""
+    import yaml
+
+    run_config = model_dir.parent.parent / "config.yaml"
+    if model_dir.parent.name not in ("checkpoints", "models") or not run_config.exists():
+        return None
+    value = (yaml.safe_load(run_config.read_text()) or {}).get("rollout", {}).get("max_model_len")
+    return int(value) if value else None
+
+
+def default_budget(model_dir: Path) -> int:
+    """The budget `segflow eval` uses without --budget: the run's context (rollout.max_model_len) for a run's
+    checkpoint, DEFAULT_BUDGET otherwise, never beyond the model's max_position_embeddings."""
+    return min(run_max_model_len(model_dir) or DEFAULT_BUDGET, max_positions(model_dir))
+
+
+def eval_rollout(spec: EvalSpec, max_model_len: int) -> RolloutSection:
+    """Engine settings of an evaluation: CUDA graphs on GPU (eager only on CPU, where vLLM has none), and no
+    sleep mode (nothing trains beside it)."""
+    import torch
+
+    return RolloutSection(max_model_len=max_model_len, temperature=spec.temperature, top_p=spec.top_p,
+                          shards=spec.shards, ray_address=spec.ray_address, enforce_eager=not torch.cuda.is_available(),
+                          sleep_mode=False)
+
+
 def compare(rows_a: list[dict], rows_b: list[dict], seed: int) -> dict:
     """Paired comparison of two checkpoints' answers on the same problems (b minus a)."""
     a, b = per_problem_scores(rows_a), per_problem_scores(rows_b)
@@ -132,13 +167,12 @@ def evaluate(spec: EvalSpec, runs_dir: str) -> dict:
     labels = {c: label(dirs[c], c) for c in spec.checkpoints}
     if len(set(labels.values())) < len(labels):
         raise ValueError(f"checkpoints {list(spec.checkpoints)} name the same model twice ({sorted(labels.values())})")
-    budgets = spec.budgets or (min(max_positions(d) for d in dirs.values()),)
+    budgets = spec.budgets or (min(default_budget(d) for d in dirs.values()),)  # one budget: cells compare
     too_long = [(c, b) for c in spec.checkpoints for b in budgets if b > max_positions(dirs[c])]
     if too_long:
         c, b = too_long[0]
         raise ValueError(f"budget {b} exceeds {c}'s max_position_embeddings={max_positions(dirs[c])}")
-    rollout = RolloutSection(max_model_len=max(budgets), temperature=spec.temperature, top_p=spec.top_p,
-                             shards=spec.shards, ray_address=spec.ray_address)
+    rollout = eval_rollout(spec, max(budgets))
     owns_engine = current_engine() is None
     cells, answers, executed = [], {}, 0
     try:

@@ -60,6 +60,15 @@ def message(flow_name: str, flow_run_id, stage: str | None, error: str, director
             "flow": flow_name, "flow_run": str(flow_run_id), "stage": stage, "error": error, "run_dir": directory}
 
 
+def describe(exc: BaseException, directory: str | None = None) -> str:
+    """The error as the message says it: `Type: text`, except a full disk, which is said as what to do
+    (`no space left on <mount> while writing <artifact>; free space and rerun the same command`)."""
+    from storage.disk import reported_disk_full
+
+    full = reported_disk_full(exc, directory or ".")
+    return str(full) if full is not None else f"{type(exc).__name__}: {exc}"
+
+
 def send(body: dict, url: str | None = None, timeout: float = 10.0) -> bool:
     """POST `body` to the webhook (True when it answered 2xx); without a URL, log it."""
     url = url or os.environ.get(ENV)
@@ -96,7 +105,7 @@ def notify_failure(flow, flow_run, state) -> None:
         try:
             exc = state.result(raise_on_failure=False)
             if isinstance(exc, BaseException):
-                error = f"{type(exc).__name__}: {exc}"
+                error = describe(exc, run_dir(flow_run.parameters))
         except Exception:  # noqa: BLE001 - the result may not be retrievable (crash); keep the state message
             pass
         body = message(flow.name, flow_run.id, _failed_stage(flow_run.id), error[:2000], run_dir(flow_run.parameters))

@@ -37,10 +37,11 @@ from storage.schemas import RUNS
 from tasks.advantage import compute_advantages
 from tasks.algos.health import HealthCheckFailed, Limits, Settings, diagnose, eval_regression, record
 from tasks.common import CODE_VERSION, ensure
-from tasks.engine import current_engine, shutdown_engine
+from tasks.engine import current_engine, engine_asleep, shutdown_engine
 from tasks.evaluate import evaluate
 from tasks.grade import grade
 from tasks.models import resolve_model_dir
+from tasks.placement import check_placement
 from tasks.prepare import prepare_dataset, warm_start
 from tasks.reference import reference_logprobs
 from tasks.replay import replay_buffer
@@ -150,6 +151,7 @@ def generated_tokens(metrics: dict[str, float]) -> float:
 
 def _train(cfg: Config, layout: RunLayout) -> dict:
     wall0 = time.perf_counter()
+    check_placement(cfg)  # shards and training processes that this machine's GPUs cannot hold fail here, not later
     start_run(cfg, layout)
     print(f"run {layout.run_id} -> {layout.root}")
     stage = StageLedger(cfg, layout)
@@ -260,9 +262,9 @@ def rollout_iteration(cfg: Config, stage, policy: FileRef, start: FileRef, train
         if cfg.advantage.estimator in SEGMENT_ESTIMATORS else None
     adv = stage("compute_advantages", compute_advantages, roll.artifact, grades.artifact,
                 ref.artifact if in_reward else None, spo.artifact if spo else None, it)
-    trained = stage("train_policy", train_policy, start, policy, roll.artifact, adv.artifact,
-                    ref.artifact if ref is not None and not in_reward else None,
-                    spo.side if spo is not None and cfg.spo.mc_train else None, it)
+    trained = train_stage(stage, start, policy, roll.artifact, adv.artifact,
+                          ref.artifact if ref is not None and not in_reward else None,
+                          spo.side if spo is not None and cfg.spo.mc_train else None, it)
     return (roll, grades, ref, spo, adv, trained)
 
 
@@ -271,8 +273,15 @@ def tree_iteration(stage, policy: FileRef, start: FileRef, train: FileRef, buffe
     tree = stage("tree_rollouts", tree_rollouts, policy, it - 1, train, it)
     adv = stage("compute_advantages", compute_advantages, tree.artifact, None, None, None, it)
     replay = stage("replay_buffer", replay_buffer, buffer, tree.artifact, adv.artifact, train, it)
-    trained = stage("train_policy", train_policy, start, policy, replay.artifact, replay.artifact, None, None, it)
+    trained = train_stage(stage, start, policy, replay.artifact, replay.artifact, None, None, it)
     return (tree, adv, replay, trained), replay.state
+
+
+def train_stage(stage, *args):
+    """train_policy with the rollout engine asleep (rollout.sleep_mode): on one GPU the trainer's fp32 master
+    weights, optimizer state and activations need the memory the engine holds (README, "Memory on one GPU")."""
+    with engine_asleep():
+        return stage("train_policy", train_policy, *args)
 
 
 def publish_views(cfg: Config, layout: RunLayout, outs: tuple, it: int, key: str) -> None:

@@ -86,7 +86,8 @@ def compute_advantages(estimator: str, rollouts: str | Path, grades: str | Path,
 
     `params` are named SQL parameters (the advantage config section's fields; only those a file
     uses are bound). `kl` is an optional reference-log-prob file (schema REF_LOGPROBS) whose per-response
-    `kl` is subtracted from the score times `kl_reward_coef` (KL penalty in the reward).
+    `kl` is subtracted from the score times `kl_reward_coef` (KL penalty in the reward); every response
+    of `grades` must have exactly one non-null `kl` there, else ValueError naming the first ones.
     Rows are in the grades file's order, whatever order DuckDB's parallel aggregates produce them in.
     """
     if estimator in SEGMENT_ESTIMATORS + TREE_ESTIMATORS:
@@ -112,6 +113,7 @@ def compute_advantages(estimator: str, rollouts: str | Path, grades: str | Path,
         else:
             con.register("grades_raw", scores)
             con.register("kl_penalty", con.read_parquet(str(kl)).project("run_id, iteration, prompt_id, sample_index, kl"))
+            check_kl_coverage(con, kl, grades)
             # DuckDB cannot bind parameters inside CREATE VIEW: inline the (numeric) coefficient.
             shaping = (SQL_DIR / "kl_in_reward.sql").read_text()
             con.execute(shaping.replace("$kl_reward_coef", repr(float(params["kl_reward_coef"]))))
@@ -122,6 +124,19 @@ def compute_advantages(estimator: str, rollouts: str | Path, grades: str | Path,
     advantage = in_grades_order(out["grade_row"], out["advantage"], keys.num_rows, path.name)
     table = keys.append_column("estimator", pa.compute.fill_null(pa.nulls(keys.num_rows, pa.string()), estimator))
     return table.append_column("advantage", pa.array(advantage, pa.float64())).cast(ADVANTAGES)
+
+
+def check_kl_coverage(con, kl: str | Path, grades: str | Path) -> None:
+    """Raise ValueError unless every response of view `grades_raw` has exactly one kl in view `kl_penalty`."""
+    bad = con.sql((SQL_DIR / "kl_unmatched.sql").read_text()).fetchall()
+    if not bad:
+        return
+    what = "; ".join(f"response (prompt_id={pid!r}, sample_index={s}) of run {run!r} iteration {it} has "
+                     + ("no kl" if rows == 0 else f"{rows} kl rows")
+                     for run, it, pid, s, rows, _ in bad)
+    more = bad[0][-1] - len(bad)
+    raise ValueError(f"{kl}: {what}{f' (and {more} more)' if more else ''}. A KL penalty in the reward needs "
+                     f"exactly one kl per response of {grades}: the ref_logprobs.parquet of the same iteration")
 
 
 def in_grades_order(rows: np.ndarray, values: np.ndarray, n: int, what: str) -> np.ndarray:

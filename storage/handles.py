@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
+import secrets
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 from pydantic import BaseModel, ConfigDict
 
+from storage.disk import as_disk_full
 from storage.faults import crash_point
 
 _CHUNK = 1 << 20
@@ -33,8 +34,16 @@ class FileRef(BaseModel):
         return cls(path=str(p), sha256=digest(p))
 
     def is_valid(self) -> bool:
+        return self.mismatch() is None
+
+    def mismatch(self) -> str | None:
+        """None when the file still has the recorded content, else why not: "missing", or "changed (expected
+        sha256 <first 12 hex>, found <first 12 hex>)"."""
         p = Path(self.path)
-        return p.exists() and digest(p) == self.sha256
+        if not p.exists():
+            return "missing"
+        found = digest(p)
+        return None if found == self.sha256 else f"changed (expected sha256 {self.sha256[:12]}, found {found[:12]})"
 
 
 def _hash_file(h: "hashlib._Hash", path: Path) -> None:
@@ -131,25 +140,74 @@ def _fsync_dir(d: Path) -> None:
         os.close(fd)
 
 
+# Temporaries are created like `open(path, "w")` and `mkdir(path)` create files: mode 0o666 / 0o777 less
+# the process umask (and a shared directory's default ACL), so a team sharing a runs directory with
+# umask 002 can read and replace each other's artifacts. tempfile.mkstemp/mkdtemp would force 0o600/0o700.
+_TEMP_ATTEMPTS = 100
+
+
+def _temp_name(dest: Path) -> Path:
+    # `.<name>.<random>.tmp`: hidden, next to dest (same filesystem, so the rename is atomic), and what
+    # sweep_temporaries removes after a crash.
+    return dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.tmp")
+
+
+def _create_temp_file(dest: Path) -> Path:
+    for _ in range(_TEMP_ATTEMPTS):
+        tmp = _temp_name(dest)
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name next to {dest}")
+
+
+def _create_temp_dir(dest: Path) -> Path:
+    for _ in range(_TEMP_ATTEMPTS):
+        tmp = _temp_name(dest)
+        try:
+            tmp.mkdir(0o777)
+            return tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name next to {dest}")
+
+
+@contextmanager
+def _disk_full_as_error(dest: Path) -> Iterator[None]:
+    """Re-raise an error that a full disk caused (whatever library raised it) as DiskFullError naming `dest`.
+    Used inside the writers' try, so the check sees the partial temporary still taking space."""
+    try:
+        yield
+    except BaseException as e:
+        full = as_disk_full(e, dest) if isinstance(e, Exception) else None
+        if full is None or full is e:
+            raise
+        raise full from e
+
+
 @contextmanager
 def atomic_path(dest: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to `dest`; on success fsync it and rename it over `dest`.
 
-    On any exception the temporary file is removed, so a reader never sees a half-written artifact.
+    On any exception the temporary file is removed, so a reader never sees a half-written artifact; a full
+    disk raises DiskFullError (storage/disk.py) naming `dest`.
     """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path: Path | None = None
     try:
-        yield tmp_path
-        with open(tmp_path, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp_path, dest)
-        _fsync_dir(dest.parent)
+        with _disk_full_as_error(dest):
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp_path = _create_temp_file(dest)
+            yield tmp_path
+            with open(tmp_path, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp_path, dest)
+            _fsync_dir(dest.parent)
     finally:
-        tmp_path.unlink(missing_ok=True)
+        if tmp_path is not None:
+            tmp_path.unlink(missing_ok=True)
 
 
 def atomic_write_text(dest: str | Path, text: str) -> FileRef:
@@ -162,26 +220,28 @@ def atomic_write_text(dest: str | Path, text: str) -> FileRef:
 def atomic_dir(dest: str | Path) -> Iterator[Path]:
     """Like `atomic_path` for a directory (e.g. a model checkpoint): build it aside, rename when complete."""
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    tmp: Path | None = None
     try:
-        yield tmp
-        crash_point("checkpoint_save")
-        for f in tmp.rglob("*"):
-            if f.is_file():
-                with open(f, "rb+") as fh:
-                    os.fsync(fh.fileno())
-        if dest.exists():
-            # A previous attempt's complete output (e.g. a refreshed cache entry): replace it whole.
-            old = dest.with_name(f".{dest.name}.old")
-            os.replace(dest, old)
-            os.replace(tmp, dest)
-            _rmtree(old)
-        else:
-            os.replace(tmp, dest)
-        _fsync_dir(dest.parent)
+        with _disk_full_as_error(dest):
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = _create_temp_dir(dest)
+            yield tmp
+            crash_point("checkpoint_save")
+            for f in tmp.rglob("*"):
+                if f.is_file():
+                    with open(f, "rb+") as fh:
+                        os.fsync(fh.fileno())
+            if dest.exists():
+                # A previous attempt's complete output (e.g. a refreshed cache entry): replace it whole.
+                old = dest.with_name(f".{dest.name}.old")
+                os.replace(dest, old)
+                os.replace(tmp, dest)
+                _rmtree(old)
+            else:
+                os.replace(tmp, dest)
+            _fsync_dir(dest.parent)
     finally:
-        if tmp.exists():
+        if tmp is not None and tmp.exists():
             _rmtree(tmp)
 
 

@@ -156,7 +156,7 @@ def _open_and_lock(run_dir: Path) -> int:
     Raises RunLockedError when another open file description holds it."""
     lock_path = run_dir / LOCK_FILE_NAME
     for _ in range(_REOPEN_ATTEMPTS):
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)  # as `open` would: the umask decides who else may take it
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:

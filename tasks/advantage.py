@@ -1,9 +1,17 @@
-"""Stage: compute_advantages. Runs storage/sql/adv_<estimator>.sql in DuckDB over rollouts + grades."""
+"""Stage: compute_advantages. Runs storage/sql/adv_<estimator>.sql in DuckDB over one iteration's files.
+
+advantage_table() is the whole computation, config -> SQL parameters -> table. The Prefect task and
+`segflow advantages` both call it, so recomputing a run's iteration is the run's own computation.
+"""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
 from prefect import task
 
-from configs.schema import Config, TreeSection
+from configs.schema import SEGMENT_ESTIMATORS, TREE_ESTIMATORS, Config, TreeSection
 from storage.advantages import compute_advantages as run_sql
 from storage.advantages import compute_segment_advantages, compute_tree_advantages
 from storage.handles import FileRef
@@ -15,10 +23,14 @@ from tasks.algos.metrics import advantage_metrics
 from tasks.common import STAGE, StageOutput
 
 
+def kl_in_reward(cfg: Config) -> bool:
+    """The KL penalty is subtracted from each score before the estimator (else it is in the loss, or off)."""
+    return cfg.train.kl_coef > 0 and cfg.train.kl_placement == "reward"
+
+
 def sql_params(cfg: Config) -> dict:
     """Named SQL parameters: the advantage section, plus the KL-in-reward coefficient."""
-    in_reward = cfg.train.kl_coef > 0 and cfg.train.kl_placement == "reward"
-    return {**cfg.advantage.model_dump(), "kl_reward_coef": cfg.train.kl_coef if in_reward else 0.0}
+    return {**cfg.advantage.model_dump(), "kl_reward_coef": cfg.train.kl_coef if kl_in_reward(cfg) else 0.0}
 
 
 def segment_sql_params(cfg: Config) -> dict:
@@ -40,25 +52,94 @@ def tree_metrics(table) -> dict[str, float]:
             "frac_edges_kept": kept.num_rows / max(1, non_root)}
 
 
+@dataclass(frozen=True)
+class AdvantageInputs:
+    """The files one iteration's advantages are computed from; each estimator family reads its own.
+
+    rollouts + grades: response-level estimators (and `kl`, ref_logprobs.parquet, when the KL penalty is in
+    the reward); segments: spo_chain (segments.parquet); nodes: spo_tree (tree_nodes.parquet).
+    """
+
+    rollouts: Path | None = None
+    grades: Path | None = None
+    kl: Path | None = None
+    segments: Path | None = None
+    nodes: Path | None = None
+
+
+# Each file the stage can read: the run's path for it, and what it is (for messages).
+FILES = {
+    "rollouts": (RunLayout.rollouts, "rollouts.parquet"),
+    "grades": (RunLayout.grades, "grades.parquet"),
+    "kl": (RunLayout.ref_logprobs, "ref_logprobs.parquet, read with train.kl_coef > 0 and kl_placement='reward'"),
+    "segments": (RunLayout.segments, "segments.parquet"),
+    "nodes": (RunLayout.tree_nodes, "tree_nodes.parquet"),
+}
+
+
+def needed_files(cfg: Config) -> tuple[str, ...]:
+    """The AdvantageInputs fields cfg's estimator reads."""
+    est = cfg.advantage.estimator
+    if est in TREE_ESTIMATORS:
+        return ("nodes",)
+    if est in SEGMENT_ESTIMATORS:
+        return ("segments",)
+    return ("rollouts", "grades") + (("kl",) if kl_in_reward(cfg) else ())
+
+
+def run_inputs(cfg: Config, layout: RunLayout, iteration: int) -> AdvantageInputs:
+    """The files of a run's iteration that the flow hands this stage (the upstream stages write them there)."""
+    return AdvantageInputs(**{name: FILES[name][0](layout, iteration) for name in needed_files(cfg)})
+
+
+def artifact_of(cfg: Config, layout: RunLayout, iteration: int) -> tuple[Path, pa.Schema]:
+    """Where the stage writes an iteration's advantages, and the file's schema."""
+    est = cfg.advantage.estimator
+    if est in TREE_ESTIMATORS:
+        return layout.tree_advantages(iteration), TREE_ADVANTAGES
+    if est in SEGMENT_ESTIMATORS:
+        return layout.segment_advantages(iteration), SEGMENT_ADVANTAGES
+    return layout.advantages(iteration), ADVANTAGES
+
+
+def advantage_table(cfg: Config, files: AdvantageInputs) -> pa.Table:
+    """The advantages of cfg.advantage.estimator over `files`, every parameter taken from `cfg`.
+
+    Returns schema TREE_ADVANTAGES (spo_tree), SEGMENT_ADVANTAGES (spo_chain) or ADVANTAGES (the rest).
+    Raises ValueError naming the missing file when `files` lacks what the estimator reads.
+    """
+    est = cfg.advantage.estimator
+    missing = [name for name in needed_files(cfg) if getattr(files, name) is None]
+    if missing:
+        raise ValueError(f"advantage.estimator={est!r} needs " + " and ".join(f"{n} ({FILES[n][1]})" for n in missing))
+    # The flow hands the KL file over exactly when the penalty is in the reward; given otherwise, it would
+    # be ignored without a word.
+    if files.kl is not None and "kl" not in needed_files(cfg):
+        raise ValueError(f"{files.kl}: a KL file is read only with the penalty in the reward, but train.kl_coef="
+                         f"{cfg.train.kl_coef} and train.kl_placement={cfg.train.kl_placement!r}")
+    if est in TREE_ESTIMATORS:
+        return compute_tree_advantages(files.nodes, tree_sql_params(cfg.tree))
+    if est in SEGMENT_ESTIMATORS:
+        return compute_segment_advantages(est, files.segments, segment_sql_params(cfg))
+    return run_sql(est, files.rollouts, files.grades, sql_params(cfg), kl=files.kl)
+
+
 @task(name="compute_advantages", **STAGE)
 def compute_advantages(cfg: Config, layout: RunLayout, rollouts: FileRef, grades: FileRef, reference: FileRef | None,
                        segments: FileRef | None, iteration: int, code_version: str) -> StageOutput:
     """`reference` is the reference log-probs file when the KL penalty is in the reward, else None;
     `segments` the spo_values output for a segment estimator (SPO-chain), else None. For SPO-tree
     `rollouts` is the tree_nodes file."""
-    if cfg.advantage.estimator == "spo_tree":
-        table = compute_tree_advantages(rollouts.path, tree_sql_params(cfg.tree))
-        ref = write_parquet(table, TREE_ADVANTAGES, layout.tree_advantages(iteration))
-        metrics = write_metrics(layout.metrics(iteration, "advantage"), layout.run_id, iteration, "advantage",
-                                tree_metrics(table))
-        return StageOutput(artifact=ref, metrics=metrics)
-    if segments is not None:
-        table = compute_segment_advantages(cfg.advantage.estimator, segments.path, segment_sql_params(cfg))
-        ref = write_parquet(table, SEGMENT_ADVANTAGES, layout.segment_advantages(iteration))
+    if cfg.advantage.estimator in TREE_ESTIMATORS:
+        files = AdvantageInputs(nodes=Path(rollouts.path))
     else:
-        table = run_sql(cfg.advantage.estimator, rollouts.path, grades.path, sql_params(cfg),
-                        kl=reference.path if reference is not None else None)
-        ref = write_parquet(table, ADVANTAGES, layout.advantages(iteration))
-    metrics = write_metrics(layout.metrics(iteration, "advantage"), layout.run_id, iteration, "advantage",
-                            advantage_metrics(table["advantage"].to_pylist()))
+        files = AdvantageInputs(rollouts=Path(rollouts.path), grades=Path(grades.path),
+                                kl=Path(reference.path) if reference is not None else None,
+                                segments=Path(segments.path) if segments is not None else None)
+    table = advantage_table(cfg, files)
+    path, schema = artifact_of(cfg, layout, iteration)
+    ref = write_parquet(table, schema, path)
+    values = tree_metrics(table) if cfg.advantage.estimator in TREE_ESTIMATORS else \
+        advantage_metrics(table["advantage"].to_pylist())
+    metrics = write_metrics(layout.metrics(iteration, "advantage"), layout.run_id, iteration, "advantage", values)
     return StageOutput(artifact=ref, metrics=metrics)

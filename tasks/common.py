@@ -8,6 +8,7 @@ it calls changes.
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -77,7 +78,8 @@ def file_refs(obj: Any) -> Iterator[FileRef]:
 
 
 def ensure(task: Callable, *args: Any, **kwargs: Any) -> tuple[Any, bool]:
-    """Run (or cache-hit) `task`; if a cached result points at a missing or changed file, recompute it.
+    """Run (or cache-hit) `task`; if a cached result points at a missing or changed file, log which file and
+    why (missing, or expected vs found sha256) and recompute it.
 
     Prefect's cache does not know files exist (specs/prefect.md §1, "cache hits on deleted files").
     Returns (result, cached): `cached` is True when nothing was recomputed.
@@ -85,6 +87,21 @@ def ensure(task: Callable, *args: Any, **kwargs: Any) -> tuple[Any, bool]:
     crash_point(f"stage:{task.name}")
     state = task(*args, return_state=True, **kwargs)
     out = state.result()
-    if all(ref.is_valid() for ref in file_refs(out)):
+    stale = [(ref.path, why) for ref in file_refs(out) if (why := ref.mismatch())]
+    if not stale:
         return out, state.name == "Cached"
+    log = _logger()
+    for path, why in stale:  # a silent recompute looks like a cache bug; say which file and why
+        log.warning("%s runs again: its artifact %s is %s", task.name, path, why)
     return task.with_options(refresh_cache=True)(*args, **kwargs), False
+
+
+def _logger() -> logging.Logger | logging.LoggerAdapter:
+    """The flow run's logger (terminal and UI) inside a run, else segflow's."""
+    from prefect.exceptions import MissingContextError
+    from prefect.logging import get_run_logger
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger("segflow.cache")

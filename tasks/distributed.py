@@ -12,8 +12,8 @@ sum (not DDP's mean) is what keeps the math equal. The pi_old pass is sharded th
 
 A job is a directory, no pickle: `job.json` (the TrainSection and the update's arguments, see
 `write_job`) and `samples.parquet`. `python -m tasks.distributed --job DIR` is the torchrun entry point;
-rank 0 writes the checkpoint (model as safetensors, tokenizer, `optimizer.pt`, with LoRA `adapter/`) to
-the job's output directory, and `metrics.json` to the job directory. `launch()` runs torchrun as a
+every rank loads the float32 master and rank 0 writes the checkpoint to the job's output directory, both
+through tasks/checkpoints.py (the single-process stage's path), and `metrics.json` to the job directory. `launch()` runs torchrun as a
 subprocess with a timeout.
 """
 from __future__ import annotations
@@ -30,25 +30,16 @@ import uuid
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist
 
 from configs.schema import TrainSection
-from tasks.trainer import (
-    Collective,
-    NonFiniteTraining,
-    Sample,
-    make_scheduler,
-    resolve_device,
-    resolve_dtype,
-    rl_update,
-)
+from tasks.checkpoints import OPTIMIZER_FILE, load_master, restore_optimizer, write_checkpoint  # noqa: F401
+from tasks.trainer import Collective, NonFiniteTraining, Sample, resolve_device, resolve_dtype, rl_update
 
 JOB_FILE, SAMPLES_FILE, METRICS_FILE, ERROR_FILE, RANKS_FILE = (
     "job.json", "samples.parquet", "metrics.json", "error.json", "ranks.json")
-OPTIMIZER_FILE, ADAPTER_DIR = "optimizer.pt", "adapter"  # as tasks/train.py (not imported: it pulls in Prefect)
 STDOUT_LOG, STDERR_LOG = "torchrun.stdout.log", "torchrun.stderr.log"
 _MARKER = "SEGFLOW_TRAIN_JOB"  # env var every process of one launch inherits, to find them all on timeout
 _REPO = Path(__file__).resolve().parents[1]
@@ -175,8 +166,6 @@ def weights_digest(model) -> str:
 
 def run_job(job_dir: Path) -> dict[str, float] | None:
     """One rank's part of a job (the process group is initialised). Rank 0 returns the metrics."""
-    from transformers import AutoModelForCausalLM
-
     from tasks.tokens import load_tokenizer
 
     job = json.loads((job_dir / JOB_FILE).read_text())
@@ -188,32 +177,21 @@ def run_job(job_dir: Path) -> dict[str, float] | None:
         torch.cuda.set_device(device)
     if job.get("torch_threads"):
         torch.set_num_threads(int(job["torch_threads"]))
-    model = AutoModelForCausalLM.from_pretrained(job["model_dir"], dtype=resolve_dtype(job["dtype"], device),
-                                                 use_safetensors=True, trust_remote_code=False).to(device)
-    peft_model = None
-    if cfg.lora_rank:
-        from tasks.train import add_lora  # imports Prefect: only when LoRA is on
-
-        adapter = Path(job["adapter_dir"]) if job.get("adapter_dir") else None
-        peft_model = add_lora(SimpleNamespace(train=cfg), model, adapter if adapter and adapter.exists() else None)
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    dtype = resolve_dtype(job["dtype"], device)
+    model, peft_model = load_master(job["model_dir"], cfg, dtype=dtype, device=device,
+                                    adapter_dir=Path(job["adapter_dir"]) if job.get("adapter_dir") else None)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = make_scheduler(opt, cfg, total_steps=int(job["total_steps"]))
-    skips = int(job.get("consecutive_skips", 0))
-    if job.get("optimizer_state"):
-        state = torch.load(job["optimizer_state"], map_location=device, weights_only=True)
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        skips = int(state.get("consecutive_skips", skips))
+    state_file = Path(job["optimizer_state"]) if job.get("optimizer_state") else None
+    opt, sched, skips = restore_optimizer(cfg, params, state_file, device, int(job["total_steps"]))
+    if state_file is None or not state_file.exists():
+        skips = int(job.get("consecutive_skips", 0))
     samples = read_samples(job_dir / SAMPLES_FILE)
     t0 = time.perf_counter()
     stats = ddp_rl_update(model, opt, sched, samples, cfg, temperature=job["temperature"], pad_id=job["pad_id"],
                           device=device, seed=job["seed"], norm_len=job.get("norm_len"),
                           whiten_micro_batch=job.get("whiten_micro_batch", False),
                           old_from_sampler=job.get("old_from_sampler", False), consecutive_skips=skips,
-                          log=lambda msg: print(msg, file=sys.stderr, flush=True))
+                          log=lambda msg: print(msg, file=sys.stderr, flush=True), compute_dtype=dtype)
     stats["train_seconds"] = time.perf_counter() - t0
     stats["trainable_parameters"] = float(sum(p.numel() for p in params))
     stats["world_size"] = float(world)
@@ -227,15 +205,9 @@ def run_job(job_dir: Path) -> dict[str, float] | None:
         return None
     out = Path(job["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
-    torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "consecutive_skips": int(stats["consecutive_skips"])}, out / OPTIMIZER_FILE)
-    if peft_model is not None:
-        peft_model.save_pretrained(out / ADAPTER_DIR)
-        model = peft_model.merge_and_unload()
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_disable()
-    model.save_pretrained(out, safe_serialization=True)
-    load_tokenizer(job["model_dir"]).save_pretrained(out)
+    write_checkpoint(out, model, peft_model, load_tokenizer(job["model_dir"]), opt, sched,
+                     consecutive_skips=int(stats["consecutive_skips"]), dtype=dtype,
+                     gradient_checkpointing=cfg.gradient_checkpointing)
     (job_dir / RANKS_FILE).write_text(json.dumps({"weights_sha256": digests}))
     (job_dir / METRICS_FILE).write_text(json.dumps(stats, indent=1))  # last: its presence means complete
     return stats

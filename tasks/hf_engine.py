@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 
 from tasks.algos.seeding import derive_seed
-from tasks.engine import Completion, Request
+from tasks.engine import Completion, Request, release_cached_gpu_memory, resolve_sleep
 
 
 @dataclass
@@ -23,6 +23,7 @@ class HFEngine:
     dtype: str = "float32"
     device: str = "cpu"
     batch_size: int = 64
+    sleeps: bool = False  # rollout.sleep_mode resolved: park the model in host memory while the trainer runs
     start_seconds: float = 0.0
     loaded: str = ""
     reloads: list[float] = field(default_factory=list)
@@ -97,7 +98,20 @@ class HFEngine:
         return out
 
     def compatible(self, cfg, dtype: str) -> bool:
-        return cfg.backend == "hf" and cfg.shards == 1 and dtype == self.dtype
+        return (cfg.backend == "hf" and cfg.shards == 1 and dtype == self.dtype
+                and resolve_sleep(cfg.sleep_mode, self.device == "cuda") == self.sleeps)
+
+    def sleep(self) -> bool:
+        """Move the model to host memory for training (only when `sleeps`). Returns whether it moved."""
+        if not self.sleeps:
+            return False
+        self.model.to("cpu")
+        release_cached_gpu_memory()
+        return True
+
+    def wake_up(self) -> None:
+        release_cached_gpu_memory()
+        self.model.to(self.device)
 
     def shutdown(self) -> None:
         self.model = None

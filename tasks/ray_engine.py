@@ -7,7 +7,10 @@ a tree node's children) stay on one engine, so they still share its prefix cache
 
 Ray is the scheduler here, not something segflow reimplements: a local cluster is started when
 rollout.ray_address is null, otherwise the actors go to the named cluster. Each actor needs the model
-directory at the same path (one machine, or shared storage on a cluster).
+directory at the same path (one machine, or shared storage on a cluster). Before any actor starts, a
+placement group reserves every actor's CPUs and GPUs at once: a local cluster that lacks the GPUs fails at
+once (tasks/placement.py), any cluster that cannot place them within rollout.placement_timeout_seconds fails
+then, naming the keys, instead of waiting for good.
 """
 from __future__ import annotations
 
@@ -17,6 +20,11 @@ from typing import Sequence
 
 from configs.schema import RolloutSection
 from tasks.engine import VLLM_SHAPE_KEYS, Completion, Request, build_engine, same_keys
+from tasks.placement import check_shards, gpus_per_shard, visible_gpus
+
+
+class ShardPlacementError(ValueError):
+    """Ray could not reserve the engine actors' resources in time (a config the cluster cannot serve)."""
 
 
 def split_contiguous(sizes: Sequence[int], parts: int) -> list[tuple[int, int]]:
@@ -66,6 +74,12 @@ class EngineHost:
     def load_weights(self, model_dir: str) -> float:
         return self.engine.load_weights(model_dir)
 
+    def sleep(self) -> bool:
+        return self.engine.sleep()
+
+    def wake_up(self) -> None:
+        self.engine.wake_up()
+
     def generate(self, requests: list[Request], kwargs: dict) -> list[Completion]:
         return self.engine.generate(requests, progress=False, **kwargs)
 
@@ -88,12 +102,25 @@ def _connect(cfg: RolloutSection) -> bool:
     return True
 
 
-def _gpus(cfg: RolloutSection) -> float:
-    if cfg.shard_gpus is not None:
-        return cfg.shard_gpus
-    import torch
+def reserve(cfg: RolloutSection, gpus_each: float):
+    """A ready placement group with one bundle per engine actor ({CPU: shard_cpus, GPU: gpus_each}), packed
+    onto as few nodes as fit. Raises ShardPlacementError when Ray has not placed it within
+    rollout.placement_timeout_seconds (the group is removed: nothing stays pending)."""
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
 
-    return 1.0 if torch.cuda.is_available() else 0.0
+    bundle = {"CPU": cfg.shard_cpus, **({"GPU": gpus_each} if gpus_each else {})}
+    group = placement_group([dict(bundle) for _ in range(cfg.shards)], strategy="PACK")
+    try:
+        ray.get(group.ready(), timeout=cfg.placement_timeout_seconds)
+    except ray.exceptions.GetTimeoutError:
+        remove_placement_group(group)
+        have = {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}
+        raise ShardPlacementError(
+            f"Ray could not place rollout.shards={cfg.shards} engine actors of {bundle} each (rollout.shard_cpus, "
+            f"rollout.shard_gpus) within rollout.placement_timeout_seconds={cfg.placement_timeout_seconds:g}; the "
+            f"cluster has {have} in all: lower rollout.shards or the per-actor resources, or add nodes") from None
+    return group
 
 
 class ShardedEngine:
@@ -102,20 +129,43 @@ class ShardedEngine:
 
     def __init__(self, model_dir: str, cfg: RolloutSection, dtype: str, seed: int) -> None:
         import ray
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         t0 = time.perf_counter()
         self.model_dir, self.cfg, self.dtype = model_dir, cfg, dtype
+        self.actors, self.group = [], None
+        gpus = visible_gpus()
+        check_shards(cfg, gpus)  # before a local cluster starts for actors it could never place
+        gpus_each = gpus_per_shard(cfg, gpus)
         self._owns_ray = _connect(cfg)
-        host = ray.remote(num_cpus=cfg.shard_cpus, num_gpus=_gpus(cfg))(EngineHost)
-        self.actors = [host.remote(model_dir, cfg, dtype, seed) for _ in range(cfg.shards)]
-        ray.get([a.start_seconds.remote() for a in self.actors])  # surfaces a failed start here, not later
+        try:
+            self.group = reserve(cfg, gpus_each)
+            host = ray.remote(EngineHost)
+            self.actors = [host.options(num_cpus=cfg.shard_cpus, num_gpus=gpus_each, scheduling_strategy=
+                                        PlacementGroupSchedulingStrategy(self.group, placement_group_bundle_index=i))
+                           .remote(model_dir, cfg, dtype, seed) for i in range(cfg.shards)]
+            ray.get([a.start_seconds.remote() for a in self.actors])  # surfaces a failed start here, not later
+        except BaseException:
+            self.shutdown()
+            raise
         self.start_seconds = time.perf_counter() - t0
         self.loaded = model_dir
         self.reloads: list[float] = []
 
     def compatible(self, cfg: RolloutSection, dtype: str) -> bool:
-        keys = ("backend", "shards", "ray_address", "shard_cpus", "shard_gpus", *VLLM_SHAPE_KEYS)
+        keys = ("backend", "shards", "ray_address", "shard_cpus", "shard_gpus", "sleep_mode", *VLLM_SHAPE_KEYS)
         return dtype == self.dtype and same_keys(cfg, self.cfg, keys)
+
+    def sleep(self) -> bool:
+        """Every actor's engine sleeps (rollout.sleep_mode), in parallel. Returns whether any did."""
+        import ray
+
+        return any(ray.get([a.sleep.remote() for a in self.actors]))
+
+    def wake_up(self) -> None:
+        import ray
+
+        ray.get([a.wake_up.remote() for a in self.actors])
 
     def load_weights(self, model_dir) -> float:
         """Every actor loads the checkpoint in place, in parallel. Returns seconds; 0 if already loaded."""
@@ -160,6 +210,11 @@ class ShardedEngine:
                 pass
             ray.kill(a)
         self.actors = []
+        if getattr(self, "group", None) is not None:
+            from ray.util.placement_group import remove_placement_group
+
+            remove_placement_group(self.group)
+            self.group = None
         if getattr(self, "_owns_ray", False):
             ray.shutdown()
             self._owns_ray = False

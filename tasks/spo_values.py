@@ -8,6 +8,9 @@ response's own reward closes its last segment and V(prompt) is its group's mean 
 Writes segments.parquet (one row per segment, values at both ends) and mc_rollouts.parquet.
 With spo.mc_train each continuation whose reward differs from V(prefix) also gets a segments row
 (prefix_id set, spo_chain.continuation_segment): train_policy trains it as a sample.
+With rollout.top_p < 1 and spo.top_p_probs=recompute, probabilities the sampler would give (spo.prob_source
+=sampler, the continuations' cutpoints) come from a teacher-forced pass instead: the sampler's are
+renormalised over the top-p nucleus, which inflates p (the reference recomputes them, spo.md §0).
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ from tasks.common import STAGE, StageOutput
 from tasks.engine import continue_prefixes, get_engine
 from tasks.graders import grade_all, scheme_of
 from tasks.models import engine_dtype
+from tasks.train import recomputes_top_p
 
 
 def prefix_id(prompt_ids: list[int], response_prefix: list[int]) -> str:
@@ -40,14 +44,9 @@ def prefix_id(prompt_ids: list[int], response_prefix: list[int]) -> str:
 
 
 def teacher_forced_probs(cfg: Config, policy: str, prompts: list[list[int]], comps: list[list[int]]) -> list[list[float]]:
-    from tasks.train import load_policy
-    from tasks.trainer import sequence_logprobs
+    from tasks.train import policy_logprobs
 
-    model, tok, device = load_policy(cfg, policy)
-    logprobs = sequence_logprobs(model, prompts, comps, pad_id=tok.pad_token_id, device=device,
-                                 temperature=cfg.rollout.temperature, chunk=cfg.train.logprob_chunk,
-                                 micro_batch=cfg.train.micro_batch_size)
-    return [[math.exp(x) for x in lp] for lp in logprobs]
+    return [[math.exp(x) for x in lp] for lp in policy_logprobs(cfg, policy, prompts, comps)]
 
 
 @task(name="spo_values", **STAGE)
@@ -61,7 +60,7 @@ def spo_values(cfg: Config, layout: RunLayout, policy: FileRef, rollouts: FileRe
     pids, sids = r["prompt_id"].to_pylist(), r["sample_index"].to_pylist()
     prompts, comps = r["prompt_token_ids"].to_pylist(), r["completion_token_ids"].to_pylist()
     t0 = time.perf_counter()
-    if sp.prob_source == "teacher_forced":
+    if sp.prob_source == "teacher_forced" or recomputes_top_p(cfg):
         probs = teacher_forced_probs(cfg, policy.path, prompts, comps)
     else:
         probs = [[math.exp(x) for x in lp] for lp in r["sampling_logprobs"].to_pylist()]
@@ -91,6 +90,9 @@ def spo_values(cfg: Config, layout: RunLayout, policy: FileRef, rollouts: FileRe
     response_segments = len(rows)
     # The continuations' sampler probabilities: their cutpoints and masked tokens when they train.
     mc_probs = [[math.exp(x) for x in o.logprobs] for _, _, o in mc.flat] if sp.mc_train else []
+    if sp.mc_train and recomputes_top_p(cfg):
+        mc_probs = teacher_forced_probs(cfg, policy.path, [mc.wanted[k][1] for k, _, _ in mc.flat],
+                                        [o.token_ids for _, _, o in mc.flat])
     if sp.mc_train:
         rows += continuation_rows(layout.run_id, iteration, sp.rho, mc.flat, mc_probs, mc.grades, values, wanted)
     mc_ref = write_parquet(mc.rows(layout.run_id, iteration), MC_ROLLOUTS, layout.mc_rollouts(iteration))

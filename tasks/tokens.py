@@ -13,19 +13,32 @@ _GENERIC_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
 
 @lru_cache(maxsize=4)
 def load_tokenizer(name_or_path: str):
-    """'tiny' builds the embedded character tokenizer; anything else is a hub id or local directory."""
+    """'tiny' builds the embedded character tokenizer; anything else is a hub id or local directory.
+    Every stage gets its tokenizer here, set up once: it always has a pad token (`with_pad_token`)."""
     if name_or_path == "tiny":
         from tasks.tiny_model import build_tokenizer
 
-        return build_tokenizer()
+        return with_pad_token(build_tokenizer(), name_or_path)
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     config = Path(name_or_path) / "tokenizer_config.json"
     if config.exists() and json.loads(config.read_text()).get("tokenizer_class") in _GENERIC_CLASSES:
         # transformers 5 maps config.json's model_type (qwen2) to Qwen2Tokenizer and swaps in its
         # byte-level pre-tokenizer, which silently drops spaces from our character tokenizer.
-        return PreTrainedTokenizerFast.from_pretrained(name_or_path)
-    return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=False)
+        return with_pad_token(PreTrainedTokenizerFast.from_pretrained(name_or_path), name_or_path)
+    return with_pad_token(AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=False), name_or_path)
+
+
+def with_pad_token(tok, name_or_path: str):
+    """`tok`, padding with EOS when it has no pad token (Llama and some base-model releases ship none),
+    as TRL and transformers' generate do. Training batches are right-padded and every pad position is
+    masked out (tasks/trainer.pack), so which id pads changes no log-prob."""
+    if tok.pad_token_id is None:
+        if tok.eos_token_id is None:
+            raise ValueError(f"tokenizer of {name_or_path!r} has neither a pad nor an EOS token; add a pad_token "
+                             "to its tokenizer_config.json")
+        tok.pad_token = tok.eos_token
+    return tok
 
 
 def render_prompt(question: str, data: DataSection, tokenizer) -> str:

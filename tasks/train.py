@@ -1,9 +1,10 @@
 """Stage: train_policy. One iteration of policy-gradient updates; writes the next checkpoint.
 
-A checkpoint is a Hugging Face directory (safetensors) that both `from_pretrained` and the vLLM
-engine load, plus `optimizer.pt` (AdamW moments and the schedule, carried into the next iteration).
-With LoRA (train.lora_rank > 0) the directory holds the merged weights for the engine and
-`adapter/` holds the trained adapter, which the next iteration loads on top of the start policy.
+A checkpoint is a Hugging Face directory (safetensors) in the model dtype that both `from_pretrained`
+and the vLLM engine load, plus `optimizer.pt` (AdamW moments and the schedule, carried into the next
+iteration) and what exact resume needs: the float32 master in `master/` when the model dtype is not
+float32, or with LoRA (train.lora_rank > 0) the trained adapter in `adapter/`, which the next iteration
+loads on top of the start policy. The layout and the precision rules: tasks/checkpoints.py.
 """
 from __future__ import annotations
 
@@ -25,17 +26,29 @@ from storage.schemas import (
     REF_LOGPROBS,
     ROLLOUTS,
     SEGMENT_ADVANTAGES,
+    SEGMENTS,
     TRAIN_EDGES,
 )
+from tasks.checkpoints import ADAPTER_DIR, OPTIMIZER_FILE
 from tasks.common import STAGE, StageOutput
 from tasks.progress import bar
 
-OPTIMIZER_FILE = "optimizer.pt"
-ADAPTER_DIR = "adapter"
+
+def cutpoints_by_sample(segments: Path) -> dict:
+    """(prefix id or None, prompt id or None, sample index) -> the token indices of its cutpoints, from a
+    segments file (schema SEGMENTS): a response's key is (None, prompt id, s), a trained Monte Carlo
+    continuation's (prefix id, None, s). For spo.high_prob_advantage=zero."""
+    t = read_parquet(segments, SEGMENTS)
+    out: dict = {}
+    for p, s, pre, cut in zip(t["prompt_id"].to_pylist(), t["sample_index"].to_pylist(), t["prefix_id"].to_pylist(),
+                              t["cutpoints"].to_pylist()):
+        out.setdefault((pre, None if pre is not None else p, s), set()).update(cut)
+    return out
 
 
-def _segment_token_advantages(segment_advantages: FileRef, lengths: dict) -> dict:
-    """(prompt id, sample index) -> per-token advantages built from the segment advantages table."""
+def _segment_token_advantages(segment_advantages: FileRef, lengths: dict, cuts: dict | None = None) -> dict:
+    """(prompt id, sample index) -> per-token advantages built from the segment advantages table; with
+    `cuts` (cutpoints_by_sample) only cutpoints keep theirs (spo.high_prob_advantage=zero)."""
     from tasks.algos.spo_chain import token_advantages
 
     t = read_parquet(segment_advantages, SEGMENT_ADVANTAGES)
@@ -44,18 +57,21 @@ def _segment_token_advantages(segment_advantages: FileRef, lengths: dict) -> dic
                                   t["start_token"].to_pylist(), t["end_token"].to_pylist(), t["advantage"].to_pylist()):
         if pre is None:  # a response's segment (a trained Monte Carlo continuation's has its prefix id)
             spans.setdefault((p, s), []).append((a, b, v))
-    return {key: token_advantages(n, spans.get(key, [])) for key, n in lengths.items()}
+    return {key: token_advantages(n, spans.get(key, []), None if cuts is None else cuts.get((None, *key), set()))
+            for key, n in lengths.items()}
 
 
-def load_samples(rollouts: FileRef, advantages: FileRef, reference: FileRef | None = None, per_token: bool = False):
-    """Training samples; with `per_token` the advantages file holds segment advantages (SPO-chain)."""
+def load_samples(rollouts: FileRef, advantages: FileRef, reference: FileRef | None = None, per_token: bool = False,
+                 cuts: dict | None = None):
+    """Training samples; with `per_token` the advantages file holds segment advantages (SPO-chain), and
+    with `cuts` (cutpoints_by_sample) only the cutpoints keep theirs."""
     from tasks.trainer import Sample
 
     r = read_parquet(rollouts, ROLLOUTS)
     if per_token:
         lengths = {(p, s): len(c) for p, s, c in zip(r["prompt_id"].to_pylist(), r["sample_index"].to_pylist(),
                                                      r["completion_token_ids"].to_pylist())}
-        adv = _segment_token_advantages(advantages, lengths)
+        adv = _segment_token_advantages(advantages, lengths, cuts)
     else:
         a = read_parquet(advantages, ADVANTAGES)
         adv = {(p, s): v for p, s, v in zip(a["prompt_id"].to_pylist(), a["sample_index"].to_pylist(),
@@ -79,10 +95,11 @@ def load_samples(rollouts: FileRef, advantages: FileRef, reference: FileRef | No
     return samples
 
 
-def load_continuation_samples(mc_rollouts: FileRef, segment_advantages: FileRef):
+def load_continuation_samples(mc_rollouts: FileRef, segment_advantages: FileRef, cuts: dict | None = None):
     """SPO-chain's trained Monte Carlo continuations (spo.mc_train): prefix = the boundary prefix,
-    response = the continuation, its one segment's advantage on every token. Continuations without a
-    segment (A = 0) are left out."""
+    response = the continuation, its one segment's advantage on every token (with `cuts`, on its cutpoints
+    only). Continuations without a segment (A = 0) are left out."""
+    from tasks.algos.spo_chain import token_advantages
     from tasks.trainer import Sample
 
     t = read_parquet(segment_advantages, SEGMENT_ADVANTAGES)
@@ -99,7 +116,8 @@ def load_continuation_samples(mc_rollouts: FileRef, segment_advantages: FileRef)
             if (a, b) != (0, len(c)):
                 raise ValueError(f"{segment_advantages.path}: continuation {pre} #{s} spans [{a}, {b}), "
                                  f"its {len(c)} tokens are [0, {len(c)})")
-            samples.append(Sample(prefix, c, lp, 0.0, None, [v] * len(c)))
+            keep = None if cuts is None else cuts.get((pre, None, s), set())
+            samples.append(Sample(prefix, c, lp, 0.0, None, token_advantages(len(c), [(0, len(c), v)], keep)))
     if adv:
         raise KeyError(f"{mc_rollouts.path}: no continuation for {len(adv)} trained segments, e.g. {next(iter(adv))}")
     return samples
@@ -116,49 +134,59 @@ def load_edge_samples(edges: FileRef):
         t["train_advantage"].to_pylist()) if c]
 
 
+def policy_logprobs(cfg: Config, path: str, prompts: list[list[int]], comps: list[list[int]]) -> list[list[float]]:
+    """Per-token log-probs of each completion after its prompt under the checkpoint at `path`: a teacher-forced
+    pass at the sampling temperature, without top-p (the distribution the SPO reference reads p from, spo.md §0)."""
+    from tasks.trainer import sequence_logprobs
+
+    model, tok, device = load_policy(cfg, path)
+    lps = sequence_logprobs(model, prompts, comps, pad_id=tok.pad_token_id, device=device,
+                            temperature=cfg.rollout.temperature, chunk=cfg.train.logprob_chunk,
+                            micro_batch=cfg.train.micro_batch_size)
+    del model
+    return lps
+
+
+def recomputes_top_p(cfg: Config) -> bool:
+    """Whether SPO replaces the sampler's top-p-renormalised log-probs by policy_logprobs (spo.top_p_probs)."""
+    return cfg.spo.top_p_probs == "recompute" and cfg.rollout.top_p < 1
+
+
 def reference_for(cfg: Config, start: FileRef, samples: list) -> None:
     """Fill each sample's reference log-probs from the start policy (a KL penalty in the loss on
     samples that have no reference_logprobs stage: SPO-tree edges)."""
-    from tasks.trainer import sequence_logprobs
-
-    model, tok, device = load_policy(cfg, start.path)
-    lps = sequence_logprobs(model, [x.prompt_ids for x in samples], [x.completion_ids for x in samples],
-                            pad_id=tok.pad_token_id, device=device, temperature=cfg.rollout.temperature,
-                            chunk=cfg.train.logprob_chunk, micro_batch=cfg.train.micro_batch_size)
+    lps = policy_logprobs(cfg, start.path, [x.prompt_ids for x in samples], [x.completion_ids for x in samples])
     for x, lp in zip(samples, lps):
         x.ref_logprobs = lp
-    del model
 
 
-def load_policy(cfg: Config, path: str):
-    """(model, tokenizer, device) for a checkpoint directory, on the configured device and dtype."""
+def _device(cfg: Config):
     import torch
-    from transformers import AutoModelForCausalLM
 
-    from tasks.tokens import load_tokenizer
-    from tasks.trainer import resolve_device, resolve_dtype
+    from tasks.trainer import resolve_device
 
     device = resolve_device(cfg.run.device)
     if cfg.run.torch_threads:
         torch.set_num_threads(cfg.run.torch_threads)
-    # safetensors only (never pickle) and no code from the model repository
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(cfg.model.dtype, device), use_safetensors=True,
-                                                 trust_remote_code=False).to(device)
-    model.eval()
-    return model, load_tokenizer(path), device
+    return device
+
+
+def load_policy(cfg: Config, path: str):
+    """(model, tokenizer, device) for a checkpoint directory, on the configured device and dtype: a policy
+    that is not trained (reference, values, pi of a tree), so the model dtype, no master."""
+    from tasks.checkpoints import load_model
+    from tasks.tokens import load_tokenizer
+    from tasks.trainer import resolve_dtype
+
+    device = _device(cfg)
+    return load_model(path, resolve_dtype(cfg.model.dtype, device), device), load_tokenizer(path), device
 
 
 def add_lora(cfg: Config, model, adapter: Path | None):
-    """Inject LoRA adapters (peft) into `model` in place; load trained adapter weights when given."""
-    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
-    from safetensors.torch import load_file
+    """Inject LoRA adapters (peft, float32) into `model` in place; load trained adapter weights when given."""
+    from tasks.checkpoints import add_lora as add
 
-    lora = LoraConfig(r=cfg.train.lora_rank, lora_alpha=cfg.train.lora_alpha,
-                      target_modules=list(cfg.train.lora_targets), lora_dropout=0.0, bias="none")
-    peft_model = get_peft_model(model, lora)
-    if adapter is not None:
-        set_peft_model_state_dict(peft_model, load_file(str(adapter / "adapter_model.safetensors")))
-    return peft_model
+    return add(cfg.train, model, adapter)
 
 
 @dataclass
@@ -177,21 +205,27 @@ class IterationBatch:
 
 
 def iteration_batch(cfg: Config, start: FileRef, rollouts: FileRef, advantages: FileRef, reference: FileRef | None,
-                    continuations: FileRef | None) -> IterationBatch:
+                    continuations: FileRef | None, segments: Path | None = None) -> IterationBatch:
     """The iteration's training samples: SPO-tree's taken edges, or the responses (and SPO-chain's trained
-    Monte Carlo continuations), with reference log-probs where the KL penalty in the loss needs them."""
+    Monte Carlo continuations), with reference log-probs where the KL penalty in the loss needs them.
+    `segments` is SPO-chain's segments file, read for its cutpoints when spo.high_prob_advantage=zero."""
+    zero = cfg.advantage.estimator in SEGMENT_ESTIMATORS and cfg.spo.high_prob_advantage == "zero"
+    cuts = cutpoints_by_sample(segments) if zero and segments is not None else None
+    if zero and cuts is None:
+        raise ValueError("spo.high_prob_advantage='zero' needs the iteration's segments file (its cutpoints)")
     if cfg.advantage.estimator in TREE_ESTIMATORS:  # `rollouts` is the iteration's train_edges file
         samples = load_edge_samples(rollouts)
         if cfg.train.kl_coef > 0:
             reference_for(cfg, start, samples)
         nominal = cfg.tree.edges_per_iteration or cfg.rollout.prompts_per_iteration * cfg.tree.edges_per_question
     else:
-        samples = load_samples(rollouts, advantages, reference, per_token=cfg.advantage.estimator in SEGMENT_ESTIMATORS)
+        samples = load_samples(rollouts, advantages, reference, per_token=cfg.advantage.estimator in SEGMENT_ESTIMATORS,
+                               cuts=cuts)
         nominal = cfg.rollout.prompts_per_iteration * cfg.rollout.samples_per_prompt
     steps_per_epoch = math.ceil(nominal / cfg.train.mini_batch_size)
     train_cfg = cfg.train
     if continuations is not None:
-        extra = load_continuation_samples(continuations, advantages)
+        extra = load_continuation_samples(continuations, advantages, cuts)
         if cfg.train.kl_coef > 0:  # the reference_logprobs stage covers the responses only
             reference_for(cfg, start, extra)
         # The continuations join the iteration's optimiser steps: mini-batches grow, their number does not,
@@ -211,9 +245,10 @@ def train_policy(cfg: Config, layout: RunLayout, start: FileRef, policy: FileRef
     rollouts when they train too (spo.mc_train), else None."""
     from tasks.trainer import rl_update
 
-    batch = iteration_batch(cfg, start, rollouts, advantages, reference, continuations)
+    # The segments file is upstream of `advantages` (same spo_values stage), so it needs no cache key of its own.
+    batch = iteration_batch(cfg, start, rollouts, advantages, reference, continuations, layout.segments(iteration))
     total_steps = cfg.run.iterations * batch.steps_per_iter
-    whiten = cfg.advantage.estimator in SEGMENT_ESTIMATORS + TREE_ESTIMATORS and cfg.spo.normalize == "micro_batch"
+    whiten = micro_batch_whitening(cfg)
     old_from_sampler = cfg.advantage.estimator in TREE_ESTIMATORS and cfg.tree.old_logprobs == "generation"
     if cfg.train.processes > 1:
         return _train_distributed(cfg, batch.train_cfg, layout, start, policy, batch.samples, iteration,
@@ -226,7 +261,7 @@ def train_policy(cfg: Config, layout: RunLayout, start: FileRef, policy: FileRef
         stats = rl_update(model, opt, sched, batch.samples, batch.train_cfg, temperature=cfg.rollout.temperature,
                           pad_id=tok.pad_token_id, device=device, seed=iteration, norm_len=cfg.rollout.max_tokens,
                           whiten_micro_batch=whiten, old_from_sampler=old_from_sampler, consecutive_skips=skips,
-                          on_step=lambda i, n: advance(1, ""))
+                          on_step=lambda i, n: advance(1, ""), compute_dtype=compute_dtype(cfg, device))
     stats["train_seconds"] = time.perf_counter() - t0
     stats["trainable_parameters"] = float(sum(p.numel() for p in params))
     save_checkpoint(cfg, layout.checkpoint(iteration), model, peft_model, tok, opt, sched,
@@ -235,53 +270,51 @@ def train_policy(cfg: Config, layout: RunLayout, start: FileRef, policy: FileRef
     return StageOutput(artifact=FileRef.of(layout.checkpoint(iteration)), metrics=metrics)
 
 
+def micro_batch_whitening(cfg: Config) -> bool:
+    """Whether the trainer whitens each micro-batch's advantages (tasks/trainer.trained_advantages): SPO's with
+    spo.normalize=micro_batch, any estimator's with train.whiten_advantages=micro_batch (spo.md §3.3)."""
+    spo = cfg.advantage.estimator in SEGMENT_ESTIMATORS + TREE_ESTIMATORS and cfg.spo.normalize == "micro_batch"
+    return spo or cfg.train.whiten_advantages == "micro_batch"
+
+
+def compute_dtype(cfg: Config, device):
+    """The dtype forward passes compute in: the model dtype (tasks/trainer.mixed_precision)."""
+    from tasks.trainer import resolve_dtype
+
+    return resolve_dtype(cfg.model.dtype, device)
+
+
 def load_trainable(cfg: Config, start: FileRef, policy: FileRef):
-    """(model, peft model or None, tokenizer, device) to train this iteration: the latest checkpoint, or
-    with LoRA the start policy with the latest adapter on top."""
-    peft_model = None
-    if cfg.train.lora_rank:
-        adapter = Path(policy.path) / ADAPTER_DIR
-        model, tok, device = load_policy(cfg, start.path)
-        peft_model = add_lora(cfg, model, adapter if adapter.exists() else None)
-    else:
-        model, tok, device = load_policy(cfg, policy.path)
-    if cfg.train.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return model, peft_model, tok, device
+    """(model, peft model or None, tokenizer, device) to train this iteration, as float32 master weights
+    (tasks/checkpoints.load_master): the latest checkpoint, or with LoRA the start policy with the latest
+    adapter on top."""
+    from tasks.checkpoints import load_master
+    from tasks.tokens import load_tokenizer
+
+    device = _device(cfg)
+    lora = bool(cfg.train.lora_rank)
+    model_dir = start.path if lora else policy.path
+    model, peft_model = load_master(model_dir, cfg.train, dtype=compute_dtype(cfg, device), device=device,
+                                    adapter_dir=Path(policy.path) / ADAPTER_DIR if lora else None)
+    return model, peft_model, load_tokenizer(model_dir), device
 
 
 def restore_optimizer(cfg: Config, params: list, state_file: Path, device, total_steps: int):
     """(AdamW, lr schedule, skipped-step streak), continued from the previous checkpoint's state file
     when it has one (the first iteration starts fresh)."""
-    import torch
+    from tasks.checkpoints import restore_optimizer as restore
 
-    from tasks.trainer import make_scheduler
-
-    opt = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    sched = make_scheduler(opt, cfg.train, total_steps=total_steps)
-    if not state_file.exists():
-        return opt, sched, 0
-    state = torch.load(state_file, map_location=device, weights_only=True)
-    opt.load_state_dict(state["optimizer"])
-    sched.load_state_dict(state["scheduler"])
-    return opt, sched, int(state.get("consecutive_skips", 0))
+    return restore(cfg.train, params, state_file, device, total_steps)
 
 
 def save_checkpoint(cfg: Config, dest: Path, model, peft_model, tok, opt, sched, consecutive_skips: int) -> None:
-    """The checkpoint directory, written atomically: optimizer state, the LoRA adapter (if any) and the
-    plain weights both the engine and from_pretrained read."""
-    import torch
+    """The checkpoint directory, written atomically (tasks/checkpoints.write_checkpoint: optimizer state,
+    the master or adapter, and the weights in the model dtype that the engine and from_pretrained read)."""
+    from tasks.checkpoints import write_checkpoint
 
     with atomic_dir(dest) as tmp:
-        torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                    "consecutive_skips": consecutive_skips}, tmp / OPTIMIZER_FILE)
-        if peft_model is not None:
-            peft_model.save_pretrained(tmp / ADAPTER_DIR)
-            model = peft_model.merge_and_unload()
-        if cfg.train.gradient_checkpointing:
-            model.gradient_checkpointing_disable()
-        model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
+        write_checkpoint(tmp, model, peft_model, tok, opt, sched, consecutive_skips=consecutive_skips,
+                         dtype=compute_dtype(cfg, model.device), gradient_checkpointing=cfg.train.gradient_checkpointing)
 
 
 def _train_distributed(cfg: Config, train_cfg, layout: RunLayout, start: FileRef, policy: FileRef, samples: list,

@@ -3,20 +3,34 @@
 Sequences are right-padded `prompt + completion` token ids (the ids vLLM sampled, EOS included, so
 the stop action is trained). Position ids are given explicitly so padding can never shift them.
 Only positions that predict a completion token go through the LM head, chunked (tasks/algos/logprobs).
+
+Mixed precision: the trained parameters are float32 master weights (MASTER_DTYPE) with float32 AdamW
+state; with a bf16 model dtype the forward passes run under torch.autocast in bf16 (`mixed_precision`),
+as verl's FSDP mixed precision and TRL's `bf16=True` do. AdamW updating bf16 weights in place rounds
+away every step smaller than half a bf16 ulp (~0.4% of the weight): at lr 1e-6 it changes ~1% of the
+entries per iteration and trains almost nothing.
+
+Imports torch and tasks/algos only (configs.schema for type hints): bench/gpu_check.py runs this on a
+machine with torch and transformers but no pydantic, Prefect, DuckDB or vLLM.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
-from configs.schema import TrainSection
 from tasks.algos.logprobs import token_logprobs, token_logprobs_entropy
 from tasks.algos.policy_loss import LossSpec, policy_loss
+
+if TYPE_CHECKING:
+    from configs.schema import TrainSection
+
+MASTER_DTYPE = torch.float32  # the trained weights and AdamW's moments, whatever the model dtype
 
 
 def resolve_device(device: str) -> torch.device:
@@ -31,6 +45,14 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+
+
+def mixed_precision(device: torch.device, dtype: torch.dtype | None):
+    """The context forward passes of the float32 master run in: autocast to `dtype` (the model dtype) on
+    `device`'s type, or nothing at all when it is float32 (or None), so a float32 run is unchanged."""
+    if dtype is None or dtype == MASTER_DTYPE:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 @dataclass
@@ -77,6 +99,12 @@ def completion_logprobs(model, batch: Batch, temperature: float, chunk: int, wit
         input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids
     ).last_hidden_state
     h = hidden[batch.pred_rows, batch.pred_cols]
+    weight = model.lm_head.weight
+    if torch.is_autocast_enabled(h.device.type):
+        # The chunked LM head is an autograd.Function whose backward runs outside autocast: cast its
+        # inputs here, as autocast casts a Linear's, so both passes multiply in the compute dtype.
+        dt = torch.get_autocast_dtype(h.device.type)
+        h, weight = h.to(dt), weight.to(dt)
     targets = batch.comp_ids[batch.comp_mask]
 
     def scatter(values: torch.Tensor) -> torch.Tensor:
@@ -84,9 +112,9 @@ def completion_logprobs(model, batch: Batch, temperature: float, chunk: int, wit
         return out.masked_scatter(batch.comp_mask, values)
 
     if with_entropy:
-        lp, ent = token_logprobs_entropy(h, model.lm_head.weight, targets, temperature, chunk)
+        lp, ent = token_logprobs_entropy(h, weight, targets, temperature, chunk)
         return scatter(lp), scatter(ent)
-    return scatter(token_logprobs(h, model.lm_head.weight, targets, temperature, chunk))
+    return scatter(token_logprobs(h, weight, targets, temperature, chunk))
 
 
 def sequence_logprobs(model, prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], *, pad_id: int,
@@ -135,6 +163,8 @@ def loss_spec(cfg: TrainSection) -> LossSpec:
         weight=cfg.weight, truncate_max=cfg.truncate_max, regularizer=cfg.regularizer,
         regularizer_coef=cfg.regularizer_coef, kl_coef=cfg.kl_coef if cfg.kl_placement == "loss" else 0.0,
         kl_estimator=cfg.kl_estimator, entropy_coef=cfg.entropy_coef, agg=cfg.loss_agg,
+        kl_agg=None if cfg.kl_agg == "loss_agg" else cfg.kl_agg, log_ratio_clamp=cfg.log_ratio_clamp,
+        kl_k3_max=cfg.kl_k3_max,
     )
 
 
@@ -162,6 +192,43 @@ def whiten_masked(adv: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> t
     out = adv.clone()
     out[m] = (vals - vals.mean()) / torch.sqrt(vals.var(unbiased=True) + eps)
     return out
+
+
+def trained_advantages(adv: torch.Tensor, old_lp: torch.Tensor, comp_mask: torch.Tensor, rho: float | None,
+                       whiten: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(advantages, mask) one micro-batch trains with, all [B, T].
+
+    mask: the completion tokens, with SPO's probability mask (spec §3.2) only those the pre-update policy
+    gave p_old = exp(old_lp) < rho. With `whiten`, the advantages are whitened over the mask's tokens of
+    this micro-batch (spo.md §3.3, `whiten_masked`), for every estimator (train.whiten_advantages).
+    """
+    mask = comp_mask if rho is None else comp_mask & (old_lp.exp() < rho)
+    return (whiten_masked(adv, mask) if whiten else adv), mask
+
+
+def ratio_skipped(ratio_sum: float, mask: torch.Tensor, limit: float | None) -> bool:
+    """The SPO reference's guard (spo.md §3.1): a micro-batch whose mean ratio pi/pi_old over its trained
+    tokens exceeds `limit` contributes no loss (loss * 0). None: never."""
+    return limit is not None and ratio_sum / max(1, int(mask.sum())) > limit
+
+
+class MasterSnapshot:
+    """A copy of the trained (master) parameters, on the CPU, to count the entries an iteration changed.
+
+    The count is exact (bitwise inequality, so a NaN counts as changed) and costs one float32 copy of the
+    trained parameters in host memory (2 GiB at 0.5B parameters) and two device-to-host transfers.
+    """
+
+    def __init__(self, params: Sequence[torch.Tensor]):
+        self.before = [p.detach().to("cpu", copy=True) for p in params]
+
+    def changed(self, params: Sequence[torch.Tensor]) -> tuple[int, int]:
+        """(entries that differ from the snapshot, entries in all), params in the snapshot's order."""
+        changed = total = 0
+        for p, b in zip(params, self.before, strict=True):
+            changed += int((p.detach().cpu() != b).sum())
+            total += b.numel()
+        return changed, total
 
 
 class NonFiniteTraining(RuntimeError):
@@ -243,28 +310,33 @@ def old_policy(model, samples: Sequence[Sample], micro: int, *, temperature: flo
 def _accumulate_gradients(model, samples: Sequence[Sample], idx: list[int], old: list[torch.Tensor], spec: LossSpec,
                           cfg: TrainSection, *, temperature: float, pad_id: int, device: torch.device,
                           num_tokens: float, norm_len: float | None, whiten_micro_batch: bool,
-                          collective: Collective) -> dict[str, float]:
+                          collective: Collective, compute_dtype: torch.dtype | None = None) -> dict[str, float]:
     """Backward the loss of mini-batch `idx` (this rank's micro-batches of it) into the parameters' .grad.
 
     The loss is normalised by the whole mini-batch (`num_tokens` trained tokens, len(idx) sequences), so
     the accumulated gradient equals the full mini-batch's. Returns this rank's loss and metric sums.
+    The forward pass runs under `mixed_precision(device, compute_dtype)`; the float32 loss and the
+    backward pass outside it (autocast's rule), so the gradients reach the float32 master as float32.
     """
     micro, rho = cfg.micro_batch_size, cfg.prob_mask_rho
-    step = dict.fromkeys(("loss", "clip_upper", "clip_lower", "clip_dual", "ratio", "kl_old", "kl_ref"), 0.0)
+    step = dict.fromkeys(("loss", "clip_upper", "clip_lower", "clip_dual", "ratio", "kl_old", "kl_ref",
+                          "skipped_micro_batches"), 0.0)
+    num_micro = math.ceil(len(idx) / micro)
     for s in collective.shard(list(range(0, len(idx), micro))):
         part = [samples[i] for i in idx[s : s + micro]]
         batch = pack([x.prompt_ids for x in part], [x.completion_ids for x in part], pad_id, device)
-        out = completion_logprobs(model, batch, temperature, cfg.logprob_chunk, with_entropy=spec.entropy_coef > 0)
+        with mixed_precision(device, compute_dtype):
+            out = completion_logprobs(model, batch, temperature, cfg.logprob_chunk, with_entropy=spec.entropy_coef > 0)
         lp, ent = out if spec.entropy_coef > 0 else (out, None)
         old_lp = _rows([old[i] for i in idx[s : s + micro]], lp.shape, device)
         adv = _advantages(part, lp.shape, device)
         ref = _rows([x.ref_logprobs for x in part], lp.shape, device) if spec.kl_coef > 0 else None
-        # SPO's probability mask (spec §3.2): only tokens the pre-update policy gave p < rho carry gradient.
-        mask = batch.comp_mask if rho is None else batch.comp_mask & (old_lp.exp() < rho)
-        if whiten_micro_batch:
-            adv = whiten_masked(adv, mask)
+        adv, mask = trained_advantages(adv, old_lp, batch.comp_mask, rho, whiten_micro_batch)
         loss, st = policy_loss(lp, old_lp, adv, mask, spec, ref_logp=ref, entropy=ent, num_seqs=len(idx),
-                               num_tokens=num_tokens, norm_len=norm_len)
+                               num_tokens=num_tokens, norm_len=norm_len, num_micro_batches=num_micro)
+        if ratio_skipped(st["ratio"], mask, cfg.skip_ratio_above):
+            loss = loss * 0.0  # still backward: every rank must reach the gradient sum with its .grad set
+            step["skipped_micro_batches"] += 1
         loss.backward()
         step["loss"] += loss.item()
         for k, v in st.items():
@@ -276,11 +348,13 @@ def rl_update(model, optimizer, scheduler, samples: Sequence[Sample], cfg: Train
               pad_id: int, device: torch.device, seed: int, norm_len: float | None = None,
               whiten_micro_batch: bool = False, old_from_sampler: bool = False, consecutive_skips: int = 0,
               on_step: Callable[[int, int], None] | None = None,
-              log: Callable[[str], None] = print, collective: Collective | None = None) -> dict[str, float]:
+              log: Callable[[str], None] = print, collective: Collective | None = None,
+              compute_dtype: torch.dtype | None = None) -> dict[str, float]:
     """One iteration of policy updates on `samples` with the loss `loss_spec(cfg)` describes.
 
-    `whiten_micro_batch` whitens the advantages over the trained tokens of each micro-batch, as the
-    SPO reference does (spo.md §3.3: unbiased variance, eps 1e-8).
+    `whiten_micro_batch` (SPO's spo.normalize=micro_batch) or cfg.whiten_advantages=micro_batch (any
+    estimator) whitens the advantages over the trained tokens of each micro-batch, as the SPO reference
+    does for every run (spo.md §3.3: unbiased variance, eps 1e-8).
 
     pi_old is recomputed by the trainer before any update; the gap to the sampler's log-probs is
     reported (`logprob_gap_*`): ~0 means sampler and trainer agree on the same weights. With
@@ -296,14 +370,21 @@ def rl_update(model, optimizer, scheduler, samples: Sequence[Sample], cfg: Train
 
     With a `collective` of W processes (tasks/distributed.py) every rank passes the same samples and seed
     and runs 1/W of the micro-batches of each pass; gradients and metric sums are added over ranks.
+
+    `model`'s trained parameters are the master weights (float32 from tasks/checkpoints.py); with a
+    `compute_dtype` other than float32 the pi_old pass and every forward pass run under autocast to it.
+    `frac_master_changed` (rank 0 only) is the share of trained-parameter entries whose value this call
+    changed, the health check stale_update's metric: an update lost to rounding shows there first.
     """
     coll = collective or Collective()
     if coll.rank != 0:
         log = lambda _msg: None  # noqa: E731
     spec = loss_spec(cfg)
     micro = cfg.micro_batch_size
-    pi_old = old_policy(model, samples, micro, temperature=temperature, chunk=cfg.logprob_chunk, pad_id=pad_id,
-                        device=device, old_from_sampler=old_from_sampler, collective=coll)
+    whiten_micro_batch = whiten_micro_batch or cfg.whiten_advantages == "micro_batch"
+    with mixed_precision(device, compute_dtype):
+        pi_old = old_policy(model, samples, micro, temperature=temperature, chunk=cfg.logprob_chunk, pad_id=pad_id,
+                            device=device, old_from_sampler=old_from_sampler, collective=coll)
     old = pi_old.logprobs
     if spec.kl_coef > 0 and any(x.ref_logprobs is None for x in samples):
         raise ValueError("train.kl_coef > 0 (kl_placement=loss) but the samples carry no reference log-probs")
@@ -315,12 +396,13 @@ def rl_update(model, optimizer, scheduler, samples: Sequence[Sample], cfg: Train
 
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
+    snapshot = MasterSnapshot(params) if coll.rank == 0 else None  # every rank holds the same weights
     rng = random.Random(seed)
     order = list(range(len(samples)))
     keys = ("loss", "clipfrac", "clipfrac_upper", "clipfrac_lower", "clipfrac_dual", "ratio_mean", "approx_kl",
             "kl_ref", "grad_norm")
     stats = dict.fromkeys(keys, 0.0)
-    n_updates, total_tokens, skipped = 0, 0, 0
+    n_updates, total_tokens, skipped, skipped_micro = 0, 0, 0, 0
     steps_per_epoch = math.ceil(len(samples) / cfg.mini_batch_size)
     t0 = time.perf_counter()
     for epoch in range(cfg.epochs):
@@ -331,7 +413,8 @@ def rl_update(model, optimizer, scheduler, samples: Sequence[Sample], cfg: Train
             optimizer.zero_grad(set_to_none=True)
             step = _accumulate_gradients(model, samples, idx, old, spec, cfg, temperature=temperature, pad_id=pad_id,
                                          device=device, num_tokens=num_tokens, norm_len=norm_len,
-                                         whiten_micro_batch=whiten_micro_batch, collective=coll)
+                                         whiten_micro_batch=whiten_micro_batch, collective=coll,
+                                         compute_dtype=compute_dtype)
             if coll.world > 1:  # the whole mini-batch's gradient and metric sums, on every rank
                 step = dict(zip(step, coll.sum_grads(params, list(step.values()))))
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -347,6 +430,7 @@ def rl_update(model, optimizer, scheduler, samples: Sequence[Sample], cfg: Train
                                             "reached; check rewards/advantages for NaN, or lower train.lr")
                 continue
             consecutive_skips = 0
+            skipped_micro += int(step["skipped_micro_batches"])
             optimizer.step()
             scheduler.step()
             n_updates += 1
@@ -380,4 +464,9 @@ def rl_update(model, optimizer, scheduler, samples: Sequence[Sample], cfg: Train
         skipped_steps=float(skipped),
         consecutive_skips=float(consecutive_skips),
     )
+    if cfg.skip_ratio_above is not None:
+        out["skipped_micro_batches"] = float(skipped_micro)
+    if snapshot is not None:
+        changed, total = snapshot.changed(params)
+        out["frac_master_changed"] = changed / max(1, total)
     return out

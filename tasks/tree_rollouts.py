@@ -4,7 +4,10 @@ Every level is one batch of prefix continuations on the live engine across all q
 (the reference decodes and re-tokenises each level: spo.md §8 item 2). A child that stops early is a
 leaf and is graded on its whole response (its ancestors' tokens + its own). A child cut by the response
 or context budget is a truncated leaf and scores reward.truncated without being graded (the reference
-grades it: §8 item 6). Writes tree_nodes.parquet, roots included.
+grades it: §8 item 6; tree.grade_truncated=true does too). With rollout.top_p < 1 and
+spo.top_p_probs=recompute, every node's sampling_logprobs are the generating policy's at the sampling
+temperature without top-p (a teacher-forced pass), the reference's pi_old, instead of the sampler's
+nucleus-renormalised ones. Writes tree_nodes.parquet, roots included.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from tasks.common import STAGE, StageOutput
 from tasks.engine import continue_prefixes, get_engine
 from tasks.graders import grade_all, scheme_of
 from tasks.models import engine_dtype
+from tasks.train import policy_logprobs, recomputes_top_p
 
 
 @dataclass
@@ -75,6 +79,22 @@ def grow(engine, prompts: list[list[int]], prompt_ids: list[str], cfg: Config, s
     return nodes
 
 
+def grading_finish_reasons(finish_reasons: list[str | None], grade_truncated: bool) -> list[str | None]:
+    """The finish reasons the grader sees: with tree.grade_truncated a leaf cut by a budget ('length', which
+    the grader scores reward.truncated) is graded on its text as if it had stopped, as the reference does."""
+    return ["stop" if grade_truncated and f == "length" else f for f in finish_reasons]
+
+
+def recompute_logprobs(cfg: Config, policy: str, prompts: list[list[int]], nodes: list[Node]) -> None:
+    """Replace every non-root node's log-probs by the generating policy's (tasks/train.policy_logprobs):
+    its tokens after the prompt and its ancestors' tokens."""
+    kids = [n for n in nodes if n.parent_id is not None]
+    lps = policy_logprobs(cfg, policy, [prompts[n.prompt_index] + n.response[: len(n.response) - len(n.token_ids)]
+                                        for n in kids], [n.token_ids for n in kids])
+    for n, lp in zip(kids, lps):
+        n.logprobs = lp
+
+
 @task(name="tree_rollouts", **STAGE)
 def tree_rollouts(cfg: Config, layout: RunLayout, policy: FileRef, policy_version: int, train: FileRef,
                   iteration: int, code_version: str) -> StageOutput:
@@ -89,12 +109,15 @@ def tree_rollouts(cfg: Config, layout: RunLayout, policy: FileRef, policy_versio
     t0 = time.perf_counter()
     nodes = grow(engine, prompts, pids, cfg, (layout.run_id, iteration, "tree"))
     gen_seconds = time.perf_counter() - t0
+    if recomputes_top_p(cfg):
+        recompute_logprobs(cfg, policy.path, prompts, nodes)
 
     leaves = [n for n in nodes if n.is_leaf]
     tok = load_tokenizer(policy.path)
     # A leaf cut by a budget reaches the grader with finish 'length', which scores reward.truncated.
     grades = grade_all(cfg.data.task, [tok.decode(n.response, skip_special_tokens=True) for n in leaves],
-                       [refs[chosen[n.prompt_index]] for n in leaves], [n.finish_reason for n in leaves],
+                       [refs[chosen[n.prompt_index]] for n in leaves],
+                       grading_finish_reasons([n.finish_reason for n in leaves], cfg.tree.grade_truncated),
                        scheme_of(cfg.reward))
     grade_of = {n.node_id: g for n, g in zip(leaves, grades)}
     rows = []
@@ -120,7 +143,7 @@ def tree_rollouts(cfg: Config, layout: RunLayout, policy: FileRef, policy_versio
         "leaves_per_tree": len(leaves) / max(1, len(prompts)),
         "early_leaves_per_tree": sum(n.depth < levels and n.finish_reason != "length" for n in leaves)
         / max(1, len(prompts)),
-        "truncated_leaves_per_tree": sum(g.status == "truncated" for g in grades) / max(1, len(prompts)),
+        "truncated_leaves_per_tree": sum(n.finish_reason == "length" for n in leaves) / max(1, len(prompts)),
         "mean_leaf_response_tokens": sum(len(n.response) for n in leaves) / max(1, len(leaves)),
     })
     return StageOutput(artifact=ref, metrics=metrics)

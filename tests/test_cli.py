@@ -38,6 +38,42 @@ def test_grade_command_rejects_bad_input(tmp_path):
     assert res.exit_code == 2
 
 
+def test_grade_input_keeps_unicode_line_separators_inside_strings(tmp_path):
+    # json.dumps(ensure_ascii=False) writes U+2028, U+2029 and U+0085 raw; only "\n" ends a JSONL line.
+    rows = [{"response": f"3+5=8{sep}so\n#### 8", "reference": "8"} for sep in ("\u2028", "\u2029", "\u0085")]
+    f = tmp_path / "in.jsonl"
+    f.write_bytes(("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n").encode())
+    assert len(f.read_text().splitlines()) > 3  # the old reader would have cut these lines
+    res = runner.invoke(app, ["grade", "--task", "arith", "--input", str(f)])
+    assert res.exit_code == 0, res.output
+    assert [(json.loads(x)["score"], json.loads(x)["status"]) for x in res.output.splitlines()] == [(1.0, "ok")] * 3
+
+
+def test_grade_input_not_utf8_names_line_and_byte(tmp_path):
+    f = tmp_path / "in.jsonl"
+    bad = b'{"response": "caf\xe9 #### 8", "reference": "8"}'
+    f.write_bytes(b'{"response": "#### 8", "reference": "8"}\n' + bad + b"\n")
+    res = runner.invoke(app, ["grade", "--task", "arith", "--input", str(f)])
+    assert res.exit_code == 2 and isinstance(res.exception, SystemExit)
+    offset = bad.index(b"\xe9")  # 17
+    assert f"error: {f}:2: not UTF-8 (byte 0xe9 at offset {offset}) (the file must be UTF-8)" \
+        in res.output.replace("\n", "")
+
+
+def test_grade_input_utf16_says_save_as_utf8(tmp_path):
+    text = json.dumps({"response": "#### 8", "reference": "8"}) + "\n"
+    f = tmp_path / "in.jsonl"
+    f.write_bytes(text.encode("utf-16"))  # with a BOM: ff fe
+    res = runner.invoke(app, ["grade", "--task", "arith", "--input", str(f)])
+    assert res.exit_code == 2 and isinstance(res.exception, SystemExit)
+    assert "in.jsonl:1: not UTF-8 (byte 0xff at offset 0) (the file looks UTF-16: save it as UTF-8)" \
+        in res.output.replace("\n", "")
+    f.write_bytes(text.encode("utf-16-le"))  # no BOM: "{" then a NUL byte
+    res = runner.invoke(app, ["grade", "--task", "arith", "--input", str(f)])
+    assert res.exit_code == 2 and isinstance(res.exception, SystemExit)
+    assert "in.jsonl:1: NUL byte at offset 1 (the file looks UTF-16: save it as UTF-8)" in res.output.replace("\n", "")
+
+
 def _by_sample(path):
     t = read_parquet(path, ADVANTAGES)
     return [a for _, a in sorted(zip(t["sample_index"].to_pylist(), t["advantage"].to_pylist()))]
@@ -55,7 +91,7 @@ def test_advantages_command_recomputes_with_any_estimator(tmp_path):
     np.testing.assert_allclose(_by_sample(out), estimators.rloo(scores, groups))
     res = runner.invoke(app, ["advantages", "--estimator", "ppo", "--rollouts", str(tmp_path / "rollouts.parquet"),
                               "--grades", str(tmp_path / "grades.parquet"), "--out", str(out)])
-    assert res.exit_code == 2 and "known: " in res.output
+    assert res.exit_code == 2 and "advantage.estimator='ppo': Input should be 'grpo'" in res.output
     # estimator options: RED-Drop drops sample 2 (the negative with the smallest seed) of group a
     res = runner.invoke(app, ["advantages", "--estimator", "rec", "--rollouts", str(tmp_path / "rollouts.parquet"),
                               "--grades", str(tmp_path / "grades.parquet"), "--out", str(out),

@@ -76,4 +76,5 @@ def test_iteration_prompts_cover_each_epoch_once():
     seen = [i for it in range(1, 6) for i in iteration_prompts(20, 8, it, seed=0)][:40]
     assert sorted(seen[:20]) == list(range(20)) and sorted(seen[20:40]) == list(range(20))
     assert iteration_prompts(20, 8, 3, seed=0) == iteration_prompts(20, 8, 3, seed=0)
-    assert len(iteration_prompts(5, 8, 1, seed=0)) == 5
+    with pytest.raises(ValueError, match=r"rollout\.prompts_per_iteration=8 is more than the 5 training prompts"):
+        iteration_prompts(5, 8, 1, seed=0)

@@ -225,3 +225,113 @@ def test_config_names_every_estimator():
     from configs.schema import RESPONSE_ESTIMATORS
 
     assert set(RESPONSE_ESTIMATORS) == set(estimators.REGISTRY)
+
+
+def _decimal_opmd(scores: list[float], tau: float) -> list[float]:
+    """r_i - tau * ln(mean_j exp(r_j / tau)) in 60-digit decimal arithmetic: exp(1 / 1e-4) = e^10000 is
+    an ordinary number there, so this is the textbook formula with no max-shift."""
+    from decimal import Decimal, localcontext
+
+    with localcontext() as ctx:
+        ctx.prec = 60
+        t = Decimal(tau)
+        mean = sum((Decimal(r) / t).exp() for r in scores) / len(scores)
+        base = t * mean.ln()
+        return [float(Decimal(r) - base) for r in scores]
+
+
+TAUS = [1.0, 0.1, 0.01, 1e-3, 1e-4]
+# Every group of 2 to 4 rewards from {-2, 0, 1} (as multisets), the all-equal ones included.
+SMALL_TAU_GROUPS = sorted({tuple(sorted(g)) for k in (2, 3, 4) for g in np.ndindex(*[3] * k)})
+SMALL_TAU_GROUPS = [[(-2.0, 0.0, 1.0)[i] for i in g] for g in SMALL_TAU_GROUPS]
+
+
+@pytest.mark.parametrize("tau", TAUS)
+def test_opmd_logavgexp_small_tau_is_finite_and_exact(tau):
+    """Issue 28: ln(avg(exp(r / tau))) overflowed for small tau ([1, 0, 0, 1] at tau = 0.001 gave -inf everywhere,
+    an all -2 group +inf). The stable form must match the decimal formula and give all-equal groups exactly 0."""
+    for group in SMALL_TAU_GROUPS:
+        got = estimators.opmd(group, ["g"] * len(group), "logavgexp", tau)
+        assert np.isfinite(got).all(), (group, tau)
+        if len(set(group)) == 1:
+            assert got.tolist() == [0.0] * len(group), (group, tau)
+        else:
+            np.testing.assert_allclose(got, _decimal_opmd(group, tau), rtol=1e-12, atol=1e-12, err_msg=str(group))
+
+
+def test_opmd_logavgexp_issue_example_at_tau_0_001():
+    got = estimators.opmd([1.0, 0.0, 0.0, 1.0], ["a"] * 4, "logavgexp", 0.001)
+    # baseline = 1 + 0.001 * ln((2 e^1000 + 2) / 4 / e^1000) = 1 + 0.001 * ln(1/2 + e^-1000 / 2) ~ 1 - 0.001 ln 2
+    hi, lo = 0.001 * math.log(2), -1 + 0.001 * math.log(2)  # e^-1000 is far below double precision of 1/2
+    np.testing.assert_allclose(got, [hi, lo, lo, hi], rtol=1e-12)
+    np.testing.assert_allclose(got, _decimal_opmd([1.0, 0.0, 0.0, 1.0], 0.001), rtol=1e-12)
+    assert estimators.opmd([-2.0] * 3, ["a"] * 3, "logavgexp", 0.001).tolist() == [0.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("tau", TAUS)
+def test_opmd_logavgexp_small_tau_sql_equals_numpy(tmp_path, tau):
+    groups = [f"p{i:02d}" for i, g in enumerate(SMALL_TAU_GROUPS) for _ in g]
+    scores = [r for g in SMALL_TAU_GROUPS for r in g]
+    _write_batch(tmp_path, scores, groups, [1] * len(scores), range(len(scores)))
+    params = {**DEFAULTS, "opmd_baseline": "logavgexp", "opmd_tau": tau}
+    table = compute_advantages("opmd", tmp_path / "rollouts.parquet", tmp_path / "grades.parquet", params)
+    sql = np.array(table["advantage"].to_pylist())  # in grades order
+    ref = estimators.opmd(scores, groups, "logavgexp", tau)
+    assert np.isfinite(sql).all()
+    np.testing.assert_allclose(sql, ref, rtol=1e-12, atol=1e-12)
+    equal = [len(set(g)) == 1 for g in SMALL_TAU_GROUPS for _ in g]
+    assert sql[equal].tolist() == [0.0] * sum(equal)
+
+
+def test_red_drop_tenths_count_the_middle_response_as_positive(tmp_path):
+    """Issue 28: mean(0.1, 0.2, 0.3) = 0.20000000000000004 > 0.2, so a float comparison made 0.2 a negative,
+    found 2 negatives against 1 positive and dropped the one with the smallest key (0.1 here). With the
+    stated tolerance 0.2 is positive, nothing is dropped and A = r - 0.2."""
+    scores, groups, keys = [0.1, 0.2, 0.3], ["g"] * 3, [1, 5, 9]
+    out = estimators.rec(scores, groups, keys=keys, rec_drop="balance")
+    np.testing.assert_allclose(out, [-0.1, 0.0, 0.1], atol=1e-15)
+    _write_batch(tmp_path, scores, groups, [1] * 3, keys)
+    params = {**DEFAULTS, "rec_drop": "balance"}
+    table = compute_advantages("rec", tmp_path / "rollouts.parquet", tmp_path / "grades.parquet", params)
+    np.testing.assert_allclose(table["advantage"].to_pylist(), [-0.1, 0.0, 0.1], atol=1e-15)
+
+
+def test_red_drop_still_drops_negatives_just_beyond_the_tolerance(tmp_path):
+    # mean 1e-6: the two zeros are below it by 1e-6, far beyond 1e-9 * max(1, |mean|): 2 negatives, 1 positive,
+    # so the negative with the smaller key (sample 1) is dropped and the kept pair {0, 3e-6} has mean 1.5e-6.
+    scores, groups, keys = [0.0, 0.0, 3e-6], ["g"] * 3, [7, 2, 4]
+    expect = [-1.5e-6, 0.0, 1.5e-6]
+    np.testing.assert_allclose(estimators.rec(scores, groups, keys=keys, rec_drop="balance"), expect, atol=1e-18)
+    _write_batch(tmp_path, scores, groups, [1] * 3, keys)
+    table = compute_advantages("rec", tmp_path / "rollouts.parquet", tmp_path / "grades.parquet",
+                               {**DEFAULTS, "rec_drop": "balance"})
+    np.testing.assert_allclose(table["advantage"].to_pylist(), expect, atol=1e-18)
+
+
+def _write_kl(tmp_path, rows):
+    write_parquet([{"run_id": "r", "iteration": 1, "prompt_id": g, "sample_index": i, "ref_logprobs": [-1.0], "kl": k}
+                   for g, i, k in rows], REF_LOGPROBS, tmp_path / "ref.parquet")
+
+
+def test_kl_file_missing_a_response_is_an_error_naming_it(tmp_path):
+    """Issue 28: a response absent from the KL file used to get no penalty, silently."""
+    scores, groups = [1.0, 0.0, 1.0, 0.0], ["a", "a", "b", "b"]
+    _write_batch(tmp_path, scores, groups, [1] * 4, range(4))
+    _write_kl(tmp_path, [("a", 0, 0.1), ("a", 1, 0.2), ("b", 3, 0.4)])  # ("b", 2) is missing
+    params = {**DEFAULTS, "kl_reward_coef": 0.5}
+    with pytest.raises(ValueError) as e:
+        compute_advantages("grpo", tmp_path / "rollouts.parquet", tmp_path / "grades.parquet", params,
+                           kl=tmp_path / "ref.parquet")
+    assert str(e.value).startswith(
+        f"{tmp_path / 'ref.parquet'}: response (prompt_id='b', sample_index=2) of run 'r' iteration 1 has no kl. "
+        "A KL penalty in the reward needs exactly one kl per response")
+
+
+def test_kl_file_with_a_duplicated_or_null_response_is_an_error(tmp_path):
+    scores, groups = [1.0, 0.0, 1.0, 0.0], ["a", "a", "b", "b"]
+    _write_batch(tmp_path, scores, groups, [1] * 4, range(4))
+    _write_kl(tmp_path, [("a", 0, 0.1), ("a", 0, 0.1), ("a", 1, None), ("b", 2, 0.3), ("b", 3, 0.4)])
+    with pytest.raises(ValueError, match=r"\(prompt_id='a', sample_index=0\) of run 'r' iteration 1 has 2 kl rows; "
+                       r"response \(prompt_id='a', sample_index=1\) of run 'r' iteration 1 has no kl\."):
+        compute_advantages("grpo", tmp_path / "rollouts.parquet", tmp_path / "grades.parquet",
+                           {**DEFAULTS, "kl_reward_coef": 0.5}, kl=tmp_path / "ref.parquet")

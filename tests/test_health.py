@@ -104,6 +104,21 @@ def test_eval_regression_fires_beyond_three_noise_std_of_the_difference():
     assert eval_regression(0.5, 0.45, 4096, S) != [] and eval_regression(0.5, 0.45, 256, S) == []
 
 
+def test_stale_update_fires_below_its_threshold_unless_nothing_was_meant_to_change():
+    limit = LIMITS.stale_update_frac
+    assert limit == 0.5
+    step = {**HEALTHY, "optimizer_steps": 4.0}
+    assert codes({**step, "frac_master_changed": 0.9984}) == []  # float32 master at lr 1e-6 (issue 29)
+    assert codes({**step, "frac_master_changed": limit}) == []
+    (f,) = diagnose({**step, "frac_master_changed": 0.0056}, S)  # bf16 weights stepped in place (issue 29)
+    assert f.code == "stale_update" and f.message.startswith("this iteration's optimizer steps changed only 0.6%")
+    assert "train.lr (now 2e-05)" in f.message
+    assert codes({**step, "frac_master_changed": 0.0, "optimizer_steps": 0.0, "skipped_steps": 4.0}) == ["skipped_steps"]
+    assert codes({**step, "frac_master_changed": 0.0, "frac_adv_zero": 1.0}) == ["no_signal"]
+    off = Settings(**{**S.__dict__, "limits": type(LIMITS)(**{**LIMITS.__dict__, "stale_update_frac": 0.0})})
+    assert codes({**step, "frac_master_changed": 0.0}, off) == []  # health.stale_update_frac=0 turns it off
+
+
 def test_skipped_steps_are_reported_with_their_count():
     (f,) = diagnose({**HEALTHY, "skipped_steps": 2.0}, S)
     assert f.code == "skipped_steps" and f.message.startswith("2 optimizer step(s)")
@@ -148,4 +163,5 @@ def test_every_code_diagnose_can_raise_is_a_registered_finding():
                                       "logprob_gap_mean": 1.0, "clipfrac": 1.0, "skipped_steps": 1.0,
                                       "entropy": 0.0}, S, {"entropy": 1.0})}
     seen |= {f.code for f in diagnose({"edges_trained": 0.0}, tree)} | {f.code for f in eval_regression(0.9, 0.1, 256, S)}
+    seen |= {f.code for f in diagnose({"frac_master_changed": 0.0, "optimizer_steps": 1.0}, S)}
     assert seen == set(HEALTH_FINDINGS)

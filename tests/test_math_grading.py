@@ -80,3 +80,92 @@ def test_timeout_grade_is_nan_not_zero(monkeypatch):
     monkeypatch.setattr(mg.VerifierPool, "run", lambda self, pairs: ["timeout"] * len(pairs))
     [g] = grade_math_batch(["\\boxed{1}"], ["1"], ["stop"], S)
     assert g.status == "timeout" and math.isnan(g.score)
+
+
+# ---- issue 27 item 2: spacing, invisible characters, power towers, deep nesting (regressions)
+
+def never_called(gold: str, pred: str) -> str:
+    raise AssertionError(f"math-verify was asked about {pred[:40]!r}")
+
+
+def test_math_latex_thin_space_in_a_number_is_ok(pool):
+    [g] = grade_math_batch(["\\boxed{1\\,000}"], ["1000"], ["stop"], S, pool)
+    assert (g.status, g.score, g.extracted) == ("ok", 1.0, "1000")
+
+
+def test_math_direction_mark_before_the_answer_is_ok(pool):
+    [g] = grade_math_batch(["\\boxed{\u200f42}"], ["42"], ["stop"], S, pool)
+    assert (g.status, g.score) == ("ok", 1.0)
+
+
+@pytest.mark.parametrize("response,reference,expected", [
+    ("\\boxed{1\\;000\\;000}", "1000000", "ok"),
+    ("\\boxed{1~000}", "1000", "ok"),
+    ("\\boxed{1\\ 000}", "1000", "ok"),
+    ("\\boxed{1\u2009000}", "1000", "ok"),  # a thin space character
+    ("\\boxed{\\frac{\\,1}{2\\quad}}", "\\frac{1}{2}", "ok"),
+    ("\\boxed{\u22125}", "-5", "ok"),
+    ("\\boxed{\u22125}", "5", "wrong"),
+    ("\\boxed{1\\,000}", "100", "wrong"),
+    ("\\boxed{4\u200b2}", "42", "ok"),
+    ("so we get 1/2", "2", "wrong"),  # the last-number fallback reads 1/2 whole, not its 2
+])
+def test_math_spacing_and_invisible_characters(pool, response, reference, expected):
+    [g] = grade_math_batch([response], [reference], ["stop"], S, pool)
+    assert g.status == expected, g
+
+
+def test_math_power_tower_equal_to_its_reference_is_never_wrong(pool):
+    grades = grade_math_batch(["\\boxed{2^{2^{2^{2^{2}}}}}", "\\boxed{4^{32768}}", "\\boxed{2^{2^{2^{2^{2}}}}}"],
+                              ["2^{65536}", "2^{65536}", "2^{65535}"], ["stop"] * 3, S, pool)
+    assert [g.status for g in grades][:2] in (["ok", "ok"], ["ok", "timeout"], ["timeout", "ok"], ["timeout", "timeout"])
+    assert grades[0].status == "ok"  # exact integer arithmetic decides it in well under a second
+    assert grades[2].status == "wrong"  # and an unequal one is still wrong
+
+
+def frac_chain(depth: int) -> str:
+    """1/(1/(...1/2)): 2 when depth is even."""
+    return "\\frac{1}{" * depth + "2" + "}" * depth
+
+
+def test_math_frac_chain_200_deep_is_parse_error_whatever_the_load():
+    # math-verify reads this chain as 1/2 (a silent `wrong`) or times out, depending on load; the
+    # bound answers first, so the verifier is never asked and the grade is the same on any machine.
+    for timeout in (0.001, 60.0):
+        [g] = grade_math_batch(["\\boxed{" + frac_chain(200) + "}"], ["2"], ["stop"], S,
+                               VerifierPool(workers=1, timeout=timeout, func=never_called))
+        assert (g.status, g.score) == ("parse_error", 0.0)
+
+
+def test_math_frac_chain_within_the_bound_is_graded_by_value(pool):
+    grades = grade_math_batch(["\\boxed{" + frac_chain(10) + "}", "\\boxed{" + frac_chain(9) + "}"], ["2", "2"],
+                              ["stop"] * 2, S, pool)
+    assert [g.status for g in grades] == ["ok", "wrong"]
+
+
+def test_math_reference_past_the_bounds_is_bad_input():
+    with pytest.raises(ValueError, match=r"reference answer .* is too large to grade: brackets nested 30 deep, "
+                                         r"over MAX_NESTING=20"):
+        grade_math_batch(["\\boxed{2}"], [frac_chain(30)], ["stop"], S, VerifierPool(workers=1, func=never_called))
+
+
+def test_math_answer_too_long_is_parse_error():
+    [g] = grade_math_batch(["\\boxed{" + "1+" * 1500 + "1}"], ["3001"], ["stop"], S,
+                           VerifierPool(workers=1, func=never_called))
+    assert g.status == "parse_error"
+
+
+def test_exact_compare_decides_only_exact_numbers():
+    from math_verify import parse
+
+    from tasks.math_grading import exact_compare
+
+    def p(latex: str):
+        return parse("\\boxed{" + latex + "}")[0]
+
+    assert exact_compare(p("2^{65536}"), p("2^{2^{2^{2^{2}}}}")) == "ok"  # 2^(2^16), exactly
+    assert exact_compare(p("2^{65536}"), p("2^{65536}+1")) == "wrong"
+    assert exact_compare(p("2^{-3}"), p("\\frac{1}{8}")) == "ok"
+    assert exact_compare(p("2^{65536}"), p("2^{2^{2^{2^{2^{2}}}}}")) == "timeout"  # 2^(2^65536): past MAX_EXACT_BITS
+    assert exact_compare(p("x"), p("2^{2^{2^{2^{2^{2}}}}}")) is None  # a symbol: math-verify's verdict stands
+    assert exact_compare(p("\\sqrt{2}"), p("2^{1/2}")) is None  # not an integer power

@@ -173,3 +173,28 @@ def _shard_metrics(runs):
 
     _, rows = query(runs, "select count(*), max(value) from metrics where name = 'rollout_engines'")
     return rows[0]
+
+
+@pytest.mark.slow
+def test_placement_that_never_happens_times_out_naming_the_keys(tiny_model_dir):
+    """A cluster without room for the actors (here 1 CPU for 2 actors of 1 CPU) fails after
+    rollout.placement_timeout_seconds instead of waiting for good, and leaves nothing pending."""
+    import ray
+
+    from configs.schema import RolloutSection
+    from tasks.ray_engine import ShardedEngine, ShardPlacementError
+
+    if ray.is_initialized():
+        pytest.skip("Ray already runs in this process with other resources")
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             object_store_memory=256 * 2**20)
+    try:
+        cfg = RolloutSection(shards=2, shard_cpus=1, ray_address="auto", placement_timeout_seconds=2)
+        with pytest.raises(ShardPlacementError, match=r"could not place rollout.shards=2 engine actors of "
+                                                      r"\{'CPU': 1.0\} each .* rollout.placement_timeout_seconds=2"):
+            ShardedEngine(str(tiny_model_dir), cfg, "float32", 0)
+        from ray.util.placement_group import placement_group_table
+
+        assert all(g["state"] == "REMOVED" for g in placement_group_table().values())
+    finally:
+        ray.shutdown()

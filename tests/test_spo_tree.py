@@ -162,6 +162,51 @@ def test_sql_equals_numpy_on_random_trees(tmp_path, mode, sibling_std):
     assert sum(keep) > 0 and sum(~keep) > 0  # the random trees exercise both outcomes
 
 
+def three_equal_subtrees(leaves: list[float]) -> dict[str, float | None]:
+    """A root with 3 children, each over the same leaf rewards: every child's value equals the root's."""
+    spec: dict[str, float | None] = {"r": None}
+    for c in range(3):
+        spec[f"r/{c}"] = None
+        spec.update({f"r/{c}/{j}": v for j, v in enumerate(leaves)})
+    return spec
+
+
+@pytest.mark.parametrize("mode, leaves", [("children", [1.0, 0.0, 0.0]), ("leaves", [0.1, 0.2, 0.4])])
+def test_sibling_std_equal_subtrees_keep_no_root_edges(tmp_path, mode, leaves):
+    """Issue 28: V(child) - V(root) is 0 up to rounding (SQL's weighted mean gives 5.6e-17 / 2.8e-17); divided
+    by a sibling std of 0 + eps it used to become ~5e-9 and pass the |A| > 1e-9 test, so all 3 edges were
+    kept. Zero is decided on the difference, before the division: A = 0 exactly, and the edge is dropped."""
+    spec = three_equal_subtrees(leaves)
+    path = tmp_path / "nodes.parquet"
+    write_parquet(nodes_table(spec), TREE_NODES, path)
+    params = {"value_mode": mode, "sibling_std": True, "eps": 1e-8, "drop_zero": True}
+    sql = {r["node_id"]: r for r in compute_tree_advantages(path, params).to_pylist()}
+    root_edges = ["r/0", "r/1", "r/2"]
+    assert any(sql[n]["value"] != sql[n]["parent_value"] for n in root_edges)  # the case rounds in SQL
+    assert [(sql[n]["advantage"], sql[n]["kept"]) for n in root_edges] == [(0.0, False)] * 3
+    ids, parent, score = tree(spec)
+    adv = by_id(ids, edge_advantages(parent, node_values(parent, score, mode), sibling_std=True, eps=1e-8))
+    keep = dict(zip(ids, kept_edges(parent, list(adv.values()))))
+    assert [(adv[n], keep[n]) for n in root_edges] == [(0.0, False)] * 3
+    # The leaf edges below carry signal and are kept in both: r/0/0 - r/0 = 1 - 1/3 (children) or 0.1 - 0.7/3.
+    assert sql["r/0/0"]["kept"] and keep["r/0/0"]
+    assert sql["r/0/0"]["advantage"] == pytest.approx(adv["r/0/0"], rel=1e-12) != 0.0
+
+
+def test_near_zero_difference_is_zero_before_the_sibling_std_division():
+    # numpy twin given values that differ by one rounding step: the siblings' std is 0, so dividing first
+    # would give 5.6e-17 / 1e-8 = 5.6e-9, above the 1e-9 zero threshold.
+    v = 1 / 3
+    values = [v, v + 5.551115123125783e-17, v + 5.551115123125783e-17, v]
+    adv = edge_advantages([-1, 0, 0, 0], values, sibling_std=True, eps=1e-8)
+    assert adv[1:].tolist() == [0.0, 0.0, 0.0]
+    assert not kept_edges([-1, 0, 0, 0], adv).any()
+    assert kept_edges([-1, 0, 0, 0], adv, drop_zero=False)[1:].all()
+    # A real difference just above the threshold still counts, divided by the std as before.
+    adv = edge_advantages([-1, 0, 0], [0.0, 2e-9, -2e-9], sibling_std=True, eps=0.0)
+    assert adv[1:].tolist() == [1.0, -1.0]
+
+
 def priority(seed: int, iteration: int, added: int, node: str) -> str:
     return hashlib.md5(f"{seed}/{iteration}/{added}/{node}".encode()).hexdigest()
 

@@ -215,3 +215,48 @@ def test_a_lora_checkpoint_resumes_to_the_same_policy_and_optimizer_state(tmp_pa
     assert all(torch.equal(opt2.state_dict()["state"][k]["exp_avg"], m) for k, m in moments.items())
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt", use_safetensors=True)
     assert abs(_seq_logprob(merged, [5, 6, 7], [9, 10, 11]) - tuned) < 1e-4
+
+
+def test_a_tokenizer_without_a_pad_token_pads_with_eos_through_training(tmp_path):
+    """Issue 29 item 5: pack() got pad_id=None (TypeError) when the tokenizer had no pad token. Every
+    stage loads its tokenizer through tasks/tokens.load_tokenizer, which now pads with EOS."""
+    import pytest
+    from transformers import PreTrainedTokenizerFast
+
+    from configs.loader import resolve
+    from storage.handles import FileRef
+    from tasks.train import load_trainable
+    from tasks.trainer import sequence_logprobs
+
+    tok = tiny_model.build_tokenizer()
+    tok.pad_token = None
+    tiny_model.save(_model(), tok, tmp_path / "nopad")
+    assert PreTrainedTokenizerFast.from_pretrained(tmp_path / "nopad").pad_token_id is None  # really none saved
+    with pytest.raises(TypeError):
+        pack([[5]], [[6, 7], [8]], None, torch.device("cpu"))  # what training did with it
+
+    cfg = resolve("default", overrides=["run.device=cpu", "train.mini_batch_size=4", "train.micro_batch_size=4"])
+    model, _, loaded, device = load_trainable(cfg, FileRef.of(tmp_path / "nopad"), FileRef.of(tmp_path / "nopad"))
+    assert loaded.pad_token_id == loaded.eos_token_id == 1
+    samples = _samples()  # completions of 1 to 4 tokens: every micro-batch is padded
+    kwargs = dict(device=device, temperature=1.0, chunk=64, micro_batch=4)
+    by_eos = sequence_logprobs(model, [x.prompt_ids for x in samples], [x.completion_ids for x in samples],
+                               pad_id=loaded.pad_token_id, **kwargs)
+    by_zero = sequence_logprobs(model, [x.prompt_ids for x in samples], [x.completion_ids for x in samples],
+                                pad_id=0, **kwargs)
+    assert by_eos == by_zero  # padding is masked: the pad id changes no log-prob
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
+    stats = rl_update(model, opt, make_scheduler(opt, cfg.train, 10), samples, cfg.train, temperature=1.0,
+                      pad_id=loaded.pad_token_id, device=device, seed=0)
+    assert stats["optimizer_steps"] == 1 and stats["grad_norm"] > 0
+
+
+def test_a_tokenizer_with_neither_pad_nor_eos_fails_naming_it():
+    import pytest
+
+    from tasks.tokens import with_pad_token
+
+    tok = tiny_model.build_tokenizer()
+    tok.pad_token, tok.eos_token = None, None
+    with pytest.raises(ValueError, match=r"tokenizer of '/m' has neither a pad nor an EOS token"):
+        with_pad_token(tok, "/m")

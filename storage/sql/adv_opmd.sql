@@ -5,12 +5,19 @@
 -- inputs:     view `scored_groups`; parameters $opmd_baseline, $opmd_tau
 -- std:        not used
 -- singleton:  a group with < 2 finite scores -> advantage 0
--- all-equal:  'mean' -> 0; 'logavgexp' -> 0 too (log-avg-exp of equal values is that value)
+-- stable:     log-avg-exp as m + tau * ln(avg(exp((r - m) / tau))), m = the group's max score: no exp
+--             overflows for small tau (the largest term is exp(0) = 1), as in the numpy twin
+-- all-equal:  'mean' -> 0; 'logavgexp' -> exactly 0 (every term is exp(0), so the baseline is m = r)
 -- NaN/inf:    left out of the baseline, advantage 0
-with base as (
-    select *,
-           $opmd_tau * ln(avg(exp(score / $opmd_tau)) over (partition by run_id, iteration, prompt_id)) as lae
+with peak as (
+    select *, max(score) over (partition by run_id, iteration, prompt_id) as group_max
     from scored_groups
+),
+base as (
+    select *,
+           group_max + $opmd_tau * ln(avg(exp((score - group_max) / $opmd_tau))
+                                      over (partition by run_id, iteration, prompt_id)) as lae
+    from peak
 )
 select grade_row, run_id, iteration, prompt_id, sample_index,
        'opmd' as estimator,

@@ -2,20 +2,25 @@
 -- with the RED-Drop balance option. numpy twin: tasks/algos/estimators.py::rec
 -- grain:      one row per response (run_id, iteration, prompt_id, sample_index), with its grade_row
 -- inputs:     view `scored_groups`, view `rollouts` (seeds); parameters $eps, $rec_std_normalize, $rec_drop
--- RED-Drop:   $rec_drop = 'balance': positives are score >= group mean. If a group has more negatives
---             than positives, the surplus negatives with the smallest `seed` (the per-sample seed,
---             a deterministic pseudo-random order) are dropped: advantage 0, out of the statistics.
+-- RED-Drop:   $rec_drop = 'balance': negatives are score < group mean - 1e-9 * max(1, |group mean|), positives
+--             the other finite scores. The tolerance absorbs the mean's rounding (mean of 0.1, 0.2, 0.3 is
+--             0.20000000000000004, so 0.2 is not a negative); numpy twin: estimators.RED_DROP_TOL, same rule.
+--             If a group has more negatives than positives, the surplus negatives with the smallest `seed`
+--             (the per-sample seed, a deterministic pseudo-random order) are dropped: advantage 0, out of
+--             the statistics.
 -- statistics: mean and population std over the kept finite scores; A = score - mean_kept,
 --             divided by (std_kept + $eps) when $rec_std_normalize
 -- singleton:  fewer than 2 kept finite scores -> advantage 0
 -- all-equal:  advantage 0
 -- NaN/inf:    advantage 0, never kept
-with labelled as (
-    select s.*, r.seed,
-           s.score is not null and s.score >= s.group_mean as is_pos,
-           s.score is not null and s.score < s.group_mean as is_neg
+with signed as (
+    select s.*, r.seed, s.score < s.group_mean - 1e-9 * greatest(1.0, abs(s.group_mean)) as below
     from scored_groups s
     join rollouts r using (run_id, iteration, prompt_id, sample_index)
+),
+labelled as (  -- a null score is neither
+    select * exclude (below), coalesce(not below, false) as is_pos, coalesce(below, false) as is_neg
+    from signed
 ),
 ranked as (
     select *,

@@ -10,7 +10,10 @@
 --             ancestors computes either.
 -- advantage:  A(n) = V(n) - V(parent); with $sibling_std divided by (population std of the values of n's
 --             siblings, n included, + $eps) (the reference's adv_method 'grpo').
--- kept:       non-root, finite advantage, and |A| > 1e-9 when $drop_zero (the reference drops A = 0 edges).
+-- zero:       |V(n) - V(parent)| <= 1e-9 gives A = 0 exactly, decided before the division (equal means summed
+--             in another order differ by ~1e-17, which a sibling std of 0 would blow up to ~1e-9);
+--             numpy twin: spo_tree.ZERO_ADVANTAGE
+-- kept:       non-root, finite advantage, and A <> 0 when $drop_zero (the reference drops A = 0 edges).
 -- singleton:  a single child has advantage V(child) - V(parent) = 0 in 'children' mode (dropped)
 -- NaN/inf:    leaves without a finite score are left out of every mean; a node with none below has
 --             value NaN, and its edge is not kept
@@ -45,13 +48,16 @@ valued as (
 ),
 edges as (
     select c.*, p.value as parent_value,
+           -- ordered window: the siblings are summed in one order, so sibling_std is the same bits every time
            case when c.parent_id is not null then stddev_pop(case when isfinite(c.value) then c.value end)
-                over (partition by c.parent_id) end as sibling_std
+                over (partition by c.parent_id order by c.node_id
+                      rows between unbounded preceding and unbounded following) end as sibling_std
     from valued c left join valued p on p.node_id = c.parent_id
 ),
 scored as (
     select *,
            case when parent_id is null then null
+                when abs(value - parent_value) <= 1e-9 then 0.0
                 when $sibling_std then (value - parent_value) / (sibling_std + $eps)
                 else value - parent_value end as advantage
     from edges
@@ -59,5 +65,6 @@ scored as (
 select run_id, iteration, prompt_id, node_id, parent_id, depth, is_leaf, n_leaves, value, parent_value,
        sibling_std, advantage,
        coalesce(parent_id is not null and isfinite(advantage)
-                and (not $drop_zero or abs(advantage) > 1e-9), false) as kept
+                and (not $drop_zero or advantage <> 0.0), false) as kept
 from scored
+order by prompt_id, node_id  -- a byte-stable file (segflow advantages reproduces it exactly)

@@ -84,7 +84,8 @@ def rec(scores, groups, keys, eps: float = 1e-6, rec_std_normalize: bool = False
         rec_drop: str = "none") -> np.ndarray:
     """REC advantages (Yao et al. 2025, Trinity `rec`): r_i - mean_kept, optionally / (std_kept + eps).
 
-    RED-Drop (`rec_drop='balance'`): positives are r_i >= group mean; when a group has more negatives
+    RED-Drop (`rec_drop='balance'`): negatives are r_i < group mean - 1e-9 * max(1, |mean|) (a stated
+    tolerance for the rounded mean, RED_DROP_TOL), positives the other finite scores; when a group has more negatives
     than positives, the surplus negatives with the smallest `keys` are dropped (advantage 0) and the
     statistics are recomputed on the kept responses.
     """
@@ -101,10 +102,17 @@ def rec(scores, groups, keys, eps: float = 1e-6, rec_std_normalize: bool = False
     return np.where(keep & (n >= 2), adv, 0.0)
 
 
+# RED-Drop's sign test: r counts as negative only when r < mean - RED_DROP_TOL * max(1, |mean|). The group
+# mean is rounded (mean([0.1, 0.2, 0.3]) = 0.20000000000000004), so an exact float comparison would call
+# the middle response negative. The same rule and constant are in storage/sql/adv_rec.sql.
+RED_DROP_TOL = 1e-9
+
+
 def _balance_drop(scores: np.ndarray, groups, keys: np.ndarray) -> np.ndarray:
     mean, _, _ = _group_stats(scores, groups)
     valid = np.isfinite(scores)
-    pos, neg = valid & (scores >= mean), valid & (scores < mean)
+    neg = valid & (scores < mean - RED_DROP_TOL * np.maximum(1.0, np.abs(mean)))
+    pos = valid & ~neg
     inv, g = _group_index(groups)
     surplus = np.bincount(inv, weights=neg, minlength=g) - np.bincount(inv, weights=pos, minlength=g)
     drop = np.zeros(len(scores), dtype=bool)
@@ -115,18 +123,37 @@ def _balance_drop(scores: np.ndarray, groups, keys: np.ndarray) -> np.ndarray:
 
 
 def opmd(scores, groups, opmd_baseline: str = "mean", opmd_tau: float = 1.0) -> np.ndarray:
-    """OPMD (Kimi k1.5; Trinity `opmd`): r_i - b, b = group mean or tau * log(mean_j exp(r_j / tau))."""
+    """OPMD (Kimi k1.5; Trinity `opmd`): r_i - b, b = group mean or tau * log(mean_j exp(r_j / tau)).
+
+    The log-avg-exp is computed stably (see _log_avg_exp): finite for any tau > 0, and exactly r for a
+    group of equal scores r, so such a group gets advantage 0.
+    """
     scores = np.asarray(scores, dtype=float)
     mean, _, n = _group_stats(scores, groups)
     if opmd_baseline == "mean":
         return _finish(scores, n, scores - mean)
     if opmd_baseline != "logavgexp":
         raise ValueError(f"advantage.opmd_baseline={opmd_baseline!r} is not one of mean, logavgexp")
+    return _finish(scores, n, scores - _log_avg_exp(scores, groups, opmd_tau))
+
+
+def _log_avg_exp(scores: np.ndarray, groups, tau: float) -> np.ndarray:
+    """Per-response tau * log(mean_j exp(r_j / tau)) over the group's finite scores, shape [N].
+
+    Stable form: b = m + tau * log(mean_j exp((r_j - m) / tau)) with m = the group's max finite score, so
+    no exp overflows (the largest term is exp(0) = 1) and an all-equal group gets b = m exactly.
+    Responses of a group without a finite score get NaN (they are zeroed by the conventions anyway).
+    """
     inv, g = _group_index(groups)
     valid = np.isfinite(scores)
-    e = np.bincount(inv, weights=np.where(valid, np.exp(np.where(valid, scores, 0.0) / opmd_tau), 0.0), minlength=g)
-    base = opmd_tau * np.log(np.divide(e[inv], np.maximum(n, 1.0)))
-    return _finish(scores, n, scores - base)
+    m = np.full(g, -np.inf)
+    np.maximum.at(m, inv[valid], scores[valid])
+    shifted = np.where(valid, (np.where(valid, scores, 0.0) - m[inv]) / tau, -np.inf)
+    total = np.bincount(inv, weights=np.exp(shifted), minlength=g)
+    count = np.bincount(inv, weights=valid.astype(float), minlength=g)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        base = m + tau * np.log(total / count)
+    return base[inv]
 
 
 def asymre(scores, groups, asymre_shift: float = -0.1) -> np.ndarray:

@@ -11,6 +11,10 @@ They catch what users of verl, TRL and OpenRLHF keep filing issues about (specs/
     same weights (verl#2996, open-instruct#1473): dtype, tokenizer or position ids disagree.
   * clipping: a large share of tokens is clipped, the policy moves too far per iteration.
   * skipped_steps: optimizer steps dropped for a non-finite loss or gradient.
+  * stale_update: the iteration's optimizer steps changed few of the trained (master) weights' entries,
+    so the update was mostly lost. AdamW stepping bf16 weights in place at lr 1e-6 changes ~1% of them
+    per iteration (issue 29); float32 master weights change > 99% (tasks/trainer.py). Reads the master:
+    the bf16 copy the engine gets changes only ~3% of its entries per iteration even when all is well.
   * entropy_collapse: token entropy fell far below the first iteration's, the policy is collapsing onto
     few outputs (verl#5953; clip-higher and entropy bonuses are the usual remedies).
   * eval_regression: held-out accuracy fell below the start by more than evaluation noise explains.
@@ -39,6 +43,7 @@ class Limits:
     clip_frac: float  # PPO practice: clip fractions above ~0.2 mean the step size is too large
     entropy_ratio: float  # entropy below this share of the first iteration's
     eval_drop_std: float  # a fall beyond this many std of evaluation noise is not bad luck
+    stale_update_frac: float  # share of trained (master) entries an iteration changed
 
 
 class HealthCheckFailed(RuntimeError):
@@ -114,6 +119,9 @@ def diagnose(m: Mapping[str, float], s: Settings, first: Mapping[str, float] | N
         out.append(Finding("skipped_steps", (
             f"{skipped} optimizer step(s) were skipped for a non-finite loss or gradient (NaN rewards or "
             "advantages, an overflow); the flow log names the cause.")))
+    stale = stale_update(m, s, explained=any(f.code == "no_signal" for f in out))
+    if stale is not None:
+        out.append(stale)
     entropy, start = m.get("entropy"), (first or {}).get("entropy")
     if entropy is not None and start and start > 0 and entropy < s.limits.entropy_ratio * start:
         out.append(Finding("entropy_collapse", (
@@ -121,6 +129,22 @@ def diagnose(m: Mapping[str, float], s: Settings, first: Mapping[str, float] | N
             f"collapsing onto few outputs. Consider train.clip_eps_high (clip-higher, DAPO uses 0.28), "
             f"train.entropy_coef, or a lower train.lr (now {s.lr:g}).")))
     return out
+
+
+def stale_update(m: Mapping[str, float], s: Settings, explained: bool = False) -> Finding | None:
+    """A finding when the share of trained-weight entries the iteration changed, `frac_master_changed`
+    (changed entries / all entries of the trained float32 parameters, measured by the trainer), is below
+    s.limits.stale_update_frac. Nothing when the metric is absent, no optimizer step ran (skipped_steps
+    says why) or `explained` (no_signal fired: an update without signal is meant to change nothing)."""
+    changed = m.get("frac_master_changed")
+    if changed is None or explained or m.get("optimizer_steps", 1.0) == 0 or changed >= s.limits.stale_update_frac:
+        return None
+    return Finding("stale_update", (
+        f"this iteration's optimizer steps changed only {changed:.1%} of the trained weights' entries "
+        f"(health.stale_update_frac={s.limits.stale_update_frac:g}): most of the update was lost. Weights "
+        "updated in bf16 round away steps below their precision (segflow trains float32 master weights; "
+        f"check custom trainer code), or the step is below float32's: raise train.lr (now {s.lr:g}). Also "
+        "check frac_tokens_trained: a probability mask that keeps almost no token leaves most weights alone."))
 
 
 def eval_regression(start: float, now: float, problems: int, s: Settings) -> list[Finding]:

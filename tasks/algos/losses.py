@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import torch
 
-AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
+AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm",
+                "micro-batch-token-mean")
 
 
 def aggregate(loss: torch.Tensor, mask: torch.Tensor, mode: str, *, num_seqs: int | None = None,
-              num_tokens: float | None = None, norm_len: float | None = None) -> torch.Tensor:
+              num_tokens: float | None = None, norm_len: float | None = None,
+              num_micro_batches: int | None = None) -> torch.Tensor:
     """Reduce per-token `loss` [B, T] to a scalar.
 
     For gradient accumulation pass the *global* normalisers (`num_tokens` = masked tokens in the
@@ -20,6 +22,10 @@ def aggregate(loss: torch.Tensor, mask: torch.Tensor, mode: str, *, num_seqs: in
       seq-mean-token-mean      (1/N) sum_i sum_t(m l) / T_i
       seq-mean-token-sum       (1/N) sum_i sum_t(m l)
       seq-mean-token-sum-norm  sum(m l) / L            (Dr. GRPO; L = norm_len, default padded length)
+      micro-batch-token-mean   sum(m l) / sum(m) / K   over this micro-batch's own tokens, K = num_micro_batches
+                               in the mini-batch (default 1): the mean of the micro-batches' token-means, as the
+                               SPO reference (spo.md §3.1: masked_mean per micro-batch, averaged over gradient
+                               accumulation); tokens of a micro-batch with fewer trained tokens weigh more.
     """
     mask = mask.to(loss.dtype)
     n = float(num_seqs if num_seqs is not None else loss.shape[0])
@@ -33,6 +39,8 @@ def aggregate(loss: torch.Tensor, mask: torch.Tensor, mode: str, *, num_seqs: in
         return (loss * mask).sum() / n
     if mode == "seq-mean-token-sum-norm":
         return (loss * mask).sum() / float(norm_len if norm_len is not None else loss.shape[-1])
+    if mode == "micro-batch-token-mean":
+        return (loss * mask).sum() / mask.sum().clamp(min=1.0) / float(num_micro_batches or 1)
     raise ValueError(f"loss aggregation {mode!r} is not one of {', '.join(AGGREGATIONS)}")
 
 

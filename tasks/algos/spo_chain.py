@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Collection, Sequence
 
 import numpy as np
 
@@ -126,9 +126,16 @@ def whiten(adv: np.ndarray, weights: np.ndarray, eps: float = 1e-8) -> np.ndarra
     return np.where(w > 0, (adv - mu) / np.sqrt(var + eps), adv)
 
 
-def token_advantages(length: int, segs: Sequence[tuple[int, int, float]]) -> list[float]:
-    """Per-token advantages of a response from (start, end, advantage) segments; uncovered tokens get 0."""
+def token_advantages(length: int, segs: Sequence[tuple[int, int, float]],
+                     keep: Collection[int] | None = None) -> list[float]:
+    """Per-token advantages of a response from (start, end, advantage) segments; uncovered tokens get 0.
+
+    With `keep` (spo.high_prob_advantage=zero: the cutpoints), every other token gets 0, as the reference's
+    generator zeroes the advantage of tokens with p >= rho (spo.md §2.1) before the trainer whitens.
+    """
     out = [0.0] * length
     for start, end, a in segs:
         out[start:end] = [a] * (end - start)
+    if keep is not None:
+        out = [a if i in keep else 0.0 for i, a in enumerate(out)]
     return out

@@ -17,8 +17,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-# |A| at or below this counts as zero (the tree's "drop zero-advantage edges" rule), so that values
-# computed as the same mean in a different order never keep a 1e-17 edge.
+# |V(node) - V(parent)| at or below this counts as zero: the edge's advantage is exactly 0 (and the
+# "drop zero-advantage edges" rule drops it), so values computed as the same mean in a different order
+# never keep a 1e-17 edge. Decided before any division: with tree.sibling_std a 5.6e-17 difference over
+# a sibling std of 0 would otherwise become 5.6e-9 and pass. adv_spo_tree.sql uses the same 1e-9.
 ZERO_ADVANTAGE = 1e-9
 
 
@@ -109,6 +111,7 @@ def edge_advantages(parent: Sequence[int], value: Sequence[float], sibling_std: 
     """A(n) = V(n) - V(parent(n)), optionally / (population std of n's siblings' values (n included) + eps).
 
     Shape [n_nodes]; NaN for roots and wherever a value is unknown (spo.md §2.2, adv_method rloo / grpo).
+    A difference |V(n) - V(parent)| <= ZERO_ADVANTAGE gives exactly 0, before any division.
     """
     value = np.asarray(value, dtype=float)
     adv = np.full(len(parent), np.nan)
@@ -118,15 +121,21 @@ def edge_advantages(parent: Sequence[int], value: Sequence[float], sibling_std: 
         spread = float(np.std(vals[np.isfinite(vals)])) if np.isfinite(vals).any() else np.nan
         for c in cs:
             a = value[c] - value[p]
-            adv[c] = a / (spread + eps) if sibling_std else a
+            if abs(a) <= ZERO_ADVANTAGE:
+                adv[c] = 0.0
+            else:
+                adv[c] = a / (spread + eps) if sibling_std else a
     return adv
 
 
 def kept_edges(parent: Sequence[int], adv: Sequence[float], drop_zero: bool = True) -> np.ndarray:
-    """Which nodes become training samples: non-roots with a finite advantage, non-zero if `drop_zero`."""
+    """Which nodes become training samples: non-roots with a finite advantage, non-zero if `drop_zero`.
+
+    `adv` comes from edge_advantages, which has already made every near-zero difference exactly 0.
+    """
     a = np.asarray(adv, dtype=float)
     keep = (np.asarray(parent) >= 0) & np.isfinite(a)
-    return keep & (np.abs(a) > ZERO_ADVANTAGE) if drop_zero else keep
+    return keep & (a != 0.0) if drop_zero else keep
 
 
 def replay_select(added: Sequence[int], question: Sequence[str], priority: Sequence[str], iteration: int,
