@@ -23,6 +23,7 @@ whose scores carry fractional parts (0/1 sums are exact in any order, fractions 
 number of distinct advantage columns it returned is reported: the pipeline must give one.
 Results go to BENCHMARKS.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -95,22 +96,33 @@ def make_data(directory: Path, groups: int, size: int, seed: int = 0) -> tuple[P
     scores[failed] = np.nan
     status = np.where(failed, "timeout", np.where(scores == 1.0, "ok", "wrong"))
 
-    rollouts = pa.table({
-        "run_id": run_id, "iteration": iteration, "prompt_id": pid, "sample_index": idx,
-        "policy_version": iteration,
-        "seed": pa.array(rng.integers(0, 2**62, n)),
-        "prompt_token_ids": _lists(n, pa.array(rng.integers(0, 151_936, n * TOKENS, dtype=np.int32))),
-        "completion_token_ids": _lists(n, pa.array(rng.integers(0, 151_936, n * TOKENS, dtype=np.int32))),
-        "sampling_logprobs": _lists(n, pa.array(-rng.random(n * TOKENS, dtype=np.float32))),
-        "logprobs_mode": pa.array(["processed_logprobs"] * n, pa.string()),
-        "finish_reason": pa.array(np.where(rng.random(n) < 0.05, "length", "stop"), pa.string()),
-        "completion_text": pa.array(["... #### 42"] * n, pa.string()),
-    })
-    grades = pa.table({
-        "run_id": run_id, "iteration": iteration, "prompt_id": pid, "sample_index": idx,
-        "score": pa.array(scores), "status": pa.array(status, pa.string()),
-        "extracted": pa.array(["42"] * n, pa.string()),
-    })
+    rollouts = pa.table(
+        {
+            "run_id": run_id,
+            "iteration": iteration,
+            "prompt_id": pid,
+            "sample_index": idx,
+            "policy_version": iteration,
+            "seed": pa.array(rng.integers(0, 2**62, n)),
+            "prompt_token_ids": _lists(n, pa.array(rng.integers(0, 151_936, n * TOKENS, dtype=np.int32))),
+            "completion_token_ids": _lists(n, pa.array(rng.integers(0, 151_936, n * TOKENS, dtype=np.int32))),
+            "sampling_logprobs": _lists(n, pa.array(-rng.random(n * TOKENS, dtype=np.float32))),
+            "logprobs_mode": pa.array(["processed_logprobs"] * n, pa.string()),
+            "finish_reason": pa.array(np.where(rng.random(n) < 0.05, "length", "stop"), pa.string()),
+            "completion_text": pa.array(["... #### 42"] * n, pa.string()),
+        }
+    )
+    grades = pa.table(
+        {
+            "run_id": run_id,
+            "iteration": iteration,
+            "prompt_id": pid,
+            "sample_index": idx,
+            "score": pa.array(scores),
+            "status": pa.array(status, pa.string()),
+            "extracted": pa.array(["42"] * n, pa.string()),
+        }
+    )
     rpath, gpath = directory / "rollouts.parquet", directory / "grades.parquet"
     write_parquet(rollouts, ROLLOUTS, rpath)
     write_parquet(grades, GRADES, gpath)
@@ -155,8 +167,10 @@ def fractional_copy(grades: Path, row_group_rows: int | None, seed: int = 1) -> 
 
 def distinct_results(name: str, rollouts: Path, grades: Path, repeats: int) -> int:
     """How many different advantage columns (bitwise) `repeats` calls of the pipeline's code return."""
-    digests = {hashlib.sha256(run_duckdb(name, rollouts, grades)["advantage"].to_numpy().tobytes()).hexdigest()
-               for _ in range(repeats)}
+    digests = {
+        hashlib.sha256(run_duckdb(name, rollouts, grades)["advantage"].to_numpy().tobytes()).hexdigest()
+        for _ in range(repeats)
+    }
     return len(digests)
 
 
@@ -201,21 +215,34 @@ def run_loop(name: str, rollouts: Path, grades: Path) -> pa.Table:
                 a = n / (n - 1.0) * (s - mean)
             rows.append((pid, idx, run, it, a))
     pid_col, idx_col, run_col, it_col, adv_col = zip(*rows) if rows else ((),) * 5
-    return pa.table({"run_id": pa.array(run_col, pa.string()), "iteration": pa.array(it_col, pa.int32()),
-                     "prompt_id": pa.array(pid_col, pa.string()), "sample_index": pa.array(idx_col, pa.int32()),
-                     "estimator": pa.array([name] * len(rows), pa.string()),
-                     "advantage": pa.array(adv_col, pa.float64())}, schema=ADVANTAGES)
+    return pa.table(
+        {
+            "run_id": pa.array(run_col, pa.string()),
+            "iteration": pa.array(it_col, pa.int32()),
+            "prompt_id": pa.array(pid_col, pa.string()),
+            "sample_index": pa.array(idx_col, pa.int32()),
+            "estimator": pa.array([name] * len(rows), pa.string()),
+            "advantage": pa.array(adv_col, pa.float64()),
+        },
+        schema=ADVANTAGES,
+    )
 
 
-RUN = {"duckdb": run_duckdb, "duckdb, grades in 64Ki-row groups": lambda e, r, g: run_duckdb(e, r, split_copy(g)),
-       "pandas": run_pandas, "loop": run_loop}
+RUN = {
+    "duckdb": run_duckdb,
+    "duckdb, grades in 64Ki-row groups": lambda e, r, g: run_duckdb(e, r, split_copy(g)),
+    "pandas": run_pandas,
+    "loop": run_loop,
+}
 
 
 def storage_state() -> str:
     """HEAD and whether storage/ (the SQL being measured) differs from it."""
+
     def git(*args: str) -> str:
         done = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=False)
         return done.stdout.strip()
+
     dirty = git("status", "--porcelain", "--", "storage")
     return f"HEAD {git('rev-parse', '--short', 'HEAD')}" + (" + uncommitted storage/ changes" if dirty else "")
 
@@ -258,22 +285,29 @@ def main() -> None:
         write_split_copy(grades)
         sizes = {p.name: p.stat().st_size / 2**20 for p in (rollouts, grades)}
         row_groups = pq.ParquetFile(grades).metadata.num_row_groups
-        print(f"data: {n} responses in {time.perf_counter() - t0:.1f} s; "
-              + ", ".join(f"{k} {v:.1f} MiB" for k, v in sizes.items()), flush=True)
+        print(
+            f"data: {n} responses in {time.perf_counter() - t0:.1f} s; "
+            + ", ".join(f"{k} {v:.1f} MiB" for k, v in sizes.items()),
+            flush=True,
+        )
 
         # Correctness first (also a warm-up of every code path and of the page cache).
         diffs = {}
         for name in ESTIMATORS:
             reference = twin(name, scores, prompt_ids)
             for method in METHODS:
-                diffs[name, method] = check(RUN[method](name, rollouts, grades), name, prompt_ids,
-                                            opts.group_size, reference)
-        print("agreement with numpy twins (max abs diff):",
-              {f"{k[0]}/{k[1]}": f"{v:.1e}" for k, v in diffs.items()}, flush=True)
+                diffs[name, method] = check(
+                    RUN[method](name, rollouts, grades), name, prompt_ids, opts.group_size, reference
+                )
+        print(
+            "agreement with numpy twins (max abs diff):",
+            {f"{k[0]}/{k[1]}": f"{v:.1e}" for k, v in diffs.items()},
+            flush=True,
+        )
 
         times: dict[tuple[str, str], list[float]] = {(e, m): [] for e in ESTIMATORS for m in METHODS}
         for rnd in range(opts.rounds):
-            order = METHODS[rnd % len(METHODS):] + METHODS[:rnd % len(METHODS)]
+            order = METHODS[rnd % len(METHODS) :] + METHODS[: rnd % len(METHODS)]
             for name in ESTIMATORS:
                 for method in order:
                     gc.collect()
@@ -294,8 +328,11 @@ def main() -> None:
 
     load_end = os.getloadavg()[0]
     med = {k: statistics.median(v) for k, v in times.items()}
-    lines = ["| estimator | method | seconds per round | median s | speed-up vs loop | speed-up vs pandas | "
-             "distinct results |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| estimator | method | seconds per round | median s | speed-up vs loop | speed-up vs pandas | "
+        "distinct results |",
+        "|---|---|---|---|---|---|---|",
+    ]
     verdict = []
     for name in ESTIMATORS:
         for method in METHODS:
@@ -303,47 +340,63 @@ def main() -> None:
             if method not in DUCKDB_FILES:
                 lines.append(f"| {name} | {method} | {per} | {med[name, method]:.3f} | | | |")
                 continue
-            r = {o: statistics.median(a / b for a, b in zip(times[name, o], times[name, method]))
-                 for o in ("loop", "pandas")}
+            r = {
+                o: statistics.median(a / b for a, b in zip(times[name, o], times[name, method]))
+                for o in ("loop", "pandas")
+            }
             label = "**duckdb (pipeline as is)**" if method == "duckdb" else method
             bold = "**" if method == "duckdb" else ""
-            lines.append(f"| {name} | {label} | {per} | {med[name, method]:.3f} | "
-                         f"{bold}{r['loop']:.1f}x{bold} | {bold}{r['pandas']:.2f}x{bold} | "
-                         f"{distinct[name, method]} of {opts.repeats} |")
+            lines.append(
+                f"| {name} | {label} | {per} | {med[name, method]:.3f} | "
+                f"{bold}{r['loop']:.1f}x{bold} | {bold}{r['pandas']:.2f}x{bold} | "
+                f"{distinct[name, method]} of {opts.repeats} |"
+            )
             if method == "duckdb":
-                verdict.append(f"{name}: {r['loop']:.1f}x the loop ({'met' if r['loop'] >= 20 else 'NOT met'}), "
-                               f"{r['pandas']:.2f}x pandas ({'met' if r['pandas'] >= 1.5 else 'NOT met'})")
+                verdict.append(
+                    f"{name}: {r['loop']:.1f}x the loop ({'met' if r['loop'] >= 20 else 'NOT met'}), "
+                    f"{r['pandas']:.2f}x pandas ({'met' if r['pandas'] >= 1.5 else 'NOT met'})"
+                )
     lines += [
         "",
-        ("Speed-ups are the median over rounds of (other method's seconds / this DuckDB row's seconds) in the "
-         "same round. Distinct results: bitwise-different advantage columns over "
-         f"{opts.repeats} calls on the same grades with a fraction in [0, 0.5) added to every finite score "
-         "(0/1 sums are exact in any order; fractional sums depend on it); the artifacts must be identical "
-         "on every run, so the pipeline needs 1."),
-        (f"{n:,} responses ({opts.groups:,} groups of {opts.group_size}), one run/iteration; scores 0/1 with "
-         f"{int(np.isnan(scores).sum()):,} NaN; rollouts file {sizes['rollouts.parquet']:.1f} MiB "
-         f"(real ROLLOUTS schema, {TOKENS}-token lists), grades "
-         f"{sizes['grades.parquet']:.1f} MiB in {row_groups} row group(s) of ≤ {ROW_GROUP_ROWS:,} rows as write_parquet "
-         f"writes them (the 64Ki-row-group rows read a copy in {SPLIT_ROWS:,}-row groups). "
-         f"{opts.rounds} rounds after one untimed correctness/warm-up pass, "
-         "methods interleaved with the order rotated each round; "
-         f"DuckDB {duckdb.__version__} (default: threads = {os.cpu_count()}), pandas {pd.__version__}, "
-         f"pyarrow {pa.__version__}; storage/ at {storage_state()}; 1-min load average {load_start:.2f} at "
-         f"start, {load_end:.2f} at end."),
-        ("Every method's time includes reading the grades Parquet file (all GRPO/RLOO need; the SQL reads the "
-         "rollouts file only for estimators that use seeds or token counts), the group statistics and returning an "
-         "arrow table with the ADVANTAGES schema; the DuckDB rows are "
-         "`storage.advantages.compute_advantages` as the pipeline calls it. The pandas row uses groupby transform mean / std(ddof=0) / "
-         "count; the loop row builds a dict of lists per group and loops over groups in Python. All outputs "
-         "agree with the numpy twins (tasks/algos/estimators.py) to ≤ 1e-9 (max abs diff "
-         f"{max(diffs.values()):.1e})."),
+        (
+            "Speed-ups are the median over rounds of (other method's seconds / this DuckDB row's seconds) in the "
+            "same round. Distinct results: bitwise-different advantage columns over "
+            f"{opts.repeats} calls on the same grades with a fraction in [0, 0.5) added to every finite score "
+            "(0/1 sums are exact in any order; fractional sums depend on it); the artifacts must be identical "
+            "on every run, so the pipeline needs 1."
+        ),
+        (
+            f"{n:,} responses ({opts.groups:,} groups of {opts.group_size}), one run/iteration; scores 0/1 with "
+            f"{int(np.isnan(scores).sum()):,} NaN; rollouts file {sizes['rollouts.parquet']:.1f} MiB "
+            f"(real ROLLOUTS schema, {TOKENS}-token lists), grades "
+            f"{sizes['grades.parquet']:.1f} MiB in {row_groups} row group(s) of ≤ {ROW_GROUP_ROWS:,} rows "
+            "as write_parquet "
+            f"writes them (the 64Ki-row-group rows read a copy in {SPLIT_ROWS:,}-row groups). "
+            f"{opts.rounds} rounds after one untimed correctness/warm-up pass, "
+            "methods interleaved with the order rotated each round; "
+            f"DuckDB {duckdb.__version__} (default: threads = {os.cpu_count()}), pandas {pd.__version__}, "
+            f"pyarrow {pa.__version__}; storage/ at {storage_state()}; 1-min load average {load_start:.2f} at "
+            f"start, {load_end:.2f} at end."
+        ),
+        (
+            "Every method's time includes reading the grades Parquet file (all GRPO/RLOO need; the SQL reads the "
+            "rollouts file only for estimators that use seeds or token counts), the group statistics and returning an "
+            "arrow table with the ADVANTAGES schema; the DuckDB rows are "
+            "`storage.advantages.compute_advantages` as the pipeline calls it. "
+            "The pandas row uses groupby transform mean / std(ddof=0) / "
+            "count; the loop row builds a dict of lists per group and loops over groups in Python. All outputs "
+            "agree with the numpy twins (tasks/algos/estimators.py) to ≤ 1e-9 (max abs diff "
+            f"{max(diffs.values()):.1e})."
+        ),
         "",
         "Targets: DuckDB ≥ 20x the per-group Python loop and ≥ 1.5x pandas groupby. Measured (pipeline as is, "
         "median): " + "; ".join(verdict) + ".",
         "",
         "With row groups that do not hold whole groups (65,539 rows, a group straddles each boundary), distinct "
-        "results in " + f"{opts.repeats} calls: " + ", ".join(
-            f"{name} {distinct[name, STRADDLING]}" for name in ESTIMATORS) + ".",
+        "results in "
+        + f"{opts.repeats} calls: "
+        + ", ".join(f"{name} {distinct[name, STRADDLING]}" for name in ESTIMATORS)
+        + ".",
     ]
     write_section("Advantages: DuckDB vs pandas vs Python loop, 1M responses", "\n".join(lines))
 

@@ -18,6 +18,7 @@ start), or the script refuses to compare.
 --metric avg_at_k reports avg@k (the runs need eval.samples > 0, e.g. --set eval.samples=8) instead of greedy
 accuracy: the mean accuracy of k samples per held-out problem, the statistic RL at the rollout temperature moves.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -81,8 +82,12 @@ def fmt(values: list[float]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--presets", nargs="*", default=PRESETS,
-                    help="Presets to run; none (with --baseline-runs) only renders the table from earlier runs.")
+    ap.add_argument(
+        "--presets",
+        nargs="*",
+        default=PRESETS,
+        help="Presets to run; none (with --baseline-runs) only renders the table from earlier runs.",
+    )
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--work", type=Path, default=None, help="Runs directory (default: a new temp dir).")
@@ -90,8 +95,12 @@ def main() -> None:
     ap.add_argument("--plot", type=Path, default=None, help="PNG: accuracy vs iterations and vs generated tokens.")
     ap.add_argument("--baseline-runs", type=Path, default=None, help="Runs directory of an earlier invocation.")
     ap.add_argument("--baseline-presets", nargs="*", default=[], help="Presets to take from --baseline-runs.")
-    ap.add_argument("--metric", choices=sorted(METRICS), default="greedy",
-                    help="avg_at_k needs eval.samples > 0: mean accuracy of k samples per held-out problem.")
+    ap.add_argument(
+        "--metric",
+        choices=sorted(METRICS),
+        default="greedy",
+        help="avg_at_k needs eval.samples > 0: mean accuracy of k samples per held-out problem.",
+    )
     opts = ap.parse_args()
     if opts.metric == "avg_at_k":  # fail before hours of runs, not after
         for spec in opts.presets:
@@ -101,7 +110,11 @@ def main() -> None:
     work = opts.work or Path(tempfile.mkdtemp(prefix="segflow-algos-"))
     work.mkdir(parents=True, exist_ok=True)  # Prefect's ephemeral server cannot create a PREFECT_HOME's parents
     # A loaded 2-core machine can take longer than Prefect's default 20 s to start the ephemeral API.
-    env = {**os.environ, "PREFECT_HOME": str(work / "prefect-home"), "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(work / "prefect-home"),
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+    }
     env.pop("PREFECT_RESULTS_LOCAL_STORAGE_PATH", None)
     results: dict[str, list[dict]] = {preset: [] for preset in opts.presets}
     # Seed-major: a stopped invocation leaves every preset paired on the seeds it finished, and the same
@@ -110,8 +123,11 @@ def main() -> None:
         for preset in opts.presets:
             wall, s = run(preset, seed, work / "runs", opts.overrides, env)
             results[preset].append(s)
-            print(f"{preset} seed {seed}: {s['initial_eval_accuracy']:.3f} -> {s['final_eval_accuracy']:.3f} "
-                  f"({wall:.0f} s)", flush=True)
+            print(
+                f"{preset} seed {seed}: {s['initial_eval_accuracy']:.3f} -> {s['final_eval_accuracy']:.3f} "
+                f"({wall:.0f} s)",
+                flush=True,
+            )
 
     baseline = load_baselines(opts.baseline_runs, opts.baseline_presets, opts.seeds) if opts.baseline_runs else {}
     results = {**baseline, **results}
@@ -132,25 +148,34 @@ def main() -> None:
     side_head = f" {other} lift |" if side else ""
     # Equal generated tokens: every run at the smallest total any run generated (the cheapest preset's budget).
     budget = min(start_final(r, "generated_tokens_at_eval")[1] for rows in results.values() for r in rows)
-    lines = [f"| preset | estimator | SFT accuracy | final accuracy | lift (points) | per seed (final) | "
-             f"at {budget / 1e6:.2f}M generated tokens |{side_head} compute s/run |",
-             "|---|---|---|---|---|---|---|---|" + ("---|" if side else "")]
+    lines = [
+        f"| preset | estimator | SFT accuracy | final accuracy | lift (points) | per seed (final) | "
+        f"at {budget / 1e6:.2f}M generated tokens |{side_head} compute s/run |",
+        "|---|---|---|---|---|---|---|---|" + ("---|" if side else ""),
+    ]
     for preset, rows in results.items():
         init, final = zip(*(start_final(r, key) for r in rows))
         init, final = [100 * v for v in init], [100 * v for v in final]
         tag = f" (earlier run, code {rows[0]['code_version']})" if preset in baseline else ""
         side_cell = f" {fmt(lifts(rows, METRICS[side]))} |" if side else ""
-        lines.append(f"| `{preset}`{tag} | {rows[0]['estimator']} | {fmt(init)} | **{fmt(final)}** | "
-                     f"{fmt(lifts(rows, key))} | {', '.join(f'{v:.1f}' for v in final)} | "
-                     f"{fmt([100 * accuracy_at_tokens(r, key, budget) for r in rows])} |{side_cell} "
-                     f"{statistics.mean(sum(r['compute_seconds'].values()) for r in rows):.0f} |")
+        lines.append(
+            f"| `{preset}`{tag} | {rows[0]['estimator']} | {fmt(init)} | **{fmt(final)}** | "
+            f"{fmt(lifts(rows, key))} | {', '.join(f'{v:.1f}' for v in final)} | "
+            f"{fmt([100 * accuracy_at_tokens(r, key, budget) for r in rows])} |{side_cell} "
+            f"{statistics.mean(sum(r['compute_seconds'].values()) for r in rows):.0f} |"
+        )
     settings = ", ".join(opts.overrides) if opts.overrides else "the embedded default's"
-    label = "greedy" if opts.metric == "greedy" else "avg@k (mean of eval.samples answers per problem at eval.temperature)"
-    lines += ["", f"Held-out accuracy (%), {label}, mean ± std over seeds {opts.seeds}; same SFT start per seed and "
-              f"the same number of iterations for every preset ({settings} settings). Presets that sample differently "
-              "per iteration (SPO-chain's Monte Carlo continuations, SPO-tree's trees) are compared at equal "
-              f"generated tokens (rollouts + Monte Carlo) in the column at {budget / 1e6:.2f}M, the smallest total of "
-              "any run (linear between evaluations), and in the right-hand plot."]
+    label = (
+        "greedy" if opts.metric == "greedy" else "avg@k (mean of eval.samples answers per problem at eval.temperature)"
+    )
+    lines += [
+        "",
+        f"Held-out accuracy (%), {label}, mean ± std over seeds {opts.seeds}; same SFT start per seed and "
+        f"the same number of iterations for every preset ({settings} settings). Presets that sample differently "
+        "per iteration (SPO-chain's Monte Carlo continuations, SPO-tree's trees) are compared at equal "
+        f"generated tokens (rollouts + Monte Carlo) in the column at {budget / 1e6:.2f}M, the smallest total of "
+        "any run (linear between evaluations), and in the right-hand plot.",
+    ]
     if opts.plot:
         plot(results, opts.plot, key, label.split(" (")[0])
         lines.append(f"\n![accuracy vs iterations and generated tokens]({opts.plot.as_posix()})")

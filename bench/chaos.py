@@ -14,6 +14,7 @@ same), the temporary Prefect API servers of that attempt still running SERVER_WA
 counted (flows/prefect_server.py stops them with their parent): expected 0. Results go to BENCHMARKS.md;
 a run with --iterations other than 8 is a reduced one and writes its own section.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,9 +33,17 @@ sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 from report import write_section  # noqa: E402
 
 SEGFLOW = ROOT / ".venv" / "bin" / "segflow"
-CONFIG = ["data.arith.n_train=400", "data.arith.n_test=64", "warm_start.steps=80", "run.iterations=8",
-          "rollout.prompts_per_iteration=8", "rollout.samples_per_prompt=4", "train.mini_batch_size=32",
-          "train.micro_batch_size=16", "eval.every=2"]
+CONFIG = [
+    "data.arith.n_train=400",
+    "data.arith.n_test=64",
+    "warm_start.steps=80",
+    "run.iterations=8",
+    "rollout.prompts_per_iteration=8",
+    "rollout.samples_per_prompt=4",
+    "train.mini_batch_size=32",
+    "train.micro_batch_size=16",
+    "eval.every=2",
+]
 STAGES = ["generate_rollouts", "grade", "compute_advantages", "train_policy", "evaluate"]
 TIMING = ("_seconds", "_per_second")  # measured times differ between any two runs
 SERVER_WAIT = 10.0  # seconds a dead run's Prefect server gets to go (its watchdog: SIGTERM, SIGKILL after 5 s)
@@ -46,21 +55,28 @@ def config(iterations: int) -> list[str]:
     if iterations == DEFAULT_ITERATIONS:
         return CONFIG
     return [c for c in CONFIG if not c.startswith(("run.iterations=", "eval.every="))] + [
-        f"run.iterations={iterations}", f"eval.every={min(2, iterations)}"]
+        f"run.iterations={iterations}",
+        f"eval.every={min(2, iterations)}",
+    ]
 
 
 def launch(runs: Path, env: dict, crash_at: str | None, iterations: int) -> subprocess.Popen:
     args = [str(SEGFLOW), "run", "--runs-dir", str(runs)] + [a for c in config(iterations) for a in ("--set", c)]
     e = {**env, **({"SEGFLOW_CRASH_AT": crash_at} if crash_at else {})}
-    return subprocess.Popen(args, cwd=ROOT, env=e, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    return subprocess.Popen(
+        args, cwd=ROOT, env=e, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
 
 
 def plan(n: int, rng: random.Random) -> list[str]:
     """Kill specs: fault points with an occurrence number (so each kill lets some work finish), and times."""
-    kinds = [lambda: f"parquet_write:{rng.randint(3, 7)}", lambda: "checkpoint_save:1",
-             lambda: "weight_load:1", lambda: f"stage:{rng.choice(STAGES)}:{rng.randint(2, 3)}",
-             lambda: f"time:{rng.uniform(8, 45):.1f}"]
+    kinds = [
+        lambda: f"parquet_write:{rng.randint(3, 7)}",
+        lambda: "checkpoint_save:1",
+        lambda: "weight_load:1",
+        lambda: f"stage:{rng.choice(STAGES)}:{rng.randint(2, 3)}",
+        lambda: f"time:{rng.uniform(8, 45):.1f}",
+    ]
     return [kinds[i % len(kinds)]() for i in range(n)]
 
 
@@ -124,7 +140,8 @@ def parquet_equal(a: Path, b: Path) -> str | None:
     if a.name.startswith("metrics-"):
         va, vb = (
             {n: v for n, v in zip(t["name"].to_pylist(), t["value"].to_pylist()) if not n.endswith(TIMING)}
-            for t in (ta, tb))
+            for t in (ta, tb)
+        )
         return None if va == vb else f"metrics differ: {sorted(set(va.items()) ^ set(vb.items()))[:4]}"
     if a.name == "run.parquet":
         ta, tb = ta.drop(["created_at"]), tb.drop(["created_at"])
@@ -140,8 +157,13 @@ def weights_close(a: Path, b: Path) -> bool:
 
 
 def compare(ref: Path, chaos: Path) -> dict:
-    out = {"parquet_files": 0, "parquet_different": [], "checkpoints": 0, "checkpoints_different": [],
-           "temporaries_left": []}
+    out = {
+        "parquet_files": 0,
+        "parquet_different": [],
+        "checkpoints": 0,
+        "checkpoints_different": [],
+        "temporaries_left": [],
+    }
     for f in sorted(ref.rglob("*.parquet")):
         g = chaos / f.relative_to(ref)
         out["parquet_files"] += 1
@@ -153,11 +175,11 @@ def compare(ref: Path, chaos: Path) -> dict:
         out["checkpoints"] += 1
         if not g.exists() or not weights_close(f, g):
             out["checkpoints_different"].append(str(f.relative_to(ref).parent))
-    out["temporaries_left"] = [str(p.relative_to(chaos)) for p in chaos.rglob("*")
-                               if p.name.endswith((".tmp", ".old"))]
+    out["temporaries_left"] = [str(p.relative_to(chaos)) for p in chaos.rglob("*") if p.name.endswith((".tmp", ".old"))]
     sa, sb = (json.loads((d / "summary.json").read_text()) for d in (ref, chaos))
-    out["summary_equal"] = all(sa[k] == sb[k] for k in ("eval_accuracy", "initial_eval_accuracy",
-                                                          "final_eval_accuracy", "generated_tokens"))
+    out["summary_equal"] = all(
+        sa[k] == sb[k] for k in ("eval_accuracy", "initial_eval_accuracy", "final_eval_accuracy", "generated_tokens")
+    )
     return out
 
 
@@ -166,13 +188,20 @@ def main() -> None:
     ap.add_argument("--kills", type=int, default=24)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", type=Path, default=None)
-    ap.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS,
-                    help="run.iterations (eval.every 2); other than 8 is a reduced run with its own section")
+    ap.add_argument(
+        "--iterations",
+        type=int,
+        default=DEFAULT_ITERATIONS,
+        help="run.iterations (eval.every 2); other than 8 is a reduced run with its own section",
+    )
     opts = ap.parse_args()
     work = opts.work or Path(tempfile.mkdtemp(prefix="segflow-chaos-"))
     work.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PREFECT_HOME": str(work / "prefect-home"),
-           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(work / "prefect-home"),
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+    }
     env.pop("PREFECT_RESULTS_LOCAL_STORAGE_PATH", None)
     env.pop("SEGFLOW_CRASH_AT", None)
 
@@ -204,21 +233,35 @@ def main() -> None:
     killed = sum(1 for _, o, _, _ in log if o == "killed")
     tried = sum(1 for s, _, _, _ in log if s != "(resume to the end)")
     counted = [n for _, _, _, n in log if n is not None]
-    survived = killed if finished and result and not result["parquet_different"] and not result[
-        "checkpoints_different"] and result["summary_equal"] and not result["temporaries_left"] else 0
+    survived = (
+        killed
+        if finished
+        and result
+        and not result["parquet_different"]
+        and not result["checkpoints_different"]
+        and result["summary_equal"]
+        and not result["temporaries_left"]
+        else 0
+    )
     lines = ["| # | kill | outcome | seconds | Prefect servers left |", "|---|---|---|---|---|"]
-    lines += [f"| {i} | `{s}` | {o} | {dt:.0f} | {'' if n is None else n} |"
-              for i, (s, o, dt, n) in enumerate(log, 1)]
-    lines += ["", f"Kills survived / kills tried: **{survived} / {tried}** ({killed} attempts died by SIGKILL; "
-              f"a kill spec whose point was not reached let the attempt finish). Reference run {ref_seconds:.0f} s."]
-    lines += [f"Temporary Prefect API servers still alive {SERVER_WAIT:.0f} s after a SIGKILL of the segflow process "
-              f"alone: **{sum(counted)}** after {len(counted)} such kills (a `time:` kill SIGKILLs the whole process "
-              "group, server included, so it is not counted)."]
+    lines += [f"| {i} | `{s}` | {o} | {dt:.0f} | {'' if n is None else n} |" for i, (s, o, dt, n) in enumerate(log, 1)]
+    lines += [
+        "",
+        f"Kills survived / kills tried: **{survived} / {tried}** ({killed} attempts died by SIGKILL; "
+        f"a kill spec whose point was not reached let the attempt finish). Reference run {ref_seconds:.0f} s.",
+    ]
+    lines += [
+        f"Temporary Prefect API servers still alive {SERVER_WAIT:.0f} s after a SIGKILL of the segflow process "
+        f"alone: **{sum(counted)}** after {len(counted)} such kills (a `time:` kill SIGKILLs the whole process "
+        "group, server included, so it is not counted)."
+    ]
     if result:
-        lines += [f"Compared with the uninterrupted run: {result['parquet_files']} Parquet files, "
-                  f"{len(result['parquet_different'])} different; {result['checkpoints']} checkpoints, "
-                  f"{len(result['checkpoints_different'])} not allclose (atol 1e-6); final summary accuracies and "
-                  f"generated tokens equal: {result['summary_equal']}; temporaries left: {len(result['temporaries_left'])}."]
+        lines += [
+            f"Compared with the uninterrupted run: {result['parquet_files']} Parquet files, "
+            f"{len(result['parquet_different'])} different; {result['checkpoints']} checkpoints, "
+            f"{len(result['checkpoints_different'])} not allclose (atol 1e-6); final summary accuracies and "
+            f"generated tokens equal: {result['summary_equal']}; temporaries left: {len(result['temporaries_left'])}."
+        ]
         lines += [f"- {d}" for d in result["parquet_different"][:10] + result["checkpoints_different"][:10]]
     title = "Chaos: crash anywhere, resume, identical results"
     if opts.iterations != DEFAULT_ITERATIONS:

@@ -6,6 +6,7 @@ Each seed is a separate `segflow run --set run.seed=S` process in a fresh runs d
 PREFECT_HOME (first-start costs included), then seed 0's command is run again: a completed run must
 recompute nothing. Results go to BENCHMARKS.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,16 +49,21 @@ def _avg_at_k(s: dict) -> tuple[float, float] | None:
 
 
 def _lift_line(what: str, lifts: list[float], how: str) -> str:
-    return (f"{what}: mean **{statistics.mean(lifts):+.1f}** points, std {spread(lifts):.1f} "
-            f"(min {min(lifts):+.1f}, max {max(lifts):+.1f}); {how}.")
+    return (
+        f"{what}: mean **{statistics.mean(lifts):+.1f}** points, std {spread(lifts):.1f} "
+        f"(min {min(lifts):+.1f}, max {max(lifts):+.1f}); {how}."
+    )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--set", dest="overrides", action="append", default=[])
-    ap.add_argument("--section", default="Embedded default: `segflow run`",
-                    help="BENCHMARKS.md section; runs with --set are not the default, so name them apart.")
+    ap.add_argument(
+        "--section",
+        default="Embedded default: `segflow run`",
+        help="BENCHMARKS.md section; runs with --set are not the default, so name them apart.",
+    )
     opts = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="segflow-bench-"))
     env = {**os.environ, "PREFECT_HOME": str(work / "prefect-home")}
@@ -69,8 +75,10 @@ def main() -> None:
             args += ["--set", o]
         wall, s = run(args, env)
         rows.append((seed, wall, s))
-        print(f"seed {seed}: {s['initial_eval_accuracy']:.3f} -> {s['final_eval_accuracy']:.3f} in {wall:.0f} s",
-              flush=True)
+        print(
+            f"seed {seed}: {s['initial_eval_accuracy']:.3f} -> {s['final_eval_accuracy']:.3f} in {wall:.0f} s",
+            flush=True,
+        )
     rerun_args = ["--runs-dir", str(work / f"runs-{opts.seeds[0]}"), "--set", f"run.seed={opts.seeds[0]}"]
     for o in opts.overrides:
         rerun_args += ["--set", o]
@@ -84,24 +92,35 @@ def report(rows: list[tuple[int, float, dict]], rerun_seed: int, rerun_wall: flo
     sampled = [_avg_at_k(s) for _, _, s in rows]  # (start, final) avg@k, or None without eval.samples
     walls = [w for _, w, _ in rows]
     k_cols = " SFT avg@k | final avg@k | avg@k lift |" if all(sampled) else ""
-    lines = [f"| seed | SFT accuracy | final accuracy | lift (points) |{k_cols} wall (s, process) | stage seconds |",
-             "|---|---|---|---|" + ("---|---|---|" if k_cols else "") + "---|---|"]
+    lines = [
+        f"| seed | SFT accuracy | final accuracy | lift (points) |{k_cols} wall (s, process) | stage seconds |",
+        "|---|---|---|---|" + ("---|---|---|" if k_cols else "") + "---|---|",
+    ]
     for (seed, wall, s), lift, avg in zip(rows, lifts, sampled):
         stages = ", ".join(f"{k} {v:.0f}" for k, v in s["stage_seconds"].items())
         k_vals = f" {avg[0]:.1f} | {avg[1]:.1f} | {avg[1] - avg[0]:+.1f} |" if k_cols else ""
-        lines.append(f"| {seed} | {100 * s['initial_eval_accuracy']:.1f} | {100 * s['final_eval_accuracy']:.1f} | "
-                     f"{lift:+.1f} |{k_vals} {wall:.0f} | {stages} |")
+        lines.append(
+            f"| {seed} | {100 * s['initial_eval_accuracy']:.1f} | {100 * s['final_eval_accuracy']:.1f} | "
+            f"{lift:+.1f} |{k_vals} {wall:.0f} | {stages} |"
+        )
     lines += ["", _lift_line("Lift over the SFT start", lifts, "held-out split, greedy decoding")]
     if k_cols:
         ev = rows[0][2]["_eval"]
-        lines.append(_lift_line("Sampled lift", [f - i for i, f in sampled],
-                                f"avg@{ev['samples']} = mean accuracy of {ev['samples']} samples per held-out problem "
-                                f"at T = {ev['temperature']} (the sampled policy RL trains; the SPO paper's GSM8K "
-                                "pass@1 is this statistic)"))
-    lines += [f"Wall time per run: max **{max(walls):.0f} s** (target ≤ 600 s), including Prefect start-up.",
-              f"Rerun of a completed run (seed {rerun_seed}): **{rerun_wall:.1f} s** end to end (target ≤ 30 s); "
-              f"stages executed {sum(rerun['stages_executed'].values())}, cached "
-              f"{sum(rerun['stages_cached'].values())}."]
+        lines.append(
+            _lift_line(
+                "Sampled lift",
+                [f - i for i, f in sampled],
+                f"avg@{ev['samples']} = mean accuracy of {ev['samples']} samples per held-out problem "
+                f"at T = {ev['temperature']} (the sampled policy RL trains; the SPO paper's GSM8K "
+                "pass@1 is this statistic)",
+            )
+        )
+    lines += [
+        f"Wall time per run: max **{max(walls):.0f} s** (target ≤ 600 s), including Prefect start-up.",
+        f"Rerun of a completed run (seed {rerun_seed}): **{rerun_wall:.1f} s** end to end (target ≤ 30 s); "
+        f"stages executed {sum(rerun['stages_executed'].values())}, cached "
+        f"{sum(rerun['stages_cached'].values())}.",
+    ]
     return "\n".join(lines)
 
 

@@ -7,6 +7,7 @@ Every cached stage's FileRefs are checked on rerun (tasks/common.ensure). A chec
 cold (memo cleared: read + hash every byte) and warm (memo hit: stat every file), side by side, rounds
 times. Results go to BENCHMARKS.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,11 +54,15 @@ def main() -> None:
     shutil.rmtree(work)
     size = 2 * half / 2**30
     c, w = statistics.median(cold), statistics.median(warm)
-    lines = ["| checkpoint | full sha256 (s) | memo hit (s) | speed-up |", "|---|---|---|---|",
-             f"| {size:.2f} GiB, 2 files | {c:.2f} | {w * 1000:.1f} ms | **{c / w:.0f}x** |", "",
-             f"Median of {opts.rounds} rounds. A rerun checks every cached stage's artifacts; with the memo a "
-             "checkpoint costs a stat per file instead of reading it (a 20-iteration run of a 1.5B bf16 model "
-             "keeps about 60 GB of checkpoints)."]
+    lines = [
+        "| checkpoint | full sha256 (s) | memo hit (s) | speed-up |",
+        "|---|---|---|---|",
+        f"| {size:.2f} GiB, 2 files | {c:.2f} | {w * 1000:.1f} ms | **{c / w:.0f}x** |",
+        "",
+        f"Median of {opts.rounds} rounds. A rerun checks every cached stage's artifacts; with the memo a "
+        "checkpoint costs a stat per file instead of reading it (a 20-iteration run of a 1.5B bf16 model "
+        "keeps about 60 GB of checkpoints).",
+    ]
     write_section("Digest memo: checking a cached checkpoint", "\n".join(lines))
 
 

@@ -10,6 +10,7 @@ around each stage call, Prefect task overhead included); generation time and wei
 the `metrics` view. Engine start is excluded when the engine was started by evaluate(0) before
 iteration 1 (the embedded default). Results go to BENCHMARKS.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,27 +22,38 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 
 from report import write_section  # noqa: E402
+
 from storage.catalog import query  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs-dir", required=True, nargs="+")
-    lines = ["| run | iterations | rollout stage wall (s) | generation (s) | weight loads (s) | overhead |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| run | iterations | rollout stage wall (s) | generation (s) | weight loads (s) | overhead |",
+        "|---|---|---|---|---|---|",
+    ]
     files = [(Path(d), f) for d in ap.parse_args().runs_dir for f in sorted(Path(d).glob("*/summary.json"))]
     for runs_dir, summary_file in files:
         s = json.loads(summary_file.read_text())
-        _, rows = query(runs_dir, "select name, sum(value) from metrics where run_id = '" + s["run_id"] + "' and "
-                        "stage = 'rollout' and name in ('generation_seconds', 'weight_load_seconds', "
-                        "'engine_start_seconds') group by 1")
+        _, rows = query(
+            runs_dir,
+            "select name, sum(value) from metrics where run_id = '" + s["run_id"] + "' and "
+            "stage = 'rollout' and name in ('generation_seconds', 'weight_load_seconds', "
+            "'engine_start_seconds') group by 1",
+        )
         m = dict(rows)
         wall = s["stage_seconds"]["generate_rollouts"] - m.get("engine_start_seconds", 0.0)
         gen = m["generation_seconds"]
-        lines.append(f"| {s['run_id']} | {s['iterations_completed']} | {wall:.1f} | {gen:.1f} | "
-                     f"{m.get('weight_load_seconds', 0.0):.2f} | **{100 * (wall - gen) / gen:.1f}%** |")
-    lines += ["", "Target: ≤ 10% of generation time per iteration after the first. Overhead = weight reload, "
-              "prompt reads, Parquet writes, Prefect task bookkeeping."]
+        lines.append(
+            f"| {s['run_id']} | {s['iterations_completed']} | {wall:.1f} | {gen:.1f} | "
+            f"{m.get('weight_load_seconds', 0.0):.2f} | **{100 * (wall - gen) / gen:.1f}%** |"
+        )
+    lines += [
+        "",
+        "Target: ≤ 10% of generation time per iteration after the first. Overhead = weight reload, "
+        "prompt reads, Parquet writes, Prefect task bookkeeping.",
+    ]
     write_section("Engine overhead per iteration", "\n".join(lines))
 
 

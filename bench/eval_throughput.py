@@ -10,10 +10,10 @@ measures, in alternating order and with the prefix cache reset before each:
 Throughput = generated tokens / seconds; the ratio eval / raw is the share left after grading and
 bookkeeping. Results go to BENCHMARKS.md.
 """
+
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -22,7 +22,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
-os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+from tasks.engines.vllm_engine import vllm_env_defaults  # noqa: E402
+
+vllm_env_defaults()  # before anything imports vllm
 
 from report import write_section  # noqa: E402
 
@@ -41,16 +43,18 @@ def main() -> None:
     from storage.schemas import EVAL_SAMPLES
     from tasks.algos import arith
     from tasks.algos.eval_summary import summarize
-    from tasks.engine import Request, VLLMEngine
+    from tasks.datasets.graders import scheme_of
+    from tasks.engines.base import Request
+    from tasks.engines.vllm_engine import VLLMEngine
     from tasks.evaluate import sample_and_grade
-    from tasks.graders import scheme_of
 
     model_dir, tok, _, _ = sft_tiny_model()
     rollout = RolloutSection()
     engine = VLLMEngine(str(model_dir), rollout, "float32", 0)
     a = ArithSection()
-    _, test = arith.split(arith.generate(a.n_train + a.n_test, a.min_terms, a.max_terms, a.max_operand, a.seed),
-                          a.n_test)
+    _, test = arith.split(
+        arith.generate(a.n_train + a.n_test, a.min_terms, a.max_terms, a.max_operand, a.seed), a.n_test
+    )
     problems = (test * (opts.problems // len(test) + 1))[: opts.problems]
     ids = [tok(p.question + "\n")["input_ids"] for p in problems]
     refs = [str(p.answer) for p in problems]
@@ -59,18 +63,43 @@ def main() -> None:
     out_dir = Path(tempfile.mkdtemp())
 
     def raw() -> int:
-        greedy = engine.generate([Request(p, 0, b) for p, b in zip(ids, budgets)], temperature=0.0, top_p=1.0,
-                                 progress=False)
-        sampled = engine.generate([Request(ids[i], 1000 * i + s, budgets[i]) for i in range(len(ids))
-                                   for s in range(opts.samples)], temperature=0.6, top_p=0.95, progress=False)
+        greedy = engine.generate(
+            [Request(p, 0, b) for p, b in zip(ids, budgets)], temperature=0.0, top_p=1.0, progress=False
+        )
+        sampled = engine.generate(
+            [Request(ids[i], 1000 * i + s, budgets[i]) for i in range(len(ids)) for s in range(opts.samples)],
+            temperature=0.6,
+            top_p=0.95,
+            progress=False,
+        )
         return sum(len(o.token_ids) for o in greedy + sampled)
 
     def evaluation() -> int:
-        answers = sample_and_grade(engine, ids, refs, budgets, samples=opts.samples, temperature=0.6, top_p=0.95,
-                                   seed_key=("bench",), prompt_ids=pids, stop=(), task="arith",
-                                   scheme=scheme_of(RewardSection()))
-        rows = [{"eval_id": "bench", "checkpoint": "tiny", "dataset": "arith", "budget": rollout.max_model_len,
-                 "prompt_id": pids[x.pop("i")], **x} for x in answers]
+        answers = sample_and_grade(
+            engine,
+            ids,
+            refs,
+            budgets,
+            samples=opts.samples,
+            temperature=0.6,
+            top_p=0.95,
+            seed_key=("bench",),
+            prompt_ids=pids,
+            stop=(),
+            task="arith",
+            scheme=scheme_of(RewardSection()),
+        )
+        rows = [
+            {
+                "eval_id": "bench",
+                "checkpoint": "tiny",
+                "dataset": "arith",
+                "budget": rollout.max_model_len,
+                "prompt_id": pids[x.pop("i")],
+                **x,
+            }
+            for x in answers
+        ]
         write_parquet(rows, EVAL_SAMPLES, out_dir / "samples.parquet")
         summarize(rows, 0.1, 0.4)
         return sum(r["num_tokens"] for r in rows)
@@ -85,12 +114,20 @@ def main() -> None:
             rates[name].append(n / (time.perf_counter() - t0))
             print(f"round {r} {name}: {rates[name][-1]:.0f} tokens/s", flush=True)
     ratios = [e / w for e, w in zip(rates["eval"], rates["raw"])]
-    lines = ["| round | raw generation, tokens/s | evaluation (generate + grade + Parquet + metrics), tokens/s | eval ÷ raw |",
-             "|---|---|---|---|"]
+    lines = [
+        (
+            "| round | raw generation, tokens/s | evaluation (generate + grade + Parquet + metrics), tokens/s "
+            "| eval ÷ raw |"
+        ),
+        "|---|---|---|---|",
+    ]
     lines += [f"| {i} | {w:.0f} | {e:.0f} | {e / w:.2f} |" for i, (w, e) in enumerate(zip(rates["raw"], rates["eval"]))]
-    lines += ["", f"Evaluation keeps **{statistics.median(ratios):.0%}** of raw generation throughput (median of "
-              f"{', '.join(f'{x:.2f}' for x in ratios)}; target ≥ 80%). {opts.problems} arith problems, greedy + "
-              f"{opts.samples} samples at T 0.6 / top-p 0.95, tiny Qwen2 after 200 SFT steps, in-process vLLM on CPU."]
+    lines += [
+        "",
+        f"Evaluation keeps **{statistics.median(ratios):.0%}** of raw generation throughput (median of "
+        f"{', '.join(f'{x:.2f}' for x in ratios)}; target ≥ 80%). {opts.problems} arith problems, greedy + "
+        f"{opts.samples} samples at T 0.6 / top-p 0.95, tiny Qwen2 after 200 SFT steps, in-process vLLM on CPU.",
+    ]
     write_section("Evaluation throughput", "\n".join(lines))
     engine.shutdown()
 

@@ -22,6 +22,7 @@ in the mixed-precision path (float32 master, bf16 autocast). It prints
     train tokens/s.
 The last line is `result: {json}` with every number.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,24 +41,67 @@ import torch  # noqa: E402
 from tasks.checkpoints import MASTER_DIR, load_master, restore_optimizer, write_checkpoint  # noqa: E402
 from tasks.trainer import Sample, rl_update  # noqa: E402
 
-QWEN05B = dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
-               intermediate_size=4864, vocab_size=151936, tie_word_embeddings=True, max_position_embeddings=32768,
-               rope_theta=1000000.0, rms_norm_eps=1e-6)
-SMALL = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-             intermediate_size=128, vocab_size=512, tie_word_embeddings=True, max_position_embeddings=256,
-             rope_theta=10000.0, rms_norm_eps=1e-6)
+QWEN05B = dict(
+    hidden_size=896,
+    num_hidden_layers=24,
+    num_attention_heads=14,
+    num_key_value_heads=2,
+    intermediate_size=4864,
+    vocab_size=151936,
+    tie_word_embeddings=True,
+    max_position_embeddings=32768,
+    rope_theta=1000000.0,
+    rms_norm_eps=1e-6,
+)
+SMALL = dict(
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=128,
+    vocab_size=512,
+    tie_word_embeddings=True,
+    max_position_embeddings=256,
+    rope_theta=10000.0,
+    rms_norm_eps=1e-6,
+)
 # (sequences, prompt tokens, completion tokens, mini-batch, micro-batch): 2 epochs of 2 mini-batches = 4 steps.
 BATCH = {"qwen05b": (64, 256, 768, 32, 8), "small": (16, 8, 24, 8, 4)}
 
 # The train section of gsm8k_qwen05b where it matters here (lr, micro-batch, epochs), else the schema's
 # defaults; spelled out because configs.schema needs pydantic. tests/test_gpu_check.py validates it
 # against configs.schema.TrainSection, so a renamed or new key is caught on the CPU.
-TRAIN = dict(lr=1e-6, weight_decay=0.0, epochs=2, clip_mode="one-side", clip_eps=0.2, clip_eps_high=None,
-             dual_clip_c=3.0, weight="importance", truncate_max=2.0, regularizer="none", regularizer_coef=0.1,
-             kl_coef=0.0, kl_estimator="k3", kl_placement="loss", entropy_coef=0.0, grad_clip=1.0,
-             max_consecutive_skips=3, warmup_steps=0, schedule="constant", loss_agg="token-mean", logprob_chunk=256,
-             gradient_checkpointing=False, lora_rank=0, prob_mask_rho=None, whiten_advantages="none",
-             kl_agg="loss_agg", log_ratio_clamp=20.0, kl_k3_max=10.0, skip_ratio_above=None)
+TRAIN = dict(
+    lr=1e-6,
+    weight_decay=0.0,
+    epochs=2,
+    clip_mode="one-side",
+    clip_eps=0.2,
+    clip_eps_high=None,
+    dual_clip_c=3.0,
+    weight="importance",
+    truncate_max=2.0,
+    regularizer="none",
+    regularizer_coef=0.1,
+    kl_coef=0.0,
+    kl_estimator="k3",
+    kl_placement="loss",
+    entropy_coef=0.0,
+    grad_clip=1.0,
+    max_consecutive_skips=3,
+    warmup_steps=0,
+    schedule="constant",
+    loss_agg="token-mean",
+    logprob_chunk=256,
+    gradient_checkpointing=False,
+    lora_rank=0,
+    prob_mask_rho=None,
+    whiten_advantages="none",
+    kl_agg="loss_agg",
+    log_ratio_clamp=20.0,
+    kl_k3_max=10.0,
+    skip_ratio_above=None,
+)
 
 
 class _NoTokenizer:
@@ -101,8 +145,11 @@ def changed_shares(before: dict[str, torch.Tensor], model) -> dict[str, float]:
     counts: dict[str, list[int]] = {}
     for name, p in model.named_parameters():
         now, was = p.detach().cpu(), before[name]
-        for key, n in (("master", int((now != was).sum())), (f"master_{_kind(name)}", int((now != was).sum())),
-                       ("bf16_copy", int((now.bfloat16() != was.bfloat16()).sum()))):
+        for key, n in (
+            ("master", int((now != was).sum())),
+            (f"master_{_kind(name)}", int((now != was).sum())),
+            ("bf16_copy", int((now.bfloat16() != was.bfloat16()).sum())),
+        ):
             c = counts.setdefault(key, [0, 0])
             c[0] += n
             c[1] += was.numel()
@@ -114,8 +161,19 @@ def one_iteration(model, samples, train, device, compute_dtype):
     params = [p for p in model.parameters() if p.requires_grad]
     opt, sched, _ = restore_optimizer(train, params, None, device, total_steps=100)
     t0 = time.perf_counter()
-    stats = rl_update(model, opt, sched, samples, train, temperature=1.0, pad_id=0, device=device, seed=0,
-                      compute_dtype=compute_dtype, log=lambda msg: print(f"  {msg}"))
+    stats = rl_update(
+        model,
+        opt,
+        sched,
+        samples,
+        train,
+        temperature=1.0,
+        pad_id=0,
+        device=device,
+        seed=0,
+        compute_dtype=compute_dtype,
+        log=lambda msg: print(f"  {msg}"),
+    )
     if device.type == "cuda":
         torch.cuda.synchronize()
     return stats, time.perf_counter() - t0, opt, sched
@@ -128,8 +186,9 @@ def checkpoint_round_trip(model, opt, sched, train, device, dtype) -> dict[str, 
 
     with tempfile.TemporaryDirectory() as d:
         out = Path(d)
-        write_checkpoint(out, model, None, _NoTokenizer(), opt, sched, consecutive_skips=0, dtype=dtype,
-                         gradient_checkpointing=False)
+        write_checkpoint(
+            out, model, None, _NoTokenizer(), opt, sched, consecutive_skips=0, dtype=dtype, gradient_checkpointing=False
+        )
         again, _ = load_master(out, train, dtype=dtype, device=device)
         exact = all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
         engine = load_file(str(out / "model.safetensors"))
@@ -181,12 +240,16 @@ def main(argv: list[str] | None = None) -> dict:
     model = build_policy(shape, device)
     params = sum(p.numel() for p in model.parameters())
     assert params == param_count(shape), (params, param_count(shape))
-    print(f"policy: {name} shape, {params / 1e6:.1f}M parameters, float32 master (built in "
-          f"{time.perf_counter() - t0:.1f} s)")
+    print(
+        f"policy: {name} shape, {params / 1e6:.1f}M parameters, float32 master (built in "
+        f"{time.perf_counter() - t0:.1f} s)"
+    )
     samples = make_samples(n, prompt, completion, shape["vocab_size"])
     steps = TRAIN["epochs"] * -(-n // mini)
-    print(f"batch: {n} sequences x {prompt + completion} tokens (prompt {prompt} + completion {completion}), "
-          f"mini-batch {mini}, micro-batch {micro}: {steps} AdamW steps at lr {TRAIN['lr']:g}")
+    print(
+        f"batch: {n} sequences x {prompt + completion} tokens (prompt {prompt} + completion {completion}), "
+        f"mini-batch {mini}, micro-batch {micro}: {steps} AdamW steps at lr {TRAIN['lr']:g}"
+    )
     before = {k: p.detach().to("cpu", copy=True) for k, p in model.named_parameters()}
 
     if device.type == "cuda":
@@ -195,24 +258,40 @@ def main(argv: list[str] | None = None) -> dict:
     stats, seconds, opt, sched = one_iteration(model, samples, train, device, dtype)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     shares = changed_shares(before, model)
-    result = {"device": str(device), "gpu": gpu, "shape": name, "parameters": params, "steps": int(stats["optimizer_steps"]),
-              "master_changed": stats["frac_master_changed"], **{f"changed_{k}": v for k, v in shares.items()},
-              "train_tokens_per_s": stats["train_tokens_per_second"], "iteration_seconds": seconds,
-              "peak_gpu_gib": peak, "readme_estimate_gib": readme_estimate_gib(shape, micro, prompt + completion,
-                                                                                TRAIN["logprob_chunk"])}
+    result = {
+        "device": str(device),
+        "gpu": gpu,
+        "shape": name,
+        "parameters": params,
+        "steps": int(stats["optimizer_steps"]),
+        "master_changed": stats["frac_master_changed"],
+        **{f"changed_{k}": v for k, v in shares.items()},
+        "train_tokens_per_s": stats["train_tokens_per_second"],
+        "iteration_seconds": seconds,
+        "peak_gpu_gib": peak,
+        "readme_estimate_gib": readme_estimate_gib(shape, micro, prompt + completion, TRAIN["logprob_chunk"]),
+    }
     assert abs(shares["master"] - stats["frac_master_changed"]) < 1e-12  # the trainer's metric, cross-checked
     print("mixed precision (float32 master, bf16 autocast):")
-    print(f"  master entries changed: {shares['master']:.4f} (mlp {shares['master_mlp']:.4f}, attention "
-          f"{shares['master_attention']:.4f}, norm {shares['master_norm']:.4f}, embedding "
-          f"{shares['master_embedding']:.4f}); bf16 copy changed: {shares['bf16_copy']:.4f}")
-    print(f"  train tokens/s: {stats['train_tokens_per_second']:.0f} (update steps only; the iteration with "
-          f"its pi_old pass took {seconds:.1f} s)")
+    print(
+        f"  master entries changed: {shares['master']:.4f} (mlp {shares['master_mlp']:.4f}, attention "
+        f"{shares['master_attention']:.4f}, norm {shares['master_norm']:.4f}, embedding "
+        f"{shares['master_embedding']:.4f}); bf16 copy changed: {shares['bf16_copy']:.4f}"
+    )
+    print(
+        f"  train tokens/s: {stats['train_tokens_per_second']:.0f} (update steps only; the iteration with "
+        f"its pi_old pass took {seconds:.1f} s)"
+    )
     if peak is not None:
-        print(f"  peak GPU memory: {peak:.2f} GiB; README's arithmetic for this batch (16N + 2N + activations at "
-              f"micro-batch {micro} x {prompt + completion} tokens + LM head): {result['readme_estimate_gib']:.1f} GiB")
+        print(
+            f"  peak GPU memory: {peak:.2f} GiB; README's arithmetic for this batch (16N + 2N + activations at "
+            f"micro-batch {micro} x {prompt + completion} tokens + LM head): {result['readme_estimate_gib']:.1f} GiB"
+        )
     result.update(checkpoint_round_trip(model, opt, sched, train, device, dtype))
-    print(f"  checkpoint: master restored bit for bit: {result['resume_master_exact']}; engine weights are "
-          f"its bf16 cast: {result['engine_weights_are_master_cast']}")
+    print(
+        f"  checkpoint: master restored bit for bit: {result['resume_master_exact']}; engine weights are "
+        f"its bf16 cast: {result['engine_weights_are_master_cast']}"
+    )
     del model, opt, sched
 
     if not args.no_baseline:

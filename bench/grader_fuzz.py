@@ -20,13 +20,14 @@ zero-width and direction marks inside or around a number), latex_spacing (math: 
 chains past `MAX_NESTING` are `parse_error`, shallow ones ok/wrong by value, exact power towers never
 `wrong` when equal).
 
-Every string goes through `tasks.graders.grade_all` for arith and gsm8k (one item per call, timed,
+Every string goes through `tasks.datasets.graders.grade_all` for arith and gsm8k (one item per call, timed,
 with a per-item limit) and for math (in batches, so the math-verify worker pool and its per-item
 timeout are exercised). Checked: no exception escapes grade_all, every status is in STATUSES,
 every score is finite except a NaN with status `timeout`, no numeric item exceeds its limit, no
 math batch exceeds items x per-item timeout + pool start margin, and every verdict case gets one of
 its expected statuses. Results go to BENCHMARKS.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,8 +48,8 @@ sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 from tasks.algos.answer_text import INVISIBLE, MINUS_SIGNS
 from tasks.algos.grading import STATUSES, Grade, RewardScheme
 from tasks.algos.math_answer import MAX_NESTING
-from tasks.graders import grade_all
-from tasks.math_grading import DEFAULT_TIMEOUT
+from tasks.datasets.graders import grade_all
+from tasks.datasets.math import DEFAULT_TIMEOUT
 
 # arith/gsm8k have no timeout of their own, so the fuzz sets one. Measured in CPU seconds of this
 # process (wall time on a shared, loaded machine says more about the neighbours than the grader).
@@ -71,15 +72,108 @@ class Case:
 
 # ---------------------------------------------------------------- generator
 
-TOKENS = ["####", "#### ", "\\boxed{", "\\boxed ", "\\fbox{", "{", "}", "{", "}", "$", "\\$", "answer is",
-          "The answer is ", "the answer is: ", "final answer is $", "$. I hope", "I hope it is correct.",
-          "\\frac{", "\\dfrac", "\\sqrt{", "\\sqrt[", "^{", "_{", "^", "_", "\\left(", "\\right)", "\\left\\{",
-          "\\right.", "\\begin{matrix}", "\\end{matrix}", "\\begin{pmatrix}", "\\end{pmatrix}", "&", "\\\\",
-          "(", ")", "[", "]", ",", ".", ". ", "-", "+", "*", "/", "=", "<", "\\le", " ", "  ", "\n", "\t",
-          "0", "1", "42", "3.14", "1,000", "-7", ".5", "1e9", "x", "y", "\\pi", "\\infty", "e", "i", "%",
-          "\\text{", "\\mathrm{", "\\cdot", "\\times", "!", "10^{", "9" * 40, "\\circ", "\\%", "dollars",
-          "\\cup", "\\cap", "\\in", "\\mathbb{R}", "\\emptyset", "\\pm", "\\sin", "\\log", "\\ln", "\\\\[",
-          "\\]", "\\(", "\\)", "\\", "\x00", "\u200b", "\u2212", "٣", "５", "𝟕", "½", "\ufffd"]
+TOKENS = [
+    "####",
+    "#### ",
+    "\\boxed{",
+    "\\boxed ",
+    "\\fbox{",
+    "{",
+    "}",
+    "{",
+    "}",
+    "$",
+    "\\$",
+    "answer is",
+    "The answer is ",
+    "the answer is: ",
+    "final answer is $",
+    "$. I hope",
+    "I hope it is correct.",
+    "\\frac{",
+    "\\dfrac",
+    "\\sqrt{",
+    "\\sqrt[",
+    "^{",
+    "_{",
+    "^",
+    "_",
+    "\\left(",
+    "\\right)",
+    "\\left\\{",
+    "\\right.",
+    "\\begin{matrix}",
+    "\\end{matrix}",
+    "\\begin{pmatrix}",
+    "\\end{pmatrix}",
+    "&",
+    "\\\\",
+    "(",
+    ")",
+    "[",
+    "]",
+    ",",
+    ".",
+    ". ",
+    "-",
+    "+",
+    "*",
+    "/",
+    "=",
+    "<",
+    "\\le",
+    " ",
+    "  ",
+    "\n",
+    "\t",
+    "0",
+    "1",
+    "42",
+    "3.14",
+    "1,000",
+    "-7",
+    ".5",
+    "1e9",
+    "x",
+    "y",
+    "\\pi",
+    "\\infty",
+    "e",
+    "i",
+    "%",
+    "\\text{",
+    "\\mathrm{",
+    "\\cdot",
+    "\\times",
+    "!",
+    "10^{",
+    "9" * 40,
+    "\\circ",
+    "\\%",
+    "dollars",
+    "\\cup",
+    "\\cap",
+    "\\in",
+    "\\mathbb{R}",
+    "\\emptyset",
+    "\\pm",
+    "\\sin",
+    "\\log",
+    "\\ln",
+    "\\\\[",
+    "\\]",
+    "\\(",
+    "\\)",
+    "\\",
+    "\x00",
+    "\u200b",
+    "\u2212",
+    "٣",
+    "５",
+    "𝟕",
+    "½",
+    "\ufffd",
+]
 
 # (reference, equivalent answers, wrong answers): the valid part of the fuzz, so ok/wrong appear.
 MATH_PAIRS = [
@@ -89,8 +183,11 @@ MATH_PAIRS = [
     ("x^2+2x+1", ["(x+1)^2", "x^2+2x+1", "1+2x+x^2"], ["x^2+1", "(x-1)^2"]),
     ("\\left(3, \\frac{\\pi}{2}\\right)", ["(3,\\pi/2)", "\\left( 3, \\frac{\\pi}{2} \\right)"], ["(3,\\pi)"]),
     ("[-2, 5)", ["[-2,5)", "[-2, 5)"], ["(-2,5)", "[-2,5]"]),
-    ("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", ["\\begin{pmatrix}1\\\\2\\end{pmatrix}"],
-     ["\\begin{pmatrix}2\\\\1\\end{pmatrix}"]),
+    (
+        "\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}",
+        ["\\begin{pmatrix}1\\\\2\\end{pmatrix}"],
+        ["\\begin{pmatrix}2\\\\1\\end{pmatrix}"],
+    ),
     ("1000", ["1,000", "1000", "10^3", "1000.00"], ["100", "10^4"]),
     ("\\infty", ["\\infty"], ["-\\infty", "0"]),
     ("-3", ["-3", "- 3", "-3.0"], ["3"]),
@@ -98,10 +195,18 @@ MATH_PAIRS = [
     ("\\frac{\\sqrt{3}}{2}", ["\\frac{\\sqrt3}{2}", "\\sqrt{3}/2", "\\sin(\\pi/3)"], ["\\frac{1}{2}"]),
 ]
 # Hard but legitimate references: big numbers, long expressions, nesting a real dataset could hold.
-HARD_MATH_REFS = ["2^{1000}", "10^{100}", "100!", "\\binom{100}{50}", "\\frac{" * 10 + "1" + "}{2}" * 10,
-                  "\\sqrt{" * 10 + "2" + "}" * 10, "+".join(f"x_{{{i}}}" for i in range(30)),
-                  "\\begin{pmatrix}" + "\\\\".join("&".join(str(i * 8 + j) for j in range(8)) for i in range(8))
-                  + "\\end{pmatrix}", "\\{" + ",".join(str(i) for i in range(50)) + "\\}", "9" * 1000]
+HARD_MATH_REFS = [
+    "2^{1000}",
+    "10^{100}",
+    "100!",
+    "\\binom{100}{50}",
+    "\\frac{" * 10 + "1" + "}{2}" * 10,
+    "\\sqrt{" * 10 + "2" + "}" * 10,
+    "+".join(f"x_{{{i}}}" for i in range(30)),
+    "\\begin{pmatrix}" + "\\\\".join("&".join(str(i * 8 + j) for j in range(8)) for i in range(8)) + "\\end{pmatrix}",
+    "\\{" + ",".join(str(i) for i in range(50)) + "\\}",
+    "9" * 1000,
+]
 PLAIN_MATH_REFS = [p[0] for p in MATH_PAIRS] + ["7", "0", "\\frac{3}{4}", "x=2", "\\text{(B)}", "12\\sqrt{3}"]
 NUM_REFS_HARD = ["9" * 5000, "-0.000001", "1,234,567", "$18.00", "1e5", "-.5", "0", "00042", "3.14159265358979"]
 
@@ -122,8 +227,9 @@ def _unicode(rng: random.Random) -> str:
 
 def _bytes(rng: random.Random) -> str:
     raw = rng.randbytes(rng.randint(0, 4000))
-    return raw.decode(*rng.choice([("utf-8", "replace"), ("utf-8", "surrogateescape"), ("latin-1",),
-                                   ("utf-16-le", "ignore")]))
+    return raw.decode(
+        *rng.choice([("utf-8", "replace"), ("utf-8", "surrogateescape"), ("latin-1",), ("utf-16-le", "ignore")])
+    )
 
 
 def _soup(rng: random.Random) -> str:
@@ -132,73 +238,169 @@ def _soup(rng: random.Random) -> str:
 
 def _unbalanced(rng: random.Random) -> str:
     k = rng.choice([1, 2, 10, 1000, 20000])
-    return rng.choice([
-        "\\boxed{" + "{" * k + "1", "\\boxed{1" + "}" * k, "}" * k + "\\boxed{2}" + "{" * k,
-        "#### " + "{" * k, "\\boxed{\\frac{1}{2}" + "{" * k + "#### 3", "$" * k + "\\boxed{$}",
-        "final answer is $\\boxed{" + "{" * k + "$. I hope", "\\left(" * k + "1", "1\\right)" * k,
-        "\\begin{matrix}" * min(k, 500) + "1", "\\boxed{" * k,
-    ])
+    return rng.choice(
+        [
+            "\\boxed{" + "{" * k + "1",
+            "\\boxed{1" + "}" * k,
+            "}" * k + "\\boxed{2}" + "{" * k,
+            "#### " + "{" * k,
+            "\\boxed{\\frac{1}{2}" + "{" * k + "#### 3",
+            "$" * k + "\\boxed{$}",
+            "final answer is $\\boxed{" + "{" * k + "$. I hope",
+            "\\left(" * k + "1",
+            "1\\right)" * k,
+            "\\begin{matrix}" * min(k, 500) + "1",
+            "\\boxed{" * k,
+        ]
+    )
 
 
 def _nested(rng: random.Random) -> str:
     d = rng.choice([10, 100, 1000, 3000])
-    core = rng.choice([
-        "\\frac{" * d + "1" + "}{2}" * d, "(" * d + "1" + ")" * d, "\\sqrt{" * d + "2" + "}" * d,
-        "{" * d + "3" + "}" * d, "[" * d + "4" + "]" * d, "\\left(" * d + "5" + "\\right)" * d,
-        "x^{" * d + "2" + "}" * d, "-" * d + "1", "\\sqrt[" * min(d, 300) + "3" + "]{8}" * min(d, 300),
-    ])
-    return rng.choice(["\\boxed{%s}", "#### %s", "the answer is %s.", "%s",
-                       "The final answer is $%s$. I hope it is correct."]) % core
+    core = rng.choice(
+        [
+            "\\frac{" * d + "1" + "}{2}" * d,
+            "(" * d + "1" + ")" * d,
+            "\\sqrt{" * d + "2" + "}" * d,
+            "{" * d + "3" + "}" * d,
+            "[" * d + "4" + "]" * d,
+            "\\left(" * d + "5" + "\\right)" * d,
+            "x^{" * d + "2" + "}" * d,
+            "-" * d + "1",
+            "\\sqrt[" * min(d, 300) + "3" + "]{8}" * min(d, 300),
+        ]
+    )
+    return (
+        rng.choice(
+            ["\\boxed{%s}", "#### %s", "the answer is %s.", "%s", "The final answer is $%s$. I hope it is correct."]
+        )
+        % core
+    )
 
 
 def _huge(rng: random.Random) -> str:
-    core = rng.choice([
-        "9" * 200_000, "1" + "0" * 100_000, "10^{100000}", "1e999999", "-1e-999999", "9" * 5000 + "." + "9" * 5000,
-        "1," * 50_000 + "1", "2^{2^{20}}", "10^{10^{10}}", "0." + "0" * 100_000 + "1", "1" * 4301, "1.0e+308 * 10",
-        "\\frac{" + "9" * 20_000 + "}{" + "7" * 20_000 + "}", "-" + "8" * 100_000, "NaN", "inf", "-inf",
-    ])
+    core = rng.choice(
+        [
+            "9" * 200_000,
+            "1" + "0" * 100_000,
+            "10^{100000}",
+            "1e999999",
+            "-1e-999999",
+            "9" * 5000 + "." + "9" * 5000,
+            "1," * 50_000 + "1",
+            "2^{2^{20}}",
+            "10^{10^{10}}",
+            "0." + "0" * 100_000 + "1",
+            "1" * 4301,
+            "1.0e+308 * 10",
+            "\\frac{" + "9" * 20_000 + "}{" + "7" * 20_000 + "}",
+            "-" + "8" * 100_000,
+            "NaN",
+            "inf",
+            "-inf",
+        ]
+    )
     return rng.choice(["\\boxed{%s}", "#### %s", "The answer is %s.", "we get %s", "%s"]) % core
 
 
 def _bomb(rng: random.Random) -> str:
     k = rng.choice([10, 100, 1000])
-    core = rng.choice([
-        "\\underbrace{" * k + "x" + "}_{1}" * k, "\\overbrace{" * k + "x" + "}^{2}" * k,
-        "\\left(" * k + "\\right)" * k, "\\left( 1 \\right)" * k, "\\begin{matrix}" * k + "1" + "\\end{matrix}" * k,
-        "\\begin{pmatrix}" + "\\\\".join("&".join("x" for _ in range(40)) for _ in range(40)) + "\\end{pmatrix}",
-        "\\frac{1}{2}" * k, "\\sqrt{2}+" * k + "1", "9^{9^{9^{9}}}", "9^{9^{9}}", "2^{2^{2^{2^{2^{2}}}}}",
-        "100000!", "(10^{6})!", "\\binom{10^{9}}{10^{5}}", "10!!!!!!!!!!", "\\prod_{k=1}^{10^{9}} k",
-        "\\sum_{n=1}^{10^{10}} n^{n}", "\\int_0^1 x^{10^{6}} dx", "x" * 10_000, "\\mathrm{" * k + "a" + "}" * k,
-        "\\newcommand{\\a}{\\a\\a}\\a", "\\def\\x{\\x\\x}\\x", "\\text{" * k + "t" + "}" * k, "a^{b^{c^{d^{e}}}}" * 20,
-        "e^{e^{e^{e^{e^{e}}}}}", "\\tan(\\frac{\\pi}{2})", "\\frac{1}{0}", "0^0", "\\sqrt{-1}^{\\sqrt{-1}}",
-    ])
-    return rng.choice(["\\boxed{%s}", "The final answer is $%s$. I hope it is correct.", "the answer is %s.",
-                       "%s"]) % core
+    core = rng.choice(
+        [
+            "\\underbrace{" * k + "x" + "}_{1}" * k,
+            "\\overbrace{" * k + "x" + "}^{2}" * k,
+            "\\left(" * k + "\\right)" * k,
+            "\\left( 1 \\right)" * k,
+            "\\begin{matrix}" * k + "1" + "\\end{matrix}" * k,
+            "\\begin{pmatrix}" + "\\\\".join("&".join("x" for _ in range(40)) for _ in range(40)) + "\\end{pmatrix}",
+            "\\frac{1}{2}" * k,
+            "\\sqrt{2}+" * k + "1",
+            "9^{9^{9^{9}}}",
+            "9^{9^{9}}",
+            "2^{2^{2^{2^{2^{2}}}}}",
+            "100000!",
+            "(10^{6})!",
+            "\\binom{10^{9}}{10^{5}}",
+            "10!!!!!!!!!!",
+            "\\prod_{k=1}^{10^{9}} k",
+            "\\sum_{n=1}^{10^{10}} n^{n}",
+            "\\int_0^1 x^{10^{6}} dx",
+            "x" * 10_000,
+            "\\mathrm{" * k + "a" + "}" * k,
+            "\\newcommand{\\a}{\\a\\a}\\a",
+            "\\def\\x{\\x\\x}\\x",
+            "\\text{" * k + "t" + "}" * k,
+            "a^{b^{c^{d^{e}}}}" * 20,
+            "e^{e^{e^{e^{e^{e}}}}}",
+            "\\tan(\\frac{\\pi}{2})",
+            "\\frac{1}{0}",
+            "0^0",
+            "\\sqrt{-1}^{\\sqrt{-1}}",
+        ]
+    )
+    return (
+        rng.choice(["\\boxed{%s}", "The final answer is $%s$. I hope it is correct.", "the answer is %s.", "%s"]) % core
+    )
 
 
 def _hostile(rng: random.Random) -> str:
-    core = rng.choice([
-        "x" * 100_000, "10**10**10", "2**2**2**2**2**2", "factorial(10**6)", "9**9**9", "x**x**x**x**x",
-        "(" * 500 + "x" + ")" * 500, "*" * 1000, "__import__('os')", "lambda: 1", "1/0", "1" + "+1" * 20_000,
-        "x+" * 5000 + "x", "Symbol('x')" * 100, "oo - oo", "zoo", "nan", "I**I", "E**(I*pi)", "\\x" * 1000,
-        "sin(" * 1000 + "x" + ")" * 1000, "Matrix(50, 50, lambda i, j: i+j)**50",
-    ])
+    core = rng.choice(
+        [
+            "x" * 100_000,
+            "10**10**10",
+            "2**2**2**2**2**2",
+            "factorial(10**6)",
+            "9**9**9",
+            "x**x**x**x**x",
+            "(" * 500 + "x" + ")" * 500,
+            "*" * 1000,
+            "__import__('os')",
+            "lambda: 1",
+            "1/0",
+            "1" + "+1" * 20_000,
+            "x+" * 5000 + "x",
+            "Symbol('x')" * 100,
+            "oo - oo",
+            "zoo",
+            "nan",
+            "I**I",
+            "E**(I*pi)",
+            "\\x" * 1000,
+            "sin(" * 1000 + "x" + ")" * 1000,
+            "Matrix(50, 50, lambda i, j: i+j)**50",
+        ]
+    )
     return rng.choice(["\\boxed{%s}", "#### %s", "%s", "the answer is %s."]) % core
 
 
 def _regex(rng: random.Random) -> str:
     n = rng.choice([1000, 10_000, 50_000])
-    return rng.choice([
-        "answer is" + " " * n + "x", "The answer is:" + " \t" * (n // 2) + "$", "final answer is $x$ " * (n // 20),
-        "final answer is $" + "x" * n, "the answer is " + "x" * n, "the answer is" * (n // 13),
-        "1" + "," * n + "x", "answer is " + "," * n + "x", "#### " + " " * n, "\\boxed" + " " * n + "$",
-        "-" * n + "1", "." * n + "5", "1." * (n // 2), "#" * n, "$" * n, "\\$" * n, "I hope " * (n // 7),
-        ("final answer is $" + " " * 50) * (n // 60) + "$. I hope",
-    ])
+    return rng.choice(
+        [
+            "answer is" + " " * n + "x",
+            "The answer is:" + " \t" * (n // 2) + "$",
+            "final answer is $x$ " * (n // 20),
+            "final answer is $" + "x" * n,
+            "the answer is " + "x" * n,
+            "the answer is" * (n // 13),
+            "1" + "," * n + "x",
+            "answer is " + "," * n + "x",
+            "#### " + " " * n,
+            "\\boxed" + " " * n + "$",
+            "-" * n + "1",
+            "." * n + "5",
+            "1." * (n // 2),
+            "#" * n,
+            "$" * n,
+            "\\$" * n,
+            "I hope " * (n // 7),
+            ("final answer is $" + " " * 50) * (n // 60) + "$. I hope",
+        ]
+    )
 
 
 def _valid_numeric(rng: random.Random) -> tuple[str, str]:
-    k = rng.choice([rng.randint(-10**6, 10**6), round(rng.uniform(-1000, 1000), 2), rng.randint(0, 100)])
+    k = rng.choice([rng.randint(-(10**6), 10**6), round(rng.uniform(-1000, 1000), 2), rng.randint(0, 100)])
     got = k if rng.random() < 0.6 else k + rng.choice([1, -1, 10])
     body = rng.choice(["So the total is 3 + 4 = 7.\n", "", "Step 1: 12 apples. Step 2: 5 more.\n"])
     style = rng.choice(["#### {:,}", "#### {}", "#### ${}", "The answer is {}.", "so we get {}", "#### {} dollars"])
@@ -208,8 +410,15 @@ def _valid_numeric(rng: random.Random) -> tuple[str, str]:
 def _valid_math(rng: random.Random) -> tuple[str, str]:
     ref, good, bad = rng.choice(MATH_PAIRS)
     ans = rng.choice(good) if rng.random() < 0.6 else rng.choice(bad)
-    style = rng.choice(["Some work.\n\\boxed{%s}", "Therefore, the final answer is: $\\boxed{%s}$. I hope it is correct.",
-                        "the answer is %s.\n", "\\fbox{%s}", "\\boxed{1} first, then \\boxed{%s}"])
+    style = rng.choice(
+        [
+            "Some work.\n\\boxed{%s}",
+            "Therefore, the final answer is: $\\boxed{%s}$. I hope it is correct.",
+            "the answer is %s.\n",
+            "\\fbox{%s}",
+            "\\boxed{1} first, then \\boxed{%s}",
+        ]
+    )
     return style % ans, ref
 
 
@@ -228,8 +437,17 @@ def _whole_numeric(rng: random.Random) -> tuple[str, str, tuple[str, ...]]:
     unit/currency/full-stop form of the reference (ok)."""
     a, b = rng.randint(1, 999), rng.randint(2, 99)
     d, k = rng.randint(1, 9), rng.randint(1, 9)
-    not_a_number = [f"{a}/{b}", f"{a}^{b}", f"{a}^{{{b}}}", f"{a}!", f"{a}:{b:02d}", f"{a} and {b}", f"{a}-{b}",
-                    f"{a}/{b} dollars", f"{a}x{b}"]
+    not_a_number = [
+        f"{a}/{b}",
+        f"{a}^{b}",
+        f"{a}^{{{b}}}",
+        f"{a}!",
+        f"{a}:{b:02d}",
+        f"{a} and {b}",
+        f"{a}-{b}",
+        f"{a}/{b} dollars",
+        f"{a}x{b}",
+    ]
     whole_tokens = [f"{a}/{b}", f"{a}^{b}", f"{a}:{b:02d}"]  # also whole in the fallbacks
     kind = rng.randrange(6)
     if kind == 0:
@@ -237,15 +455,30 @@ def _whole_numeric(rng: random.Random) -> tuple[str, str, tuple[str, ...]]:
     if kind == 1:
         return f"#### 0x{a:X}", "0", ("parse_error",)
     if kind == 2:  # scientific notation is one number, and not its mantissa
-        exact = str(int(a * 10**k + d * 10**(k - 1)))  # a.d x 10^k
+        exact = str(int(a * 10**k + d * 10 ** (k - 1)))  # a.d x 10^k
         text = rng.choice([f"#### {a}.{d}e{k}", f"The answer is {a}.{d}e{k}.", f"so we get {a}.{d}E+{k}"])
         return (text, f"{a}.{d}", ("wrong",)) if rng.random() < 0.5 else (text, exact, ("ok",))
     if kind == 3:
         tok = rng.choice(whole_tokens)
         return rng.choice([f"The answer is {tok}.", f"so we get {tok}", f"Total: {tok}\n"]), str(a), ("parse_error",)
     body = rng.choice(["", "3 + 4 = 7.\n", "Step 1: 12 apples.\n"])
-    form = rng.choice([f"{a} dollars", f"${a}.00", f"{a}.", f"{a}%", f"{a} cm", f"{a} km/h", f"{a}/hour",
-                       f"**{a}**", f"\\boxed{{{a}}}", f"${a}$", f"{a} sq. ft.", f"-${a}", f"$-{a}"])
+    form = rng.choice(
+        [
+            f"{a} dollars",
+            f"${a}.00",
+            f"{a}.",
+            f"{a}%",
+            f"{a} cm",
+            f"{a} km/h",
+            f"{a}/hour",
+            f"**{a}**",
+            f"\\boxed{{{a}}}",
+            f"${a}$",
+            f"{a} sq. ft.",
+            f"-${a}",
+            f"$-{a}",
+        ]
+    )
     ref = f"-{a}" if form.startswith("-") or form.startswith("$-") else str(a)
     return f"{body}#### {form}", ref, ("ok",)
 
@@ -275,8 +508,9 @@ def _unicode_numeric(rng: random.Random) -> tuple[str, str, tuple[str, ...]]:
 def _latex_spacing(rng: random.Random) -> tuple[str, str, tuple[str, ...]]:
     """LaTeX spacing commands and invisible characters in MATH answers: equal answers are ok."""
     n = rng.randint(1000, 10**7)
-    wrap = rng.choice(["\\boxed{%s}", "Therefore, the final answer is: $\\boxed{%s}$. I hope it is correct.",
-                       "so \\boxed{%s}."])
+    wrap = rng.choice(
+        ["\\boxed{%s}", "Therefore, the final answer is: $\\boxed{%s}$. I hope it is correct.", "so \\boxed{%s}."]
+    )
     kind = rng.randrange(5)
     if kind == 0:
         text = _grouped(n, rng.choice(LATEX_SPACES))
@@ -302,8 +536,15 @@ def _nesting_verdicts(rng: random.Random) -> tuple[str, str, tuple[str, ...]]:
     kind = rng.randrange(4)
     if kind == 0:
         d = rng.randint(MAX_NESTING + 1, 300)
-        core = rng.choice(["\\frac{1}{" * d + "2" + "}" * d, "(" * d + "3" + ")" * d, "\\sqrt{" * d + "1" + "}" * d,
-                           "{" * d + "4" + "}" * d, "\\left(" * d + "5" + "\\right)" * d])
+        core = rng.choice(
+            [
+                "\\frac{1}{" * d + "2" + "}" * d,
+                "(" * d + "3" + ")" * d,
+                "\\sqrt{" * d + "1" + "}" * d,
+                "{" * d + "4" + "}" * d,
+                "\\left(" * d + "5" + "\\right)" * d,
+            ]
+        )
         return f"\\boxed{{{core}}}", rng.choice(["2", "3", "1", "4", "5"]), ("parse_error",)
     if kind == 1:
         d = rng.randint(1, 10)
@@ -312,18 +553,33 @@ def _nesting_verdicts(rng: random.Random) -> tuple[str, str, tuple[str, ...]]:
         right = (ref == "2") == (d % 2 == 0)
         return f"\\boxed{{{chain}}}", ref, ("ok", "timeout") if right else ("wrong", "timeout")
     if kind == 2:
-        equal = [("2^{2^{2^{2^{2}}}}", "2^{65536}"), ("4^{32768}", "2^{65536}"), ("(2^{16})^{4096}", "2^{65536}"),
-                 ("2^{2^{2^{2}}}", "65536"), ("3^{3^{3}}", "7625597484987")]
+        equal = [
+            ("2^{2^{2^{2^{2}}}}", "2^{65536}"),
+            ("4^{32768}", "2^{65536}"),
+            ("(2^{16})^{4096}", "2^{65536}"),
+            ("2^{2^{2^{2}}}", "65536"),
+            ("3^{3^{3}}", "7625597484987"),
+        ]
         pred, ref = rng.choice(equal)
         return f"\\boxed{{{pred}}}", ref, ("ok", "timeout")
-    pred, ref = rng.choice([("2^{65536}+1", "2^{65536}"), ("2^{2^{2^{2^{2}}}}", "2^{65535}"),
-                            ("2^{2^{2^{2^{2^{2}}}}}", "2^{65536}"), ("3^{3^{3}}", "7625597484986")])
+    pred, ref = rng.choice(
+        [
+            ("2^{65536}+1", "2^{65536}"),
+            ("2^{2^{2^{2^{2}}}}", "2^{65535}"),
+            ("2^{2^{2^{2^{2^{2}}}}}", "2^{65536}"),
+            ("3^{3^{3}}", "7625597484986"),
+        ]
+    )
     return f"\\boxed{{{pred}}}", ref, ("wrong", "timeout")
 
 
 # name -> (generator, which grader the expectation is for)
-VERDICT_GEN = {"numeric_whole": (_whole_numeric, "num"), "unicode_numeric": (_unicode_numeric, "num"),
-               "latex_spacing": (_latex_spacing, "math"), "nesting_verdicts": (_nesting_verdicts, "math")}
+VERDICT_GEN = {
+    "numeric_whole": (_whole_numeric, "num"),
+    "unicode_numeric": (_unicode_numeric, "num"),
+    "latex_spacing": (_latex_spacing, "math"),
+    "nesting_verdicts": (_nesting_verdicts, "math"),
+}
 
 
 def verdict_case(category: str, rng: random.Random) -> Case:
@@ -337,8 +593,21 @@ def verdict_case(category: str, rng: random.Random) -> Case:
 
 
 MB_STYLES = {  # chunk mixes for the 1 MB outputs, cycled so even a handful covers each
-    "mixed": ["#### 12\n", "\\boxed{\\frac{1}{2}} ", "the answer is 7. ", "final answer is $x$ ", "answer is   ",
-              "{{{", "}}", "$", "lorem ipsum dolor sit amet 12,345.6 ", "\\left(", "$. I hope ", " " * 200, "9" * 300],
+    "mixed": [
+        "#### 12\n",
+        "\\boxed{\\frac{1}{2}} ",
+        "the answer is 7. ",
+        "final answer is $x$ ",
+        "answer is   ",
+        "{{{",
+        "}}",
+        "$",
+        "lorem ipsum dolor sit amet 12,345.6 ",
+        "\\left(",
+        "$. I hope ",
+        " " * 200,
+        "9" * 300,
+    ],
     "hashes_and_boxes": ["#### 12\n", "####", "\\boxed{\\frac{1}{2}} ", "\\boxed{", "}", "\\fbox{3}", "x = 5, "],
     "answer_phrases": ["the answer is 7", "answer is   ", "final answer is $x$ ", "The answer is: ", " ", "$", "\n"],
     "whitespace": [" ", "\t", "\n", " " * 1000, "answer is", "final answer is "],
@@ -352,20 +621,45 @@ def _megabyte(rng: random.Random, style: str) -> str:
         c = rng.choice(chunks)
         parts.append(c)
         size += len(c)
-    return "".join(parts) + rng.choice(["\n#### 42", "\\boxed{42}", "", "The final answer is $42$. I hope it is correct."])
+    return "".join(parts) + rng.choice(
+        ["\n#### 42", "\\boxed{42}", "", "The final answer is $42$. I hope it is correct."]
+    )
 
 
 # (name, share of N): every share-based category draws its references from the pools above.
 # The pathological shares are small on purpose: such an item can hold a math-verify worker for its
 # whole timeout, and the run must stay well under 30 minutes on 2 cores; 1-2% of 10,000 is still a
 # few hundred of each.
-CATEGORIES = [("valid_numeric", 0.14), ("valid_math", 0.14), ("random_unicode", 0.14), ("random_bytes", 0.08),
-              ("token_soup", 0.33), ("unbalanced", 0.06), ("deep_nesting", 0.01), ("huge_numbers", 0.015),
-              ("latex_bombs", 0.015), ("sympy_hostile", 0.01), ("regex_stress", 0.03), ("truncated", 0.03),
-              ("numeric_whole", 0.03), ("unicode_numeric", 0.02), ("latex_spacing", 0.02), ("nesting_verdicts", 0.01)]
-_GEN = {"random_unicode": _unicode, "random_bytes": _bytes, "token_soup": _soup, "unbalanced": _unbalanced,
-        "deep_nesting": _nested, "huge_numbers": _huge, "latex_bombs": _bomb, "sympy_hostile": _hostile,
-        "regex_stress": _regex, "truncated": _soup}
+CATEGORIES = [
+    ("valid_numeric", 0.14),
+    ("valid_math", 0.14),
+    ("random_unicode", 0.14),
+    ("random_bytes", 0.08),
+    ("token_soup", 0.33),
+    ("unbalanced", 0.06),
+    ("deep_nesting", 0.01),
+    ("huge_numbers", 0.015),
+    ("latex_bombs", 0.015),
+    ("sympy_hostile", 0.01),
+    ("regex_stress", 0.03),
+    ("truncated", 0.03),
+    ("numeric_whole", 0.03),
+    ("unicode_numeric", 0.02),
+    ("latex_spacing", 0.02),
+    ("nesting_verdicts", 0.01),
+]
+_GEN = {
+    "random_unicode": _unicode,
+    "random_bytes": _bytes,
+    "token_soup": _soup,
+    "unbalanced": _unbalanced,
+    "deep_nesting": _nested,
+    "huge_numbers": _huge,
+    "latex_bombs": _bomb,
+    "sympy_hostile": _hostile,
+    "regex_stress": _regex,
+    "truncated": _soup,
+}
 
 
 def make_cases(n: int, seed: int = 0, megabytes: int | None = None) -> list[Case]:
@@ -391,8 +685,15 @@ def make_cases(n: int, seed: int = 0, megabytes: int | None = None) -> list[Case
                 ref = rng.choice(HARD_MATH_REFS)
             cases.append(Case(cat, resp, _num_ref(rng), ref))
         else:
-            cases.append(Case(cat, _GEN[cat](rng), _num_ref(rng), _math_ref(rng),
-                              "length" if cat == "truncated" else rng.choice(["stop"] * 19 + ["length"])))
+            cases.append(
+                Case(
+                    cat,
+                    _GEN[cat](rng),
+                    _num_ref(rng),
+                    _math_ref(rng),
+                    "length" if cat == "truncated" else rng.choice(["stop"] * 19 + ["length"]),
+                )
+            )
     rng.shuffle(cases)
     return cases
 
@@ -450,7 +751,10 @@ class Tally:
 
 
 def _describe(c: Case) -> str:
-    return f"[{c.category}] response {c.response[:120]!r}... ({len(c.response)} chars), refs {c.num_ref[:40]!r}/{c.math_ref[:40]!r}"
+    return (
+        f"[{c.category}] response {c.response[:120]!r}... ({len(c.response)} chars), "
+        f"refs {c.num_ref[:40]!r}/{c.math_ref[:40]!r}"
+    )
 
 
 def fuzz_numeric(task: str, cases: list[Case]) -> Tally:
@@ -495,8 +799,11 @@ def check_verdict(t: Tally, task: str, c: Case, expect: tuple[str, ...], g: Grad
     if g.status not in expect:
         t.unexpected += 1
         t.verdicts[c.category, "unexpected"] += 1
-        t.note(f"{task}: UNEXPECTED VERDICT {g.status} (expected {'/'.join(expect)}; extracted "
-               f"{g.extracted[:60]!r}) on {_describe(c)}", c.category)
+        t.note(
+            f"{task}: UNEXPECTED VERDICT {g.status} (expected {'/'.join(expect)}; extracted "
+            f"{g.extracted[:60]!r}) on {_describe(c)}",
+            c.category,
+        )
 
 
 def fuzz_math(cases: list[Case], batch: int) -> tuple[Tally, dict]:
@@ -504,15 +811,16 @@ def fuzz_math(cases: list[Case], batch: int) -> tuple[Tally, dict]:
     t = Tally(Counter(), [])
     worst = {"ratio": 0.0, "wall": 0.0, "budget": 0.0, "per_item": 0.0}
     for b, start in enumerate(range(0, len(cases), batch)):
-        chunk = cases[start:start + batch]
+        chunk = cases[start : start + batch]
         scheme = SCHEMES[b % 2]
         budget = len(chunk) * DEFAULT_TIMEOUT + POOL_MARGIN
         # Hard stop only past the budget: the pool's own timeouts must act first.
         signal.setitimer(signal.ITIMER_REAL, budget + HARD_STOP)
         t0 = time.perf_counter()
         try:
-            out = grade_all("math", [c.response for c in chunk], [c.math_ref for c in chunk],
-                            [c.finish for c in chunk], scheme)
+            out = grade_all(
+                "math", [c.response for c in chunk], [c.math_ref for c in chunk], [c.finish for c in chunk], scheme
+            )
         except Hang:
             t.hangs += len(chunk)
             t.note(f"math: HANG, batch {b} past {budget + HARD_STOP:.0f} s", "batch")
@@ -584,48 +892,77 @@ def main() -> None:
 
     cols = list(STATUSES)
     chars = sum(len(c.response) for c in cases)
-    lines = [f"{len(cases)} strings (seed {args.seed}, {chars / 1e6:.1f} M characters), each graded by every grader. "
-             "Categories: " + ", ".join(f"{k} {v}" for k, v in sorted(cats.items())) + ".",
-             "", "| grader | " + " | ".join(cols) + " | crashes | hangs | over limit | non-status outcomes "
-             "| unexpected verdicts | wall s |",
-             "|---" * (len(cols) + 7) + "|"]
+    lines = [
+        f"{len(cases)} strings (seed {args.seed}, {chars / 1e6:.1f} M characters), each graded by every grader. "
+        "Categories: " + ", ".join(f"{k} {v}" for k, v in sorted(cats.items())) + ".",
+        "",
+        "| grader | " + " | ".join(cols) + " | crashes | hangs | over limit | non-status outcomes "
+        "| unexpected verdicts | wall s |",
+        "|---" * (len(cols) + 7) + "|",
+    ]
     for task, t in tallies.items():
-        lines.append(f"| {task} | " + " | ".join(str(t.statuses[s]) for s in cols)
-                     + f" | {t.crashes} | {t.hangs} | {t.over_limit} | {t.bad_outcomes} | {t.unexpected} "
-                     f"| {walls[task]:.0f} |")
-    lines += ["", "Verdict cases (each must get one of its expected statuses; checked / unexpected):", "",
-              "| category | expected by | " + " | ".join(tallies) + " |", "|---|---|" + "---|" * len(tallies)]
+        lines.append(
+            f"| {task} | "
+            + " | ".join(str(t.statuses[s]) for s in cols)
+            + f" | {t.crashes} | {t.hangs} | {t.over_limit} | {t.bad_outcomes} | {t.unexpected} "
+            f"| {walls[task]:.0f} |"
+        )
+    lines += [
+        "",
+        "Verdict cases (each must get one of its expected statuses; checked / unexpected):",
+        "",
+        "| category | expected by | " + " | ".join(tallies) + " |",
+        "|---|---|" + "---|" * len(tallies),
+    ]
     for cat, (_, grader) in VERDICT_GEN.items():
-        lines.append(f"| {cat} | {'arith, gsm8k' if grader == 'num' else 'math'} | " + " | ".join(
-            f"{t.verdicts[cat, 'checked']} / {t.verdicts[cat, 'unexpected']}" for t in tallies.values()) + " |")
+        lines.append(
+            f"| {cat} | {'arith, gsm8k' if grader == 'num' else 'math'} | "
+            + " | ".join(f"{t.verdicts[cat, 'checked']} / {t.verdicts[cat, 'unexpected']}" for t in tallies.values())
+            + " |"
+        )
     lines += ["", "| grader | per | p99 wall s | max wall s | max CPU s | limit |", "|---|---|---|---|---|---|"]
     for task in ("arith", "gsm8k"):
         t = tallies[task]
-        lines.append(f"| {task} | item | {_pct(t.times, 0.99):.4f} | {max(t.times, default=0):.3f} | "
-                     f"{max(t.cpu_times, default=0):.3f} | {NUMERIC_LIMIT:g} CPU s |")
+        lines.append(
+            f"| {task} | item | {_pct(t.times, 0.99):.4f} | {max(t.times, default=0):.3f} | "
+            f"{max(t.cpu_times, default=0):.3f} | {NUMERIC_LIMIT:g} CPU s |"
+        )
     mt = tallies["math"].times
-    lines.append(f"| math | batch of {args.batch} | {_pct(mt, 0.99):.1f} | {max(mt, default=0):.1f} | - | items x "
-                 f"{DEFAULT_TIMEOUT:g} s + (1 + timeouts) x {POOL_MARGIN:g} s |")
+    lines.append(
+        f"| math | batch of {args.batch} | {_pct(mt, 0.99):.1f} | {max(mt, default=0):.1f} | - | items x "
+        f"{DEFAULT_TIMEOUT:g} s + (1 + timeouts) x {POOL_MARGIN:g} s |"
+    )
     worker_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     ok = all(t.crashes == t.hangs == t.over_limit == t.bad_outcomes == t.unexpected == 0 for t in tallies.values())
     verdict = "pass" if ok else "FAIL"
     lines += [
         "",
-        (f"Worst math batch: {worst['wall']:.1f} s, {100 * worst['ratio']:.1f}% of its {worst['budget']:.0f} s budget "
-        f"({worst['per_item']:.2f} s per item). Largest math-verify worker: {worker_mb:.0f} MB resident."),
+        (
+            f"Worst math batch: {worst['wall']:.1f} s, {100 * worst['ratio']:.1f}% "
+            f"of its {worst['budget']:.0f} s budget "
+            f"({worst['per_item']:.2f} s per item). Largest math-verify worker: {worker_mb:.0f} MB resident."
+        ),
         "",
-        (f"Verdict: **{verdict}**: crashes (exceptions out of grade_all), hangs, items over their limit, "
-        "outcomes that are not a Grade with a status in STATUSES and verdict cases outside their expected "
-        "statuses must all be 0, and a score is NaN exactly "
-        f"when the status is `timeout`. Total {time.perf_counter() - t_start:.0f} s."),
+        (
+            f"Verdict: **{verdict}**: crashes (exceptions out of grade_all), hangs, items over their limit, "
+            "outcomes that are not a Grade with a status in STATUSES and verdict cases outside their expected "
+            "statuses must all be 0, and a score is NaN exactly "
+            f"when the status is `timeout`. Total {time.perf_counter() - t_start:.0f} s."
+        ),
         "",
-        (f"Math: `tasks.math_grading.DEFAULT_TIMEOUT` = {DEFAULT_TIMEOUT:g} s per item in the 2-process math-verify "
-        "pool, a new pool per grade_all call (as in the pipeline). arith/gsm8k have no timeout of their own: the "
-        f"fuzz counts items over {NUMERIC_LIMIT:g} CPU s and interrupts any at {HARD_STOP:g} CPU s (a hang); CPU "
-        "rather than wall time because this machine is shared."),
+        (
+            f"Math: `tasks.datasets.math.DEFAULT_TIMEOUT` = {DEFAULT_TIMEOUT:g} s per item "
+            "in the 2-process math-verify "
+            "pool, a new pool per grade_all call (as in the pipeline). arith/gsm8k have no timeout of their own: the "
+            f"fuzz counts items over {NUMERIC_LIMIT:g} CPU s and interrupts any at {HARD_STOP:g} CPU s (a hang); CPU "
+            "rather than wall time because this machine is shared."
+        ),
     ]
-    failed = [f"- {task}: {sum(t.failed.values())} ({dict(t.failed)}); first: {t.first_error.splitlines()[0][:300]}"
-              for task, t in tallies.items() if t.failed]
+    failed = [
+        f"- {task}: {sum(t.failed.values())} ({dict(t.failed)}); first: {t.first_error.splitlines()[0][:300]}"
+        for task, t in tallies.items()
+        if t.failed
+    ]
     if failed:
         lines += ["", "Failures by grader and category:", ""] + failed
     body = "\n".join(lines)

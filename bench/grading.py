@@ -6,6 +6,7 @@ GSM8K test: every worked solution (`... #### N`) must grade `ok` against N.
 MATH-500: every reference `solution` must grade `ok` against `answer` (target >= 99%), through the
 same extraction + math-verify worker pool the pipeline uses. Results go to BENCHMARKS.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,8 +20,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 
 from report import write_section  # noqa: E402
+
 from tasks.algos.grading import RewardScheme, reference_from_solution  # noqa: E402
-from tasks.graders import grade_all  # noqa: E402
+from tasks.datasets.graders import grade_all  # noqa: E402
 
 
 def load(path: Path) -> list[dict]:
@@ -34,7 +36,13 @@ def main() -> None:
     lines = ["| dataset | items | ok | statuses | seconds | items/s |", "|---|---|---|---|---|---|"]
     failures = []
     for name, task, file, resp_key, ref_of in [
-        ("GSM8K test", "gsm8k", data / "gsm8k" / "test.jsonl", "answer", lambda r: reference_from_solution(r["answer"])),
+        (
+            "GSM8K test",
+            "gsm8k",
+            data / "gsm8k" / "test.jsonl",
+            "answer",
+            lambda r: reference_from_solution(r["answer"]),
+        ),
         ("MATH-500", "math", data / "math500" / "test.jsonl", "solution", lambda r: r["answer"]),
     ]:
         rows = load(file)
@@ -44,11 +52,19 @@ def main() -> None:
         dt = time.perf_counter() - t0
         counts = Counter(g.status for g in grades)
         ok = counts["ok"] / len(rows)
-        failures += [(name, r.get("unique_id", i), g.status, g.extracted, ref)
-                     for i, (r, g, ref) in enumerate(zip(rows, grades, refs)) if g.status != "ok"]
-        lines.append(f"| {name} | {len(rows)} | **{100 * ok:.1f}%** | {dict(counts)} | {dt:.1f} | {len(rows) / dt:.0f} |")
-    lines += ["", "Targets: GSM8K 100% ok, MATH-500 ≥ 99% ok. MATH runs math-verify in a 2-process pool with a "
-              "10 s per-item timeout; its time includes the pool start."]
+        failures += [
+            (name, r.get("unique_id", i), g.status, g.extracted, ref)
+            for i, (r, g, ref) in enumerate(zip(rows, grades, refs))
+            if g.status != "ok"
+        ]
+        lines.append(
+            f"| {name} | {len(rows)} | **{100 * ok:.1f}%** | {dict(counts)} | {dt:.1f} | {len(rows) / dt:.0f} |"
+        )
+    lines += [
+        "",
+        "Targets: GSM8K 100% ok, MATH-500 ≥ 99% ok. MATH runs math-verify in a 2-process pool with a "
+        "10 s per-item timeout; its time includes the pool start.",
+    ]
     if failures:
         lines += ["", "Items not graded ok (dataset, id, status, extracted, reference):", ""]
         lines += [f"- {n}, `{i}`, {s}, `{e}` vs `{ref}`" for n, i, s, e, ref in failures[:20]]

@@ -12,6 +12,7 @@ VmRSS as the baseline, computes, and reads VmHWM. Extra memory = VmHWM - baselin
 The children save their outputs; the parent compares chunked vs naive values and gradients.
 Results go to BENCHMARKS.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,8 +59,11 @@ def child(spec: dict) -> None:
     weight.requires_grad_(backward)
 
     # Warm-up on a tiny slice: library and autograd initialisation is not counted as extra memory.
-    small = [hidden[:8].detach().clone().requires_grad_(backward),
-             weight[:1000].detach().clone().requires_grad_(backward), targets[:8] % 1000]
+    small = [
+        hidden[:8].detach().clone().requires_grad_(backward),
+        weight[:1000].detach().clone().requires_grad_(backward),
+        targets[:8] % 1000,
+    ]
     with torch.set_grad_enabled(backward):
         out = fn(*small)
         if backward:
@@ -80,13 +84,27 @@ def child(spec: dict) -> None:
     if backward:
         saved |= {"grad_hidden": hidden.grad, "grad_weight": weight.grad}
     torch.save(saved, spec["out"])
-    print(json.dumps({"base": base, "peak": peak, "extra": peak - base, "seconds": seconds,
-                      "threads": torch.get_num_threads(), "torch": torch.__version__}))
+    print(
+        json.dumps(
+            {
+                "base": base,
+                "peak": peak,
+                "extra": peak - base,
+                "seconds": seconds,
+                "threads": torch.get_num_threads(),
+                "torch": torch.__version__,
+            }
+        )
+    )
 
 
 def measure(spec: dict) -> dict:
-    done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)],
-                          capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if done.returncode != 0:
         raise RuntimeError(f"child {spec} failed:\n{done.stderr[-4000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -128,16 +146,27 @@ def main() -> None:
         for backward in (False, True):
             mode = "forward+backward" if backward else "forward (no grad)"
             for chunk in [0, *opts.chunks]:
-                spec = {"tokens": opts.tokens, "vocab": opts.vocab, "hidden": opts.hidden, "chunk": chunk,
-                        "backward": backward, "temperature": opts.temperature, "seed": opts.seed,
-                        "out": f"{tmp}/{int(backward)}-{chunk}.pt"}
+                spec = {
+                    "tokens": opts.tokens,
+                    "vocab": opts.vocab,
+                    "hidden": opts.hidden,
+                    "chunk": chunk,
+                    "backward": backward,
+                    "temperature": opts.temperature,
+                    "seed": opts.seed,
+                    "out": f"{tmp}/{int(backward)}-{chunk}.pt",
+                }
                 r = results[mode, chunk] = measure(spec)
-                print(f"{mode:18s} {'naive' if not chunk else f'chunk {chunk}':10s} extra {r['extra'] / mib:8.0f} MiB"
-                      f"  (baseline {r['base'] / mib:.0f} MiB)  {r['seconds']:.1f} s", flush=True)
+                print(
+                    f"{mode:18s} {'naive' if not chunk else f'chunk {chunk}':10s} extra {r['extra'] / mib:8.0f} MiB"
+                    f"  (baseline {r['base'] / mib:.0f} MiB)  {r['seconds']:.1f} s",
+                    flush=True,
+                )
                 if chunk:
                     diffs[mode, chunk] = max_diff(spec["out"], f"{tmp}/{int(backward)}-0.pt")
-                    print("   max abs diff vs naive:", {k: f"{x:.2e}" for k, x in diffs[mode, chunk].items()},
-                          flush=True)
+                    print(
+                        "   max abs diff vs naive:", {k: f"{x:.2e}" for k, x in diffs[mode, chunk].items()}, flush=True
+                    )
 
     load_end = os.getloadavg()[0]
     worst_values = max(d["logprobs"] for d in diffs.values())
@@ -145,43 +174,54 @@ def main() -> None:
     grad_diffs = [d[k] for d in diffs.values() for k in ("grad_hidden", "grad_weight") if k in d]
     assert max(grad_diffs) <= TOL, f"chunked vs naive gradients differ by {max(grad_diffs):.2e} > {TOL}"
 
-    header = ("| mode | method | peak extra (MiB) | naive ÷ this | seconds | max abs diff vs naive: log-probs | "
-              "grad hidden | grad weight |")
+    header = (
+        "| mode | method | peak extra (MiB) | naive ÷ this | seconds | max abs diff vs naive: log-probs | "
+        "grad hidden | grad weight |"
+    )
     lines = [header, "|---|---|---|---|---|---|---|---|"]
     verdict = []
     for (mode, chunk), r in results.items():
         naive = results[mode, 0]
         ratio = naive["extra"] / r["extra"]
         if not chunk:
-            lines.append(f"| {mode} | naive log_softmax | {r['extra'] / mib:.0f} | 1.0x | {r['seconds']:.1f} | — | — | — |")
+            lines.append(
+                f"| {mode} | naive log_softmax | {r['extra'] / mib:.0f} | 1.0x | {r['seconds']:.1f} | — | — | — |"
+            )
             continue
         d = diffs[mode, chunk]
-        grads = (f"{d['grad_hidden']:.1e} | {d['grad_weight']:.1e}" if "grad_hidden" in d else "— | —")
+        grads = f"{d['grad_hidden']:.1e} | {d['grad_weight']:.1e}" if "grad_hidden" in d else "— | —"
         label = f"chunked, chunk={chunk}" + (" (config default train.logprob_chunk)" if chunk == default_chunk else "")
-        lines.append(f"| {mode} | {label} | {r['extra'] / mib:.0f} | **{ratio:.1f}x** | "
-                     f"{r['seconds']:.1f} | {d['logprobs']:.1e} | {grads} |")
+        lines.append(
+            f"| {mode} | {label} | {r['extra'] / mib:.0f} | **{ratio:.1f}x** | "
+            f"{r['seconds']:.1f} | {d['logprobs']:.1e} | {grads} |"
+        )
         verdict.append(f"{mode} chunk={chunk}: {ratio:.1f}x ({'met' if ratio >= TARGET else 'NOT met'})")
     any_r = next(iter(results.values()))
     lines += [
         "",
-        (f"N = {opts.tokens} tokens, vocab V = {opts.vocab:,}, hidden H = {opts.hidden} (Qwen2.5-0.5B), fp32, "
-         f"temperature {opts.temperature:g}, seed {opts.seed}; hidden ~ N(0, 1), weight ~ N(0, {WEIGHT_STD}²), "
-         f"uniform targets. Inputs: weight {opts.vocab * opts.hidden * 4 / mib:.0f} MiB, one [N, V] fp32 "
-         f"tensor {opts.tokens * opts.vocab * 4 / mib:.0f} MiB. torch {any_r['torch']}, {any_r['threads']} "
-         "threads; 1-min load average "
-         f"{load_start:.2f} at start, {load_end:.2f} at end (2 CPUs shared; times are noisy, memory is not)."),
-        ("Each row is a fresh process: inputs built and the code path warmed up on a tiny slice, the peak-RSS "
-         "mark reset (/proc/self/clear_refs), then peak extra = VmHWM − VmRSS before the call. Forward+backward "
-         "= grads of the summed log-probs w.r.t. hidden and weight; the [V, H] weight gradient "
-         f"({opts.vocab * opts.hidden * 4 / mib:.0f} MiB) counts in every row. Seconds: one run of the measured "
-         "call (secondary)."),
+        (
+            f"N = {opts.tokens} tokens, vocab V = {opts.vocab:,}, hidden H = {opts.hidden} (Qwen2.5-0.5B), fp32, "
+            f"temperature {opts.temperature:g}, seed {opts.seed}; hidden ~ N(0, 1), weight ~ N(0, {WEIGHT_STD}²), "
+            f"uniform targets. Inputs: weight {opts.vocab * opts.hidden * 4 / mib:.0f} MiB, one [N, V] fp32 "
+            f"tensor {opts.tokens * opts.vocab * 4 / mib:.0f} MiB. torch {any_r['torch']}, {any_r['threads']} "
+            "threads; 1-min load average "
+            f"{load_start:.2f} at start, {load_end:.2f} at end (2 CPUs shared; times are noisy, memory is not)."
+        ),
+        (
+            "Each row is a fresh process: inputs built and the code path warmed up on a tiny slice, the peak-RSS "
+            "mark reset (/proc/self/clear_refs), then peak extra = VmHWM − VmRSS before the call. Forward+backward "
+            "= grads of the summed log-probs w.r.t. hidden and weight; the [V, H] weight gradient "
+            f"({opts.vocab * opts.hidden * 4 / mib:.0f} MiB) counts in every row. Seconds: one run of the measured "
+            "call (secondary)."
+        ),
         "",
-        (f"Target: chunked peak extra ≤ 1/8 of naive (naive ÷ chunked ≥ {TARGET:g}x) and values within {TOL:g} "
-         f"(fp32). Values: max abs diff of log-probs {worst_values:.1e}, of gradients {max(grad_diffs):.1e} "
-         f"(both ≤ {TOL:g}: met). Memory: " + "; ".join(verdict) + "."),
+        (
+            f"Target: chunked peak extra ≤ 1/8 of naive (naive ÷ chunked ≥ {TARGET:g}x) and values within {TOL:g} "
+            f"(fp32). Values: max abs diff of log-probs {worst_values:.1e}, of gradients {max(grad_diffs):.1e} "
+            f"(both ≤ {TOL:g}: met). Memory: " + "; ".join(verdict) + "."
+        ),
     ]
-    write_section(f"Log-prob memory: chunked vs naive, {opts.tokens} tokens x {opts.vocab:,} vocab",
-                  "\n".join(lines))
+    write_section(f"Log-prob memory: chunked vs naive, {opts.tokens} tokens x {opts.vocab:,} vocab", "\n".join(lines))
 
 
 if __name__ == "__main__":

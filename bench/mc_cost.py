@@ -6,16 +6,16 @@ Rollouts of the embedded tiny model (briefly SFT-trained) give the boundary pref
 (cutpoints p < 0.9 from the sampler's log-probs, a boundary every `interval` cutpoints). Both
 methods produce N continuations for every boundary, on the same in-process vLLM engine:
   * segflow: the prefixes as token ids, identical ones deduplicated, all in one batch through
-    tasks.engine.continue_prefixes (the engine's prefix cache shares each prefix's prefill);
+    tasks.engines.live.continue_prefixes (the engine's prefix cache shares each prefix's prefill);
   * reference-style: each boundary's prefix decoded to text and submitted as its own request batch
     (n = N), one boundary after another, no dedup (spo.md §2.1, §8 items 1, 2, 5).
 Rounds alternate the two methods. Results go to BENCHMARKS.md.
 """
+
 from __future__ import annotations
 
 import argparse
 import math
-import os
 import statistics
 import sys
 import time
@@ -23,7 +23,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
-os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+from tasks.engines.vllm_engine import vllm_env_defaults  # noqa: E402
+
+vllm_env_defaults()  # before anything imports vllm
 
 from report import write_section  # noqa: E402
 
@@ -38,17 +40,23 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     opts = ap.parse_args()
 
+    from tiny import sft_tiny_model
+
     from configs.schema import RolloutSection
     from tasks.algos.spo_chain import boundaries
-    from tasks.engine import Request, VLLMEngine, continue_prefixes
-    from tiny import sft_tiny_model
+    from tasks.engines.base import Request
+    from tasks.engines.live import continue_prefixes
+    from tasks.engines.vllm_engine import VLLMEngine
 
     model_dir, tok, examples, _ = sft_tiny_model()
     engine = VLLMEngine(str(model_dir), RolloutSection(), "float32", 0)
 
     prompts = [examples[i][0] for i in range(opts.prompts)]
-    reqs = [Request(p, seed=i * opts.samples + s, max_tokens=opts.max_tokens)
-            for i, p in enumerate(prompts) for s in range(opts.samples)]
+    reqs = [
+        Request(p, seed=i * opts.samples + s, max_tokens=opts.max_tokens)
+        for i, p in enumerate(prompts)
+        for s in range(opts.samples)
+    ]
     outs = engine.generate(reqs, temperature=1.0, top_p=1.0, progress=False)
     # every (response, boundary) prefix and its remaining token budget
     items = []
@@ -62,9 +70,16 @@ def main() -> None:
         for p, c, budget in items:
             unique.setdefault((tuple(p), tuple(c)), (p + c, budget))
         keys = sorted(unique)
-        res = continue_prefixes(engine, [unique[k][0] for k in keys], opts.mc, seed_key=("mc",),
-                                max_tokens=[unique[k][1] for k in keys], temperature=1.0, top_p=1.0,
-                                prefix_keys=[str(k) for k in keys])
+        res = continue_prefixes(
+            engine,
+            [unique[k][0] for k in keys],
+            opts.mc,
+            seed_key=("mc",),
+            max_tokens=[unique[k][1] for k in keys],
+            temperature=1.0,
+            top_p=1.0,
+            prefix_keys=[str(k) for k in keys],
+        )
         return sum(len(x.token_ids) for group in res for x in group)
 
     def reference() -> int:
@@ -90,19 +105,22 @@ def main() -> None:
             print(f"round {r} {name}: {times[name][-1]:.2f} s, {tokens[name]} tokens", flush=True)
     unique = len({(tuple(p), tuple(c)) for p, c, _ in items})
     ratios = [ref / ours_ for ours_, ref in zip(times["segflow"], times["reference"])]
-    lines = ["| method | prefixes submitted | seconds per round | median s | MC tokens (last round) |",
-             "|---|---|---|---|---|",
-             f"| segflow: token ids, dedup, one batch | {unique} | {', '.join(f'{x:.2f}' for x in times['segflow'])} | "
-             f"{statistics.median(times['segflow']):.2f} | {tokens['segflow']} |",
-             f"| reference-style: decoded text, one by one | {len(items)} | "
-             f"{', '.join(f'{x:.2f}' for x in times['reference'])} | {statistics.median(times['reference']):.2f} | "
-             f"{tokens['reference']} |",
-             "", f"Speed-up per round: {', '.join(f'{x:.2f}' for x in ratios)}; median **{statistics.median(ratios):.2f}x** "
-             f"(target ≥ 1.5x). {opts.prompts} prompts x {opts.samples} samples, N = {opts.mc}, interval "
-             f"{opts.interval}, rho 0.9, temperature 1.0, tiny Qwen2 after 200 SFT steps; {len(items)} boundary "
-             f"prefixes, {unique} distinct. Seconds per MC value: "
-             f"{statistics.median(times['segflow']) / max(1, len(items)) * 1e3:.2f} ms vs "
-             f"{statistics.median(times['reference']) / max(1, len(items)) * 1e3:.2f} ms."]
+    lines = [
+        "| method | prefixes submitted | seconds per round | median s | MC tokens (last round) |",
+        "|---|---|---|---|---|",
+        f"| segflow: token ids, dedup, one batch | {unique} | {', '.join(f'{x:.2f}' for x in times['segflow'])} | "
+        f"{statistics.median(times['segflow']):.2f} | {tokens['segflow']} |",
+        f"| reference-style: decoded text, one by one | {len(items)} | "
+        f"{', '.join(f'{x:.2f}' for x in times['reference'])} | {statistics.median(times['reference']):.2f} | "
+        f"{tokens['reference']} |",
+        "",
+        f"Speed-up per round: {', '.join(f'{x:.2f}' for x in ratios)}; median **{statistics.median(ratios):.2f}x** "
+        f"(target ≥ 1.5x). {opts.prompts} prompts x {opts.samples} samples, N = {opts.mc}, interval "
+        f"{opts.interval}, rho 0.9, temperature 1.0, tiny Qwen2 after 200 SFT steps; {len(items)} boundary "
+        f"prefixes, {unique} distinct. Seconds per MC value: "
+        f"{statistics.median(times['segflow']) / max(1, len(items)) * 1e3:.2f} ms vs "
+        f"{statistics.median(times['reference']) / max(1, len(items)) * 1e3:.2f} ms.",
+    ]
     write_section("SPO-chain Monte Carlo cost", "\n".join(lines))
     engine.shutdown()
 

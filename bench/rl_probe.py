@@ -6,7 +6,8 @@
 
 A cross-check of the pipeline's learning results that shares none of its sampling, loss or training
 code: the same warm start as the `warm_start` stage (tiny model, character tokenizer, `tasks.trainer.sft`,
-350 steps; `--starts` compares warm-start lr schedules, `lr:min_lr_ratio`), then a loop written here: Hugging Face `generate` sampling, the task's
+350 steps; `--starts` compares warm-start lr schedules, `lr:min_lr_ratio`), then a loop written here: Hugging Face
+`generate` sampling, the task's
 grader, group-normalised advantages, and one on-policy AdamW step per iteration on the token-mean
 of -A * log p. Variants are `mode:lr[:temperature]` (sampling temperature of the training rollouts,
 default 1; the loss takes log-probs at the same temperature, as the pipeline's trainer does):
@@ -21,6 +22,7 @@ held-out accuracy (256 problems) along the way, sampled accuracy on the held-out
 samples whose worked steps are wrong (`frac_ok_wrong_steps`, tasks/algos/arith.steps_match).
 Results go to BENCHMARKS.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,8 +43,8 @@ from configs.schema import Config  # noqa: E402
 from tasks import tiny_model  # noqa: E402
 from tasks.algos.arith import generate, split, steps_match  # noqa: E402
 from tasks.algos.grading import RewardScheme, grade_numeric  # noqa: E402
-from tasks.tokens import encode_prompt, render_prompt  # noqa: E402
 from tasks.sft import sft  # noqa: E402
+from tasks.tokens import encode_prompt, render_prompt  # noqa: E402
 
 SCHEME = RewardScheme()
 
@@ -63,17 +65,29 @@ class Probe:
         self.test = [self._item(p, cfg) for p in test]
         self.model = tiny_model.build_model(cfg.model.tiny, len(self.tok), seed=seed)
         t0 = time.perf_counter()
-        sft(self.model, [(p["ids"], p["solution_ids"]) for p in self.train], steps=cfg.warm_start.steps,
-            batch_size=cfg.warm_start.batch_size, lr=cfg.warm_start.lr, min_lr_ratio=cfg.warm_start.min_lr_ratio,
-            seed=seed, pad_id=self.pad, device=torch.device("cpu"))
+        sft(
+            self.model,
+            [(p["ids"], p["solution_ids"]) for p in self.train],
+            steps=cfg.warm_start.steps,
+            batch_size=cfg.warm_start.batch_size,
+            lr=cfg.warm_start.lr,
+            min_lr_ratio=cfg.warm_start.min_lr_ratio,
+            seed=seed,
+            pad_id=self.pad,
+            device=torch.device("cpu"),
+        )
         self.sft_seconds = time.perf_counter() - t0
         self.start = copy.deepcopy(self.model.state_dict())
 
     def _item(self, p, cfg: Config) -> dict:
         # prompt ids as prepare_dataset builds them, worked-solution ids as the warm_start stage does
         ids = encode_prompt(render_prompt(p.question, cfg.data, self.tok), cfg.data, self.tok)
-        return {"ids": ids, "reference": str(p.answer), "solution": p.solution,
-                "solution_ids": self.tok(p.solution, add_special_tokens=False)["input_ids"] + [self.eos]}
+        return {
+            "ids": ids,
+            "reference": str(p.answer),
+            "solution": p.solution,
+            "solution_ids": self.tok(p.solution, add_special_tokens=False)["input_ids"] + [self.eos],
+        }
 
     def sample(self, prompts: list[dict], n: int, greedy: bool, temperature: float = 1.0) -> list[list[int]]:
         ids = [p["ids"] for p in prompts for _ in range(n)]
@@ -82,8 +96,16 @@ class Probe:
         att = (inp != self.pad).long()
         self.model.eval()
         with torch.no_grad():
-            out = self.model.generate(input_ids=inp, attention_mask=att, do_sample=not greedy, temperature=temperature,
-                                      top_p=1.0, max_new_tokens=48, pad_token_id=self.pad, eos_token_id=self.eos)
+            out = self.model.generate(
+                input_ids=inp,
+                attention_mask=att,
+                do_sample=not greedy,
+                temperature=temperature,
+                top_p=1.0,
+                max_new_tokens=48,
+                pad_token_id=self.pad,
+                eos_token_id=self.eos,
+            )
         completions = []
         for row in out[:, width:].tolist():
             c: list[int] = []
@@ -109,8 +131,17 @@ class Probe:
     def accuracy(self, n: int, greedy: bool) -> float:
         return float(self.grade(self.test, n, self.sample(self.test, n, greedy))[0].mean())
 
-    def run(self, mode: str, lr: float, temperature: float, iterations: int, prompts: int, samples: int, every: int,
-            seed: int) -> dict:
+    def run(
+        self,
+        mode: str,
+        lr: float,
+        temperature: float,
+        iterations: int,
+        prompts: int,
+        samples: int,
+        every: int,
+        seed: int,
+    ) -> dict:
         self.model.load_state_dict(self.start)
         opt = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=0.0)
         rng = np.random.default_rng(seed)
@@ -134,10 +165,15 @@ class Probe:
             self.step(opt, ids, comps, adv, 1.0 if mode == "sft" else temperature)
             if it % every == 0:
                 curve.append(self.accuracy(1, greedy=True))
-        return {"mode": mode, "lr": lr, "temperature": temperature, "curve": curve,
-                "sampled": (sampled0, self.accuracy(4, greedy=False)),
-                "change": curve[-1] - curve[0],
-                "lucky": lucky / ok if ok else float("nan")}
+        return {
+            "mode": mode,
+            "lr": lr,
+            "temperature": temperature,
+            "curve": curve,
+            "sampled": (sampled0, self.accuracy(4, greedy=False)),
+            "change": curve[-1] - curve[0],
+            "lucky": lucky / ok if ok else float("nan"),
+        }
 
     def step(self, opt, ids: list[list[int]], comps: list[list[int]], adv: np.ndarray, temperature: float) -> None:
         keep = [i for i in range(len(ids)) if adv[i] != 0 and comps[i]]
@@ -183,8 +219,12 @@ def parse_start(v: str) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--variants", nargs="+", default=["grpo:1e-4", "sft:1e-4"])
-    ap.add_argument("--starts", nargs="+", default=["default", "1e-3:1.0"],
-                    help="warm starts to compare, each `lr:min_lr_ratio` (warm_start.*) or `default`")
+    ap.add_argument(
+        "--starts",
+        nargs="+",
+        default=["default", "1e-3:1.0"],
+        help="warm starts to compare, each `lr:min_lr_ratio` (warm_start.*) or `default`",
+    )
     ap.add_argument("--iterations", type=int, default=100)
     ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--samples", type=int, default=8)
@@ -203,36 +243,49 @@ def main() -> None:
             for mode, lr, temp in variants:
                 t0 = time.perf_counter()
                 res = probe.run(mode, lr, temp, opts.iterations, opts.prompts, opts.samples, opts.every, seed)
-                res.update(seconds=time.perf_counter() - t0, seed=seed,
-                           start=f"lr {ws.lr:g}, min_lr_ratio {ws.min_lr_ratio:g}")
+                res.update(
+                    seconds=time.perf_counter() - t0, seed=seed, start=f"lr {ws.lr:g}, min_lr_ratio {ws.min_lr_ratio:g}"
+                )
                 results.append(res)
                 print(res, flush=True)
 
     default = Config().warm_start
     marks = ", ".join(str(k * opts.every) for k in range(opts.iterations // opts.every + 1))
-    lines = [f"| warm start | variant | lr | rollout T | seed | greedy held-out at iterations {marks} | change | "
-             "sampled held-out (T=1), start -> end | correct training samples with wrong steps | s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"| warm start | variant | lr | rollout T | seed | greedy held-out at iterations {marks} | change | "
+        "sampled held-out (T=1), start -> end | correct training samples with wrong steps | s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         curve = ", ".join(f"{100 * x:.1f}" for x in r["curve"])
         lucky = "—" if r["mode"] == "sft" else f"{100 * r['lucky']:.0f}%"
         temp = "—" if r["mode"] == "sft" else f"{r['temperature']:g}"
-        lines.append(f"| {r['start']} | {r['mode']} | {r['lr']:g} | {temp} | {r['seed']} | {curve} | "
-                     f"{100 * r['change']:+.1f} | {100 * r['sampled'][0]:.1f} -> {100 * r['sampled'][1]:.1f} | "
-                     f"{lucky} | {r['seconds']:.0f} |")
-    lines += ["", "| warm start | variant | lr | rollout T | greedy change over seeds: mean | std | min | max |",
-              "|---|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {r['start']} | {r['mode']} | {r['lr']:g} | {temp} | {r['seed']} | {curve} | "
+            f"{100 * r['change']:+.1f} | {100 * r['sampled'][0]:.1f} -> {100 * r['sampled'][1]:.1f} | "
+            f"{lucky} | {r['seconds']:.0f} |"
+        )
+    lines += [
+        "",
+        "| warm start | variant | lr | rollout T | greedy change over seeds: mean | std | min | max |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     groups: dict[tuple, list[float]] = {}
     for r in results:
         groups.setdefault((r["start"], r["mode"], r["lr"], r["temperature"]), []).append(100 * r["change"])
     for (start, mode, lr, temp), ch in groups.items():
-        lines.append(f"| {start} | {mode} | {lr:g} | {'—' if mode == 'sft' else f'{temp:g}'} | **{statistics.mean(ch):+.1f}** "
-                     f"| {spread(ch):.1f} | {min(ch):+.1f} | {max(ch):+.1f} |")
-    lines += ["", f"{opts.prompts} prompts x {opts.samples} samples per iteration, {opts.iterations} iterations, one "
-              f"on-policy AdamW step each (grad clip 1.0); each warm start is {default.steps} SFT steps "
-              f"(batch {default.batch_size}, 20-step warmup, then linear decay floored at lr x min_lr_ratio; the config "
-              f"default is lr {default.lr:g}, min_lr_ratio {default.min_lr_ratio:g}). Greedy accuracy "
-              "is over 256 problems (one problem = 0.4 points; binomial std ~3 points at 50%)."]
+        lines.append(
+            f"| {start} | {mode} | {lr:g} | {'—' if mode == 'sft' else f'{temp:g}'} | **{statistics.mean(ch):+.1f}** "
+            f"| {spread(ch):.1f} | {min(ch):+.1f} | {max(ch):+.1f} |"
+        )
+    lines += [
+        "",
+        f"{opts.prompts} prompts x {opts.samples} samples per iteration, {opts.iterations} iterations, one "
+        f"on-policy AdamW step each (grad clip 1.0); each warm start is {default.steps} SFT steps "
+        f"(batch {default.batch_size}, 20-step warmup, then linear decay floored at lr x min_lr_ratio; the config "
+        f"default is lr {default.lr:g}, min_lr_ratio {default.min_lr_ratio:g}). Greedy accuracy "
+        "is over 256 problems (one problem = 0.4 points; binomial std ~3 points at 50%).",
+    ]
     write_section(opts.section, "\n".join(lines))
 
 

@@ -11,10 +11,10 @@ Qwen2 model, SFT-trained briefly so completions look like the task's. A last vLL
 cProfile and the table splits its time into model forward, sampling and vLLM's per-request
 bookkeeping (the engine runs in this process, so the profile sees all of it). Results go to BENCHMARKS.md.
 """
+
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -22,10 +22,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
-os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+from tasks.engines.vllm_engine import vllm_env_defaults  # noqa: E402
+
+vllm_env_defaults()  # before anything imports vllm
+
+from report import write_section  # noqa: E402
 
 from configs.schema import TinyModelSection  # noqa: E402
-from report import write_section  # noqa: E402
 
 
 def main() -> None:
@@ -36,17 +39,21 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=TinyModelSection().hidden_size)
     ap.add_argument("--layers", type=int, default=TinyModelSection().num_layers)
     ap.add_argument("--heads", type=int, default=TinyModelSection().num_heads)
-    ap.add_argument("--sft-steps", type=int, default=200,
-                    help="SFT steps before measuring; fewer keep larger models' set-up short")
+    ap.add_argument(
+        "--sft-steps", type=int, default=200, help="SFT steps before measuring; fewer keep larger models' set-up short"
+    )
     opts = ap.parse_args()
 
-    from configs.schema import RolloutSection
-    from tasks.engine import Request, VLLMEngine
-    from tasks.hf_engine import HFEngine
     from tiny import sft_tiny_model
 
-    shape = TinyModelSection(hidden_size=opts.hidden, num_layers=opts.layers, num_heads=opts.heads,
-                             intermediate_size=4 * opts.hidden)
+    from configs.schema import RolloutSection
+    from tasks.engines.base import Request
+    from tasks.engines.hf_engine import HFEngine
+    from tasks.engines.vllm_engine import VLLMEngine
+
+    shape = TinyModelSection(
+        hidden_size=opts.hidden, num_layers=opts.layers, num_heads=opts.heads, intermediate_size=4 * opts.hidden
+    )
     model_dir, _, examples, model = sft_tiny_model(shape, steps=opts.sft_steps)
 
     prompts = [examples[i % len(examples)][0] for i in range(opts.samples)]
@@ -67,15 +74,26 @@ def main() -> None:
     profile = vllm_time_split(vllm, requests)
     lines = ["| backend | tokens/s per round | median |", "|---|---|---|"]
     for name in ("vllm", "hf"):
-        lines.append(f"| {name} | {', '.join(f'{x:.0f}' for x in rates[name])} | {statistics.median(rates[name]):.0f} |")
-    lines += ["", f"vLLM / HF generate, per round: {', '.join(f'{x:.2f}' for x in ratios)}; median "
-              f"**{statistics.median(ratios):.2f}x** (target ≥ 4x). {opts.samples} samples x ≤ {opts.max_tokens} "
-              f"tokens, temperature 1.0, Qwen2 (hidden {opts.hidden}, {opts.layers} layers, "
-              f"{sum(p.numel() for p in model.parameters()) / 1e3:.0f}k parameters) after {opts.sft_steps} SFT steps; vLLM engine start {vllm.start_seconds:.1f} s, HF load "
-              f"{hf.start_seconds:.1f} s (not in the rates)."]
-    lines += ["", "Where one vLLM round's time goes (cProfile, cumulative seconds of vLLM functions; the profiler "
-              "inflates Python-heavy parts, so read shares, not rates):", "",
-              "| part | vLLM function | seconds | share |", "|---|---|---|---|"]
+        lines.append(
+            f"| {name} | {', '.join(f'{x:.0f}' for x in rates[name])} | {statistics.median(rates[name]):.0f} |"
+        )
+    lines += [
+        "",
+        f"vLLM / HF generate, per round: {', '.join(f'{x:.2f}' for x in ratios)}; median "
+        f"**{statistics.median(ratios):.2f}x** (target ≥ 4x). {opts.samples} samples x ≤ {opts.max_tokens} "
+        f"tokens, temperature 1.0, Qwen2 (hidden {opts.hidden}, {opts.layers} layers, "
+        f"{sum(p.numel() for p in model.parameters()) / 1e3:.0f}k parameters) after {opts.sft_steps} SFT steps; "
+        f"vLLM engine start {vllm.start_seconds:.1f} s, HF load "
+        f"{hf.start_seconds:.1f} s (not in the rates).",
+    ]
+    lines += [
+        "",
+        "Where one vLLM round's time goes (cProfile, cumulative seconds of vLLM functions; the profiler "
+        "inflates Python-heavy parts, so read shares, not rates):",
+        "",
+        "| part | vLLM function | seconds | share |",
+        "|---|---|---|---|",
+    ]
     total = profile.pop("total")
     lines += [f"| {part} | `{fn}` | {sec:.2f} | {sec / total:.0%} |" for part, (fn, sec) in profile.items()]
     rest = max(0.0, total - sum(sec for _, sec in profile.values()))

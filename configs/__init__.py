@@ -1,4 +1,5 @@
 """Configuration: pydantic models with every default, YAML presets with deltas."""
+
 from configs.loader import ConfigError, resolve, run_id
 from configs.schema import Config
 

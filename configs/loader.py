@@ -3,12 +3,15 @@
 Order (later wins): pydantic defaults < preset < --config file < --set. The run id is a hash of the
 resolved config, so the same command always lands in (and resumes) the same run directory.
 """
+
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 from pydantic import ValidationError
@@ -24,6 +27,24 @@ class ConfigError(ValueError):
 
 def available_presets() -> list[str]:
     return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def preset_summary(name: str, width: int = 72) -> str:
+    """A preset's one-line description: its first comment line, up to the first ':' (or '). ') outside
+    parentheses ("# GRPO (Shao et al. 2024) on ...: group mean/std" -> "GRPO (Shao et al. 2024) on ..."), cut to
+    `width` characters at a word with '...'; '' when the file starts with no comment."""
+    first = (PRESETS_DIR / f"{name}.yaml").read_text().split("\n", 1)[0]
+    if not first.startswith("#"):
+        return ""
+    text, depth = first.lstrip("# ").rstrip(), 0
+    for i, c in enumerate(text):
+        depth += (c == "(") - (c == ")")
+        if depth == 0 and (c == ":" or text[i - 1 : i + 2] == "). "):  # a clause or a sentence ends
+            text = text[: i + (c == ".")]
+            break
+    if len(text) > width:
+        text = text[: width - 3].rsplit(" ", 1)[0].rstrip(",;") + "..."
+    return text
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -74,19 +95,42 @@ def _format_errors(err: ValidationError) -> str:
     for e in err.errors():
         where = ".".join(str(p) for p in e["loc"]) or "config"
         if e["type"] == "extra_forbidden":
-            lines.append(f"unknown key '{where}'")
+            lines.append(_unknown_key(tuple(str(p) for p in e["loc"])))
         else:
             shown = e.get("input")
             lines.append(f"{where}={shown!r}: {e['msg']}" if not isinstance(shown, dict) else f"{where}: {e['msg']}")
     return "; ".join(lines)
 
 
-def resolve(
-    preset: str = "default", config_file: str | Path | None = None, overrides: Iterable[str] = ()
-) -> Config:
+def closest(name: str, choices: Iterable[str]) -> str | None:
+    """The choice nearest a misspelt `name` (difflib ratio >= 0.6), or None."""
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def _unknown_key(loc: tuple[str, ...]) -> str:
+    """`unknown key 'run.iteratons'; did you mean 'run.iterations'? (run keys: ...)`: the closest key of the
+    section the bad key sits in (Config's sections for a top-level one), then all of that section's keys."""
+    model: Any = Config
+    for part in loc[:-1]:  # walk down to the model that holds the unknown key
+        field = getattr(model, "model_fields", {}).get(part)
+        model = field.annotation if field is not None else None
+    keys = sorted(getattr(model, "model_fields", {}))
+    msg = f"unknown key '{'.'.join(loc)}'"
+    if not keys:
+        return msg
+    if (near := closest(loc[-1], keys)) is not None:
+        msg += f"; did you mean '{'.'.join((*loc[:-1], near))}'?"
+    section = ".".join(loc[:-1])
+    return f"{msg} ({section + ' keys' if section else 'sections'}: {', '.join(keys)})"
+
+
+def resolve(preset: str = "default", config_file: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:
     preset_path = PRESETS_DIR / f"{preset}.yaml"
     if not preset_path.exists():
-        raise ConfigError(f"unknown preset {preset!r}; available: {', '.join(available_presets())}")
+        near = closest(preset, available_presets())
+        hint = f"did you mean {near!r}? " if near else ""
+        raise ConfigError(f"unknown preset {preset!r}; {hint}available: {', '.join(available_presets())}")
     data = _merge({"run": {"preset": preset}}, _read_yaml(preset_path))
     if config_file is not None:
         path = Path(config_file)

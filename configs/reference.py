@@ -1,4 +1,5 @@
 """Render the config reference (docs/config.md) from the pydantic models: `python -m configs.reference`."""
+
 from __future__ import annotations
 
 import sys
@@ -35,10 +36,13 @@ def _rows(model: type[BaseModel], prefix: str) -> list[str]:
 
 
 def render() -> str:
-    lines = ["# Config reference", "",
-             "Generated from `configs/schema.py` by `python -m configs.reference` (a test keeps it current).",
-             "Set any key with `--set section.key=value`, a `--config` YAML file, or a preset in `configs/presets/`.",
-             ""]
+    lines = [
+        "# Config reference",
+        "",
+        "Generated from `configs/schema.py` by `python -m configs.reference` (a test keeps it current).",
+        "Set any key with `--set section.key=value`, a `--config` YAML file, or a preset in `configs/presets/`.",
+        "",
+    ]
     for name, field in Config.model_fields.items():
         section = type(field.default)
         doc = (section.__doc__ or "").strip()

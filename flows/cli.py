@@ -1,5 +1,6 @@
 """`segflow` command line: run, sql, advantages, grade, presets (tree, segments: cli_views; eval, compare, report, ui,
 serve: cli_ops)."""
+
 from __future__ import annotations
 
 import csv
@@ -8,62 +9,16 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=False, help="RL post-training for LLM reasoning, as Prefect flows.")
+from flows import cli_ops, cli_views
+from flows.cli_common import apply_sets, env_defaults, fail, run_dir
+from tasks.datasets.registry import TASK_NAMES, spec_of_task
 
-
-# Written by `segflow ui` ({"url", "pid"}) so other segflow commands find the running server.
-UI_MARKER = Path(os.environ.get("SEGFLOW_UI_MARKER", Path.home() / ".segflow-ui.json"))
-
-
-def _live_ui() -> str | None:
-    """The API URL of a running `segflow ui` server, if one is up (its pid alive and /api/health answers)."""
-    import urllib.request
-
-    try:
-        ui = json.loads(UI_MARKER.read_text())
-        os.kill(int(ui["pid"]), 0)
-        with urllib.request.urlopen(ui["url"] + "/health", timeout=1) as r:  # noqa: S310 - our own loopback URL
-            return ui["url"] if r.status == 200 else None
-    except (OSError, ValueError, KeyError):
-        return None
-
-
-def _env_defaults(runs_dir: Path) -> None:
-    """Process-wide settings that must be in place before prefect / vllm are imported."""
-    if "PREFECT_API_URL" not in os.environ and (url := _live_ui()):
-        os.environ["PREFECT_API_URL"] = url  # runs show up in the `segflow ui` server
-    os.environ.setdefault("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(runs_dir.resolve() / ".prefect-results"))
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
-    # The ephemeral server's telemetry heartbeat phones home (no network on most training boxes) and,
-    # on a loaded machine, logs a "database is locked" traceback from its SQLite write mid-run.
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from flows.prefect_server import guard_ephemeral_server
-
-    guard_ephemeral_server()  # a killed segflow takes its temporary Prefect server with it
-
-
-def _fail(msg: str) -> None:
-    typer.secho(f"error: {msg}", fg="red", err=True)
-    raise typer.Exit(2)
-
-
-def _apply_sets(values: dict, items: List[str]) -> dict:
-    """Flat `key=value` overrides onto `values` (a section's defaults); unknown keys fail with the options."""
-    from configs.loader import parse_value
-
-    out = dict(values)
-    for item in items:
-        k, sep, v = item.partition("=")
-        if not sep or k not in out:
-            _fail(f"--set {item!r}: expected one of {', '.join(sorted(out))}=value")
-        out[k] = parse_value(v)
-    return out
+app = typer.Typer(
+    add_completion=False, no_args_is_help=False, help="RL post-training for LLM reasoning, as Prefect flows."
+)
 
 
 @app.callback(invoke_without_command=True)
@@ -75,8 +30,8 @@ def default_command(ctx: typer.Context) -> None:
 @app.command()
 def run(
     preset: str = typer.Option("default", help="Preset name in configs/presets/."),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML file with config deltas."),
-    set_: List[str] = typer.Option([], "--set", help="Override, e.g. --set train.lr=1e-5 (repeatable)."),
+    config: Path | None = typer.Option(None, "--config", help="YAML file with config deltas."),
+    set_: list[str] = typer.Option([], "--set", help="Override, e.g. --set train.lr=1e-5 (repeatable)."),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where runs are written."),
 ) -> None:
     """Run (or resume) the rl_train flow. The same command always resumes the same run."""
@@ -85,7 +40,11 @@ def run(
     try:
         cfg = resolve(preset, config, set_)
     except ConfigError as e:
-        _fail(str(e))
+        fail(str(e))
+    from flows.preflight import run_problems
+
+    if problem := run_problems(cfg):  # a missing model or dataset, a bad data row: seconds, before Prefect
+        fail(problem)
     from configs.loader import run_id
     from storage.disk import RunsDirNotWritable, check_writable, reported_disk_full
     from storage.run_lock import RunLockedError, run_lock
@@ -93,23 +52,28 @@ def run(
     try:  # a read-only or foreign runs directory fails here, not as a traceback from the first write
         check_writable(runs_dir)
     except RunsDirNotWritable as e:
-        _fail(str(e))
+        fail(str(e))
     try:  # fail at once, before Prefect starts, when another process is writing this run
         with run_lock(runs_dir / run_id(cfg)):
             pass
     except RunLockedError as e:
-        _fail(str(e))
-    _env_defaults(runs_dir)
-    from flows.rl_train import rl_train
-
+        fail(str(e))
     try:
+        env_defaults(runs_dir)
+        from flows.notify import quiet_interrupt_crashes
+        from flows.rl_train import rl_train
+
+        quiet_interrupt_crashes()
         summary = rl_train(cfg, str(runs_dir))
+    except KeyboardInterrupt:  # Ctrl-C cancels: finished stages stay cached and the flow's hook sends nothing
+        typer.secho("interrupted; rerun the same command to resume", fg="yellow", err=True)
+        raise typer.Exit(130) from None  # 128 + SIGINT, as a shell reports a process Ctrl-C stopped
     except (RunLockedError, ValueError, FileNotFoundError) as e:  # bad input: the message names file/row/key
-        _fail(f"{e}\n(the run's log above has the traceback; fix the input and rerun the same command to resume)")
+        fail(f"{e}\n(the run's log above has the traceback; fix the input and rerun the same command to resume)")
     except OSError as e:  # a full disk says where, what and what to do; finished stages stay cached
         if (full := reported_disk_full(e, runs_dir)) is None:
             raise
-        _fail(str(full))
+        fail(str(full))
     _print_summary(summary)
 
 
@@ -123,8 +87,11 @@ def _print_summary(s: dict) -> None:
     t.add_column("greedy", justify="right")
     t.add_column("avg@k, sampled", justify="right")
     for k, v in s["eval_accuracy"].items():
-        t.add_row("warm start / start model" if k == "0" else f"iteration {k}", f"{v:.3f}",
-                  f"{avg[k]:.3f}" if k in avg else "")
+        t.add_row(
+            "warm start / start model" if k == "0" else f"iteration {k}",
+            f"{v:.3f}",
+            f"{avg[k]:.3f}" if k in avg else "",
+        )
     st = Table(title="seconds per stage")
     st.add_column("stage")
     st.add_column("wall, this invocation", justify="right")
@@ -134,14 +101,22 @@ def _print_summary(s: dict) -> None:
         st.add_row(k, f"{v:.1f}", "" if work is None else f"{work:.1f}")
     console = Console()
     console.print(t, st)
-    console.print(f"initial {s['initial_eval_accuracy']:.3f} -> final {s['final_eval_accuracy']:.3f}, "
-                  f"wall {s['wall_seconds']:.0f} s; stages executed {sum(s['stages_executed'].values())}, "
-                  f"cached {sum(s['stages_cached'].values())}")
+    console.print(
+        f"initial {s['initial_eval_accuracy']:.3f} -> final {s['final_eval_accuracy']:.3f}, "
+        f"wall {s['wall_seconds']:.0f} s; stages executed {sum(s['stages_executed'].values())}, "
+        f"cached {sum(s['stages_cached'].values())}"
+    )
 
 
 @app.command()
 def sql(
-    query: str = typer.Argument(..., help="SQL over views runs, prompts, rollouts, grades, advantages, metrics, eval_results, eval_samples, health, ... (README, Artifacts)."),
+    query: str = typer.Argument(
+        ...,
+        help=(
+            "SQL over views runs, prompts, rollouts, grades, advantages, metrics, eval_results, eval_samples, "
+            "health, ... (README, Artifacts)."
+        ),
+    ),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
     fmt: str = typer.Option("table", "--format", help="table | csv | json (a list of row objects)."),
     timeout: float = typer.Option(60.0, "--timeout", min=0, help="Seconds the query may run; 0 = no limit."),
@@ -153,23 +128,33 @@ def sql(
     from storage.catalog import query as run_query
 
     if fmt not in ("table", "csv", "json"):
-        _fail(f"--format {fmt!r}: expected table, csv or json")
+        fail(f"--format {fmt!r}: expected table, csv or json")
     skipped: list[str] = []
     error = None
     try:
         cols, rows = run_query(runs_dir, query, timeout=timeout, skipped=skipped)
     except QueryTimeout as e:
-        error = (f"the query ran longer than --timeout {e.seconds:g} s and was stopped; narrow it (a where "
-                 "clause, a limit) or raise --timeout (0 = no limit)")
+        error = (
+            f"the query ran longer than --timeout {e.seconds:g} s and was stopped; narrow it (a where "
+            "clause, a limit) or raise --timeout (0 = no limit)"
+        )
     except (duckdb.Error, ValueError) as e:  # a SQL error, a statement that would write, several statements
         error = str(e).splitlines()[0]
     for why in skipped:  # unreadable files are left out of every view rather than failing the query
         typer.secho(f"warning: skipped {why}", fg="yellow", err=True)
     if error:
-        _fail(error)
+        fail(error)
+    if not _has_runs(runs_dir):  # the query ran, over empty views: a wrong --runs-dir is the usual cause
+        typer.secho(
+            f"warning: no runs found under {runs_dir.resolve()}: every view is empty (--runs-dir names "
+            "the directory `segflow run` wrote to)",
+            fg="yellow",
+            err=True,
+        )
     if skipped:  # on stderr, so that csv/json stay parseable; the table says it under itself too
-        typer.secho(f"warning: the result leaves out the {len(skipped)} unreadable file(s) named above",
-                    fg="yellow", err=True)
+        typer.secho(
+            f"warning: the result leaves out the {len(skipped)} unreadable file(s) named above", fg="yellow", err=True
+        )
     if fmt == "json":
         print(json.dumps([dict(zip(cols, r)) for r in rows], default=str, indent=1))
     elif fmt == "csv":
@@ -192,28 +177,50 @@ def sql(
             print(f"({len(skipped)} unreadable file(s) left out of this result: see the warnings)")
 
 
+def _has_runs(runs_dir: Path) -> bool:
+    """Does `runs_dir` hold anything a view reads (a run's config.yaml, or any artifact of any view)?"""
+    from storage.layout import TABLE_GLOBS
+
+    patterns = ("*/config.yaml", *TABLE_GLOBS.values())
+    return any(next(runs_dir.glob(p), None) is not None for p in patterns)
+
+
 @app.command()
 def advantages(
-    run: Optional[str] = typer.Option(None, "--run", help="Run directory (or id under --runs-dir): recompute an "
-                                      "iteration from the run's own files and saved config."),
-    iteration: Optional[int] = typer.Option(None, "--iteration", "-k", help="With --run: the iteration (1, 2, ...)."),
+    run: str | None = typer.Option(
+        None,
+        "--run",
+        help="Run directory (or id under --runs-dir): recompute an "
+        "iteration from the run's own files and saved config.",
+    ),
+    iteration: int | None = typer.Option(None, "--iteration", "-k", help="With --run: the iteration (1, 2, ...)."),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where --run looks for a run id."),
-    estimator: Optional[str] = typer.Option(None, help="Sets advantage.estimator (storage/sql/adv_<name>.sql); "
-                                            "required without --run."),
+    estimator: str | None = typer.Option(
+        None, help="Sets advantage.estimator (storage/sql/adv_<name>.sql); required without --run."
+    ),
     preset: str = typer.Option("default", help="Without --run: the preset whose config the files are computed under."),
-    rollouts: Optional[Path] = typer.Option(None, exists=True, dir_okay=False),
-    grades: Optional[Path] = typer.Option(None, exists=True, dir_okay=False),
-    segments: Optional[Path] = typer.Option(None, exists=True, dir_okay=False,
-                                            help="segments.parquet, for spo_chain (instead of rollouts + grades)."),
-    nodes: Optional[Path] = typer.Option(None, exists=True, dir_okay=False,
-                                         help="tree_nodes.parquet, for spo_tree (instead of rollouts + grades)."),
-    kl: Optional[Path] = typer.Option(None, exists=True, dir_okay=False,
-                                      help="ref_logprobs.parquet, read when the KL penalty is in the reward."),
-    kl_coef: Optional[float] = typer.Option(None, help="Short for --set train.kl_coef=B --set train.kl_placement=reward."),
-    out: Optional[Path] = typer.Option(None, help="Parquet to write. With --run the default is "
-                                       "./<artifact>-<run id>-<k>.parquet; never inside the run."),
-    set_: List[str] = typer.Option([], "--set", help="Config override, e.g. --set spo.rho=0.5; a key without a "
-                                   "section is the estimator's (advantage, spo or tree): --set eps=1e-8."),
+    rollouts: Path | None = typer.Option(None, exists=True, dir_okay=False),
+    grades: Path | None = typer.Option(None, exists=True, dir_okay=False),
+    segments: Path | None = typer.Option(
+        None, exists=True, dir_okay=False, help="segments.parquet, for spo_chain (instead of rollouts + grades)."
+    ),
+    nodes: Path | None = typer.Option(
+        None, exists=True, dir_okay=False, help="tree_nodes.parquet, for spo_tree (instead of rollouts + grades)."
+    ),
+    kl: Path | None = typer.Option(
+        None, exists=True, dir_okay=False, help="ref_logprobs.parquet, read when the KL penalty is in the reward."
+    ),
+    kl_coef: float | None = typer.Option(None, help="Short for --set train.kl_coef=B --set train.kl_placement=reward."),
+    out: Path | None = typer.Option(
+        None,
+        help="Parquet to write. With --run the default is ./<artifact>-<run id>-<k>.parquet; never inside the run.",
+    ),
+    set_: list[str] = typer.Option(
+        [],
+        "--set",
+        help="Config override, e.g. --set spo.rho=0.5; a key without a "
+        "section is the estimator's (advantage, spo or tree): --set eps=1e-8.",
+    ),
 ) -> None:
     """Recompute advantages with the flow's own stage code (tasks/advantage.advantage_table).
 
@@ -222,38 +229,44 @@ def advantages(
     """
     from configs.loader import ConfigError
     from storage.parquet import write_parquet
+
+    env_defaults(runs_dir)  # tasks.advantage imports prefect, which reads PREFECT_API_URL only at import
     from tasks.advantage import advantage_table
 
-    given = {k: v for k, v in dict(rollouts=rollouts, grades=grades, kl=kl, segments=segments, nodes=nodes).items()
-             if v is not None}
-    overrides = ([f"advantage.estimator={estimator}"] if estimator else []) + \
-        ([f"train.kl_coef={kl_coef}", "train.kl_placement=reward"] if kl_coef is not None else [])
+    given = {
+        k: v
+        for k, v in dict(rollouts=rollouts, grades=grades, kl=kl, segments=segments, nodes=nodes).items()
+        if v is not None
+    }
+    overrides = ([f"advantage.estimator={estimator}"] if estimator else []) + (
+        [f"train.kl_coef={kl_coef}", "train.kl_placement=reward"] if kl_coef is not None else []
+    )
     stored = None
     try:
         if run is not None:
             if given:
-                _fail(f"--run reads the run's own files: drop {', '.join('--' + k for k in given)}")
+                fail(f"--run reads the run's own files: drop {', '.join('--' + k for k in given)}")
             if iteration is None:
-                _fail("--run needs --iteration K")
+                fail("--run needs --iteration K")
             cfg, files, stored = _from_run(run, runs_dir, iteration, estimator, overrides, set_)
             root = stored.parents[2]  # <run>/iterations/<k>/<file>
             out = out or Path(f"{stored.stem}-{root.name}-{iteration:04d}.parquet")
             if out.resolve().is_relative_to(root):
-                _fail(f"--out {out}: inside the run directory {root}; only its flow writes there")
+                fail(f"--out {out}: inside the run directory {root}; only its flow writes there")
         else:
             if estimator is None:
-                _fail("give --run RUN --iteration K, or --estimator NAME with its input files")
+                fail("give --run RUN --iteration K, or --estimator NAME with its input files")
             if out is None:
-                _fail("--out PATH: where to write the advantages")
+                fail("--out PATH: where to write the advantages")
             cfg, files = _from_files(estimator, preset, given, overrides, set_)
     except ConfigError as e:
-        _fail(str(e))
+        fail(str(e))
     import duckdb
 
     try:
         table = advantage_table(cfg, files)
     except (ValueError, duckdb.Error) as e:  # a bad or mismatched input file (the config is valid by now)
-        _fail(str(e))
+        fail(str(e))
     ref = write_parquet(table, table.schema, out)
     kept = f" ({sum(table['kept'].to_pylist())} kept edges)" if "kept" in table.column_names else ""
     print(f"wrote {table.num_rows} rows{kept} to {ref.path} (sha256 {ref.sha256[:12]})")
@@ -261,26 +274,24 @@ def advantages(
         print(_versus(ref, table, stored))
 
 
-def _from_run(run: str, runs_dir: Path, iteration: int, estimator: Optional[str], overrides: List[str],
-              sets: List[str]):
+def _from_run(run: str, runs_dir: Path, iteration: int, estimator: str | None, overrides: list[str], sets: list[str]):
     """A run's iteration: (its saved config + overrides + sets, the files its stage read, the file it wrote)."""
     from configs.loader import load_run_config
-    from flows.cli_views import _run_dir
     from storage.layout import RunLayout
     from tasks.advantage import artifact_of, run_inputs
 
-    root = _run_dir(run, runs_dir).resolve()
+    root = run_dir(run, runs_dir).resolve()
     layout = RunLayout(runs_dir=str(root.parent), run_id=root.name)
     est = estimator or load_run_config(layout.config).advantage.estimator
     cfg = load_run_config(layout.config, overrides + [_section_key(s, est) for s in sets])
     files = run_inputs(cfg, layout, iteration)
     absent = [str(p) for p in vars(files).values() if p is not None and not p.exists()]
     if absent:
-        _fail(f"{', '.join(absent)}: no such file (iteration {iteration} of run {root.name} never wrote it)")
+        fail(f"{', '.join(absent)}: no such file (iteration {iteration} of run {root.name} never wrote it)")
     return cfg, files, artifact_of(cfg, layout, iteration)[0]
 
 
-def _from_files(estimator: str, preset: str, given: dict, overrides: List[str], sets: List[str]):
+def _from_files(estimator: str, preset: str, given: dict, overrides: list[str], sets: list[str]):
     """Loose files: (preset's config + overrides + sets, the files), exactly those the estimator reads."""
     from configs.loader import resolve
     from tasks.advantage import FILES, AdvantageInputs, needed_files
@@ -289,21 +300,25 @@ def _from_files(estimator: str, preset: str, given: dict, overrides: List[str], 
     need = needed_files(cfg)
     if set(need) != set(given):
         extra = [f"--{k}" for k in given if k not in need]
-        _fail(f"--estimator {estimator} (with this config) reads "
-              + ", ".join(f"--{n} PATH ({FILES[n][1]})" for n in need) + (f"; not {', '.join(extra)}" if extra else ""))
+        fail(
+            f"--estimator {estimator} (with this config) reads "
+            + ", ".join(f"--{n} PATH ({FILES[n][1]})" for n in need)
+            + (f"; not {', '.join(extra)}" if extra else "")
+        )
     return cfg, AdvantageInputs(**given)
 
 
 def _section_key(item: str, estimator: str) -> str:
     """`eps=1e-8` -> `advantage.eps=1e-8`: a --set key without a section names one of the estimator's
-    section (spo for spo_chain, tree for spo_tree, advantage otherwise); a dotted key is left as is."""
-    from configs.schema import SEGMENT_ESTIMATORS, TREE_ESTIMATORS
+    section (its registry entry's: spo for spo_chain, tree for spo_tree, advantage otherwise); a dotted key
+    is left as is."""
+    from tasks.algos.registry import REGISTRY
 
     key, sep, _ = item.partition("=")
     if not sep or "." in key:
         return item
-    section = "spo" if estimator in SEGMENT_ESTIMATORS else "tree" if estimator in TREE_ESTIMATORS else "advantage"
-    return f"{section}.{item}"
+    spec = REGISTRY.get(estimator)  # an unknown name is left to the config loader, which names the known ones
+    return f"{spec.section if spec else 'advantage'}.{item}"
 
 
 def _versus(written, table, stored: Path) -> str:
@@ -322,8 +337,7 @@ def _versus(written, table, stored: Path) -> str:
         return f"differs from the run's {stored}: {table.num_rows} rows here, {theirs.num_rows} there"
     # NaN (and a null advantage, a root's) equals itself here: only real changes count.
     values = {c: [t[c].to_numpy() for t in (table, theirs)] for c in table.column_names}
-    changed = {c: ~((a == b) | (a != a) & (b != b)) if a.dtype.kind == "f" else a != b
-               for c, (a, b) in values.items()}
+    changed = {c: ~((a == b) | (a != a) & (b != b)) if a.dtype.kind == "f" else a != b for c, (a, b) in values.items()}
     cols = [c for c, d in changed.items() if d.any()]
     msg = f"differs from the run's {stored} in {', '.join(cols)}"
     if "advantage" in cols:
@@ -335,17 +349,23 @@ def _versus(written, table, stored: Path) -> str:
 
 @app.command()
 def grade(
-    task: str = typer.Option(..., help="arith | gsm8k | math"),
-    input: Path = typer.Option(..., exists=True, dir_okay=False, help='JSONL lines {"response": ..., "reference": ...}'),
-    out: Optional[Path] = typer.Option(None, help="Write JSONL here instead of stdout."),
-    set_: List[str] = typer.Option([], "--set", help="Reward scheme, e.g. --set truncated=-1 (see RewardSection)."),
+    task: str = typer.Option(..., help=" | ".join(TASK_NAMES)),
+    input: Path = typer.Option(
+        ..., exists=True, dir_okay=False, help='JSONL lines {"response": ..., "reference": ...}'
+    ),
+    out: Path | None = typer.Option(None, help="Write JSONL here instead of stdout."),
+    set_: list[str] = typer.Option([], "--set", help="Reward scheme, e.g. --set truncated=-1 (see RewardSection)."),
 ) -> None:
     """Grade responses with the pipeline's graders. Optional per-line "finish_reason" ("length" = truncated)."""
     from configs.schema import RewardSection
     from storage.handles import atomic_write_text
-    from tasks.graders import grade_all, scheme_of
+    from tasks.datasets.graders import grade_all, scheme_of
 
-    reward = _apply_sets(RewardSection().model_dump(), set_)
+    try:
+        spec_of_task(task)
+    except ValueError as e:
+        fail(f"--task: {e}")
+    reward = apply_sets(RewardSection().model_dump(), set_)
     rows = []
     for n, line in _utf8_lines(input):
         if not line.strip():
@@ -354,14 +374,18 @@ def grade(
             row = json.loads(line)
             rows.append((row["response"], str(row["reference"]), str(row.get("finish_reason", "stop"))))
         except (json.JSONDecodeError, KeyError, TypeError) as e:
-            _fail(f"{input}:{n}: expected a JSON object with 'response' and 'reference' ({e})")
+            fail(f"{input}:{n}: expected a JSON object with 'response' and 'reference' ({e})")
     try:
-        grades = grade_all(task, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
-                           scheme_of(RewardSection(**reward)))
+        grades = grade_all(
+            task, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], scheme_of(RewardSection(**reward))
+        )
     except ValueError as e:
-        _fail(str(e))
-    text = "".join(json.dumps({"score": None if g.score != g.score else g.score, "status": g.status, "extracted": g.extracted}) + "\n"
-                   for g in grades)
+        fail(str(e))
+    text = "".join(
+        json.dumps({"score": None if g.score != g.score else g.score, "status": g.status, "extracted": g.extracted})
+        + "\n"
+        for g in grades
+    )
     if out is None:
         sys.stdout.write(text)
     else:
@@ -376,7 +400,7 @@ def _utf8_lines(path: Path) -> list[tuple[int, str]]:
     try:
         data = path.read_bytes()
     except OSError as e:  # permissions, a directory: say which file instead of a traceback
-        _fail(f"{path}: cannot read ({e.strerror or e})")
+        fail(f"{path}: cannot read ({e.strerror or e})")
     out = []
     for n, raw in enumerate(data.split(b"\n"), 1):
         try:
@@ -384,25 +408,35 @@ def _utf8_lines(path: Path) -> list[tuple[int, str]]:
         except UnicodeDecodeError as e:
             utf16 = raw.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\0" in raw
             hint = "the file looks UTF-16: save it as UTF-8" if utf16 else "the file must be UTF-8"
-            _fail(f"{path}:{n}: not UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start}) ({hint}): {raw[:80]!r}")
+            fail(f"{path}:{n}: not UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start}) ({hint}): {raw[:80]!r}")
         if (nul := raw.find(b"\0")) >= 0:
-            _fail(f"{path}:{n}: NUL byte at offset {nul} (the file looks UTF-16: save it as UTF-8): {raw[:80]!r}")
+            fail(f"{path}:{n}: NUL byte at offset {nul} (the file looks UTF-16: save it as UTF-8): {raw[:80]!r}")
         out.append((n, text.removeprefix("\ufeff")))  # a UTF-8 BOM is not data
     return out
 
 
 @app.command()
 def presets() -> None:
-    """List the available presets."""
-    from configs.loader import available_presets
+    """List the available presets: name, advantage estimator, model, and the first line of its description."""
+    from configs.loader import ConfigError, available_presets, preset_summary, resolve
 
+    rows = []
     for p in available_presets():
-        print(p)
+        try:
+            cfg = resolve(p)
+            est, model = cfg.advantage.estimator, cfg.model.name_or_path
+        except ConfigError:  # an overlay that only validates on top of another preset still gets its line
+            est = model = "-"
+        rows.append((p, est, model, preset_summary(p)))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[3])
 
 
-# tree and segments live in flows/cli_views.py; eval, compare, report, ui and serve in flows/cli_ops.py.
-# Importing them registers their commands on `app`.
-from flows import cli_ops, cli_views  # noqa: E402, F401
+# eval, compare, report, ui and serve live in flows/cli_ops.py, tree and segments in flows/cli_views.py, each
+# on a Typer app of its own; `segflow` lists them after this module's commands, in this order.
+app.registered_commands += cli_ops.app.registered_commands + cli_views.app.registered_commands
+
 
 def main() -> None:
     """The `segflow` console script: the app, then a quick exit.
@@ -442,7 +476,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    # Run the entry point of the importable module (flows.cli), whose app cli_ops registered its commands on.
-    from flows.cli import main as registered_main
-
-    registered_main()
+    main()

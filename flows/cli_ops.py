@@ -1,82 +1,122 @@
-"""`segflow` commands for evaluation and operations: eval, compare, report, ui, serve (registered on flows.cli.app)."""
+"""`segflow` commands for evaluation and operations: eval, compare, report, ui, serve
+(flows/cli.py adds them to `segflow`)."""
+
 from __future__ import annotations
 
 import json
 import os
 import sys
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
-from flows.cli import UI_MARKER, _env_defaults, _fail, app
+from flows.cli_common import UI_MARKER, env_defaults, fail
+from tasks.datasets.registry import EVAL_DATASET_USAGE, TASK_NAMES
+
+# flows/cli.py adds these commands to `segflow`, after its own.
+app = typer.Typer()
 
 
 @app.command("eval")
 def eval_(
-    checkpoint: List[str] = typer.Option(..., "--checkpoint", "-c", help="Model directory, run directory (its latest "
-                                         "checkpoint) or hub id; repeat to compare (the first is the baseline)."),
-    dataset: List[str] = typer.Option(["arith"], "--dataset", "-d", help="arith | gsm8k[=LOCAL] | math500[=LOCAL] | "
-                                      "a .jsonl file or directory with question/answer fields; repeatable."),
+    checkpoint: list[str] = typer.Option(
+        ...,
+        "--checkpoint",
+        "-c",
+        help="Model directory, run directory (its latest "
+        "checkpoint) or hub id; repeat to compare (the first is the baseline).",
+    ),
+    dataset: list[str] = typer.Option(
+        ["arith"],
+        "--dataset",
+        "-d",
+        help=EVAL_DATASET_USAGE + " | a .jsonl file or directory with question/answer fields; repeatable.",
+    ),
     samples: int = typer.Option(0, "--samples", "-k", help="k sampled answers per problem (avg@k, pass@k, maj@k)."),
     temperature: float = typer.Option(0.6),
     top_p: float = typer.Option(0.95, "--top-p"),
-    budget: List[int] = typer.Option([], "--budget", help="Context budget in tokens (total and new); repeatable. "
-                                     "Default: the run's rollout.max_model_len for a run's checkpoint, else 4096 "
-                                     "(capped at the model's max_position_embeddings)."),
+    budget: list[int] = typer.Option(
+        [],
+        "--budget",
+        help="Context budget in tokens (total and new); repeatable. "
+        "Default: the run's rollout.max_model_len for a run's checkpoint, else 4096 "
+        "(capped at the model's max_position_embeddings).",
+    ),
     seed: int = typer.Option(0),
-    limit: Optional[int] = typer.Option(None, help="First N problems of each dataset."),
+    limit: int | None = typer.Option(None, help="First N problems of each dataset."),
     price_in: float = typer.Option(0.0, "--price-in", help="USD per million prompt tokens."),
     price_out: float = typer.Option(0.0, "--price-out", help="USD per million generated tokens."),
-    jsonl_task: str = typer.Option("math", "--jsonl-task", help="Grader for .jsonl datasets: arith | gsm8k | math."),
+    jsonl_task: str = typer.Option(
+        "math", "--jsonl-task", help="Grader for .jsonl datasets: " + " | ".join(TASK_NAMES) + "."
+    ),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Evaluations go to <runs-dir>/evals/<eval_id>/."),
-    shards: int = typer.Option(1, help="Ray engine actors sharing each cell's prompts (same answers as 1; not "
-                               "part of the eval id, so finished cells stay cached)."),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="With --shards > 1: a Ray cluster "
-                                              "('auto', 'ray://head:10001'); default starts a local one."),
+    shards: int = typer.Option(
+        1,
+        help="Ray engine actors sharing each cell's prompts (same answers as 1; not "
+        "part of the eval id, so finished cells stay cached).",
+    ),
+    ray_address: str | None = typer.Option(
+        None,
+        "--ray-address",
+        help="With --shards > 1: a Ray cluster ('auto', 'ray://head:10001'); default starts a local one.",
+    ),
 ) -> None:
     """Evaluate checkpoints: greedy, avg@k, pass@k, maj@k with standard errors, cost-of-pass, paired comparisons."""
     from pydantic import ValidationError
 
-    from flows.evaluate import EvalSpec
+    from flows.eval_spec import EvalSpec  # not flows.evaluate: that imports prefect, before env_defaults
 
     try:
-        spec = EvalSpec(checkpoints=tuple(checkpoint), datasets=tuple(dataset), samples=samples,
-                        temperature=temperature, top_p=top_p, budgets=tuple(budget), seed=seed, limit=limit,
-                        price_in=price_in, price_out=price_out, jsonl_task=jsonl_task, shards=shards,
-                        ray_address=ray_address)
+        spec = EvalSpec(
+            checkpoints=tuple(checkpoint),
+            datasets=tuple(dataset),
+            samples=samples,
+            temperature=temperature,
+            top_p=top_p,
+            budgets=tuple(budget),
+            seed=seed,
+            limit=limit,
+            price_in=price_in,
+            price_out=price_out,
+            jsonl_task=jsonl_task,
+            shards=shards,
+            ray_address=ray_address,
+        )
     except ValidationError as e:
         err = e.errors()[0]
-        _fail(f"--{'-'.join(str(x) for x in err['loc']).replace('_', '-')}={err.get('input')!r}: {err['msg']}")
-    _env_defaults(runs_dir)
+        fail(f"--{'-'.join(str(x) for x in err['loc']).replace('_', '-')}={err.get('input')!r}: {err['msg']}")
+    env_defaults(runs_dir)
     from flows.evaluate import comparison_markdown, evaluate
 
     try:
         summary = evaluate(spec, str(runs_dir))
     except (ValueError, FileNotFoundError, KeyError) as e:
-        _fail(str(e))
+        fail(str(e))
     print(comparison_markdown(summary))
-    print(f"\n{runs_dir / 'evals' / summary['eval_id']}  (segflow sql \"select * from eval_samples\")")
+    print(f'\n{runs_dir / "evals" / summary["eval_id"]}  (segflow sql "select * from eval_samples")')
 
 
 @app.command("compare")
 def compare_(
-    names: List[str] = typer.Argument(..., help="Run ids / run directories, and eval ids / eval directories."),
+    names: list[str] = typer.Argument(..., help="Run ids / run directories, and eval ids / eval directories."),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
-    out: Optional[Path] = typer.Option(None, "--out", help="Directory for the PNG plots (default <runs-dir>/compare)."),
+    out: Path | None = typer.Option(None, "--out", help="Directory for the PNG plots (default <runs-dir>/compare)."),
 ) -> None:
     """Runs side by side (table + accuracy vs iteration, generated tokens and compute seconds), evaluations'
     paired comparisons; published as Prefect artifacts."""
+    from flows.preflight import compare_problems
+
+    if problem := compare_problems(list(names), runs_dir):  # a misspelt name fails before Prefect starts
+        fail(problem)
+    env_defaults(runs_dir)  # first: prefect reads PREFECT_API_URL once, when it is imported
+    from flows.compare import compare
     from flows.evaluate import comparison_markdown
     from flows.run_plots import format_table
-
-    _env_defaults(runs_dir)
-    from flows.compare import compare
 
     try:
         result = compare(list(names), str(runs_dir), str(out or runs_dir / "compare"))
     except ValueError as e:
-        _fail(str(e))
+        fail(str(e))
     if result["runs"]:
         print(format_table(result["runs"]))
         for name, path in result["plots"].items():
@@ -89,7 +129,7 @@ def compare_(
 def report(
     run: str = typer.Argument(..., help="Run id (under --runs-dir) or run directory."),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
-    out: Optional[Path] = typer.Option(None, "--out", help="HTML file (default <run dir>/report.html)."),
+    out: Path | None = typer.Option(None, "--out", help="HTML file (default <run dir>/report.html)."),
     samples: int = typer.Option(5, help="Sample responses to show."),
 ) -> None:
     """Write a self-contained HTML report of a run: config, metrics over time, plots, sample responses."""
@@ -99,46 +139,9 @@ def report(
     try:
         info = load_run(run, runs_dir)
     except ValueError as e:
-        _fail(str(e))
+        fail(str(e))
     path = write_report(info, out or info.root / "report.html", samples=samples)
     print(path)
-
-
-def wait_healthy(api_url: str, seconds: float = 300) -> bool:
-    """Poll a Prefect server's /health until it answers 200 (True) or `seconds` pass (False)."""
-    import time
-    import urllib.request
-
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(api_url + "/health", timeout=2) as r:
-                if r.status == 200:
-                    return True
-        except OSError:
-            time.sleep(1)
-    return False
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now (for a `segflow ui` started by a test or benchmark)."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def stop_ui(proc) -> None:
-    """Stop a `segflow ui` started with start_new_session=True: Ctrl-C its process group, SIGKILL after 30 s."""
-    import signal
-    import subprocess
-
-    os.killpg(proc.pid, signal.SIGINT)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
 
 
 @app.command()
@@ -151,11 +154,15 @@ def ui(port: int = typer.Option(4200, help="Port on 127.0.0.1.")) -> None:
 
     url = f"http://127.0.0.1:{port}/api"
     # The UI's own API URL must name this port, or the browser app calls the default port and shows an error.
-    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                             "--port", str(port)], env={**os.environ, "PREFECT_UI_API_URL": url})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env={**os.environ, "PREFECT_UI_API_URL": url},
+    )
     atomic_write_text(UI_MARKER, json.dumps({"url": url, "pid": proc.pid}))
-    print(f"Prefect UI on http://127.0.0.1:{port} (API {url}); `segflow run` in another terminal reports there. "
-          "Ctrl-C stops it.")
+    print(
+        f"Prefect UI on http://127.0.0.1:{port} (API {url}); `segflow run` in another terminal reports there. "
+        "Ctrl-C stops it."
+    )
     try:
         proc.wait()
     except KeyboardInterrupt:
@@ -166,22 +173,25 @@ def ui(port: int = typer.Option(4200, help="Port on 127.0.0.1.")) -> None:
 
 
 @app.command()
-def serve(config: Path = typer.Option(..., "--config", exists=True, dir_okay=False,
-                                      help="YAML with a 'deployments:' list (see flows/deploy.py)."),
-          dry_run: bool = typer.Option(False, "--dry-run", help="Validate and list the deployments, then exit.")) -> None:
+def serve(
+    config: Path = typer.Option(
+        ..., "--config", exists=True, dir_okay=False, help="YAML with a 'deployments:' list (see flows/deploy.py)."
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate and list the deployments, then exit."),
+) -> None:
     """Register scheduled deployments of train / evaluate_models and run them from this process."""
+    env_defaults(Path("runs"))  # first: flows.deploy imports prefect, which reads PREFECT_API_URL only then
     from flows.deploy import deployments, read_serve_file
 
     try:
         entries = read_serve_file(config)
         runners = deployments(entries)
     except Exception as e:  # noqa: BLE001 - config, preset and schedule errors all name their entry
-        _fail(str(e))
+        fail(str(e))
     for e in entries:
         print(f"{e.flow}/{e.name}: {'cron ' + e.cron if e.cron else f'every {e.interval:g} s'} {e.parameters()}")
     if dry_run:
         return
-    _env_defaults(Path("runs"))
     from prefect import serve as prefect_serve
 
     prefect_serve(*runners)

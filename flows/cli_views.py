@@ -1,23 +1,18 @@
 """`segflow` commands that draw a run's artifacts in the terminal: tree (SPO-tree), segments (SPO-chain).
 
-Registered on flows.cli.app when flows.cli is imported.
+flows/cli.py adds them to `segflow`.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
-from flows.cli import _fail, app
+from flows.cli_common import fail, run_dir
 
-
-def _run_dir(run: str, runs_dir: Path) -> Path:
-    """A run given by its directory or by its id under --runs-dir."""
-    for cand in (Path(run), runs_dir / run):
-        if (cand / "config.yaml").exists():
-            return cand
-    _fail(f"no run {run!r}: neither {run} nor {runs_dir / run} holds a config.yaml")
+# flows/cli.py adds these commands to `segflow`, after its own.
+app = typer.Typer()
 
 
 def _iterations_with(root: Path, name: str) -> list[int]:
@@ -41,7 +36,7 @@ def _decoder(root: Path):
 def tree(
     run: str = typer.Argument(..., help="Run id (under --runs-dir) or run directory."),
     iteration: int = typer.Option(..., "--iteration", "-k", help="Iteration whose trees to show."),
-    question: Optional[str] = typer.Option(None, "--question", "-q", help="Prompt id; omitted = list the questions."),
+    question: str | None = typer.Option(None, "--question", "-q", help="Prompt id; omitted = list the questions."),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
     text: bool = typer.Option(True, "--text/--no-text", help="Show each segment's decoded text."),
 ) -> None:
@@ -49,13 +44,15 @@ def tree(
     from storage.layout import RunLayout
     from tasks.tree_view import read_tree, tree_lines
 
-    root = _run_dir(run, runs_dir)
+    root = run_dir(run, runs_dir)
     layout = RunLayout(runs_dir=str(root.parent), run_id=root.name)
     nodes, adv = layout.tree_nodes(iteration), layout.tree_advantages(iteration)
     if not nodes.exists() or not adv.exists():
         done = _iterations_with(root, "tree_advantages.parquet")
-        _fail(f"{root.name}: iteration {iteration} has no SPO-tree (tree_nodes + tree_advantages); "
-              f"iterations with trees: {done or 'none (not an spo_tree run?)'}")
+        fail(
+            f"{root.name}: iteration {iteration} has no SPO-tree (tree_nodes + tree_advantages); "
+            f"iterations with trees: {done or 'none (not an spo_tree run?)'}"
+        )
     rows = read_tree(nodes, adv)
     if question is None:
         for q in sorted({r["prompt_id"] for r in rows}):
@@ -65,16 +62,16 @@ def tree(
     try:
         lines = tree_lines(rows, question, _decoder(root) if text else None)
     except KeyError as e:
-        _fail(str(e.args[0]))
+        fail(str(e.args[0]))
     print("\n".join(lines))
 
 
 @app.command()
 def segments(
     run: str = typer.Argument(..., help="Run id (under --runs-dir) or run directory of an spo_chain run."),
-    iteration: Optional[int] = typer.Option(None, "--iteration", "-k", help="Iteration to show; default the last one."),
+    iteration: int | None = typer.Option(None, "--iteration", "-k", help="Iteration to show; default the last one."),
     n: int = typer.Option(5, "--n", min=1, help="Responses to draw (several segments, correct and wrong mixed)."),
-    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Only this prompt id's responses."),
+    prompt: str | None = typer.Option(None, "--prompt", "-p", help="Only this prompt id's responses."),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
     text: bool = typer.Option(True, "--text/--no-text", help="Show the response with segments and cutpoints."),
 ) -> None:
@@ -85,22 +82,25 @@ def segments(
     from storage.layout import RunLayout
     from tasks.segment_view import pick, read_segment_views, segment_lines
 
-    root = _run_dir(run, runs_dir)
+    root = run_dir(run, runs_dir)
     done = _iterations_with(root, "segment_advantages.parquet")
     if not done:
-        _fail(f"{root.name}: no iteration has SPO-chain segments (segments + segment_advantages); not an "
-              "spo_chain run, or its first iteration has not finished")
+        fail(
+            f"{root.name}: no iteration has SPO-chain segments (segments + segment_advantages); not an "
+            "spo_chain run, or its first iteration has not finished"
+        )
     k = done[-1] if iteration is None else iteration
     if k not in done:
-        _fail(f"{root.name}: iteration {k} has no SPO-chain segments; iterations with segments: {done}")
+        fail(f"{root.name}: iteration {k} has no SPO-chain segments; iterations with segments: {done}")
     views = read_segment_views(RunLayout(runs_dir=str(root.parent), run_id=root.name), k)
     if prompt is not None:
         views = [v for v in views if v["prompt_id"] == prompt]
         if not views:
-            _fail(f"{root.name}: no response to prompt {prompt!r} in iteration {k}")
+            fail(f"{root.name}: no response to prompt {prompt!r} in iteration {k}")
     console = Console(highlight=False)
-    console.print(f"{root.name}, iteration {k}: {len(views)} responses; ‖ separates segments, ⟦ ⟧ marks cutpoints",
-                  markup=False)
+    console.print(
+        f"{root.name}, iteration {k}: {len(views)} responses; ‖ separates segments, ⟦ ⟧ marks cutpoints", markup=False
+    )
     marks = {"cut": lambda t: f"[bold reverse]⟦{escape(t)}⟧[/]", "plain": escape, "sep": "[dim] ‖ [/]"}
     decode = _decoder(root) if text else None
     for v in views if prompt is not None else pick(views, n):

@@ -5,6 +5,7 @@ Plots reach the UI as image artifacts whose URL is a `data:image/png;base64,...`
 artifact as `<img src=URL>`, and Prefect stores only the URL, so the picture needs no file server and
 survives the machine that made it. The markdown artifact repeats the table with the same images inline.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,7 +18,7 @@ from prefect.artifacts import (
     create_table_artifact,
 )
 
-from flows.rl_train import artifact_key
+from flows.artifact_keys import artifact_key
 from flows.run_plots import (
     RunInfo,
     comparison_rows,
@@ -27,8 +28,11 @@ from flows.run_plots import (
     png_data_uri,
 )
 
-PLOT_TITLES = {"iteration": "accuracy vs iteration", "tokens": "accuracy vs generated tokens",
-               "seconds": "accuracy vs compute seconds"}
+PLOT_TITLES = {
+    "iteration": "accuracy vs iteration",
+    "tokens": "accuracy vs generated tokens",
+    "seconds": "accuracy vs compute seconds",
+}
 
 
 def find_eval(name: str, runs_dir: Path) -> dict | None:
@@ -66,9 +70,13 @@ def compare(names: list[str], runs_dir: str, out_dir: str) -> dict:
         for name, path in plots.items():
             create_image_artifact(png_data_uri(path), key=f"{key}-{name}", description=PLOT_TITLES[name])
         images = "\n\n".join(f"![{PLOT_TITLES[n]}]({png_data_uri(p)})" for n, p in plots.items())
-        create_markdown_artifact(f"# Runs compared\n\n{markdown_table(rows)}\n\n{images}", key=f"{key}-report",
-                                 description="table and plots")
+        create_markdown_artifact(
+            f"# Runs compared\n\n{markdown_table(rows)}\n\n{images}", key=f"{key}-report", description="table and plots"
+        )
     for ev in evals:
-        create_markdown_artifact(comparison_markdown(ev), key=artifact_key(ev["eval_id"], "compare"),
-                                 description=f"{ev['eval_id']}: paired comparisons")
+        create_markdown_artifact(
+            comparison_markdown(ev),
+            key=artifact_key(ev["eval_id"], "compare"),
+            description=f"{ev['eval_id']}: paired comparisons",
+        )
     return result

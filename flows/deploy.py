@@ -19,6 +19,7 @@ pools; `segflow serve` registers them with schedules from a YAML file and runs t
         samples: 8
         interval: 604800
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -40,14 +41,30 @@ def train(preset: str = "default", overrides: list[str] | None = None, runs_dir:
 
 
 @flow(name="evaluate_models", log_prints=True, on_failure=[notify_failure], on_crashed=[notify_failure])
-def evaluate_models(checkpoints: list[str], datasets: list[str] | None = None, samples: int = 0,
-                    budgets: list[int] | None = None, seed: int = 0, limit: int | None = None,
-                    runs_dir: str = "runs", shards: int = 1, ray_address: str | None = None) -> dict:
+def evaluate_models(
+    checkpoints: list[str],
+    datasets: list[str] | None = None,
+    samples: int = 0,
+    budgets: list[int] | None = None,
+    seed: int = 0,
+    limit: int | None = None,
+    runs_dir: str = "runs",
+    shards: int = 1,
+    ray_address: str | None = None,
+) -> dict:
     """The evaluate flow, like `segflow eval`."""
     from flows.evaluate import EvalSpec, evaluate
 
-    spec = EvalSpec(checkpoints=tuple(checkpoints), datasets=tuple(datasets or ("arith",)), samples=samples,
-                    budgets=tuple(budgets or ()), seed=seed, limit=limit, shards=shards, ray_address=ray_address)
+    spec = EvalSpec(
+        checkpoints=tuple(checkpoints),
+        datasets=tuple(datasets or ("arith",)),
+        samples=samples,
+        budgets=tuple(budgets or ()),
+        seed=seed,
+        limit=limit,
+        shards=shards,
+        ray_address=ray_address,
+    )
     return evaluate(spec, runs_dir)
 
 
@@ -67,7 +84,7 @@ class ServeEntry(BaseModel):
     samples: int = Field(0, ge=0)
 
     @model_validator(mode="after")
-    def _one_schedule(self) -> "ServeEntry":
+    def _one_schedule(self) -> ServeEntry:
         if (self.cron is None) == (self.interval is None):
             raise ValueError(f"deployment {self.name!r}: give exactly one of cron or interval")
         if self.flow == "evaluate_models" and not self.checkpoints:
@@ -80,8 +97,12 @@ class ServeEntry(BaseModel):
 
             resolve(self.preset, overrides=self.overrides)  # fail now, not at 2 a.m.
             return {"preset": self.preset, "overrides": self.overrides, "runs_dir": self.runs_dir}
-        return {"checkpoints": self.checkpoints, "datasets": self.datasets, "samples": self.samples,
-                "runs_dir": self.runs_dir}
+        return {
+            "checkpoints": self.checkpoints,
+            "datasets": self.datasets,
+            "samples": self.samples,
+            "runs_dir": self.runs_dir,
+        }
 
 
 def read_serve_file(path: Path) -> list[ServeEntry]:
@@ -101,6 +122,9 @@ def read_serve_file(path: Path) -> list[ServeEntry]:
 def deployments(entries: list[ServeEntry]) -> list:
     """RunnerDeployments for prefect.serve."""
     flows = {"train": train, "evaluate_models": evaluate_models}
-    return [flows[e.flow].to_deployment(name=e.name, parameters=e.parameters(),
-                                        **({"cron": e.cron} if e.cron else {"interval": e.interval}))
-            for e in entries]
+    return [
+        flows[e.flow].to_deployment(
+            name=e.name, parameters=e.parameters(), **({"cron": e.cron} if e.cron else {"interval": e.interval})
+        )
+        for e in entries
+    ]

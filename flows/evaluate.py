@@ -9,21 +9,20 @@ every cell's metrics (tasks/algos/eval_summary.py), the frontier cost-of-pass pe
 paired comparison of the first checkpoint with each other one on the same problems: accuracy difference
 with a paired bootstrap CI and an exact McNemar p-value (greedy), and the same bootstrap on avg@k.
 """
+
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Literal
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from pydantic import BaseModel, ConfigDict, Field
 
 from configs.schema import DataSection, RolloutSection
+from flows.artifact_keys import artifact_key
+from flows.eval_spec import EvalSpec
 from flows.notify import notify_failure
-from flows.rl_train import artifact_key
 from storage.handles import FileRef, atomic_write_text
 from storage.layout import EvalLayout
 from storage.parquet import read_parquet
@@ -31,40 +30,10 @@ from storage.schemas import EVAL_SAMPLES
 from tasks.algos.eval_stats import frontier_cost_of_pass, mcnemar, paired_bootstrap
 from tasks.algos.eval_summary import per_problem_scores
 from tasks.common import CODE_VERSION, ensure
-from tasks.engine import current_engine, shutdown_engine
+from tasks.datasets.registry import EVAL_DATASETS
+from tasks.engines.live import current_engine, shutdown_engine
 from tasks.eval_checkpoint import eval_checkpoint
 from tasks.models import resolve_model_dir
-
-# Named datasets and the preset whose data section (source, fields, template) they use.
-DATASET_PRESETS = {"arith": "default", "gsm8k": "gsm8k_qwen05b", "math500": "math500_r1distill"}
-
-
-EXECUTION_FIELDS = ("shards", "ray_address")  # EvalSpec fields left out of the eval id
-
-
-class EvalSpec(BaseModel):
-    """What `segflow eval` evaluates. Hashes to the eval id."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    checkpoints: tuple[str, ...] = Field(min_length=1)
-    datasets: tuple[str, ...] = ("arith",)
-    samples: int = Field(0, ge=0, description="k sampled answers per problem (avg@k, pass@k, maj@k); 0 = greedy only.")
-    temperature: float = Field(0.6, gt=0)
-    top_p: float = Field(0.95, gt=0, le=1)
-    budgets: tuple[int, ...] = Field((), description="Context budgets (total tokens); empty = default_budget of "
-                                     "the checkpoints.")
-    seed: int = 0
-    limit: int | None = Field(None, ge=1, description="First N problems of each dataset.")
-    price_in: float = Field(0.0, ge=0, description="USD per million prompt tokens (cost-of-pass).")
-    price_out: float = Field(0.0, ge=0, description="USD per million generated tokens.")
-    jsonl_task: Literal["arith", "gsm8k", "math"] = Field("math", description="Grader for a local JSONL dataset.")
-    # Where the engines run, not what they generate (like rollout.shards in a run): not in the eval id.
-    shards: int = Field(1, ge=1, description="Ray engine actors sharing each cell's prompts; same answers as 1.")
-    ray_address: str | None = Field(None, description="shards > 1: Ray cluster ('auto', 'ray://...'); null = local.")
-
-    def eval_id(self) -> str:
-        what = self.model_dump_json(exclude=set(EXECUTION_FIELDS))
-        return "eval-" + hashlib.sha256(what.encode()).hexdigest()[:10]
 
 
 def dataset_section(name: str, spec: EvalSpec) -> DataSection:
@@ -72,15 +41,17 @@ def dataset_section(name: str, spec: EvalSpec) -> DataSection:
     from configs.loader import resolve
 
     key, _, source = name.partition("=")
-    if key in DATASET_PRESETS:
-        data = resolve(DATASET_PRESETS[key]).data
+    if key in EVAL_DATASETS:  # named datasets and the preset whose data section (source, fields, template) they use
+        data = resolve(EVAL_DATASETS[key]).data
         if source:  # a local copy of the same dataset
             data = data.model_copy(update={"test_source" if data.test_source else "source": source})
         return data
     path = Path(name).expanduser()
     if not path.exists():
-        raise ValueError(f"dataset {name!r}: not one of {', '.join(DATASET_PRESETS)} (optionally =LOCAL_COPY), "
-                         "nor an existing .jsonl file or directory")
+        raise ValueError(
+            f"dataset {name!r}: not one of {', '.join(EVAL_DATASETS)} (optionally =LOCAL_COPY), "
+            "nor an existing .jsonl file or directory"
+        )
     return DataSection(task=spec.jsonl_task, source=str(path), test_split=path.stem if path.is_file() else "test")
 
 
@@ -139,9 +110,15 @@ def eval_rollout(spec: EvalSpec, max_model_len: int) -> RolloutSection:
     sleep mode (nothing trains beside it)."""
     import torch
 
-    return RolloutSection(max_model_len=max_model_len, temperature=spec.temperature, top_p=spec.top_p,
-                          shards=spec.shards, ray_address=spec.ray_address, enforce_eager=not torch.cuda.is_available(),
-                          sleep_mode=False)
+    return RolloutSection(
+        max_model_len=max_model_len,
+        temperature=spec.temperature,
+        top_p=spec.top_p,
+        shards=spec.shards,
+        ray_address=spec.ray_address,
+        enforce_eager=not torch.cuda.is_available(),
+        sleep_mode=False,
+    )
 
 
 def compare(rows_a: list[dict], rows_b: list[dict], seed: int) -> dict:
@@ -182,9 +159,21 @@ def evaluate(spec: EvalSpec, runs_dir: str) -> dict:
                 data = dataset_section(ds, spec)
                 ds_name = re.sub(r"[^A-Za-z0-9._-]+", "-", ds.partition("=")[0] if "=" in ds else Path(ds).stem)
                 for b in budgets:
-                    out, hit = ensure(eval_checkpoint, layout, ckpt, labels[c], ds_name, data, b, rollout,
-                                      spec.samples, spec.seed, spec.limit, (spec.price_in, spec.price_out),
-                                      CODE_VERSION)
+                    out, hit = ensure(
+                        eval_checkpoint,
+                        layout,
+                        ckpt,
+                        labels[c],
+                        ds_name,
+                        data,
+                        b,
+                        rollout,
+                        spec.samples,
+                        spec.seed,
+                        spec.limit,
+                        (spec.price_in, spec.price_out),
+                        CODE_VERSION,
+                    )
                     executed += not hit
                     m = json.loads(Path(out.metrics.path).read_text())
                     cells.append({"checkpoint": labels[c], "dataset": ds_name, "budget": b, **m})
@@ -197,23 +186,51 @@ def evaluate(spec: EvalSpec, runs_dir: str) -> dict:
     base = labels[spec.checkpoints[0]]
     for ds, b in sorted({(k[1], k[2]) for k in answers}):
         for c in spec.checkpoints[1:]:
-            comparisons.append({"dataset": ds, "budget": b, "a": base, "b": labels[c],
-                                **compare(answers[(base, ds, b)], answers[(labels[c], ds, b)], spec.seed)})
+            comparisons.append(
+                {
+                    "dataset": ds,
+                    "budget": b,
+                    "a": base,
+                    "b": labels[c],
+                    **compare(answers[(base, ds, b)], answers[(labels[c], ds, b)], spec.seed),
+                }
+            )
         costs = {x["checkpoint"]: x["cost_of_pass"] for x in cells if x["dataset"] == ds and x["budget"] == b}
         name, value = frontier_cost_of_pass(costs)
         frontier.append({"dataset": ds, "budget": b, "checkpoint": name, "cost_of_pass": value})
-    summary = {"eval_id": layout.eval_id, "spec": json.loads(spec.model_dump_json()), "cells": cells,
-               "comparisons": comparisons, "frontier_cost_of_pass": frontier, "cells_executed": executed}
+    summary = {
+        "eval_id": layout.eval_id,
+        "spec": json.loads(spec.model_dump_json()),
+        "cells": cells,
+        "comparisons": comparisons,
+        "frontier_cost_of_pass": frontier,
+        "cells_executed": executed,
+    }
     atomic_write_text(layout.summary, json.dumps(summary, indent=2, default=str))
     key = artifact_key(layout.eval_id)
     create_table_artifact([table_row(x) for x in cells], key=f"{key}-metrics", description=f"{layout.eval_id}: metrics")
-    create_markdown_artifact(comparison_markdown(summary), key=f"{key}-comparison",
-                             description=f"{layout.eval_id}: paired comparisons and cost-of-pass")
+    create_markdown_artifact(
+        comparison_markdown(summary),
+        key=f"{key}-comparison",
+        description=f"{layout.eval_id}: paired comparisons and cost-of-pass",
+    )
     return summary
 
 
-TABLE_KEYS = ("checkpoint", "dataset", "budget", "problems", "greedy_accuracy", "greedy_accuracy_se", "avg_at_k",
-              "avg_at_k_se", "k", "truncation_rate", "length_mean", "cost_of_pass")
+TABLE_KEYS = (
+    "checkpoint",
+    "dataset",
+    "budget",
+    "problems",
+    "greedy_accuracy",
+    "greedy_accuracy_se",
+    "avg_at_k",
+    "avg_at_k_se",
+    "k",
+    "truncation_rate",
+    "length_mean",
+    "cost_of_pass",
+)
 
 
 def table_row(cell: dict) -> dict:
@@ -221,25 +238,42 @@ def table_row(cell: dict) -> dict:
 
 
 def comparison_markdown(summary: dict) -> str:
-    lines = [f"# {summary['eval_id']}", "", "| checkpoint | dataset | budget | greedy | avg@k | pass@k | cost-of-pass |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# {summary['eval_id']}",
+        "",
+        "| checkpoint | dataset | budget | greedy | avg@k | pass@k | cost-of-pass |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for c in summary["cells"]:
         k = int(c.get("k", 0))
         avg = f"{c['avg_at_k']:.3f} ± {c['avg_at_k_se']:.3f}" if k else ""
         passk = f"{c[f'pass_at_{k}']:.3f}" if k else ""
-        lines.append(f"| {c['checkpoint']} | {c['dataset']} | {c['budget']} | "
-                     f"{c['greedy_accuracy']:.3f} ± {c['greedy_accuracy_se']:.3f} | {avg} | {passk} | {c['cost_of_pass']:.4g} |")
+        lines.append(
+            f"| {c['checkpoint']} | {c['dataset']} | {c['budget']} | "
+            f"{c['greedy_accuracy']:.3f} ± {c['greedy_accuracy_se']:.3f} | {avg} | {passk} | {c['cost_of_pass']:.4g} |"
+        )
     if summary["comparisons"]:
-        lines += ["", "| a | b | dataset | budget | greedy diff (b - a) [95% CI] | McNemar p | avg@k diff [95% CI] |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "| a | b | dataset | budget | greedy diff (b - a) [95% CI] | McNemar p | avg@k diff [95% CI] |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for x in summary["comparisons"]:
             g = x.get("greedy")
             if not g:
                 continue
             avg = x.get("avg_at_k")
             avg_s = f"{avg['mean_diff']:+.3f} [{avg['ci_low']:+.3f}, {avg['ci_high']:+.3f}]" if avg else ""
-            lines.append(f"| {x['a']} | {x['b']} | {x['dataset']} | {x['budget']} | {g['mean_diff']:+.3f} "
-                         f"[{g['ci_low']:+.3f}, {g['ci_high']:+.3f}] | {g['p_value']:.3g} | {avg_s} |")
-    lines += ["", "Frontier cost-of-pass: " + "; ".join(
-        f"{f['dataset']}@{f['budget']}: {f['checkpoint']} ({f['cost_of_pass']:.4g})" for f in summary["frontier_cost_of_pass"])]
+            lines.append(
+                f"| {x['a']} | {x['b']} | {x['dataset']} | {x['budget']} | {g['mean_diff']:+.3f} "
+                f"[{g['ci_low']:+.3f}, {g['ci_high']:+.3f}] | {g['p_value']:.3g} | {avg_s} |"
+            )
+    lines += [
+        "",
+        "Frontier cost-of-pass: "
+        + "; ".join(
+            f"{f['dataset']}@{f['budget']}: {f['checkpoint']} ({f['cost_of_pass']:.4g})"
+            for f in summary["frontier_cost_of_pass"]
+        ),
+    ]
     return "\n".join(lines)

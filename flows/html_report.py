@@ -7,6 +7,7 @@ it can be mailed, attached to a ticket or opened offline. Sections: summary, acc
 evaluation, metrics over time (plots + table), sample greedy responses of the last evaluation, and
 the resolved config. Every value that comes from the run's files is HTML-escaped.
 """
+
 from __future__ import annotations
 
 import html
@@ -27,8 +28,18 @@ from flows.run_plots import (
 from storage.handles import atomic_path
 
 # Per-iteration metrics plotted and tabulated, in this order, when the run has them.
-REPORT_METRICS = ("reward_mean", "accuracy", "frac_zero_std_groups", "adv_std", "clipfrac", "approx_kl",
-                  "entropy", "grad_norm", "generation_seconds", "train_seconds")
+REPORT_METRICS = (
+    "reward_mean",
+    "accuracy",
+    "frac_zero_std_groups",
+    "adv_std",
+    "clipfrac",
+    "approx_kl",
+    "entropy",
+    "grad_norm",
+    "generation_seconds",
+    "train_seconds",
+)
 
 # Pipeline order of the stages that write metrics files. When two stages of an iteration report the
 # same metric name, the later one wins, as in the flow's own per-iteration table (rl_train).
@@ -81,7 +92,7 @@ def read_iteration_metrics(root: Path) -> dict[int, dict[str, float]]:
         con.close()
     rank = {stage: i for i, stage in enumerate(STAGE_ORDER)}
     out: dict[int, dict[str, float]] = {}
-    for it, stage, name, value in sorted(rows, key=lambda r: (r[0], rank.get(r[1], len(rank)), r[1])):
+    for it, _stage, name, value in sorted(rows, key=lambda r: (r[0], rank.get(r[1], len(rank)), r[1])):
         out.setdefault(int(it), {})[name] = value
     return out
 
@@ -126,7 +137,8 @@ def last_eval_samples(root: Path, n: int) -> tuple[int | None, list[dict[str, An
     try:
         rel = con.execute(
             "select prompt_id, status, score, completion_text from read_parquet(?) "
-            "where decoding = 'greedy' order by prompt_id, sample_index", [str(path)],
+            "where decoding = 'greedy' order by prompt_id, sample_index",
+            [str(path)],
         )
         cols = [d[0] for d in rel.description]
         rows = [dict(zip(cols, r)) for r in rel.fetchall()]
@@ -146,9 +158,11 @@ def pick_samples(rows: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
 
 def _table(headers: list[str], rows: list[list[str]], text_cols: int = 1) -> str:
     """An HTML table from already-escaped cells; the first `text_cols` columns are left-aligned."""
+
     def cells(tag: str, values: list[str]) -> str:
-        return "".join(f'<{tag} class="text">{v}</{tag}>' if i < text_cols else f"<{tag}>{v}</{tag}>"
-                       for i, v in enumerate(values))
+        return "".join(
+            f'<{tag} class="text">{v}</{tag}>' if i < text_cols else f"<{tag}>{v}</{tag}>" for i, v in enumerate(values)
+        )
 
     body = "".join(f"<tr>{cells('td', r)}</tr>" for r in rows)
     return f"<table><tr>{cells('th', headers)}</tr>{body}</table>"
@@ -182,8 +196,10 @@ def stages_table(s: dict[str, Any]) -> str:
     stages = list(dict.fromkeys([*executed, *cached, *wall, *compute]))
     if not stages:
         return ""
-    rows = [[esc(st), esc(executed.get(st, 0)), esc(cached.get(st, 0)), esc(num(compute.get(st))),
-             esc(num(wall.get(st)))] for st in stages]
+    rows = [
+        [esc(st), esc(executed.get(st, 0)), esc(cached.get(st, 0)), esc(num(compute.get(st))), esc(num(wall.get(st)))]
+        for st in stages
+    ]
     return _table(["stage", "executed", "cached", "compute seconds", "seconds (last invocation)"], rows)
 
 
@@ -192,8 +208,9 @@ def health_section(s: dict[str, Any]) -> str:
     health = s.get("health") or {}
     if not health:
         return '<p class="muted">No health-check findings.</p>'
-    rows = [[esc(code), esc(", ".join(map(str, e["iterations"]))), esc(e["first_message"])]
-            for code, e in health.items()]
+    rows = [
+        [esc(code), esc(", ".join(map(str, e["iterations"]))), esc(e["first_message"])] for code, e in health.items()
+    ]
     return _table(["check", "iterations", "first message"], rows, text_cols=3)
 
 
@@ -201,13 +218,21 @@ def evals_table(s: dict[str, Any]) -> str:
     avg = dict(series(s, "eval_avg_at_k"))
     tokens = dict(series(s, "generated_tokens_at_eval"))
     seconds = dict(series(s, "compute_seconds_at_eval"))
-    rows = [[esc(it), esc(pct(acc)), esc(pct(avg.get(it))),
-             esc("-" if it not in tokens else f"{tokens[it] / 1e6:.3f}"), esc(num(seconds.get(it), 6))]
-            for it, acc in series(s, "eval_accuracy")]
+    rows = [
+        [
+            esc(it),
+            esc(pct(acc)),
+            esc(pct(avg.get(it))),
+            esc("-" if it not in tokens else f"{tokens[it] / 1e6:.3f}"),
+            esc(num(seconds.get(it), 6)),
+        ]
+        for it, acc in series(s, "eval_accuracy")
+    ]
     if not rows:
         return '<p class="muted">No evaluations recorded.</p>'
-    return _table(["iteration", "accuracy (greedy)", "avg@k (sampled)", "generated tokens (M)",
-                   "compute seconds"], rows)
+    return _table(
+        ["iteration", "accuracy (greedy)", "avg@k (sampled)", "generated tokens (M)", "compute seconds"], rows
+    )
 
 
 def metrics_table(metrics: dict[int, dict[str, float]], s: dict[str, Any]) -> str:
@@ -215,8 +240,7 @@ def metrics_table(metrics: dict[int, dict[str, float]], s: dict[str, Any]) -> st
     if not names:
         return '<p class="muted">No per-iteration metrics files found.</p>'
     acc = dict(series(s, "eval_accuracy"))
-    rows = [[esc(it), *(esc(num(metrics[it].get(m))) for m in names), esc(pct(acc.get(it)))]
-            for it in sorted(metrics)]
+    rows = [[esc(it), *(esc(num(metrics[it].get(m))) for m in names), esc(pct(acc.get(it)))] for it in sorted(metrics)]
     return _table(["iteration", *(esc(m) for m in names), "held-out accuracy"], rows)
 
 
@@ -227,38 +251,59 @@ def img(path: Path | None, alt: str) -> str:
 def samples_section(iteration: int | None, rows: list[dict[str, Any]]) -> str:
     if iteration is None or not rows:
         return '<p class="muted">No greedy evaluation responses found.</p>'
-    parts = [(f"<p>Greedy responses of the evaluation after iteration {esc(iteration)} "
-              "(correct ones first, then wrong ones).</p>")]
+    parts = [
+        (
+            f"<p>Greedy responses of the evaluation after iteration {esc(iteration)} "
+            "(correct ones first, then wrong ones).</p>"
+        )
+    ]
     for r in rows:
         kind = "ok" if r["status"] == "ok" else "wrong"
         parts.append(
             f'<div class="sample"><b>{esc(r["prompt_id"])}</b> &middot; status '
             f'<span class="{kind}">{esc(r["status"])}</span> &middot; score {esc(num(r["score"]))}'
-            f'<pre>{esc(r["completion_text"] or "")}</pre></div>'
+            f"<pre>{esc(r['completion_text'] or '')}</pre></div>"
         )
     return "".join(parts)
 
 
-def render(run: RunInfo, plots: dict[str, Path], grid: Path | None, metrics: dict[int, dict[str, float]],
-           sample_iteration: int | None, sample_rows: list[dict[str, Any]]) -> str:
+def render(
+    run: RunInfo,
+    plots: dict[str, Path],
+    grid: Path | None,
+    metrics: dict[int, dict[str, float]],
+    sample_iteration: int | None,
+    sample_rows: list[dict[str, Any]],
+) -> str:
     title = f"segflow run {run.run_id}"
     accuracy_imgs = "".join(img(p, f"held-out accuracy vs {k}") for k, p in plots.items())
-    return "\n".join([
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{esc(title)}</title><style>{CSS}</style></head><body>",
-        f"<h1>{esc(title)}</h1>",
-        (f'<p>preset <b>{esc(run.preset or "-")}</b> &middot; estimator <b>{esc(run.estimator or "-")}</b> '
-         f'&middot; <span class="muted">{esc(run.root)}</span></p>'),
-        "<h2>Summary</h2>", summary_section(run),
-        "<h2>Health checks</h2>", health_section(run.summary),
-        "<h2>Held-out accuracy</h2>", evals_table(run.summary), accuracy_imgs,
-        "<h2>Metrics over time</h2>", img(grid, "per-iteration metrics"), metrics_table(metrics, run.summary),
-        "<h2>Sample responses</h2>", samples_section(sample_iteration, sample_rows),
-        "<h2>Resolved config</h2>",
-        f"<pre>{esc(run.config)}</pre>" if run.config else '<p class="muted">config.yaml not found.</p>',
-        "</body></html>",
-    ])
+    return "\n".join(
+        [
+            "<!DOCTYPE html>",
+            '<html lang="en"><head><meta charset="utf-8">',
+            f"<title>{esc(title)}</title><style>{CSS}</style></head><body>",
+            f"<h1>{esc(title)}</h1>",
+            (
+                f"<p>preset <b>{esc(run.preset or '-')}</b> &middot; estimator <b>{esc(run.estimator or '-')}</b> "
+                f'&middot; <span class="muted">{esc(run.root)}</span></p>'
+            ),
+            "<h2>Summary</h2>",
+            summary_section(run),
+            "<h2>Health checks</h2>",
+            health_section(run.summary),
+            "<h2>Held-out accuracy</h2>",
+            evals_table(run.summary),
+            accuracy_imgs,
+            "<h2>Metrics over time</h2>",
+            img(grid, "per-iteration metrics"),
+            metrics_table(metrics, run.summary),
+            "<h2>Sample responses</h2>",
+            samples_section(sample_iteration, sample_rows),
+            "<h2>Resolved config</h2>",
+            f"<pre>{esc(run.config)}</pre>" if run.config else '<p class="muted">config.yaml not found.</p>',
+            "</body></html>",
+        ]
+    )
 
 
 def write_report(run: RunInfo, out: Path, samples: int = 5) -> Path:

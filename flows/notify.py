@@ -8,6 +8,7 @@ part of the run id, config.yaml or any artifact.
     {"text": "segflow rl_train failed in train_policy: RuntimeError: ...", "flow": "rl_train",
      "flow_run": "<id>", "stage": "train_policy", "error": "...", "run_dir": "runs/<run_id>"}
 """
+
 from __future__ import annotations
 
 import json
@@ -17,6 +18,9 @@ import urllib.request
 from pathlib import Path
 
 ENV = "SEGFLOW_NOTIFY_WEBHOOK"
+# The Crashed state's message when Ctrl-C (KeyboardInterrupt) stopped the flow (prefect.states.
+# exception_to_crashed_state): the user cancelled the run, so nothing failed and no message is sent.
+INTERRUPTED = "Execution was aborted by an interrupt signal."
 log = logging.getLogger("segflow.notify")
 
 
@@ -27,8 +31,10 @@ def _failed_stage(flow_run_id) -> str | None:
 
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    failed = sorted((r for r in runs if r.state_type is not None and r.state_type.value in ("FAILED", "CRASHED")),
-                    key=lambda r: str(r.end_time or r.expected_start_time or ""))
+    failed = sorted(
+        (r for r in runs if r.state_type is not None and r.state_type.value in ("FAILED", "CRASHED")),
+        key=lambda r: str(r.end_time or r.expected_start_time or ""),
+    )
     return failed[-1].name.rsplit("-", 1)[0] if failed else None
 
 
@@ -46,7 +52,7 @@ def run_dir(parameters: dict) -> str | None:
 
             return str(Path(runs_dir) / run_id(cfg if isinstance(cfg, Config) else Config(**cfg)))
         if spec is not None:
-            from flows.evaluate import EvalSpec
+            from flows.eval_spec import EvalSpec
 
             return str(Path(runs_dir) / "evals" / (spec if isinstance(spec, EvalSpec) else EvalSpec(**spec)).eval_id())
     except Exception:  # noqa: BLE001 - a notification must never fail on its own
@@ -56,8 +62,14 @@ def run_dir(parameters: dict) -> str | None:
 
 def message(flow_name: str, flow_run_id, stage: str | None, error: str, directory: str | None) -> dict:
     where = f" in {stage}" if stage else ""
-    return {"text": f"segflow {flow_name} failed{where}: {error}" + (f" ({directory})" if directory else ""),
-            "flow": flow_name, "flow_run": str(flow_run_id), "stage": stage, "error": error, "run_dir": directory}
+    return {
+        "text": f"segflow {flow_name} failed{where}: {error}" + (f" ({directory})" if directory else ""),
+        "flow": flow_name,
+        "flow_run": str(flow_run_id),
+        "stage": stage,
+        "error": error,
+        "run_dir": directory,
+    }
 
 
 def describe(exc: BaseException, directory: str | None = None) -> str:
@@ -91,13 +103,39 @@ def _failed_subflow(flow_run_id) -> bool:
 
     with get_client(sync_client=True) as client:
         children = client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])))
+            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id]))
+        )
     return any(r.state_type is not None and r.state_type.value in ("FAILED", "CRASHED") for r in children)
+
+
+def interrupted(state) -> bool:
+    """Did Ctrl-C (SIGINT) end this flow run? Prefect records it as Crashed with INTERRUPTED."""
+    return str(getattr(state, "message", "") or "").startswith(INTERRUPTED)
+
+
+class _DropInterruptCrash(logging.Filter):
+    """Drops Prefect's `Crash detected! Execution was aborted by an interrupt signal.` error: after Ctrl-C,
+    `segflow run` says `interrupted; rerun the same command to resume` instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR or INTERRUPTED not in record.getMessage()
+
+
+def quiet_interrupt_crashes() -> None:
+    """Install _DropInterruptCrash on the loggers Prefect's flow and task engines log crashes to (idempotent)."""
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropInterruptCrash) for f in logger.filters):
+            logger.addFilter(_DropInterruptCrash())
 
 
 def notify_failure(flow, flow_run, state) -> None:
     """Prefect state hook (on_failure, on_crashed). An entry-point flow (flows/deploy.py) whose subflow
-    failed stays silent: the subflow's own hook sent the message that names the stage."""
+    failed stays silent: the subflow's own hook sent the message that names the stage. So does a run
+    stopped by Ctrl-C: that is a cancellation, which `segflow run` reports itself."""
+    if interrupted(state):
+        log.info("%s: interrupted (Ctrl-C); no failure notification", flow.name)
+        return
     try:
         if _failed_subflow(flow_run.id):
             return

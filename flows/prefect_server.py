@@ -19,6 +19,7 @@ between the server's start and its watchdog's start still leaves the server.
 
 Imports are stdlib only: the watchdog runs this file with `-I -S`, outside segflow's environment.
 """
+
 from __future__ import annotations
 
 import importlib.abc
@@ -47,9 +48,13 @@ def guard_ephemeral_server() -> None:
 
 def start_watchdog(server_pid: int) -> subprocess.Popen:
     """Start the watchdog of `server_pid` for this process."""
-    return subprocess.Popen([sys.executable, "-I", "-S", os.path.abspath(__file__), str(os.getpid()), str(server_pid)],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            close_fds=True)
+    return subprocess.Popen(
+        [sys.executable, "-I", "-S", os.path.abspath(__file__), str(os.getpid()), str(server_pid)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        close_fds=True,
+    )
 
 
 def _patch(module) -> None:

@@ -1,5 +1,6 @@
 """The `rl_train` flow: prepare_dataset -> warm_start -> per iteration generate_rollouts -> grade ->
-[reference_logprobs, with a KL penalty] -> [spo_values, SPO-chain] -> compute_advantages -> train_policy -> (every k) evaluate.
+[reference_logprobs, with a KL penalty] -> [spo_values, SPO-chain] -> compute_advantages -> train_policy ->
+(every k) evaluate.
 SPO-tree iterations are tree_rollouts -> compute_advantages -> replay_buffer -> train_policy.
 
 The flow only composes tasks and reports. Every stage is cached by its inputs (content handles of
@@ -7,13 +8,13 @@ upstream artifacts + config + code version), so re-running the same command resu
 run stopped and recomputes nothing that finished. Report artifacts are made here, in the flow body,
 so a resumed run still shows them (specs/prefect.md §3).
 """
+
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections import defaultdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from prefect import flow, get_run_logger
@@ -26,7 +27,8 @@ from prefect.artifacts import (
 
 from configs.loader import run_id as make_run_id
 from configs.loader import to_yaml
-from configs.schema import SEGMENT_ESTIMATORS, TREE_ESTIMATORS, Config
+from configs.schema import Config
+from flows.artifact_keys import artifact_key
 from flows.notify import notify_failure
 from storage.handles import FileRef, atomic_write_text, sweep_temporaries
 from storage.layout import RunLayout
@@ -36,8 +38,9 @@ from storage.run_lock import run_lock
 from storage.schemas import RUNS
 from tasks.advantage import compute_advantages
 from tasks.algos.health import HealthCheckFailed, Limits, Settings, diagnose, eval_regression, record
+from tasks.algos.registry import Family
 from tasks.common import CODE_VERSION, ensure
-from tasks.engine import current_engine, engine_asleep, shutdown_engine
+from tasks.engines.live import current_engine, engine_asleep, shutdown_engine
 from tasks.evaluate import evaluate
 from tasks.grade import grade
 from tasks.models import resolve_model_dir
@@ -54,27 +57,46 @@ from tasks.tree_rollouts import tree_rollouts
 from tasks.tree_view import read_tree, tree_markdown
 
 # Metrics shown in the per-iteration table artifact and the terminal summary.
-TABLE_METRICS = ("reward_mean", "accuracy", "frac_zero_std_groups", "frac_truncated", "adv_std", "clipfrac",
-                 "approx_kl", "kl_ref", "entropy", "logprob_gap_mean", "segments_per_response", "cutpoints_per_response",
-                 "mc_generated_tokens", "mc_tokens_per_trained_token",
-                 "generated_tokens_per_sample",
-                 "nodes_per_tree", "kept_edges", "edges_trained", "buffer_size",
-                 "generation_seconds", "mc_seconds", "weight_load_seconds", "train_seconds")
+TABLE_METRICS = (
+    "reward_mean",
+    "accuracy",
+    "frac_zero_std_groups",
+    "frac_truncated",
+    "adv_std",
+    "clipfrac",
+    "approx_kl",
+    "kl_ref",
+    "entropy",
+    "logprob_gap_mean",
+    "segments_per_response",
+    "cutpoints_per_response",
+    "mc_generated_tokens",
+    "mc_tokens_per_trained_token",
+    "generated_tokens_per_sample",
+    "nodes_per_tree",
+    "kept_edges",
+    "edges_trained",
+    "buffer_size",
+    "generation_seconds",
+    "mc_seconds",
+    "weight_load_seconds",
+    "train_seconds",
+)
 
 
 # Seconds each stage measured for its own work (metric name per stage). Unlike stage_seconds (wall
 # time of this invocation, near 0 when cached), these describe the run however often it is resumed.
-COMPUTE_METRICS = {"warm_start": "sft_seconds", "generate_rollouts": "generation_seconds", "spo_values": "mc_seconds",
-                   "tree_rollouts": "generation_seconds",
-                   "train_policy": "train_seconds", "evaluate": "eval_generation_seconds"}
+COMPUTE_METRICS = {
+    "warm_start": "sft_seconds",
+    "generate_rollouts": "generation_seconds",
+    "spo_values": "mc_seconds",
+    "tree_rollouts": "generation_seconds",
+    "train_policy": "train_seconds",
+    "evaluate": "eval_generation_seconds",
+}
 
 
 VIEW_ITEMS = 2  # questions (SPO-tree) or responses (SPO-chain) per iteration drawn in a markdown artifact
-
-
-def artifact_key(*parts: str) -> str:
-    """Prefect artifact keys allow lowercase letters, digits and dashes only (specs/prefect.md §3)."""
-    return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")[:100]
 
 
 def start_run(cfg: Config, layout: RunLayout) -> None:
@@ -83,11 +105,21 @@ def start_run(cfg: Config, layout: RunLayout) -> None:
     if not layout.config.exists() or layout.config.read_text() != text:
         atomic_write_text(layout.config, text)
     if not layout.run_table.exists():
-        write_parquet([{"run_id": layout.run_id, "preset": cfg.run.preset, "estimator": cfg.advantage.estimator,
-                        "task": cfg.data.task, "model": cfg.model.name_or_path,
-                        "created_at": datetime.now(timezone.utc),
-                        "config_json": json.dumps(cfg.model_dump(mode="json"), sort_keys=True)}],
-                      RUNS, layout.run_table)
+        write_parquet(
+            [
+                {
+                    "run_id": layout.run_id,
+                    "preset": cfg.run.preset,
+                    "estimator": cfg.advantage.estimator,
+                    "task": cfg.data.task,
+                    "model": cfg.model.name_or_path,
+                    "created_at": datetime.now(UTC),
+                    "config_json": json.dumps(cfg.model_dump(mode="json"), sort_keys=True),
+                }
+            ],
+            RUNS,
+            layout.run_table,
+        )
 
 
 @flow(name="rl_train", log_prints=True, on_failure=[notify_failure], on_crashed=[notify_failure])
@@ -180,7 +212,8 @@ def _train(cfg: Config, layout: RunLayout) -> dict:
                     raise HealthCheckFailed(
                         f"iteration {it}: health check {finding.code} is in health.fail_on, so the run stops: "
                         f"{finding.message} Finished stages stay cached; a rerun with the same config (health "
-                        "keys may differ) resumes here.")
+                        "keys may differ) resumes here."
+                    )
 
         def run_eval(it: int) -> float:
             m = read_metrics(stage("evaluate", evaluate, policy, data.test, it).metrics)
@@ -199,7 +232,7 @@ def _train(cfg: Config, layout: RunLayout) -> dict:
         seconds_at_eval = {0: stage.compute_seconds()}  # measured work so far: the wall-clock x axis
         for it in range(1, cfg.run.iterations + 1):
             executed_before = stage.executed_calls()
-            if cfg.advantage.estimator in TREE_ESTIMATORS:
+            if cfg.advantage.spec.grows_trees:
                 outs, buffer = tree_iteration(stage, policy, start, data.train, buffer, it)
             else:
                 outs = rollout_iteration(cfg, stage, policy, start, data.train, it)
@@ -216,11 +249,15 @@ def _train(cfg: Config, layout: RunLayout) -> dict:
                 tokens_at_eval[it] = generated
                 seconds_at_eval[it] = stage.compute_seconds()
                 row["eval_accuracy"] = round(evals[it], 4)
-                print(f"iteration {it}: held-out accuracy {evals[it]:.3f}"
-                      + (f", avg@{cfg.eval.samples} {sampled[it]:.3f}" if it in sampled else ""))
+                print(
+                    f"iteration {it}: held-out accuracy {evals[it]:.3f}"
+                    + (f", avg@{cfg.eval.samples} {sampled[it]:.3f}" if it in sampled else "")
+                )
             rows.append(row)
-            print(f"iteration {it}: reward {metrics.get('reward_mean', 0):.3f}, "
-                  f"train accuracy {metrics.get('accuracy', 0):.3f}")
+            print(
+                f"iteration {it}: reward {metrics.get('reward_mean', 0):.3f}, "
+                f"train accuracy {metrics.get('accuracy', 0):.3f}"
+            )
             if stage.executed_calls() > executed_before:  # a cached iteration is not progress (one request less)
                 update_progress_artifact(progress_id, 100.0 * it / max(1, cfg.run.iterations))
     finally:
@@ -228,21 +265,30 @@ def _train(cfg: Config, layout: RunLayout) -> dict:
             shutdown_engine()
 
     summary = {
-        "run_id": layout.run_id, "preset": cfg.run.preset, "estimator": cfg.advantage.estimator,
-        "iterations_completed": cfg.run.iterations, "initial_eval_accuracy": evals[0],
-        "final_eval_accuracy": evals[max(evals)], "eval_accuracy": {str(k): v for k, v in evals.items()},
+        "run_id": layout.run_id,
+        "preset": cfg.run.preset,
+        "estimator": cfg.advantage.estimator,
+        "iterations_completed": cfg.run.iterations,
+        "initial_eval_accuracy": evals[0],
+        "final_eval_accuracy": evals[max(evals)],
+        "eval_accuracy": {str(k): v for k, v in evals.items()},
         "eval_avg_at_k": {str(k): v for k, v in sampled.items()},
-        "generated_tokens": generated, "generated_tokens_at_eval": {str(k): v for k, v in tokens_at_eval.items()},
+        "generated_tokens": generated,
+        "generated_tokens_at_eval": {str(k): v for k, v in tokens_at_eval.items()},
         "compute_seconds_at_eval": {str(k): round(v, 2) for k, v in seconds_at_eval.items()},
         "wall_seconds": round(time.perf_counter() - wall0, 2),
         "stage_seconds": {k: round(v, 2) for k, v in stage.wall.items()},
         "compute_seconds": {k: round(v, 2) for k, v in stage.compute.items()},
-        "stages_executed": dict(stage.executed), "stages_cached": dict(stage.cached), "code_version": CODE_VERSION,
+        "stages_executed": dict(stage.executed),
+        "stages_cached": dict(stage.cached),
+        "code_version": CODE_VERSION,
         "health": health,
     }
     for code, entry in health.items():
-        print(f"health: {code} in {len(entry['iterations'])} of {cfg.run.iterations} iterations "
-              f"(first at {entry['iterations'][0]})")
+        print(
+            f"health: {code} in {len(entry['iterations'])} of {cfg.run.iterations} iterations "
+            f"(first at {entry['iterations'][0]})"
+        )
     atomic_write_text(layout.summary, json.dumps(summary, indent=2))
     if stage.executed:  # a fully cached rerun would only add identical versions of both
         if rows:
@@ -258,13 +304,30 @@ def rollout_iteration(cfg: Config, stage, policy: FileRef, start: FileRef, train
     grades = stage("grade", grade, roll.artifact, train, it)
     ref = stage("reference_logprobs", reference_logprobs, start, roll.artifact, it) if cfg.train.kl_coef > 0 else None
     in_reward = ref is not None and cfg.train.kl_placement == "reward"
-    spo = stage("spo_values", spo_values, policy, roll.artifact, grades.artifact, train, it) \
-        if cfg.advantage.estimator in SEGMENT_ESTIMATORS else None
-    adv = stage("compute_advantages", compute_advantages, roll.artifact, grades.artifact,
-                ref.artifact if in_reward else None, spo.artifact if spo else None, it)
-    trained = train_stage(stage, start, policy, roll.artifact, adv.artifact,
-                          ref.artifact if ref is not None and not in_reward else None,
-                          spo.side if spo is not None and cfg.spo.mc_train else None, it)
+    spo = (
+        stage("spo_values", spo_values, policy, roll.artifact, grades.artifact, train, it)
+        if cfg.advantage.spec.reads_segments
+        else None
+    )
+    adv = stage(
+        "compute_advantages",
+        compute_advantages,
+        roll.artifact,
+        grades.artifact,
+        ref.artifact if in_reward else None,
+        spo.artifact if spo else None,
+        it,
+    )
+    trained = train_stage(
+        stage,
+        start,
+        policy,
+        roll.artifact,
+        adv.artifact,
+        ref.artifact if ref is not None and not in_reward else None,
+        spo.side if spo is not None and cfg.spo.mc_train else None,
+        it,
+    )
     return (roll, grades, ref, spo, adv, trained)
 
 
@@ -287,43 +350,63 @@ def train_stage(stage, *args):
 def publish_views(cfg: Config, layout: RunLayout, outs: tuple, it: int, key: str) -> None:
     """Markdown artifacts of an iteration, decoded with the new checkpoint's tokenizer: SPO-tree's trees for
     a few questions, SPO-chain's segments for a few responses."""
-    if cfg.advantage.estimator not in TREE_ESTIMATORS + SEGMENT_ESTIMATORS:
+    if cfg.advantage.spec.family is Family.RESPONSE:
         return
     tok = load_tokenizer(outs[-1].artifact.path)
 
     def decode(ids: list[int]) -> str:
         return tok.decode(ids, skip_special_tokens=True)
 
-    if cfg.advantage.estimator in TREE_ESTIMATORS:
+    if cfg.advantage.spec.grows_trees:
         rows = read_tree(outs[0].artifact.path, outs[1].artifact.path)
-        create_markdown_artifact(tree_markdown(rows, it, VIEW_ITEMS, decode), key=f"{key}-trees",
-                                 description=f"SPO-tree values and advantages, iteration {it}")
+        create_markdown_artifact(
+            tree_markdown(rows, it, VIEW_ITEMS, decode),
+            key=f"{key}-trees",
+            description=f"SPO-tree values and advantages, iteration {it}",
+        )
     else:
-        create_markdown_artifact(segments_markdown(read_segment_views(layout, it), it, VIEW_ITEMS, decode),
-                                 key=f"{key}-segments", description=f"SPO-chain segments and advantages, iteration {it}")
+        create_markdown_artifact(
+            segments_markdown(read_segment_views(layout, it), it, VIEW_ITEMS, decode),
+            key=f"{key}-segments",
+            description=f"SPO-chain segments and advantages, iteration {it}",
+        )
 
 
 def health_settings(cfg: Config) -> Settings:
     """The config values the health checks name in their messages."""
     return Settings(
-        samples_per_prompt=cfg.rollout.samples_per_prompt, temperature=cfg.rollout.temperature,
-        max_tokens=cfg.rollout.max_tokens, truncated_reward=cfg.reward.truncated, lr=cfg.train.lr,
-        task=cfg.data.task, limits=Limits(**cfg.health.model_dump(exclude={"fail_on"})),
-        sampler_is_old_policy=cfg.advantage.estimator in TREE_ESTIMATORS and cfg.tree.old_logprobs == "generation",
+        samples_per_prompt=cfg.rollout.samples_per_prompt,
+        temperature=cfg.rollout.temperature,
+        max_tokens=cfg.rollout.max_tokens,
+        truncated_reward=cfg.reward.truncated,
+        lr=cfg.train.lr,
+        task=cfg.data.task,
+        limits=Limits(**cfg.health.model_dump(exclude={"fail_on"})),
+        sampler_is_old_policy=cfg.advantage.spec.grows_trees and cfg.tree.old_logprobs == "generation",
     )
 
 
 def summary_markdown(s: dict) -> str:
-    lines = [f"# {s['run_id']}", "", f"preset `{s['preset']}`, estimator `{s['estimator']}`, "
-             f"{s['iterations_completed']} iterations, {s['wall_seconds']:.0f} s", "",
-             "| iteration | held-out accuracy (greedy) | avg@k (sampled) |", "|---|---|---|"]
+    lines = [
+        f"# {s['run_id']}",
+        "",
+        f"preset `{s['preset']}`, estimator `{s['estimator']}`, "
+        f"{s['iterations_completed']} iterations, {s['wall_seconds']:.0f} s",
+        "",
+        "| iteration | held-out accuracy (greedy) | avg@k (sampled) |",
+        "|---|---|---|",
+    ]
     avg = s.get("eval_avg_at_k", {})
-    lines += [f"| {k} | {v:.3f} | {avg[k]:.3f} |" if k in avg else f"| {k} | {v:.3f} | |"
-              for k, v in s["eval_accuracy"].items()]
+    lines += [
+        f"| {k} | {v:.3f} | {avg[k]:.3f} |" if k in avg else f"| {k} | {v:.3f} | |"
+        for k, v in s["eval_accuracy"].items()
+    ]
     lines += ["", "| stage | seconds (this invocation) |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in s["stage_seconds"].items()]
     if s.get("health"):
         lines += ["", "## Health checks", "", "| check | iterations | first message |", "|---|---|---|"]
-        lines += [f"| {code} | {', '.join(map(str, e['iterations']))} | {e['first_message']} |"
-                  for code, e in s["health"].items()]
+        lines += [
+            f"| {code} | {', '.join(map(str, e['iterations']))} | {e['first_message']} |"
+            for code, e in s["health"].items()
+        ]
     return "\n".join(lines)

@@ -8,6 +8,7 @@ Everything here reads the files a finished run leaves behind (summary.json, conf
 needs Prefect or a model. Accuracies stay fractions in [0, 1] in the rows and are shown in % only
 when formatted or plotted.
 """
+
 from __future__ import annotations
 
 import base64
@@ -44,8 +45,9 @@ def load_run(path_or_id: str, runs_dir: Path) -> RunInfo:
     # The flow writes summary.json last, so a directory without it is a run still going (or that stopped).
     unfinished = [root for root in candidates if root.is_dir()]
     if unfinished:
-        raise ValueError(f"run {path_or_id!r}: {unfinished[0]} has no summary.json yet, so it has not finished "
-                         f"(tried {tried})")
+        raise ValueError(
+            f"run {path_or_id!r}: {unfinished[0]} has no summary.json yet, so it has not finished (tried {tried})"
+        )
     raise ValueError(f"run {path_or_id!r}: no run directory with summary.json (tried {tried})")
 
 
@@ -151,20 +153,23 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     widths = [max(len(line[i]) for line in [headers, *body]) for i in range(len(headers))]
 
     def line(cells: list[str]) -> str:
-        return "  ".join(c.rjust(w) if key in _NUMERIC else c.ljust(w)
-                         for c, w, (key, _, _) in zip(cells, widths, COLUMNS)).rstrip()
+        return "  ".join(
+            c.rjust(w) if key in _NUMERIC else c.ljust(w) for c, w, (key, _, _) in zip(cells, widths, COLUMNS)
+        ).rstrip()
 
     return "\n".join([line(headers), "  ".join("-" * w for w in widths), *map(line, body)])
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     """A GitHub-flavoured Markdown table with the same columns as format_table."""
+
     def line(cells: list[str]) -> str:
         return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
     align = ["---:" if key in _NUMERIC else "---" for key, _, _ in COLUMNS]
-    return "\n".join([line([header for _, header, _ in COLUMNS]), "|" + "|".join(align) + "|",
-                      *map(line, _cells(rows))])
+    return "\n".join(
+        [line([header for _, header, _ in COLUMNS]), "|" + "|".join(align) + "|", *map(line, _cells(rows))]
+    )
 
 
 def label(run: RunInfo) -> str:
@@ -200,8 +205,7 @@ def _accuracy_points(run: RunInfo, x_key: str | None, scale: float = 1.0) -> tup
     return [x for x, _ in pts], [y for _, y in pts]
 
 
-def _plot_one(runs: list[RunInfo], dest: Path, x_key: str | None, xlabel: str, title: str,
-              scale: float = 1.0) -> Path:
+def _plot_one(runs: list[RunInfo], dest: Path, x_key: str | None, xlabel: str, title: str, scale: float = 1.0) -> Path:
     fig = new_figure()
     ax = fig.add_subplot()
     for run in runs:
@@ -235,11 +239,17 @@ def plot_accuracy(runs: list[RunInfo], out_dir: Path) -> dict[str, Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {
-        "iteration": _plot_one(runs, out_dir / "accuracy_vs_iteration.png", None, "RL iteration",
-                               "held-out accuracy vs iteration"),
-        "tokens": _plot_one(runs, out_dir / "accuracy_vs_tokens.png", "generated_tokens_at_eval",
-                            "generated tokens, rollouts + Monte Carlo (millions)",
-                            "held-out accuracy vs generated tokens", scale=1e6),
+        "iteration": _plot_one(
+            runs, out_dir / "accuracy_vs_iteration.png", None, "RL iteration", "held-out accuracy vs iteration"
+        ),
+        "tokens": _plot_one(
+            runs,
+            out_dir / "accuracy_vs_tokens.png",
+            "generated_tokens_at_eval",
+            "generated tokens, rollouts + Monte Carlo (millions)",
+            "held-out accuracy vs generated tokens",
+            scale=1e6,
+        ),
     }
     missing = runs_without_seconds(runs)
     timed = [run for run in runs if run.summary.get("compute_seconds_at_eval")]
@@ -247,8 +257,13 @@ def plot_accuracy(runs: list[RunInfo], out_dir: Path) -> dict[str, Path]:
         title = "held-out accuracy vs compute seconds"
         if missing:
             title += "\n(no compute_seconds_at_eval, not shown: " + ", ".join(r.run_id for r in missing) + ")"
-        paths["seconds"] = _plot_one(timed, out_dir / "accuracy_vs_seconds.png", "compute_seconds_at_eval",
-                                     "measured compute seconds (sum over stages)", title)
+        paths["seconds"] = _plot_one(
+            timed,
+            out_dir / "accuracy_vs_seconds.png",
+            "compute_seconds_at_eval",
+            "measured compute seconds (sum over stages)",
+            title,
+        )
     return paths
 
 

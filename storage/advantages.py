@@ -1,4 +1,5 @@
 """Run an estimator's SQL file over rollouts + grades Parquet files. Used by the flow and the CLI."""
+
 from __future__ import annotations
 
 import re
@@ -11,7 +12,6 @@ import pyarrow.compute  # noqa: F401 - pa.compute
 import pyarrow.parquet as pq
 
 from storage.catalog import SQL_DIR, strip_line_comments
-from storage.scratch_db import scratch_cursor
 from storage.schemas import (
     ADVANTAGES,
     REPLAY_BUFFER,
@@ -19,15 +19,15 @@ from storage.schemas import (
     TRAIN_EDGES,
     TREE_ADVANTAGES,
 )
-
-SEGMENT_ESTIMATORS = ("spo_chain",)  # over segments.parquet, not rollouts + grades
-TREE_ESTIMATORS = ("spo_tree",)  # over tree_nodes.parquet
+from storage.scratch_db import scratch_cursor
+from tasks.algos.registry import Family, spec_of
 
 
 def _run_on(views: dict[str, str | Path | pa.Table], sql_file: Path, params: dict) -> pa.Table:
     """Run one SQL file with `views` (a Parquet path or an Arrow table each) and its named parameters."""
     sql = sql_file.read_text()
     with scratch_cursor() as con:
+        con.execute((SQL_DIR / "prob_mask.sql").read_text())  # the mask's macros, which the SPO files call
         for name, source in views.items():
             # A relation, so the path is an argument and never part of SQL text. register() makes a
             # temporary view, private to this cursor (create_view would be shared by every cursor).
@@ -35,9 +35,9 @@ def _run_on(views: dict[str, str | Path | pa.Table], sql_file: Path, params: dic
         return con.sql(sql, params=_bind(sql, params, sql_file.name)).to_arrow_table()
 
 
-def compute_tree_advantages(nodes: str | Path, params: dict) -> pa.Table:
+def compute_tree_advantages(estimator: str, nodes: str | Path, params: dict) -> pa.Table:
     """Node values and edge advantages (schema TREE_ADVANTAGES) from a tree_nodes file (adv_spo_tree.sql)."""
-    return _run_on({"nodes": nodes}, sql_path("spo_tree"), params).cast(TREE_ADVANTAGES)
+    return _run_on({"nodes": nodes}, sql_path(estimator), params).cast(TREE_ADVANTAGES)
 
 
 def replay_take(pool: pa.Table, params: dict) -> tuple[pa.Table, pa.Table]:
@@ -60,11 +60,8 @@ def compute_segment_advantages(estimator: str, segments: str | Path, params: dic
 
 
 def sql_path(estimator: str) -> Path:
-    path = SQL_DIR / f"adv_{estimator}.sql"  # house rule 2: the config name is the file name
-    if not path.exists():
-        known = sorted(p.stem.removeprefix("adv_") for p in SQL_DIR.glob("adv_*.sql"))
-        raise ValueError(f"estimator {estimator!r} has no SQL file; known: {', '.join(known)}")
-    return path
+    """The registered estimator's SQL file (tasks/algos/registry.py); ValueError naming the known ones."""
+    return SQL_DIR / spec_of(estimator).sql_file
 
 
 def sql_params(sql: str) -> set[str]:
@@ -80,8 +77,9 @@ def _bind(sql: str, params: dict, name: str) -> dict:
     return {k: params[k] for k in used}
 
 
-def compute_advantages(estimator: str, rollouts: str | Path, grades: str | Path, params: dict,
-                       kl: str | Path | None = None) -> pa.Table:
+def compute_advantages(
+    estimator: str, rollouts: str | Path, grades: str | Path, params: dict, kl: str | Path | None = None
+) -> pa.Table:
     """Advantages table (schema ADVANTAGES) for `estimator` over one iteration's rollout/grade files.
 
     `params` are named SQL parameters (the advantage config section's fields; only those a file
@@ -90,9 +88,12 @@ def compute_advantages(estimator: str, rollouts: str | Path, grades: str | Path,
     of `grades` must have exactly one non-null `kl` there, else ValueError naming the first ones.
     Rows are in the grades file's order, whatever order DuckDB's parallel aggregates produce them in.
     """
-    if estimator in SEGMENT_ESTIMATORS + TREE_ESTIMATORS:
-        what = "segments (segments.parquet)" if estimator in SEGMENT_ESTIMATORS else "trees (tree_nodes.parquet)"
-        raise ValueError(f"estimator {estimator!r} works on {what}, not on rollouts + grades")
+    spec = spec_of(estimator)
+    if spec.family is not Family.RESPONSE:
+        raise ValueError(
+            f"estimator {estimator!r} works on {' + '.join(spec.inputs)} ({spec.family.value} "
+            "family), not on rollouts + grades"
+        )
     params = {"kl_reward_coef": 0.0, **params}
     path = sql_path(estimator)
     sql = path.read_text()
@@ -104,19 +105,25 @@ def compute_advantages(estimator: str, rollouts: str | Path, grades: str | Path,
         # Only the columns the estimators need; a view costs nothing unless an estimator reads it
         # (REC reads seeds, REINFORCE++ token counts; GRPO/RLOO read the grades alone).
         # register(), not create_view(): temporary views, private to this cursor (see _run_on).
-        con.register("rollouts", con.read_parquet(str(rollouts)).project(
-            "run_id, iteration, prompt_id, sample_index, seed, finish_reason, len(completion_token_ids) as num_tokens"
-        ))
+        con.register(
+            "rollouts",
+            con.read_parquet(str(rollouts)).project(
+                "run_id, iteration, prompt_id, sample_index, seed, finish_reason, "
+                "len(completion_token_ids) as num_tokens"
+            ),
+        )
         scores = con.read_parquet(str(grades), file_row_number=True).project("*, file_row_number as grade_row")
         if kl is None:
             con.register("grades", scores)
         else:
             con.register("grades_raw", scores)
-            con.register("kl_penalty", con.read_parquet(str(kl)).project("run_id, iteration, prompt_id, sample_index, kl"))
+            con.register(
+                "kl_penalty", con.read_parquet(str(kl)).project("run_id, iteration, prompt_id, sample_index, kl")
+            )
             check_kl_coverage(con, kl, grades)
-            # DuckDB cannot bind parameters inside CREATE VIEW: inline the (numeric) coefficient.
+            # DuckDB cannot bind parameters inside CREATE VIEW: register the bound query's relation instead.
             shaping = (SQL_DIR / "kl_in_reward.sql").read_text()
-            con.execute(shaping.replace("$kl_reward_coef", repr(float(params["kl_reward_coef"]))))
+            con.register("grades", con.sql(shaping, params=_bind(shaping, params, "kl_in_reward.sql")))
         con.execute(shared)
         # Only the row number and the advantage leave DuckDB (the optimiser prunes the string columns).
         out = con.sql(sql, params=_bind(sql, params, path.name)).project("grade_row, advantage").fetchnumpy()
@@ -131,12 +138,16 @@ def check_kl_coverage(con, kl: str | Path, grades: str | Path) -> None:
     bad = con.sql((SQL_DIR / "kl_unmatched.sql").read_text()).fetchall()
     if not bad:
         return
-    what = "; ".join(f"response (prompt_id={pid!r}, sample_index={s}) of run {run!r} iteration {it} has "
-                     + ("no kl" if rows == 0 else f"{rows} kl rows")
-                     for run, it, pid, s, rows, _ in bad)
+    what = "; ".join(
+        f"response (prompt_id={pid!r}, sample_index={s}) of run {run!r} iteration {it} has "
+        + ("no kl" if rows == 0 else f"{rows} kl rows")
+        for run, it, pid, s, rows, _ in bad
+    )
     more = bad[0][-1] - len(bad)
-    raise ValueError(f"{kl}: {what}{f' (and {more} more)' if more else ''}. A KL penalty in the reward needs "
-                     f"exactly one kl per response of {grades}: the ref_logprobs.parquet of the same iteration")
+    raise ValueError(
+        f"{kl}: {what}{f' (and {more} more)' if more else ''}. A KL penalty in the reward needs "
+        f"exactly one kl per response of {grades}: the ref_logprobs.parquet of the same iteration"
+    )
 
 
 def in_grades_order(rows: np.ndarray, values: np.ndarray, n: int, what: str) -> np.ndarray:

@@ -16,6 +16,7 @@ off and its configuration locked, so no statement can write, attach, load or eve
 A file whose Parquet footer cannot be read (truncated, garbage) or whose columns cannot be unified with
 the other files of its view is left out and named, instead of failing every query.
 """
+
 from __future__ import annotations
 
 import json
@@ -157,6 +158,7 @@ def strip_line_comments(sql: str) -> str:
 
 # --- read-only check ---------------------------------------------------------------------------------
 
+
 def _skip_noise(text: str, i: int = 0) -> int:
     """Index of the first character at or after `i` that is not whitespace or a comment (`-- ...` or
     `/* ... */`, which DuckDB nests)."""
@@ -261,8 +263,10 @@ def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
     for i, st in enumerate(con.extract_statements(sql), 1):
         bad = _writes(con, st.query, str(st.type).rsplit(".", 1)[-1])
         if bad:
-            raise ValueError(f"segflow sql is read-only: statement {i} is {bad} ({st.query.strip()[:60]!r}); "
-                             "allowed: SELECT, PIVOT, and EXPLAIN [ANALYZE] of those")
+            raise ValueError(
+                f"segflow sql is read-only: statement {i} is {bad} ({st.query.strip()[:60]!r}); "
+                "allowed: SELECT, PIVOT, and EXPLAIN [ANALYZE] of those"
+            )
 
 
 def check_one_statement(con: duckdb.DuckDBPyConnection, sql: str) -> None:
@@ -271,14 +275,18 @@ def check_one_statement(con: duckdb.DuckDBPyConnection, sql: str) -> None:
     if not found:
         raise ValueError(f"no SQL statement in {sql.strip()[:60]!r}")
     if len(found) > 1:
-        raise ValueError(f"segflow sql runs one statement at a time; got {len(found)} (statement 2 is "
-                         f"{found[1].query.strip()[:60]!r}): run them one by one")
+        raise ValueError(
+            f"segflow sql runs one statement at a time; got {len(found)} (statement 2 is "
+            f"{found[1].query.strip()[:60]!r}): run them one by one"
+        )
 
 
 # --- running a query ---------------------------------------------------------------------------------
 
-def query(runs_dir: str | Path, sql: str, *, timeout: float | None = None,
-          skipped: list[str] | None = None) -> tuple[list[str], list[tuple]]:
+
+def query(
+    runs_dir: str | Path, sql: str, *, timeout: float | None = None, skipped: list[str] | None = None
+) -> tuple[list[str], list[tuple]]:
     """Run one read-only SQL statement over the catalog. Returns (column names, rows).
 
     timeout: seconds the statement may run (after the catalog opens); None or 0 = no limit. Past it the

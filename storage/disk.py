@@ -3,6 +3,7 @@
 Writers (storage/handles.py) turn whatever a library raises on a full disk into `DiskFullError`, so the run's
 last line and its failure notification say which filesystem filled up and which artifact was being written.
 """
+
 from __future__ import annotations
 
 import errno
@@ -67,8 +68,7 @@ def free_bytes(path: str | Path) -> int:
 
 
 def disk_full_message(dest: str | Path) -> str:
-    return (f"no space left on {mount_point(dest)} while writing {dest}; "
-            "free space and rerun the same command")
+    return f"no space left on {mount_point(dest)} while writing {dest}; free space and rerun the same command"
 
 
 def is_disk_full(exc: BaseException, dest: str | Path) -> bool:

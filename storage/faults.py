@@ -12,6 +12,7 @@ SEGFLOW_FAIL_AT="<point>:<n>" raises InjectedFailure there instead (a failed sta
 process: what `prefect flow-run retry` and the UI's Retry button recover from).
 Unset in normal runs, where a check costs one environment lookup.
 """
+
 from __future__ import annotations
 
 import os

@@ -4,14 +4,15 @@ Stages pass `FileRef`s (path + sha256 of the bytes), never data. Because the dig
 handle, a downstream Prefect cache key changes whenever upstream content changes, and a cached
 handle whose file was deleted or rewritten is detected by `FileRef.is_valid()`.
 """
+
 from __future__ import annotations
 
 import hashlib
 import os
 import secrets
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from pydantic import BaseModel, ConfigDict
 
@@ -29,7 +30,7 @@ class FileRef(BaseModel):
     sha256: str
 
     @classmethod
-    def of(cls, path: str | Path) -> "FileRef":
+    def of(cls, path: str | Path) -> FileRef:
         p = Path(path)
         return cls(path=str(p), sha256=digest(p))
 
@@ -46,7 +47,7 @@ class FileRef(BaseModel):
         return None if found == self.sha256 else f"changed (expected sha256 {self.sha256[:12]}, found {found[:12]})"
 
 
-def _hash_file(h: "hashlib._Hash", path: Path) -> None:
+def _hash_file(h: hashlib._Hash, path: Path) -> None:
     with open(path, "rb") as f:
         while block := f.read(_CHUNK):
             h.update(block)
@@ -78,8 +79,9 @@ MEMO_MAX_ENTRIES = 20_000
 
 
 def _memo_dir() -> Path:
-    base = os.environ.get("SEGFLOW_CACHE_DIR") or os.path.join(os.environ.get("XDG_CACHE_HOME") or
-                                                               os.path.expanduser("~/.cache"), "segflow")
+    base = os.environ.get("SEGFLOW_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "segflow"
+    )
     return Path(base) / "digests"
 
 

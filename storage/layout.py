@@ -1,33 +1,34 @@
 """The run directory layout: every path segflow writes is built here and nowhere else.
 
-    <runs_dir>/<run_id>/
-        config.yaml                      resolved config, written before any work starts
-        run.parquet                      one row describing the run            (catalog view `runs`)
-        data/prompts-<split>.parquet     prepared prompts                      (`prompts`)
-        models/warm_start/               SFT'd tiny model (HF directory)
-        iterations/<k>/rollouts.parquet  sampled responses of iteration k      (`rollouts`)
-        iterations/<k>/grades.parquet                                          (`grades`)
-        iterations/<k>/ref_logprobs.parquet reference-model log-probs + KL, when train.kl_coef > 0 (`ref_logprobs`)
-        iterations/<k>/advantages.parquet                                      (`advantages`)
-        iterations/<k>/mc_rollouts.parquet   SPO-chain Monte Carlo continuations (`mc_rollouts`)
-        iterations/<k>/segments.parquet      SPO-chain segments with values  (`segments`)
-        iterations/<k>/segment_advantages.parquet                              (`segment_advantages`)
-        iterations/<k>/tree_nodes.parquet    SPO-tree nodes with tokens and leaf grades (`tree_nodes`)
-        iterations/<k>/tree_advantages.parquet node values and edge advantages          (`tree_advantages`)
-        iterations/<k>/replay_buffer.parquet edges left in the buffer after iteration k (`replay_buffer`)
-        iterations/<k>/train_edges.parquet   edges trained in iteration k              (`train_edges`)
-        iterations/<k>/metrics-<stage>.parquet                                 (`metrics`)
-        checkpoints/<k>/                 policy after training in iteration k (HF directory + optimizer)
-        eval/<k>/results.parquet         evaluation of the policy after iteration k (0 = start) (`eval_results`)
-        eval/<k>/metrics-eval.parquet                                          (`metrics`)
-        summary.json
+<runs_dir>/<run_id>/
+    config.yaml                      resolved config, written before any work starts
+    run.parquet                      one row describing the run            (catalog view `runs`)
+    data/prompts-<split>.parquet     prepared prompts                      (`prompts`)
+    models/warm_start/               SFT'd tiny model (HF directory)
+    iterations/<k>/rollouts.parquet  sampled responses of iteration k      (`rollouts`)
+    iterations/<k>/grades.parquet                                          (`grades`)
+    iterations/<k>/ref_logprobs.parquet reference-model log-probs + KL, when train.kl_coef > 0 (`ref_logprobs`)
+    iterations/<k>/advantages.parquet                                      (`advantages`)
+    iterations/<k>/mc_rollouts.parquet   SPO-chain Monte Carlo continuations (`mc_rollouts`)
+    iterations/<k>/segments.parquet      SPO-chain segments with values  (`segments`)
+    iterations/<k>/segment_advantages.parquet                              (`segment_advantages`)
+    iterations/<k>/tree_nodes.parquet    SPO-tree nodes with tokens and leaf grades (`tree_nodes`)
+    iterations/<k>/tree_advantages.parquet node values and edge advantages          (`tree_advantages`)
+    iterations/<k>/replay_buffer.parquet edges left in the buffer after iteration k (`replay_buffer`)
+    iterations/<k>/train_edges.parquet   edges trained in iteration k              (`train_edges`)
+    iterations/<k>/metrics-<stage>.parquet                                 (`metrics`)
+    checkpoints/<k>/                 policy after training in iteration k (HF directory + optimizer)
+    eval/<k>/results.parquet         evaluation of the policy after iteration k (0 = start) (`eval_results`)
+    eval/<k>/metrics-eval.parquet                                          (`metrics`)
+    summary.json
 
-    <runs_dir>/evals/<eval_id>/            a `segflow eval` evaluation (EvalLayout)
-        spec.json                        what was evaluated: checkpoints, datasets, k, budgets, seed, prices
-        <checkpoint>/<dataset>/<budget>/samples.parquet   graded answers             (`eval_samples`)
-        <checkpoint>/<dataset>/<budget>/metrics.json      metrics with standard errors
-        summary.json                     every metrics row, paired comparisons, frontier cost-of-pass
+<runs_dir>/evals/<eval_id>/            a `segflow eval` evaluation (EvalLayout)
+    spec.json                        what was evaluated: checkpoints, datasets, k, budgets, seed, prices
+    <checkpoint>/<dataset>/<budget>/samples.parquet   graded answers             (`eval_samples`)
+    <checkpoint>/<dataset>/<budget>/metrics.json      metrics with standard errors
+    summary.json                     every metrics row, paired comparisons, frontier cost-of-pass
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,15 +1,16 @@
 """Schema-checked, atomic Parquet I/O."""
+
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from storage.faults import crash_point
 from storage.handles import FileRef, atomic_path
-
 
 # Rows per Parquet row group: one group for any file up to 1Mi rows (pyarrow's default, made explicit).
 # DuckDB reads a file one row group per thread and combines per-thread partial sums in whatever order
@@ -75,6 +76,8 @@ def read_parquet(ref: FileRef | str | Path, schema: pa.Schema | None = None) -> 
     except (pa.ArrowInvalid, OSError) as e:
         if isinstance(e, FileNotFoundError):
             raise
-        raise CorruptArtifact(f"{path}: not a readable Parquet file ({e}). Delete it and rerun the same command: "
-                              "the stage that wrote it runs again") from e
+        raise CorruptArtifact(
+            f"{path}: not a readable Parquet file ({e}). Delete it and rerun the same command: "
+            "the stage that wrote it runs again"
+        ) from e
     return _check(table, schema, str(path)) if schema is not None else table

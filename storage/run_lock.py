@@ -44,6 +44,7 @@ Semantics worth knowing
   expires, and some other network or FUSE filesystems do not support it at all (``flock`` raises
   ``OSError`` ENOLCK/EOPNOTSUPP, which is propagated). The host in the record helps diagnose these.
 """
+
 from __future__ import annotations
 
 import errno
@@ -57,7 +58,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -74,8 +75,14 @@ _REOPEN_ATTEMPTS = 5
 class RunLockedError(RuntimeError):
     """The run directory is locked by another writer (another process, or this one)."""
 
-    def __init__(self, run_dir: Path, message: str, holder_pid: int | None = None,
-                 holder_host: str | None = None, holder_started: str | None = None):
+    def __init__(
+        self,
+        run_dir: Path,
+        message: str,
+        holder_pid: int | None = None,
+        holder_host: str | None = None,
+        holder_started: str | None = None,
+    ):
         super().__init__(message)
         self.run_dir = run_dir
         self.holder_pid = holder_pid
@@ -87,10 +94,10 @@ class RunLockedError(RuntimeError):
 class LockInfo:
     """What this process wrote into the lock file, plus what it found there."""
 
-    path: Path                  # the run directory
+    path: Path  # the run directory
     pid: int
     host: str
-    started: str                # UTC, ISO 8601 with a trailing Z
+    started: str  # UTC, ISO 8601 with a trailing Z
     took_over_from: int | None  # pid of a previous holder that never released cleanly, else None
 
 
@@ -101,7 +108,7 @@ _held_guard = threading.Lock()
 
 
 def _now_utc() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _read_record(fd: int) -> dict | None:
@@ -144,9 +151,10 @@ def _locked_error(run_dir: Path, record: dict | None) -> RunLockedError:
     started = str(record.get("started") or "an unknown time")
     return RunLockedError(
         run_dir,
-        f"run directory {run_dir} is locked by pid {pid} on host {host} since {started}; "
-        "wait for it or stop it",
-        holder_pid=pid, holder_host=host, holder_started=started,
+        f"run directory {run_dir} is locked by pid {pid} on host {host} since {started}; wait for it or stop it",
+        holder_pid=pid,
+        holder_host=host,
+        holder_started=started,
     )
 
 
@@ -156,7 +164,9 @@ def _open_and_lock(run_dir: Path) -> int:
     Raises RunLockedError when another open file description holds it."""
     lock_path = run_dir / LOCK_FILE_NAME
     for _ in range(_REOPEN_ATTEMPTS):
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)  # as `open` would: the umask decides who else may take it
+        fd = os.open(
+            lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666
+        )  # as `open` would: the umask decides who else may take it
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -208,7 +218,9 @@ def run_lock(run_dir: str | Path) -> Iterator[LockInfo]:
                 f"run directory {run_dir} is locked by pid {mine.pid} on host {mine.host} since "
                 f"{mine.started}; that is this process: run_lock is not re-entrant, the run is "
                 "already being written here",
-                holder_pid=mine.pid, holder_host=mine.host, holder_started=mine.started,
+                holder_pid=mine.pid,
+                holder_host=mine.host,
+                holder_started=mine.started,
             )
         fd = _open_and_lock(run_dir)
         try:
@@ -218,12 +230,20 @@ def run_lock(run_dir: str | Path) -> Iterator[LockInfo]:
                 logger.warning(
                     "run lock %s: took over from dead pid %d (host %s, started %s); that run ended "
                     "without releasing its lock",
-                    run_dir, took_over_from, previous.get("host", "unknown"), previous.get("started", "unknown"),
+                    run_dir,
+                    took_over_from,
+                    previous.get("host", "unknown"),
+                    previous.get("started", "unknown"),
                 )
             elif os.fstat(fd).st_size:
                 logger.warning("run lock %s: lock file held an unreadable record; overwriting it", run_dir)
-            info = LockInfo(path=run_dir, pid=os.getpid(), host=socket.gethostname(), started=_now_utc(),
-                            took_over_from=took_over_from)
+            info = LockInfo(
+                path=run_dir,
+                pid=os.getpid(),
+                host=socket.gethostname(),
+                started=_now_utc(),
+                took_over_from=took_over_from,
+            )
             _write_record(fd, info)
         except BaseException:
             os.close(fd)  # closing the only descriptor drops the flock

@@ -2,6 +2,7 @@
 
 Every table carries `run_id` (and `iteration` where it applies) so the catalog can union all runs.
 """
+
 from __future__ import annotations
 
 import pyarrow as pa
@@ -199,8 +200,12 @@ REPLAY_BUFFER = pa.schema(
 
 # One row per edge trained in an iteration: a buffer row + when it was taken, its age, its normalised advantage.
 TRAIN_EDGES = pa.schema(
-    [*REPLAY_BUFFER, pa.field("iteration", pa.int32()), pa.field("age", pa.int32()),
-     pa.field("train_advantage", pa.float64())]
+    [
+        *REPLAY_BUFFER,
+        pa.field("iteration", pa.int32()),
+        pa.field("age", pa.int32()),
+        pa.field("train_advantage", pa.float64()),
+    ]
 )
 
 # One row per (iteration, metric name). Long format so any new metric is just new rows.
@@ -229,27 +234,39 @@ _EVAL_ANSWER = [
 ]
 
 # One row per (problem, sample) of an evaluation inside a training run.
-EVAL_RESULTS = pa.schema(
-    [("run_id", pa.string()), ("iteration", pa.int32()), ("split", pa.string()), *_EVAL_ANSWER]
-)
+EVAL_RESULTS = pa.schema([("run_id", pa.string()), ("iteration", pa.int32()), ("split", pa.string()), *_EVAL_ANSWER])
 
 # One row per (checkpoint, dataset, context budget, problem, sample) of a `segflow eval` evaluation.
 EVAL_SAMPLES = pa.schema(
-    [("eval_id", pa.string()), ("checkpoint", pa.string()), ("dataset", pa.string()), ("budget", pa.int32()),
-     *_EVAL_ANSWER]
+    [
+        ("eval_id", pa.string()),
+        ("checkpoint", pa.string()),
+        ("dataset", pa.string()),
+        ("budget", pa.int32()),
+        *_EVAL_ANSWER,
+    ]
 )
 
 # The summary.json fields the runs view carries (flows/rl_train.py writes the file when a run finishes).
 SUMMARY = pa.schema(
-    [("run_id", pa.string()), ("iterations_completed", pa.int32()), ("initial_eval_accuracy", pa.float64()),
-     ("final_eval_accuracy", pa.float64()), ("wall_seconds", pa.float64())]
+    [
+        ("run_id", pa.string()),
+        ("iterations_completed", pa.int32()),
+        ("initial_eval_accuracy", pa.float64()),
+        ("final_eval_accuracy", pa.float64()),
+        ("wall_seconds", pa.float64()),
+    ]
 )
 
 # One row per (finished run, health-check finding): the `health` view, read from summary.json (no file of
 # its own, so not in ALL). tasks/algos/health.py.
 HEALTH = pa.schema(
-    [("run_id", pa.string()), ("finding", pa.string()), ("first_message", pa.string()),
-     ("iterations", pa.list_(pa.int32()))]
+    [
+        ("run_id", pa.string()),
+        ("finding", pa.string()),
+        ("first_message", pa.string()),
+        ("iterations", pa.list_(pa.int32())),
+    ]
 )
 
 ALL = {

@@ -6,6 +6,7 @@ tenth of it. A cursor is a separate connection to the same database: its tempora
 registered Arrow tables are its own, so tasks running in threads never see each other's. The
 database holds no tables of its own.
 """
+
 from __future__ import annotations
 
 import os

@@ -3,6 +3,7 @@
 advantage_table() is the whole computation, config -> SQL parameters -> table. The Prefect task and
 `segflow advantages` both call it, so recomputing a run's iteration is the run's own computation.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from pathlib import Path
 import pyarrow as pa
 from prefect import task
 
-from configs.schema import SEGMENT_ESTIMATORS, TREE_ESTIMATORS, Config, TreeSection
+from configs.schema import Config, TreeSection
 from storage.advantages import compute_advantages as run_sql
 from storage.advantages import compute_segment_advantages, compute_tree_advantages
 from storage.handles import FileRef
@@ -20,6 +21,7 @@ from storage.metrics import write_metrics
 from storage.parquet import write_parquet
 from storage.schemas import ADVANTAGES, SEGMENT_ADVANTAGES, TREE_ADVANTAGES
 from tasks.algos.metrics import advantage_metrics
+from tasks.algos.registry import Family
 from tasks.common import STAGE, StageOutput
 
 
@@ -34,9 +36,8 @@ def sql_params(cfg: Config) -> dict:
 
 
 def segment_sql_params(cfg: Config) -> dict:
-    """Named parameters of adv_spo_chain.sql: the spo section, and whether the probability mask is on."""
-    return {"normalize": cfg.spo.normalize, "masked": cfg.train.prob_mask_rho is not None,
-            "whiten_eps": cfg.spo.whiten_eps}
+    """Named parameters of adv_spo_chain.sql: the spo section, and the probability mask's rho (None = off)."""
+    return {"normalize": cfg.spo.normalize, "rho": cfg.train.prob_mask_rho, "whiten_eps": cfg.spo.whiten_eps}
 
 
 def tree_sql_params(t: TreeSection) -> dict:
@@ -48,8 +49,11 @@ def tree_metrics(table) -> dict[str, float]:
     """Kept edges and the advantage distribution over them (the edges that can train)."""
     non_root = sum(1 for d in table["depth"].to_pylist() if d > 0)
     kept = table.filter(table["kept"])
-    return {**advantage_metrics(kept["advantage"].to_pylist()), "kept_edges": kept.num_rows,
-            "frac_edges_kept": kept.num_rows / max(1, non_root)}
+    return {
+        **advantage_metrics(kept["advantage"].to_pylist()),
+        "kept_edges": kept.num_rows,
+        "frac_edges_kept": kept.num_rows / max(1, non_root),
+    }
 
 
 @dataclass(frozen=True)
@@ -78,13 +82,9 @@ FILES = {
 
 
 def needed_files(cfg: Config) -> tuple[str, ...]:
-    """The AdvantageInputs fields cfg's estimator reads."""
-    est = cfg.advantage.estimator
-    if est in TREE_ESTIMATORS:
-        return ("nodes",)
-    if est in SEGMENT_ESTIMATORS:
-        return ("segments",)
-    return ("rollouts", "grades") + (("kl",) if kl_in_reward(cfg) else ())
+    """The AdvantageInputs fields cfg's estimator reads (Config allows a KL in the reward for the response
+    family only)."""
+    return cfg.advantage.spec.inputs + (("kl",) if kl_in_reward(cfg) else ())
 
 
 def run_inputs(cfg: Config, layout: RunLayout, iteration: int) -> AdvantageInputs:
@@ -92,14 +92,18 @@ def run_inputs(cfg: Config, layout: RunLayout, iteration: int) -> AdvantageInput
     return AdvantageInputs(**{name: FILES[name][0](layout, iteration) for name in needed_files(cfg)})
 
 
+# Each family's advantages file: the run's path for it, and its schema.
+ARTIFACTS = {
+    Family.RESPONSE: (RunLayout.advantages, ADVANTAGES),
+    Family.SEGMENT: (RunLayout.segment_advantages, SEGMENT_ADVANTAGES),
+    Family.TREE: (RunLayout.tree_advantages, TREE_ADVANTAGES),
+}
+
+
 def artifact_of(cfg: Config, layout: RunLayout, iteration: int) -> tuple[Path, pa.Schema]:
     """Where the stage writes an iteration's advantages, and the file's schema."""
-    est = cfg.advantage.estimator
-    if est in TREE_ESTIMATORS:
-        return layout.tree_advantages(iteration), TREE_ADVANTAGES
-    if est in SEGMENT_ESTIMATORS:
-        return layout.segment_advantages(iteration), SEGMENT_ADVANTAGES
-    return layout.advantages(iteration), ADVANTAGES
+    path, schema = ARTIFACTS[cfg.advantage.spec.family]
+    return path(layout, iteration), schema
 
 
 def advantage_table(cfg: Config, files: AdvantageInputs) -> pa.Table:
@@ -115,31 +119,46 @@ def advantage_table(cfg: Config, files: AdvantageInputs) -> pa.Table:
     # The flow hands the KL file over exactly when the penalty is in the reward; given otherwise, it would
     # be ignored without a word.
     if files.kl is not None and "kl" not in needed_files(cfg):
-        raise ValueError(f"{files.kl}: a KL file is read only with the penalty in the reward, but train.kl_coef="
-                         f"{cfg.train.kl_coef} and train.kl_placement={cfg.train.kl_placement!r}")
-    if est in TREE_ESTIMATORS:
-        return compute_tree_advantages(files.nodes, tree_sql_params(cfg.tree))
-    if est in SEGMENT_ESTIMATORS:
+        raise ValueError(
+            f"{files.kl}: a KL file is read only with the penalty in the reward, but train.kl_coef="
+            f"{cfg.train.kl_coef} and train.kl_placement={cfg.train.kl_placement!r}"
+        )
+    family = cfg.advantage.spec.family
+    if family is Family.TREE:
+        return compute_tree_advantages(est, files.nodes, tree_sql_params(cfg.tree))
+    if family is Family.SEGMENT:
         return compute_segment_advantages(est, files.segments, segment_sql_params(cfg))
     return run_sql(est, files.rollouts, files.grades, sql_params(cfg), kl=files.kl)
 
 
 @task(name="compute_advantages", **STAGE)
-def compute_advantages(cfg: Config, layout: RunLayout, rollouts: FileRef, grades: FileRef, reference: FileRef | None,
-                       segments: FileRef | None, iteration: int, code_version: str) -> StageOutput:
+def compute_advantages(
+    cfg: Config,
+    layout: RunLayout,
+    rollouts: FileRef,
+    grades: FileRef,
+    reference: FileRef | None,
+    segments: FileRef | None,
+    iteration: int,
+    code_version: str,
+) -> StageOutput:
     """`reference` is the reference log-probs file when the KL penalty is in the reward, else None;
     `segments` the spo_values output for a segment estimator (SPO-chain), else None. For SPO-tree
     `rollouts` is the tree_nodes file."""
-    if cfg.advantage.estimator in TREE_ESTIMATORS:
+    if cfg.advantage.spec.grows_trees:
         files = AdvantageInputs(nodes=Path(rollouts.path))
     else:
-        files = AdvantageInputs(rollouts=Path(rollouts.path), grades=Path(grades.path),
-                                kl=Path(reference.path) if reference is not None else None,
-                                segments=Path(segments.path) if segments is not None else None)
+        files = AdvantageInputs(
+            rollouts=Path(rollouts.path),
+            grades=Path(grades.path),
+            kl=Path(reference.path) if reference is not None else None,
+            segments=Path(segments.path) if segments is not None else None,
+        )
     table = advantage_table(cfg, files)
     path, schema = artifact_of(cfg, layout, iteration)
     ref = write_parquet(table, schema, path)
-    values = tree_metrics(table) if cfg.advantage.estimator in TREE_ESTIMATORS else \
-        advantage_metrics(table["advantage"].to_pylist())
+    values = (
+        tree_metrics(table) if cfg.advantage.spec.grows_trees else advantage_metrics(table["advantage"].to_pylist())
+    )
     metrics = write_metrics(layout.metrics(iteration, "advantage"), layout.run_id, iteration, "advantage", values)
     return StageOutput(artifact=ref, metrics=metrics)

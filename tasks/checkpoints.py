@@ -19,6 +19,7 @@ directory holds
 With a float32 model dtype the top-level weights are the master and nothing else is written. Both
 sub-directories sit below the checkpoint, where neither vLLM nor `from_pretrained` looks for weights.
 """
+
 from __future__ import annotations
 
 import copy
@@ -36,10 +37,34 @@ def load_model(path: str | Path, dtype: torch.dtype, device: torch.device):
     pickle) and no code from the model repository."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, use_safetensors=True,
-                                                 trust_remote_code=False).to(device)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(path), dtype=dtype, use_safetensors=True, trust_remote_code=False
+    ).to(device)
     model.eval()
     return model
+
+
+def policy_device(run) -> torch.device:
+    """The torch device of `run` (the RunSection: device, torch_threads), after setting torch's intra-op
+    threads when `run.torch_threads` asks for a number."""
+    import torch
+
+    from tasks.trainer import resolve_device
+
+    device = resolve_device(run.device)
+    if run.torch_threads:
+        torch.set_num_threads(run.torch_threads)
+    return device
+
+
+def load_policy(cfg, path: str | Path):
+    """(model, tokenizer, device) for a checkpoint directory, on `cfg.run`'s device in `cfg.model.dtype`: a
+    policy that is not trained (reference, SPO values, pi of a tree), so the model dtype, no master."""
+    from tasks.tokens import load_tokenizer
+    from tasks.trainer import resolve_dtype
+
+    device = policy_device(cfg.run)
+    return load_model(path, resolve_dtype(cfg.model.dtype, device), device), load_tokenizer(str(path)), device
 
 
 def add_lora(train, model, adapter: Path | None):
@@ -50,8 +75,13 @@ def add_lora(train, model, adapter: Path | None):
 
     from tasks.trainer import MASTER_DTYPE
 
-    lora = LoraConfig(r=train.lora_rank, lora_alpha=train.lora_alpha, target_modules=list(train.lora_targets),
-                      lora_dropout=0.0, bias="none")
+    lora = LoraConfig(
+        r=train.lora_rank,
+        lora_alpha=train.lora_alpha,
+        target_modules=list(train.lora_targets),
+        lora_dropout=0.0,
+        bias="none",
+    )
     peft_model = get_peft_model(model, lora)
     for p in peft_model.parameters():  # peft's autocast_adapter_dtype does this for bf16/fp16; make it explicit
         if p.requires_grad and p.dtype != MASTER_DTYPE:
@@ -61,8 +91,9 @@ def add_lora(train, model, adapter: Path | None):
     return peft_model
 
 
-def load_master(model_dir: str | Path, train, *, dtype: torch.dtype, device: torch.device,
-                adapter_dir: Path | None = None):
+def load_master(
+    model_dir: str | Path, train, *, dtype: torch.dtype, device: torch.device, adapter_dir: Path | None = None
+):
     """(model, peft model or None) to train: float32 master weights.
 
     Full fine-tuning: `model_dir`'s master/ when it has one, else its weights upcast (a start policy, or a
@@ -145,8 +176,18 @@ def save_model(model, out: Path, dtype: torch.dtype) -> None:
     model.config.dtype = before
 
 
-def write_checkpoint(out: Path, model, peft_model, tok, opt, sched, *, consecutive_skips: int,
-                     dtype: torch.dtype, gradient_checkpointing: bool) -> None:
+def write_checkpoint(
+    out: Path,
+    model,
+    peft_model,
+    tok,
+    opt,
+    sched,
+    *,
+    consecutive_skips: int,
+    dtype: torch.dtype,
+    gradient_checkpointing: bool,
+) -> None:
     """Write a checkpoint into the existing directory `out` (module docstring): optimizer state, the
     master (master/ or adapter/) and the policy in the model dtype `dtype`. With LoRA, `model` is
     consumed (the adapters are merged into it)."""
@@ -154,8 +195,10 @@ def write_checkpoint(out: Path, model, peft_model, tok, opt, sched, *, consecuti
 
     from tasks.trainer import MASTER_DTYPE
 
-    torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "consecutive_skips": consecutive_skips}, out / OPTIMIZER_FILE)
+    torch.save(
+        {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "consecutive_skips": consecutive_skips},
+        out / OPTIMIZER_FILE,
+    )
     if gradient_checkpointing:
         model.gradient_checkpointing_disable()
     if peft_model is not None:

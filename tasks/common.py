@@ -5,13 +5,15 @@ never the flow run id, so a new run of the same command hits the cache (specs/pr
 Prefect only hashes the task's own source, so CODE_VERSION is what invalidates a stage when a helper
 it calls changes.
 """
+
 from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from prefect.cache_policies import TASK_SOURCE, CachePolicy, Inputs
 from pydantic import BaseModel

@@ -13,9 +13,11 @@ sum (not DDP's mean) is what keeps the math equal. The pi_old pass is sharded th
 A job is a directory, no pickle: `job.json` (the TrainSection and the update's arguments, see
 `write_job`) and `samples.parquet`. `python -m tasks.distributed --job DIR` is the torchrun entry point;
 every rank loads the float32 master and rank 0 writes the checkpoint to the job's output directory, both
-through tasks/checkpoints.py (the single-process stage's path), and `metrics.json` to the job directory. `launch()` runs torchrun as a
+through tasks/checkpoints.py (the single-process stage's path), and `metrics.json` to the job directory.
+`launch()` runs torchrun as a
 subprocess with a timeout.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,7 +41,12 @@ from tasks.checkpoints import OPTIMIZER_FILE, load_master, restore_optimizer, wr
 from tasks.trainer import Collective, NonFiniteTraining, Sample, resolve_device, resolve_dtype, rl_update
 
 JOB_FILE, SAMPLES_FILE, METRICS_FILE, ERROR_FILE, RANKS_FILE = (
-    "job.json", "samples.parquet", "metrics.json", "error.json", "ranks.json")
+    "job.json",
+    "samples.parquet",
+    "metrics.json",
+    "error.json",
+    "ranks.json",
+)
 STDOUT_LOG, STDERR_LOG = "torchrun.stdout.log", "torchrun.stderr.log"
 _MARKER = "SEGFLOW_TRAIN_JOB"  # env var every process of one launch inherits, to find them all on timeout
 _REPO = Path(__file__).resolve().parents[1]
@@ -70,7 +77,7 @@ class TorchCollective(Collective):
         device = self.device or (params[0].device if params else torch.device("cpu"))
         has = [float(p.grad is not None) for p in params]
         head = self.sum_(torch.tensor(sums + has, dtype=torch.float64, device=device))
-        sums, anyone = head[: len(sums)].tolist(), (head[len(sums):] > 0).tolist()
+        sums, anyone = head[: len(sums)].tolist(), (head[len(sums) :] > 0).tolist()
         live = [p for p, a in zip(params, anyone) if a]
         for p in live:
             if p.grad is None:
@@ -92,20 +99,30 @@ class TorchCollective(Collective):
         return sums
 
 
-def ddp_rl_update(model, optimizer, scheduler, samples: Sequence[Sample], cfg: TrainSection, *, group=None,
-                  **kwargs) -> dict[str, float]:
+def ddp_rl_update(
+    model, optimizer, scheduler, samples: Sequence[Sample], cfg: TrainSection, *, group=None, **kwargs
+) -> dict[str, float]:
     """trainer.rl_update over the ranks of `group` (default: the default process group, else one process)."""
     return rl_update(model, optimizer, scheduler, samples, cfg, collective=TorchCollective(group), **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------- job files
 
+
 def _samples_schema():
     import pyarrow as pa
 
     ints, floats = pa.list_(pa.int64()), pa.list_(pa.float64())
-    return pa.schema([("prompt_ids", ints), ("completion_ids", ints), ("sampler_logprobs", floats),
-                      ("advantage", pa.float64()), ("token_advantages", floats), ("ref_logprobs", floats)])
+    return pa.schema(
+        [
+            ("prompt_ids", ints),
+            ("completion_ids", ints),
+            ("sampler_logprobs", floats),
+            ("advantage", pa.float64()),
+            ("token_advantages", floats),
+            ("ref_logprobs", floats),
+        ]
+    )
 
 
 def write_samples(path: str | Path, samples: Sequence[Sample]) -> None:
@@ -123,17 +140,41 @@ def read_samples(path: str | Path) -> list[Sample]:
 
     t = pq.read_table(path, schema=_samples_schema())
     c = {name: t[name].to_pylist() for name in t.column_names}
-    return [Sample(p, q, lp, a, ref, tok) for p, q, lp, a, tok, ref in zip(
-        c["prompt_ids"], c["completion_ids"], c["sampler_logprobs"], c["advantage"], c["token_advantages"],
-        c["ref_logprobs"])]
+    return [
+        Sample(p, q, lp, a, ref, tok)
+        for p, q, lp, a, tok, ref in zip(
+            c["prompt_ids"],
+            c["completion_ids"],
+            c["sampler_logprobs"],
+            c["advantage"],
+            c["token_advantages"],
+            c["ref_logprobs"],
+        )
+    ]
 
 
-def write_job(job_dir: str | Path, samples: Sequence[Sample], cfg: TrainSection, *, model_dir: str | Path,
-              output_dir: str | Path, temperature: float, pad_id: int, seed: int, total_steps: int,
-              optimizer_state: str | Path | None = None, adapter_dir: str | Path | None = None,
-              norm_len: float | None = None, whiten_micro_batch: bool = False, old_from_sampler: bool = False,
-              consecutive_skips: int = 0, device: str = "cpu", dtype: str = "float32",
-              torch_threads: int | None = None, collective_timeout_s: float = 1800.0) -> Path:
+def write_job(
+    job_dir: str | Path,
+    samples: Sequence[Sample],
+    cfg: TrainSection,
+    *,
+    model_dir: str | Path,
+    output_dir: str | Path,
+    temperature: float,
+    pad_id: int,
+    seed: int,
+    total_steps: int,
+    optimizer_state: str | Path | None = None,
+    adapter_dir: str | Path | None = None,
+    norm_len: float | None = None,
+    whiten_micro_batch: bool = False,
+    old_from_sampler: bool = False,
+    consecutive_skips: int = 0,
+    device: str = "cpu",
+    dtype: str = "float32",
+    torch_threads: int | None = None,
+    collective_timeout_s: float = 1800.0,
+) -> Path:
     """Write `job.json` + `samples.parquet`. `model_dir` is the policy (with LoRA: the base, and
     `adapter_dir` the trained adapter if any); `optimizer_state` an optimizer.pt to continue from;
     `total_steps` the schedule's length (make_scheduler)."""
@@ -142,11 +183,22 @@ def write_job(job_dir: str | Path, samples: Sequence[Sample], cfg: TrainSection,
     write_samples(job_dir / SAMPLES_FILE, samples)
     opt_path = str(optimizer_state) if optimizer_state is not None and Path(optimizer_state).exists() else None
     job = {
-        "train": cfg.model_dump(mode="json"), "model_dir": str(model_dir), "output_dir": str(output_dir),
-        "optimizer_state": opt_path, "adapter_dir": str(adapter_dir) if adapter_dir is not None else None,
-        "temperature": temperature, "pad_id": pad_id, "seed": seed, "total_steps": total_steps,
-        "norm_len": norm_len, "whiten_micro_batch": whiten_micro_batch, "old_from_sampler": old_from_sampler,
-        "consecutive_skips": consecutive_skips, "device": device, "dtype": dtype, "torch_threads": torch_threads,
+        "train": cfg.model_dump(mode="json"),
+        "model_dir": str(model_dir),
+        "output_dir": str(output_dir),
+        "optimizer_state": opt_path,
+        "adapter_dir": str(adapter_dir) if adapter_dir is not None else None,
+        "temperature": temperature,
+        "pad_id": pad_id,
+        "seed": seed,
+        "total_steps": total_steps,
+        "norm_len": norm_len,
+        "whiten_micro_batch": whiten_micro_batch,
+        "old_from_sampler": old_from_sampler,
+        "consecutive_skips": consecutive_skips,
+        "device": device,
+        "dtype": dtype,
+        "torch_threads": torch_threads,
         "collective_timeout_s": collective_timeout_s,
     }
     (job_dir / JOB_FILE).write_text(json.dumps(job, indent=1))
@@ -164,6 +216,7 @@ def weights_digest(model) -> str:
 
 # ------------------------------------------------------------------------------------- torchrun entry point
 
+
 def run_job(job_dir: Path) -> dict[str, float] | None:
     """One rank's part of a job (the process group is initialised). Rank 0 returns the metrics."""
     from tasks.tokens import load_tokenizer
@@ -178,8 +231,13 @@ def run_job(job_dir: Path) -> dict[str, float] | None:
     if job.get("torch_threads"):
         torch.set_num_threads(int(job["torch_threads"]))
     dtype = resolve_dtype(job["dtype"], device)
-    model, peft_model = load_master(job["model_dir"], cfg, dtype=dtype, device=device,
-                                    adapter_dir=Path(job["adapter_dir"]) if job.get("adapter_dir") else None)
+    model, peft_model = load_master(
+        job["model_dir"],
+        cfg,
+        dtype=dtype,
+        device=device,
+        adapter_dir=Path(job["adapter_dir"]) if job.get("adapter_dir") else None,
+    )
     params = [p for p in model.parameters() if p.requires_grad]
     state_file = Path(job["optimizer_state"]) if job.get("optimizer_state") else None
     opt, sched, skips = restore_optimizer(cfg, params, state_file, device, int(job["total_steps"]))
@@ -187,11 +245,23 @@ def run_job(job_dir: Path) -> dict[str, float] | None:
         skips = int(job.get("consecutive_skips", 0))
     samples = read_samples(job_dir / SAMPLES_FILE)
     t0 = time.perf_counter()
-    stats = ddp_rl_update(model, opt, sched, samples, cfg, temperature=job["temperature"], pad_id=job["pad_id"],
-                          device=device, seed=job["seed"], norm_len=job.get("norm_len"),
-                          whiten_micro_batch=job.get("whiten_micro_batch", False),
-                          old_from_sampler=job.get("old_from_sampler", False), consecutive_skips=skips,
-                          log=lambda msg: print(msg, file=sys.stderr, flush=True), compute_dtype=dtype)
+    stats = ddp_rl_update(
+        model,
+        opt,
+        sched,
+        samples,
+        cfg,
+        temperature=job["temperature"],
+        pad_id=job["pad_id"],
+        device=device,
+        seed=job["seed"],
+        norm_len=job.get("norm_len"),
+        whiten_micro_batch=job.get("whiten_micro_batch", False),
+        old_from_sampler=job.get("old_from_sampler", False),
+        consecutive_skips=skips,
+        log=lambda msg: print(msg, file=sys.stderr, flush=True),
+        compute_dtype=dtype,
+    )
     stats["train_seconds"] = time.perf_counter() - t0
     stats["trainable_parameters"] = float(sum(p.numel() for p in params))
     stats["world_size"] = float(world)
@@ -205,9 +275,17 @@ def run_job(job_dir: Path) -> dict[str, float] | None:
         return None
     out = Path(job["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
-    write_checkpoint(out, model, peft_model, load_tokenizer(job["model_dir"]), opt, sched,
-                     consecutive_skips=int(stats["consecutive_skips"]), dtype=dtype,
-                     gradient_checkpointing=cfg.gradient_checkpointing)
+    write_checkpoint(
+        out,
+        model,
+        peft_model,
+        load_tokenizer(job["model_dir"]),
+        opt,
+        sched,
+        consecutive_skips=int(stats["consecutive_skips"]),
+        dtype=dtype,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+    )
     (job_dir / RANKS_FILE).write_text(json.dumps({"weights_sha256": digests}))
     (job_dir / METRICS_FILE).write_text(json.dumps(stats, indent=1))  # last: its presence means complete
     return stats
@@ -232,6 +310,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 # ------------------------------------------------------------------------------------------------- launch
 
+
 def _marked_pids(marker: str) -> list[int]:
     """Live processes whose environment carries this launch's marker (torchrun, its workers, theirs)."""
     needle = f"{_MARKER}={marker}".encode()
@@ -240,8 +319,10 @@ def _marked_pids(marker: str) -> list[int]:
         if not d.name.isdigit() or int(d.name) == os.getpid():
             continue
         try:
-            if needle in (d / "environ").read_bytes().split(b"\0") and \
-                    (d / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            if (
+                needle in (d / "environ").read_bytes().split(b"\0")
+                and (d / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+            ):
                 found.append(int(d.name))
         except (OSError, IndexError):
             continue
@@ -288,13 +369,21 @@ def _tail(path: Path, lines: int = 60) -> str:
         return ""
 
 
-def launch(job_dir: str | Path, nprocs: int, timeout_s: float | None, *, entry: Sequence[str] = ("-m", "tasks.distributed"),
-           env: dict[str, str] | None = None, grace_s: float = 10.0) -> dict[str, float]:
+def launch(
+    job_dir: str | Path,
+    nprocs: int,
+    timeout_s: float | None,
+    *,
+    entry: Sequence[str] = ("-m", "tasks.distributed"),
+    env: dict[str, str] | None = None,
+    grace_s: float = 10.0,
+) -> dict[str, float]:
     """Run `python -m torch.distributed.run --standalone --nproc_per_node=nprocs *entry --job job_dir` (the
     venv's torchrun; `entry` is what each worker runs) and return the job's metrics. Children get
     OMP_NUM_THREADS=1 unless `env` says otherwise; their output goes to job_dir/torchrun.{stdout,stderr}.log.
 
-    Raises TimeoutError after `timeout_s` (None: no limit; every process of the launch is killed first), NonFiniteTraining
+    Raises TimeoutError after `timeout_s` (None: no limit; every process of the launch is killed first),
+    NonFiniteTraining
     when the update gave up on NaN/inf steps, RuntimeError with the tail of stderr on any other failure.
     """
     job_dir = Path(job_dir).resolve()
@@ -302,19 +391,35 @@ def launch(job_dir: str | Path, nprocs: int, timeout_s: float | None, *, entry: 
     metrics_file = job_dir / METRICS_FILE
     metrics_file.unlink(missing_ok=True)
     marker = uuid.uuid4().hex
-    child_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {}), _MARKER: marker,
-                 "PYTHONPATH": os.pathsep.join([str(_REPO)] + [p for p in [os.environ.get("PYTHONPATH")] if p])}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nprocs}",
-           *entry, "--job", str(job_dir)]
+    child_env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        **(env or {}),
+        _MARKER: marker,
+        "PYTHONPATH": os.pathsep.join([str(_REPO)] + [p for p in [os.environ.get("PYTHONPATH")] if p]),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nprocs}",
+        *entry,
+        "--job",
+        str(job_dir),
+    ]
     with open(job_dir / STDOUT_LOG, "wb") as out, open(job_dir / STDERR_LOG, "wb") as err:
-        proc = subprocess.Popen(cmd, cwd=_REPO, env=child_env, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, cwd=_REPO, env=child_env, stdout=out, stderr=err, stdin=subprocess.DEVNULL, start_new_session=True
+        )
         try:
             rc = proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             _terminate(proc, marker, grace_s)
-            raise TimeoutError(f"train job {job_dir} ({nprocs} processes) did not finish within {timeout_s:g} s; "
-                               f"killed (logs: {job_dir / STDERR_LOG})") from None
+            raise TimeoutError(
+                f"train job {job_dir} ({nprocs} processes) did not finish within {timeout_s:g} s; "
+                f"killed (logs: {job_dir / STDERR_LOG})"
+            ) from None
         except BaseException:  # KeyboardInterrupt, a cancelled task: leave nothing behind
             _terminate(proc, marker, grace_s)
             raise
@@ -324,11 +429,14 @@ def launch(job_dir: str | Path, nprocs: int, timeout_s: float | None, *, entry: 
         error = job_dir / ERROR_FILE
         if error.exists() and json.loads(error.read_text()).get("type") == "NonFiniteTraining":
             raise NonFiniteTraining(json.loads(error.read_text())["message"])
-        raise RuntimeError(f"train job {job_dir} ({nprocs} processes) failed with exit code {rc}; "
-                           f"stderr tail:\n{_tail(job_dir / STDERR_LOG)}")
+        raise RuntimeError(
+            f"train job {job_dir} ({nprocs} processes) failed with exit code {rc}; "
+            f"stderr tail:\n{_tail(job_dir / STDERR_LOG)}"
+        )
     if not metrics_file.exists():
-        raise RuntimeError(f"train job {job_dir} exited 0 but wrote no {metrics_file}; "
-                           f"stderr tail:\n{_tail(job_dir / STDERR_LOG)}")
+        raise RuntimeError(
+            f"train job {job_dir} exited 0 but wrote no {metrics_file}; stderr tail:\n{_tail(job_dir / STDERR_LOG)}"
+        )
     return json.loads(metrics_file.read_text())
 
 

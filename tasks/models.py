@@ -1,4 +1,5 @@
 """Where model weights come from: the embedded tiny model, a local directory, or a hub id."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,18 +9,17 @@ from configs.schema import Config
 
 def resolve_model_dir(name_or_path: str) -> Path:
     """A local directory holding a complete model. Hub ids resolve through the Hugging Face cache/network."""
+    from tasks.local_paths import check_model_dir
+
     p = Path(name_or_path).expanduser()
-    if p.is_dir():
-        if not (p / "config.json").exists():
-            raise FileNotFoundError(f"model.name_or_path={name_or_path!r}: directory has no config.json")
+    if check_model_dir(name_or_path) is not None:
         check_checkpoint(p)
         return p.resolve()
     if p.exists():
         raise ValueError(f"model.name_or_path={name_or_path!r}: expected a model directory or a hub id")
     from huggingface_hub import snapshot_download
 
-    d = Path(snapshot_download(name_or_path, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model",
-                                                             "*.jinja"]))
+    d = Path(snapshot_download(name_or_path, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]))
     check_checkpoint(d)
     return d
 
@@ -33,12 +33,17 @@ def check_checkpoint(d: Path) -> None:
     from safetensors import safe_open
 
     index = d / "model.safetensors.index.json"
-    shards = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else \
-        sorted(f.name for f in d.glob("*.safetensors"))
+    shards = (
+        sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        if index.exists()
+        else sorted(f.name for f in d.glob("*.safetensors"))
+    )
     if not shards:
         bins = sorted(f.name for f in d.glob("*.bin"))
-        raise FileNotFoundError(f"{d}: no *.safetensors weights" + (f" (found {bins}; segflow loads safetensors only, "
-                                                                   "never pickled .bin files)" if bins else ""))
+        raise FileNotFoundError(
+            f"{d}: no *.safetensors weights"
+            + (f" (found {bins}; segflow loads safetensors only, never pickled .bin files)" if bins else "")
+        )
     for name in shards:
         f = d / name
         if not f.exists():
@@ -54,8 +59,10 @@ def check_checkpoint(d: Path) -> None:
 
         n = len(load_tokenizer(str(d)))
         if n > vocab:
-            raise ValueError(f"{d}: the tokenizer has {n} tokens but the model's vocab_size is {vocab}: "
-                             "tokenizer and model do not match")
+            raise ValueError(
+                f"{d}: the tokenizer has {n} tokens but the model's vocab_size is {vocab}: "
+                "tokenizer and model do not match"
+            )
 
 
 def engine_dtype(cfg: Config) -> str:

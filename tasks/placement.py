@@ -5,6 +5,7 @@ a GPU nobody has pending for good, and torchrun with more processes than GPUs di
 ordinal (or runs NCCL twice on one GPU). Only the local machine is checked here; the GPUs of a Ray
 cluster named by rollout.ray_address are the cluster's, and rollout.placement_timeout_seconds guards those.
 """
+
 from __future__ import annotations
 
 import math
@@ -48,7 +49,8 @@ def check_shards(cfg: RolloutSection, gpus: int) -> None:
             f"rollout.shards={cfg.shards} engine actors with rollout.shard_gpus={per_shard:g} GPU each need {need} "
             f"GPU(s), but this machine has {gpus} visible: lower rollout.shards, share GPUs with a fraction "
             "(rollout.shard_gpus=0.5 puts two engines on one GPU, each taking rollout.gpu_memory_utilization of it), "
-            "or name a cluster with more in rollout.ray_address")
+            "or name a cluster with more in rollout.ray_address"
+        )
 
 
 def check_processes(train: TrainSection, device: str, gpus: int) -> None:
@@ -57,7 +59,8 @@ def check_processes(train: TrainSection, device: str, gpus: int) -> None:
     if train.processes > 1 and cuda and train.processes > gpus:
         raise ValueError(
             f"train.processes={train.processes} needs one GPU per process on CUDA, but {gpus} GPU(s) are visible: "
-            f"set train.processes to at most {max(gpus, 1)}, or run.device=cpu to train on CPU processes (gloo)")
+            f"set train.processes to at most {max(gpus, 1)}, or run.device=cpu to train on CPU processes (gloo)"
+        )
 
 
 def check_placement(cfg: Config, gpus: int | None = None) -> None:

@@ -1,4 +1,5 @@
 """Stage 1: prepare_dataset (records -> prompts Parquet, tokenised) and warm_start (tiny model SFT)."""
+
 from __future__ import annotations
 
 import time
@@ -13,7 +14,7 @@ from storage.metrics import write_metrics
 from storage.parquet import read_parquet, write_parquet
 from storage.schemas import PROMPTS
 from tasks.common import STAGE, StageOutput
-from tasks.datasets import (
+from tasks.datasets.loader import (
     SKIP_REASONS,
     load_records,
     load_records_checked,
@@ -44,13 +45,24 @@ def prompt_rows(cfg: Config, run_id: str, split: str, records: list[dict]) -> tu
         if len(ids) > cfg.data.max_prompt_tokens:
             dropped += 1
             continue
-        rows.append({"run_id": run_id, "split": split, "prompt_id": r["prompt_id"], "question": r["question"],
-                     "reference": r["reference"], "solution": r["solution"], "prompt_text": text,
-                     "prompt_token_ids": ids})
+        rows.append(
+            {
+                "run_id": run_id,
+                "split": split,
+                "prompt_id": r["prompt_id"],
+                "question": r["question"],
+                "reference": r["reference"],
+                "solution": r["solution"],
+                "prompt_text": text,
+                "prompt_token_ids": ids,
+            }
+        )
     if not rows:
         key, source = split_source(cfg.data, split)
-        raise ValueError(f"split {split!r} of {key}={source!r} has no prompt within "
-                         f"data.max_prompt_tokens={cfg.data.max_prompt_tokens}")
+        raise ValueError(
+            f"split {split!r} of {key}={source!r} has no prompt within "
+            f"data.max_prompt_tokens={cfg.data.max_prompt_tokens}"
+        )
     return rows, dropped
 
 
@@ -67,8 +79,10 @@ def _report_skips(cfg: Config, split: str, skipped: dict[str, int]) -> None:
     if total := sum(skipped.values()):
         key, source = split_source(cfg.data, split)
         counts = ", ".join(f"{k}: {v}" for k, v in skipped.items() if v)
-        print(f"prepare_dataset: split {split!r} of {key}={source!r}: skipped {total} bad rows ({counts}) "
-              "under data.on_bad_row='skip'")
+        print(
+            f"prepare_dataset: split {split!r} of {key}={source!r}: skipped {total} bad rows ({counts}) "
+            "under data.on_bad_row='skip'"
+        )
 
 
 @task(name="prepare_dataset", **STAGE)
@@ -111,13 +125,31 @@ def warm_start(cfg: Config, layout: RunLayout, train: FileRef, code_version: str
     model = tiny_model.build_model(cfg.model.tiny, len(tok), seed=cfg.run.seed).to(device)
     t0 = time.perf_counter()
     with bar("warm start (SFT)", cfg.warm_start.steps) as advance:
-        loss = sft(model, examples, steps=cfg.warm_start.steps, batch_size=cfg.warm_start.batch_size,
-                   lr=cfg.warm_start.lr, min_lr_ratio=cfg.warm_start.min_lr_ratio, seed=cfg.run.seed,
-                   pad_id=tok.pad_token_id, device=device, on_step=lambda step, loss: advance(1, f"loss {loss:.3f}"))
+        loss = sft(
+            model,
+            examples,
+            steps=cfg.warm_start.steps,
+            batch_size=cfg.warm_start.batch_size,
+            lr=cfg.warm_start.lr,
+            min_lr_ratio=cfg.warm_start.min_lr_ratio,
+            seed=cfg.run.seed,
+            pad_id=tok.pad_token_id,
+            device=device,
+            on_step=lambda step, loss: advance(1, f"loss {loss:.3f}"),
+        )
     seconds = time.perf_counter() - t0
     with atomic_dir(layout.warm_start) as tmp:
         tiny_model.save(model.cpu(), tok, tmp)
-    metrics = write_metrics(layout.iteration_dir(0) / "metrics-warm_start.parquet", layout.run_id, 0, "warm_start",
-                            {"sft_loss": loss, "sft_seconds": seconds, "sft_steps": cfg.warm_start.steps,
-                             "parameters": sum(p.numel() for p in model.parameters())})
+    metrics = write_metrics(
+        layout.iteration_dir(0) / "metrics-warm_start.parquet",
+        layout.run_id,
+        0,
+        "warm_start",
+        {
+            "sft_loss": loss,
+            "sft_seconds": seconds,
+            "sft_steps": cfg.warm_start.steps,
+            "parameters": sum(p.numel() for p in model.parameters()),
+        },
+    )
     return StageOutput(artifact=FileRef.of(layout.warm_start), metrics=metrics)

@@ -6,6 +6,7 @@ subtracts kl_coef * kl from the score; placed in the loss, the trainer reads `re
 The summed KL uses the sampler's log-probs for log pi (they equal the trainer's on the same weights,
 see metric logprob_gap_mean), so this pass needs only the reference model.
 """
+
 from __future__ import annotations
 
 from prefect import task
@@ -21,12 +22,13 @@ from tasks.progress import bar
 
 
 @task(name="reference_logprobs", **STAGE)
-def reference_logprobs(cfg: Config, layout: RunLayout, reference: FileRef, rollouts: FileRef, iteration: int,
-                       code_version: str) -> StageOutput:
+def reference_logprobs(
+    cfg: Config, layout: RunLayout, reference: FileRef, rollouts: FileRef, iteration: int, code_version: str
+) -> StageOutput:
     import torch
 
     from tasks.algos.policy_loss import kl_estimate
-    from tasks.train import load_policy
+    from tasks.checkpoints import load_policy
     from tasks.trainer import sequence_logprobs
 
     model, tok, device = load_policy(cfg, reference.path)
@@ -34,19 +36,48 @@ def reference_logprobs(cfg: Config, layout: RunLayout, reference: FileRef, rollo
     prompts, comps = r["prompt_token_ids"].to_pylist(), r["completion_token_ids"].to_pylist()
     sampled = r["sampling_logprobs"].to_pylist()
     with bar(f"reference log-probs {iteration}", len(comps)) as advance:
-        ref_rows = sequence_logprobs(model, prompts, comps, pad_id=tok.pad_token_id, device=device,
-                                     temperature=cfg.rollout.temperature, chunk=cfg.train.logprob_chunk,
-                                     micro_batch=cfg.train.micro_batch_size, on_batch=lambda n: advance(n, ""))
-    kls = [float(kl_estimate(torch.tensor(lp, dtype=torch.float32), torch.tensor(ref, dtype=torch.float32),
-                             cfg.train.kl_estimator).sum()) if ref else 0.0
-           for lp, ref in zip(sampled, ref_rows)]
-    rows = [{"run_id": layout.run_id, "iteration": iteration, "prompt_id": p, "sample_index": i,
-             "ref_logprobs": ref, "kl": kl}
-            for p, i, ref, kl in zip(r["prompt_id"].to_pylist(), r["sample_index"].to_pylist(), ref_rows, kls)]
+        ref_rows = sequence_logprobs(
+            model,
+            prompts,
+            comps,
+            pad_id=tok.pad_token_id,
+            device=device,
+            temperature=cfg.rollout.temperature,
+            chunk=cfg.train.logprob_chunk,
+            micro_batch=cfg.train.micro_batch_size,
+            on_batch=lambda n: advance(n, ""),
+        )
+    kls = [
+        float(
+            kl_estimate(
+                torch.tensor(lp, dtype=torch.float32), torch.tensor(ref, dtype=torch.float32), cfg.train.kl_estimator
+            ).sum()
+        )
+        if ref
+        else 0.0
+        for lp, ref in zip(sampled, ref_rows)
+    ]
+    rows = [
+        {
+            "run_id": layout.run_id,
+            "iteration": iteration,
+            "prompt_id": p,
+            "sample_index": i,
+            "ref_logprobs": ref,
+            "kl": kl,
+        }
+        for p, i, ref, kl in zip(r["prompt_id"].to_pylist(), r["sample_index"].to_pylist(), ref_rows, kls)
+    ]
     ref = write_parquet(rows, REF_LOGPROBS, layout.ref_logprobs(iteration))
     n_tok = sum(len(x) for x in ref_rows)
-    metrics = write_metrics(layout.metrics(iteration, "reference"), layout.run_id, iteration, "reference", {
-        "kl_ref_sampled_per_token": sum(kls) / max(1, n_tok),
-        "kl_ref_sampled_per_response": sum(kls) / max(1, len(kls)),
-    })
+    metrics = write_metrics(
+        layout.metrics(iteration, "reference"),
+        layout.run_id,
+        iteration,
+        "reference",
+        {
+            "kl_ref_sampled_per_token": sum(kls) / max(1, n_tok),
+            "kl_ref_sampled_per_response": sum(kls) / max(1, len(kls)),
+        },
+    )
     return StageOutput(artifact=ref, metrics=metrics)

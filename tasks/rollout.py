@@ -1,4 +1,5 @@
 """Stage: generate_rollouts. n samples per prompt on the live vLLM engine, written to Parquet."""
+
 from __future__ import annotations
 
 import time
@@ -13,13 +14,21 @@ from storage.parquet import read_parquet, write_parquet
 from storage.schemas import PROMPTS, ROLLOUTS
 from tasks.algos.seeding import derive_seed, iteration_prompts
 from tasks.common import STAGE, StageOutput
-from tasks.engine import LOGPROBS_MODE, Request, engine_count, get_engine
+from tasks.engines.base import Request
+from tasks.engines.live import get_engine
 from tasks.models import engine_dtype
 
 
 @task(name="generate_rollouts", **STAGE)
-def generate_rollouts(cfg: Config, layout: RunLayout, policy: FileRef, policy_version: int, train: FileRef,
-                      iteration: int, code_version: str) -> StageOutput:
+def generate_rollouts(
+    cfg: Config,
+    layout: RunLayout,
+    policy: FileRef,
+    policy_version: int,
+    train: FileRef,
+    iteration: int,
+    code_version: str,
+) -> StageOutput:
     prompts = read_parquet(train, PROMPTS)
     chosen = iteration_prompts(len(prompts), cfg.rollout.prompts_per_iteration, iteration, cfg.run.seed)
     ids = prompts["prompt_token_ids"].to_pylist()
@@ -32,26 +41,43 @@ def generate_rollouts(cfg: Config, layout: RunLayout, policy: FileRef, policy_ve
             keys.append((pids[i], s, ids[i]))
             requests.append(Request(ids[i], derive_seed(layout.run_id, iteration, pids[i], s), budget))
     t0 = time.perf_counter()
-    outs = engine.generate(requests, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                           stop=cfg.rollout.stop)
+    outs = engine.generate(
+        requests, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, stop=cfg.rollout.stop
+    )
     gen_seconds = time.perf_counter() - t0
     rows = [
-        {"run_id": layout.run_id, "iteration": iteration, "prompt_id": pid, "sample_index": s,
-         "policy_version": policy_version, "seed": req.seed, "prompt_token_ids": pids_,
-         "completion_token_ids": o.token_ids, "sampling_logprobs": o.logprobs, "logprobs_mode": LOGPROBS_MODE,
-         "finish_reason": o.finish_reason, "completion_text": o.text}
+        {
+            "run_id": layout.run_id,
+            "iteration": iteration,
+            "prompt_id": pid,
+            "sample_index": s,
+            "policy_version": policy_version,
+            "seed": req.seed,
+            "prompt_token_ids": pids_,
+            "completion_token_ids": o.token_ids,
+            "sampling_logprobs": o.logprobs,
+            "logprobs_mode": engine.logprobs_mode,
+            "finish_reason": o.finish_reason,
+            "completion_text": o.text,
+        }
         for (pid, s, pids_), req, o in zip(keys, requests, outs)
     ]
     ref = write_parquet(rows, ROLLOUTS, layout.rollouts(iteration))
     n_tok = sum(len(o.token_ids) for o in outs)
-    metrics = write_metrics(layout.metrics(iteration, "rollout"), layout.run_id, iteration, "rollout", {
-        **timings,
-        "rollout_engines": engine_count(engine),  # rollout.shards that produced this file
-        "generation_seconds": gen_seconds,
-        "generated_tokens": n_tok,
-        "tokens_per_second": n_tok / max(gen_seconds, 1e-9),
-        "samples": len(outs),
-        "mean_completion_tokens": n_tok / max(1, len(outs)),
-        "frac_finish_length": sum(o.finish_reason == "length" for o in outs) / max(1, len(outs)),
-    })
+    metrics = write_metrics(
+        layout.metrics(iteration, "rollout"),
+        layout.run_id,
+        iteration,
+        "rollout",
+        {
+            **timings,
+            "rollout_engines": engine.replicas,  # rollout.shards that produced this file
+            "generation_seconds": gen_seconds,
+            "generated_tokens": n_tok,
+            "tokens_per_second": n_tok / max(gen_seconds, 1e-9),
+            "samples": len(outs),
+            "mean_completion_tokens": n_tok / max(1, len(outs)),
+            "frac_finish_length": sum(o.finish_reason == "length" for o in outs) / max(1, len(outs)),
+        },
+    )
     return StageOutput(artifact=ref, metrics=metrics)

@@ -11,6 +11,7 @@
 Cutpoints (p < spo.rho) are the tokens in ⟦ ⟧ and segments are separated by ‖. With the probability
 mask on at the same rho (the presets), the cutpoints are exactly the tokens that train.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -29,8 +30,12 @@ def read_segment_views(layout: RunLayout, iteration: int) -> list[dict]:
     """One dict per response of `iteration`, in (prompt_id, sample_index) order: prompt_id, sample_index,
     token_ids, score, status and `segments`, each with index, start, end, cutpoints, v_start, v_end,
     raw (V(end) - V(start), 0 where a value is unknown) and advantage (as trained, after normalisation)."""
-    paths = [layout.rollouts(iteration), layout.grades(iteration), layout.segments(iteration),
-             layout.segment_advantages(iteration)]
+    paths = [
+        layout.rollouts(iteration),
+        layout.grades(iteration),
+        layout.segments(iteration),
+        layout.segment_advantages(iteration),
+    ]
     missing = [p.name for p in paths if not Path(p).exists()]
     if missing:
         raise FileNotFoundError(f"iteration {iteration} of {layout.run_id} has no {', '.join(missing)}")
@@ -39,25 +44,44 @@ def read_segment_views(layout: RunLayout, iteration: int) -> list[dict]:
     # No schema check: files from before the `cutpoints` and `prefix_id` columns still draw. Rows with a
     # prefix_id are trained Monte Carlo continuations (spo.mc_train), not segments of a response.
     segs = [s for s in read_parquet(paths[2]).to_pylist() if s.get("prefix_id") is None]
-    adv = {(a["prompt_id"], a["sample_index"], a["segment_index"]): a["advantage"]
-           for a in read_parquet(paths[3]).to_pylist() if a.get("prefix_id") is None}
-    raw = segment_advantages(np.array([s["v_start"] for s in segs], dtype=float),
-                             np.array([s["v_end"] for s in segs], dtype=float))
+    adv = {
+        (a["prompt_id"], a["sample_index"], a["segment_index"]): a["advantage"]
+        for a in read_parquet(paths[3]).to_pylist()
+        if a.get("prefix_id") is None
+    }
+    raw = segment_advantages(
+        np.array([s["v_start"] for s in segs], dtype=float), np.array([s["v_end"] for s in segs], dtype=float)
+    )
     by_response: dict[tuple[str, int], list[dict]] = {}
     for s, a in zip(segs, raw):
         key = (s["prompt_id"], s["sample_index"])
-        by_response.setdefault(key, []).append({
-            "index": s["segment_index"], "start": s["start_token"], "end": s["end_token"],
-            "cutpoints": list(s.get("cutpoints") or []), "num_cutpoints": s["num_cutpoints"],
-            "v_start": s["v_start"], "v_end": s["v_end"], "raw": float(a),
-            "advantage": adv.get((*key, s["segment_index"]), float("nan"))})
+        by_response.setdefault(key, []).append(
+            {
+                "index": s["segment_index"],
+                "start": s["start_token"],
+                "end": s["end_token"],
+                "cutpoints": list(s.get("cutpoints") or []),
+                "num_cutpoints": s["num_cutpoints"],
+                "v_start": s["v_start"],
+                "v_end": s["v_end"],
+                "raw": float(a),
+                "advantage": adv.get((*key, s["segment_index"]), float("nan")),
+            }
+        )
     out = []
     for r in rollouts:
         key = (r["prompt_id"], r["sample_index"])
         g = grades.get(key, {})
-        out.append({"prompt_id": key[0], "sample_index": key[1], "token_ids": r["completion_token_ids"],
-                    "score": g.get("score", float("nan")), "status": g.get("status", "?"),
-                    "segments": sorted(by_response.get(key, []), key=lambda x: x["index"])})
+        out.append(
+            {
+                "prompt_id": key[0],
+                "sample_index": key[1],
+                "token_ids": r["completion_token_ids"],
+                "score": g.get("score", float("nan")),
+                "status": g.get("status", "?"),
+                "segments": sorted(by_response.get(key, []), key=lambda x: x["index"]),
+            }
+        )
     return sorted(out, key=lambda v: (v["prompt_id"], v["sample_index"]))
 
 
@@ -81,8 +105,13 @@ def pick(views: list[dict], n: int) -> list[dict]:
     return chosen
 
 
-def highlighted(view: dict, decode: Callable[[list[int]], str], cut: Callable[[str], str] = lambda t: f"⟦{t}⟧",
-                sep: str = " ‖ ", plain: Callable[[str], str] = lambda t: t) -> str:
+def highlighted(
+    view: dict,
+    decode: Callable[[list[int]], str],
+    cut: Callable[[str], str] = lambda t: f"⟦{t}⟧",
+    sep: str = " ‖ ",
+    plain: Callable[[str], str] = lambda t: t,
+) -> str:
     """The response's text, segment by segment (joined by `sep`), cutpoint tokens wrapped by `cut` and the
     rest by `plain`. Runs of non-cutpoint tokens are decoded together, so multi-token characters survive."""
     ids = view["token_ids"]
@@ -96,7 +125,7 @@ def highlighted(view: dict, decode: Callable[[list[int]], str], cut: Callable[[s
             text += cut(decode([ids[c]]))
             at = c + 1
         if at < s["end"]:
-            text += plain(decode(ids[at:s["end"]]))
+            text += plain(decode(ids[at : s["end"]]))
         parts.append(text)
     return sep.join(parts)
 
@@ -104,25 +133,33 @@ def highlighted(view: dict, decode: Callable[[list[int]], str], cut: Callable[[s
 def segment_lines(view: dict, decode: Callable[[list[int]], str] | None = None, **marks) -> list[str]:
     """Header, a row per segment, and (with `decode`) the highlighted text; `marks` go to `highlighted`."""
     segs = view["segments"]
-    lines = [f"{view['prompt_id']} #{view['sample_index']}  reward {fmt_value(view['score'])} ({view['status']}), "
-             f"{len(view['token_ids'])} tokens, {len(segs)} segment{'s' * (len(segs) != 1)}",
-             "  seg  tokens   cut  V start -> end   A raw   A trained"]
+    lines = [
+        f"{view['prompt_id']} #{view['sample_index']}  reward {fmt_value(view['score'])} ({view['status']}), "
+        f"{len(view['token_ids'])} tokens, {len(segs)} segment{'s' * (len(segs) != 1)}",
+        "  seg  tokens   cut  V start -> end   A raw   A trained",
+    ]
     for s in segs:
         span = f"{s['start']}-{s['end'] - 1}" if s["end"] > s["start"] else "-"
-        lines.append(f"  {s['index']:<4} {span:<8} {s['num_cutpoints']:<4} {fmt_value(s['v_start']):>7} -> "
-                     f"{fmt_value(s['v_end']):<7} {fmt_value(s['raw'], True):>6}  {fmt_value(s['advantage'], True):>8}")
+        lines.append(
+            f"  {s['index']:<4} {span:<8} {s['num_cutpoints']:<4} {fmt_value(s['v_start']):>7} -> "
+            f"{fmt_value(s['v_end']):<7} {fmt_value(s['raw'], True):>6}  {fmt_value(s['advantage'], True):>8}"
+        )
     if decode is not None and segs:
         lines.append("  " + highlighted(view, lambda ids: decode(ids).replace("\n", "\\n"), **marks))
     return lines
 
 
-def segments_markdown(views: list[dict], iteration: int, n: int,
-                      decode: Callable[[list[int]], str] | None = None) -> str:
+def segments_markdown(
+    views: list[dict], iteration: int, n: int, decode: Callable[[list[int]], str] | None = None
+) -> str:
     """Markdown for `n` picked responses of an iteration (a code block each)."""
-    parts = [f"## SPO-chain segments, iteration {iteration}", "",
-             "Segments are separated by ‖, cutpoints (p < spo.rho) are in ⟦ ⟧. `A raw` = V(end) - V(start); "
-             "`A trained` after spo.normalize. V of the prompt is its group's mean reward, V of the last "
-             "position the response's own."]
+    parts = [
+        f"## SPO-chain segments, iteration {iteration}",
+        "",
+        "Segments are separated by ‖, cutpoints (p < spo.rho) are in ⟦ ⟧. `A raw` = V(end) - V(start); "
+        "`A trained` after spo.normalize. V of the prompt is its group's mean reward, V of the last "
+        "position the response's own.",
+    ]
     for v in pick(views, n):
         parts += ["", "```", *segment_lines(v, decode), "```"]
     return "\n".join(parts)

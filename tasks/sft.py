@@ -3,10 +3,11 @@
 It packs sequences and computes completion log-probs with the RL trainer's code (tasks/trainer.py: explicit
 position ids, chunked LM head), so the warm start and the RL update score the same positions the same way.
 """
+
 from __future__ import annotations
 
 import random
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -19,9 +20,19 @@ def warm_start_lr_factor(step: int, steps: int, min_lr_ratio: float) -> float:
     return min(1.0, (step + 1) / 20) * max(min_lr_ratio, 1 - step / max(1, steps))
 
 
-def sft(model, examples: Sequence[tuple[list[int], list[int]]], *, steps: int, batch_size: int, lr: float,
-        seed: int, pad_id: int, device: torch.device, min_lr_ratio: float,
-        on_step: Callable[[int, float], None] | None = None) -> float:
+def sft(
+    model,
+    examples: Sequence[tuple[list[int], list[int]]],
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    pad_id: int,
+    device: torch.device,
+    min_lr_ratio: float,
+    on_step: Callable[[int, float], None] | None = None,
+) -> float:
     """Supervised warm start: token-mean NLL on completion tokens only, AdamW, lr schedule
     `warm_start_lr_factor`. Returns the last-50-step mean loss."""
     rng = random.Random(seed)

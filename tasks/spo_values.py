@@ -12,6 +12,7 @@ With rollout.top_p < 1 and spo.top_p_probs=recompute, probabilities the sampler 
 =sampler, the continuations' cutpoints) come from a teacher-forced pass instead: the sampler's are
 renormalised over the top-p nucleus, which inflates p (the reference recomputes them, spo.md §0).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -20,6 +21,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 
+import numpy as np
 from prefect import task
 
 from configs.schema import Config
@@ -28,14 +30,15 @@ from storage.layout import RunLayout
 from storage.metrics import write_metrics
 from storage.parquet import read_parquet, write_parquet
 from storage.schemas import GRADES, MC_ROLLOUTS, PROMPTS, ROLLOUTS, SEGMENTS
+from tasks.algos.prob_mask import trained_count
 from tasks.algos.seeding import derive_seed
 from tasks.algos.spo_chain import NO_VALUE, agreed, continuation_segment, finite_mean, value_at
 from tasks.algos.spo_chain import segments as split_segments
 from tasks.common import STAGE, StageOutput
-from tasks.engine import continue_prefixes, get_engine
-from tasks.graders import grade_all, scheme_of
+from tasks.datasets.graders import grade_all, scheme_of
+from tasks.engines.live import continue_prefixes, get_engine
 from tasks.models import engine_dtype
-from tasks.train import recomputes_top_p
+from tasks.teacher_forcing import policy_logprobs, recomputes_top_p
 
 
 def prefix_id(prompt_ids: list[int], response_prefix: list[int]) -> str:
@@ -43,20 +46,29 @@ def prefix_id(prompt_ids: list[int], response_prefix: list[int]) -> str:
     return h.hexdigest()[:20]
 
 
-def teacher_forced_probs(cfg: Config, policy: str, prompts: list[list[int]], comps: list[list[int]]) -> list[list[float]]:
-    from tasks.train import policy_logprobs
-
+def teacher_forced_probs(
+    cfg: Config, policy: str, prompts: list[list[int]], comps: list[list[int]]
+) -> list[list[float]]:
     return [[math.exp(x) for x in lp] for lp in policy_logprobs(cfg, policy, prompts, comps)]
 
 
 @task(name="spo_values", **STAGE)
-def spo_values(cfg: Config, layout: RunLayout, policy: FileRef, rollouts: FileRef, grades: FileRef, train: FileRef,
-               iteration: int, code_version: str) -> StageOutput:
+def spo_values(
+    cfg: Config,
+    layout: RunLayout,
+    policy: FileRef,
+    rollouts: FileRef,
+    grades: FileRef,
+    train: FileRef,
+    iteration: int,
+    code_version: str,
+) -> StageOutput:
     sp = cfg.spo
     r = read_parquet(rollouts, ROLLOUTS)
     g = read_parquet(grades, GRADES)
-    score = {(p, s): v for p, s, v in zip(g["prompt_id"].to_pylist(), g["sample_index"].to_pylist(),
-                                           g["score"].to_pylist())}
+    score = {
+        (p, s): v for p, s, v in zip(g["prompt_id"].to_pylist(), g["sample_index"].to_pylist(), g["score"].to_pylist())
+    }
     pids, sids = r["prompt_id"].to_pylist(), r["sample_index"].to_pylist()
     prompts, comps = r["prompt_token_ids"].to_pylist(), r["completion_token_ids"].to_pylist()
     t0 = time.perf_counter()
@@ -91,8 +103,9 @@ def spo_values(cfg: Config, layout: RunLayout, policy: FileRef, rollouts: FileRe
     # The continuations' sampler probabilities: their cutpoints and masked tokens when they train.
     mc_probs = [[math.exp(x) for x in o.logprobs] for _, _, o in mc.flat] if sp.mc_train else []
     if sp.mc_train and recomputes_top_p(cfg):
-        mc_probs = teacher_forced_probs(cfg, policy.path, [mc.wanted[k][1] for k, _, _ in mc.flat],
-                                        [o.token_ids for _, _, o in mc.flat])
+        mc_probs = teacher_forced_probs(
+            cfg, policy.path, [mc.wanted[k][1] for k, _, _ in mc.flat], [o.token_ids for _, _, o in mc.flat]
+        )
     if sp.mc_train:
         rows += continuation_rows(layout.run_id, iteration, sp.rho, mc.flat, mc_probs, mc.grades, values, wanted)
     mc_ref = write_parquet(mc.rows(layout.run_id, iteration), MC_ROLLOUTS, layout.mc_rollouts(iteration))
@@ -102,31 +115,43 @@ def spo_values(cfg: Config, layout: RunLayout, policy: FileRef, rollouts: FileRe
     mask_rho = cfg.train.prob_mask_rho
     trains = {(row["prefix_id"], row["sample_index"]) for row in rows[response_segments:]}
     trained = sum(masked_count(pr, mask_rho) for pr in probs) + sum(
-        masked_count(pr, mask_rho) for (k, j, _), pr in zip(mc.flat, mc_probs) if (k, j) in trains)
+        masked_count(pr, mask_rho) for (k, j, _), pr in zip(mc.flat, mc_probs) if (k, j) in trains
+    )
     mc_tokens = sum(len(o.token_ids) for _, _, o in mc.flat)
     prefixes_total = sum(1 for ss in segs for seg in ss if seg.start_position >= 0) + sum(mc_prompt)
     n_cut = sum(seg.num_cutpoints for ss in segs for seg in ss)
-    metrics = write_metrics(layout.metrics(iteration, "spo"), layout.run_id, iteration, "spo", {
-        "spo_prob_seconds": prob_seconds, "mc_seconds": mc.seconds, "mc_prefixes": float(prefixes_total),
-        "mc_prefixes_unique": float(len(wanted)), "mc_rollouts": float(len(mc.flat)),
-        # Share of boundary prefixes whose Monte Carlo samples a shared prefix already paid for.
-        "mc_dedup_savings": 1.0 - len(wanted) / prefixes_total if prefixes_total else 0.0,
-        # Adaptive N (spo.mc_samples_min): share of sampled prefixes that stopped after the first stage.
-        "mc_settled_early": mc.settled_early / len(wanted) if wanted else 0.0,
-        "mc_generated_tokens": float(mc_tokens), "mc_tokens_per_second": mc_tokens / max(mc.seconds, 1e-9),
-        "segments_per_response": response_segments / max(1, len(comps)),
-        "mc_trained_samples": float(len(rows) - response_segments),
-        "cutpoints_per_response": n_cut / max(1, len(comps)),
-        # Monte Carlo cost per token that trains (the responses', and the continuations' that train too).
-        "mc_tokens_per_trained_token": mc_tokens / max(1, trained),
-        "frac_tokens_cutpoint": n_cut / max(1, sum(len(c) for c in comps)),
-        **{f"mc_{k}": v for k, v in mc.timings.items()},
-    })
+    metrics = write_metrics(
+        layout.metrics(iteration, "spo"),
+        layout.run_id,
+        iteration,
+        "spo",
+        {
+            "spo_prob_seconds": prob_seconds,
+            "mc_seconds": mc.seconds,
+            "mc_prefixes": float(prefixes_total),
+            "mc_prefixes_unique": float(len(wanted)),
+            "mc_rollouts": float(len(mc.flat)),
+            # Share of boundary prefixes whose Monte Carlo samples a shared prefix already paid for.
+            "mc_dedup_savings": 1.0 - len(wanted) / prefixes_total if prefixes_total else 0.0,
+            # Adaptive N (spo.mc_samples_min): share of sampled prefixes that stopped after the first stage.
+            "mc_settled_early": mc.settled_early / len(wanted) if wanted else 0.0,
+            "mc_generated_tokens": float(mc_tokens),
+            "mc_tokens_per_second": mc_tokens / max(mc.seconds, 1e-9),
+            "segments_per_response": response_segments / max(1, len(comps)),
+            "mc_trained_samples": float(len(rows) - response_segments),
+            "cutpoints_per_response": n_cut / max(1, len(comps)),
+            # Monte Carlo cost per token that trains (the responses', and the continuations' that train too).
+            "mc_tokens_per_trained_token": mc_tokens / max(1, trained),
+            "frac_tokens_cutpoint": n_cut / max(1, sum(len(c) for c in comps)),
+            **{f"mc_{k}": v for k, v in mc.timings.items()},
+        },
+    )
     return StageOutput(artifact=ref, metrics=metrics, side=mc_ref)
 
 
-def boundary_prefixes(pids: list[str], prompts: list[list[int]], comps: list[list[int]], segs: list,
-                      mc_prompt: list[bool]) -> tuple[dict, dict]:
+def boundary_prefixes(
+    pids: list[str], prompts: list[list[int]], comps: list[list[int]], segs: list, mc_prompt: list[bool]
+) -> tuple[dict, dict]:
     """The boundary prefixes that need a Monte Carlo value, deduplicated across the batch.
 
     Returns (wanted: prefix id -> (prompt id, prefix token ids, response tokens in the prefix),
@@ -163,16 +188,29 @@ class Continuations:
 
     def rows(self, run_id: str, iteration: int) -> list[dict]:
         """MC_ROLLOUTS rows, one per continuation."""
-        return [{"run_id": run_id, "iteration": iteration, "prefix_id": k, "prompt_id": self.wanted[k][0],
-                 "prefix_tokens": self.wanted[k][2], "prefix_token_ids": self.wanted[k][1], "sample_index": j,
-                 "seed": derive_seed(run_id, iteration, "mc", k, j), "completion_token_ids": o.token_ids,
-                 "sampling_logprobs": o.logprobs, "finish_reason": o.finish_reason, "score": gr.score,
-                 "status": gr.status}
-                for (k, j, o), gr in zip(self.flat, self.grades)]
+        return [
+            {
+                "run_id": run_id,
+                "iteration": iteration,
+                "prefix_id": k,
+                "prompt_id": self.wanted[k][0],
+                "prefix_tokens": self.wanted[k][2],
+                "prefix_token_ids": self.wanted[k][1],
+                "sample_index": j,
+                "seed": derive_seed(run_id, iteration, "mc", k, j),
+                "completion_token_ids": o.token_ids,
+                "sampling_logprobs": o.logprobs,
+                "finish_reason": o.finish_reason,
+                "score": gr.score,
+                "status": gr.status,
+            }
+            for (k, j, o), gr in zip(self.flat, self.grades)
+        ]
 
 
-def sample_continuations(cfg: Config, layout: RunLayout, policy: FileRef, wanted: dict, refs: dict,
-                         iteration: int) -> Continuations:
+def sample_continuations(
+    cfg: Config, layout: RunLayout, policy: FileRef, wanted: dict, refs: dict, iteration: int
+) -> Continuations:
     """spo.mc_samples continuations of every wanted prefix on the live engine, each graded as the whole
     response (the prefix's response tokens + the continuation) against its prompt's reference.
 
@@ -193,17 +231,31 @@ def sample_continuations(cfg: Config, layout: RunLayout, policy: FileRef, wanted
             return [], []
         t1 = time.perf_counter()
         outs = continue_prefixes(
-            engine, [wanted[k][1] for k in keys], n, seed_key=(layout.run_id, iteration, "mc"),
-            max_tokens=[cfg.rollout.max_tokens - wanted[k][2] for k in keys], temperature=cfg.rollout.temperature,
-            top_p=cfg.rollout.top_p, stop=cfg.rollout.stop, max_model_len=cfg.rollout.max_model_len,
-            prefix_keys=keys, first_sample=first,
+            engine,
+            [wanted[k][1] for k in keys],
+            n,
+            seed_key=(layout.run_id, iteration, "mc"),
+            max_tokens=[cfg.rollout.max_tokens - wanted[k][2] for k in keys],
+            temperature=cfg.rollout.temperature,
+            top_p=cfg.rollout.top_p,
+            stop=cfg.rollout.stop,
+            max_model_len=cfg.rollout.max_model_len,
+            prefix_keys=keys,
+            first_sample=first,
         )
         seconds.append(time.perf_counter() - t1)
         flat = [(k, first + j, o) for k, os_ in zip(keys, outs) for j, o in enumerate(os_)]
-        texts = [tok.decode(wanted[k][1][len(wanted[k][1]) - wanted[k][2]:] + o.token_ids, skip_special_tokens=True)
-                 for k, _, o in flat]
-        return flat, grade_all(cfg.data.task, texts, [refs[wanted[k][0]] for k, _, _ in flat],
-                               [o.finish_reason for _, _, o in flat], scheme_of(cfg.reward))
+        texts = [
+            tok.decode(wanted[k][1][len(wanted[k][1]) - wanted[k][2] :] + o.token_ids, skip_special_tokens=True)
+            for k, _, o in flat
+        ]
+        return flat, grade_all(
+            cfg.data.task,
+            texts,
+            [refs[wanted[k][0]] for k, _, _ in flat],
+            [o.finish_reason for _, _, o in flat],
+            scheme_of(cfg.reward),
+        )
 
     keys = sorted(wanted)
     first_n = sp.mc_samples if sp.mc_samples_min is None else sp.mc_samples_min
@@ -224,22 +276,43 @@ def scores_by_prefix(flat: list, grades: list) -> dict[str, list[float]]:
     return out
 
 
-def _segment_row(run_id: str, iteration: int, prompt_id: str, sample_index: int, prefix: str | None, seg,
-                 start: tuple[float, int], end: tuple[float, int]) -> dict:
+def _segment_row(
+    run_id: str,
+    iteration: int,
+    prompt_id: str,
+    sample_index: int,
+    prefix: str | None,
+    seg,
+    start: tuple[float, int],
+    end: tuple[float, int],
+) -> dict:
     """One SEGMENTS row."""
-    return {"run_id": run_id, "iteration": iteration, "prompt_id": prompt_id, "sample_index": sample_index,
-            "prefix_id": prefix, "segment_index": seg.index, "start_token": seg.start, "end_token": seg.end,
-            "num_cutpoints": seg.num_cutpoints, "cutpoints": list(seg.cutpoints),
-            "v_start": start[0], "n_start": start[1], "v_end": end[0], "n_end": end[1]}
+    return {
+        "run_id": run_id,
+        "iteration": iteration,
+        "prompt_id": prompt_id,
+        "sample_index": sample_index,
+        "prefix_id": prefix,
+        "segment_index": seg.index,
+        "start_token": seg.start,
+        "end_token": seg.end,
+        "num_cutpoints": seg.num_cutpoints,
+        "cutpoints": list(seg.cutpoints),
+        "v_start": start[0],
+        "n_start": start[1],
+        "v_end": end[0],
+        "n_end": end[1],
+    }
 
 
 def masked_count(probs: list[float], mask_rho: float | None) -> int:
-    """Tokens that train under the probability mask p < mask_rho (all of them without the mask)."""
-    return len(probs) if mask_rho is None else sum(p < mask_rho for p in probs)
+    """Tokens that train under the probability mask (tasks/algos/prob_mask.py; all of them without it)."""
+    return trained_count(np.asarray(probs, dtype=np.float64), mask_rho)
 
 
-def continuation_rows(run_id: str, iteration: int, rho: float, flat: list, probs: list, grades: list, values: dict,
-                      wanted: dict) -> list[dict]:
+def continuation_rows(
+    run_id: str, iteration: int, rho: float, flat: list, probs: list, grades: list, values: dict, wanted: dict
+) -> list[dict]:
     """SEGMENTS rows of the Monte Carlo continuations that train (spo.mc_train): one segment each over its
     own tokens, from V(prefix) (values[prefix id] = (mean, count)) to its reward. `probs` are each
     continuation's sampler probabilities, in `flat`'s order."""

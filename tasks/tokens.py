@@ -1,4 +1,5 @@
 """Tokenizer loading and prompt rendering, shared by data prep and every stage that needs ids."""
+
 from __future__ import annotations
 
 import json
@@ -8,25 +9,37 @@ from pathlib import Path
 from configs.schema import DataSection, ModelSection
 
 
-_GENERIC_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
-
-
 @lru_cache(maxsize=4)
 def load_tokenizer(name_or_path: str):
-    """'tiny' builds the embedded character tokenizer; anything else is a hub id or local directory.
-    Every stage gets its tokenizer here, set up once: it always has a pad token (`with_pad_token`)."""
+    """'tiny' builds the embedded character tokenizer; anything else is a hub id or local directory, loaded
+    with `AutoTokenizer` as any user would. Every stage gets its tokenizer here, set up once: it always has a
+    pad token (`with_pad_token`)."""
     if name_or_path == "tiny":
         from tasks.tiny_model import build_tokenizer
 
         return with_pad_token(build_tokenizer(), name_or_path)
+    from tasks.local_paths import check_model_dir
+
+    check_model_dir(name_or_path)  # an empty directory: name what is missing, not transformers' guess
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    config = Path(name_or_path) / "tokenizer_config.json"
-    if config.exists() and json.loads(config.read_text()).get("tokenizer_class") in _GENERIC_CLASSES:
-        # transformers 5 maps config.json's model_type (qwen2) to Qwen2Tokenizer and swaps in its
-        # byte-level pre-tokenizer, which silently drops spaces from our character tokenizer.
+    if _plain_character_vocab(Path(name_or_path)):
+        # Run directories written before the byte-level tiny tokenizer (tasks/tiny_model.build_tokenizer):
+        # AutoTokenizer reads them as Qwen2Tokenizer, whose byte-level pre-tokenizer drops every space and
+        # newline. Only these load with the generic class.
         return with_pad_token(PreTrainedTokenizerFast.from_pretrained(name_or_path), name_or_path)
     return with_pad_token(AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=False), name_or_path)
+
+
+def _plain_character_vocab(path: Path) -> bool:
+    """Is `path` a model directory whose tokenizer.json is segflow's old character tokenizer (a vocabulary
+    with a bare " " token and no pre-tokenizer)? Hub ids and other tokenizers answer False."""
+    try:
+        spec = json.loads((path / "tokenizer.json").read_text())
+    except (OSError, ValueError):
+        return False
+    model = spec.get("model") or {}
+    return spec.get("pre_tokenizer") is None and " " in (model.get("vocab") or {})
 
 
 def with_pad_token(tok, name_or_path: str):
@@ -35,8 +48,10 @@ def with_pad_token(tok, name_or_path: str):
     masked out (tasks/trainer.pack), so which id pads changes no log-prob."""
     if tok.pad_token_id is None:
         if tok.eos_token_id is None:
-            raise ValueError(f"tokenizer of {name_or_path!r} has neither a pad nor an EOS token; add a pad_token "
-                             "to its tokenizer_config.json")
+            raise ValueError(
+                f"tokenizer of {name_or_path!r} has neither a pad nor an EOS token; add a pad_token "
+                "to its tokenizer_config.json"
+            )
         tok.pad_token = tok.eos_token
     return tok
 
@@ -44,8 +59,9 @@ def with_pad_token(tok, name_or_path: str):
 def render_prompt(question: str, data: DataSection, tokenizer) -> str:
     text = data.prompt_template.format(question=question)
     if data.use_chat_template:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                             add_generation_prompt=True)
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+        )
     return text
 
 

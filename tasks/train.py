@@ -6,6 +6,7 @@ iteration) and what exact resume needs: the float32 master in `master/` when the
 float32, or with LoRA (train.lora_rank > 0) the trained adapter in `adapter/`, which the next iteration
 loads on top of the start policy. The layout and the precision rules: tasks/checkpoints.py.
 """
+
 from __future__ import annotations
 
 import math
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from prefect import task
 
-from configs.schema import SEGMENT_ESTIMATORS, TREE_ESTIMATORS, Config, TrainSection
+from configs.schema import Config, TrainSection
 from storage.handles import FileRef, atomic_dir
 from storage.layout import RunLayout
 from storage.metrics import write_metrics
@@ -29,9 +30,10 @@ from storage.schemas import (
     SEGMENTS,
     TRAIN_EDGES,
 )
-from tasks.checkpoints import ADAPTER_DIR, OPTIMIZER_FILE
+from tasks.checkpoints import ADAPTER_DIR, OPTIMIZER_FILE, policy_device
 from tasks.common import STAGE, StageOutput
 from tasks.progress import bar
+from tasks.teacher_forcing import policy_logprobs
 
 
 def cutpoints_by_sample(segments: Path) -> dict:
@@ -40,8 +42,12 @@ def cutpoints_by_sample(segments: Path) -> dict:
     continuation's (prefix id, None, s). For spo.high_prob_advantage=zero."""
     t = read_parquet(segments, SEGMENTS)
     out: dict = {}
-    for p, s, pre, cut in zip(t["prompt_id"].to_pylist(), t["sample_index"].to_pylist(), t["prefix_id"].to_pylist(),
-                              t["cutpoints"].to_pylist()):
+    for p, s, pre, cut in zip(
+        t["prompt_id"].to_pylist(),
+        t["sample_index"].to_pylist(),
+        t["prefix_id"].to_pylist(),
+        t["cutpoints"].to_pylist(),
+    ):
         out.setdefault((pre, None if pre is not None else p, s), set()).update(cut)
     return out
 
@@ -53,38 +59,63 @@ def _segment_token_advantages(segment_advantages: FileRef, lengths: dict, cuts: 
 
     t = read_parquet(segment_advantages, SEGMENT_ADVANTAGES)
     spans: dict = {}
-    for p, s, pre, a, b, v in zip(t["prompt_id"].to_pylist(), t["sample_index"].to_pylist(), t["prefix_id"].to_pylist(),
-                                  t["start_token"].to_pylist(), t["end_token"].to_pylist(), t["advantage"].to_pylist()):
+    for p, s, pre, a, b, v in zip(
+        t["prompt_id"].to_pylist(),
+        t["sample_index"].to_pylist(),
+        t["prefix_id"].to_pylist(),
+        t["start_token"].to_pylist(),
+        t["end_token"].to_pylist(),
+        t["advantage"].to_pylist(),
+    ):
         if pre is None:  # a response's segment (a trained Monte Carlo continuation's has its prefix id)
             spans.setdefault((p, s), []).append((a, b, v))
-    return {key: token_advantages(n, spans.get(key, []), None if cuts is None else cuts.get((None, *key), set()))
-            for key, n in lengths.items()}
+    return {
+        key: token_advantages(n, spans.get(key, []), None if cuts is None else cuts.get((None, *key), set()))
+        for key, n in lengths.items()
+    }
 
 
-def load_samples(rollouts: FileRef, advantages: FileRef, reference: FileRef | None = None, per_token: bool = False,
-                 cuts: dict | None = None):
+def load_samples(
+    rollouts: FileRef,
+    advantages: FileRef,
+    reference: FileRef | None = None,
+    per_token: bool = False,
+    cuts: dict | None = None,
+):
     """Training samples; with `per_token` the advantages file holds segment advantages (SPO-chain), and
     with `cuts` (cutpoints_by_sample) only the cutpoints keep theirs."""
     from tasks.trainer import Sample
 
     r = read_parquet(rollouts, ROLLOUTS)
     if per_token:
-        lengths = {(p, s): len(c) for p, s, c in zip(r["prompt_id"].to_pylist(), r["sample_index"].to_pylist(),
-                                                     r["completion_token_ids"].to_pylist())}
+        lengths = {
+            (p, s): len(c)
+            for p, s, c in zip(
+                r["prompt_id"].to_pylist(), r["sample_index"].to_pylist(), r["completion_token_ids"].to_pylist()
+            )
+        }
         adv = _segment_token_advantages(advantages, lengths, cuts)
     else:
         a = read_parquet(advantages, ADVANTAGES)
-        adv = {(p, s): v for p, s, v in zip(a["prompt_id"].to_pylist(), a["sample_index"].to_pylist(),
-                                             a["advantage"].to_pylist())}
+        adv = {
+            (p, s): v
+            for p, s, v in zip(a["prompt_id"].to_pylist(), a["sample_index"].to_pylist(), a["advantage"].to_pylist())
+        }
     ref: dict = {}
     if reference is not None:
         t = read_parquet(reference, REF_LOGPROBS)
-        ref = {(p, s): v for p, s, v in zip(t["prompt_id"].to_pylist(), t["sample_index"].to_pylist(),
-                                             t["ref_logprobs"].to_pylist())}
+        ref = {
+            (p, s): v
+            for p, s, v in zip(t["prompt_id"].to_pylist(), t["sample_index"].to_pylist(), t["ref_logprobs"].to_pylist())
+        }
     samples = []
-    for p, s, pr, c, lp in zip(r["prompt_id"].to_pylist(), r["sample_index"].to_pylist(),
-                               r["prompt_token_ids"].to_pylist(), r["completion_token_ids"].to_pylist(),
-                               r["sampling_logprobs"].to_pylist()):
+    for p, s, pr, c, lp in zip(
+        r["prompt_id"].to_pylist(),
+        r["sample_index"].to_pylist(),
+        r["prompt_token_ids"].to_pylist(),
+        r["completion_token_ids"].to_pylist(),
+        r["sampling_logprobs"].to_pylist(),
+    ):
         if (p, s) not in adv:
             raise KeyError(f"{advantages.path}: no advantage for prompt {p!r} sample {s}")
         if reference is not None and (p, s) not in ref:
@@ -103,19 +134,33 @@ def load_continuation_samples(mc_rollouts: FileRef, segment_advantages: FileRef,
     from tasks.trainer import Sample
 
     t = read_parquet(segment_advantages, SEGMENT_ADVANTAGES)
-    adv = {(pre, s): (a, b, v) for pre, s, a, b, v in zip(
-        t["prefix_id"].to_pylist(), t["sample_index"].to_pylist(), t["start_token"].to_pylist(),
-        t["end_token"].to_pylist(), t["advantage"].to_pylist()) if pre is not None}
+    adv = {
+        (pre, s): (a, b, v)
+        for pre, s, a, b, v in zip(
+            t["prefix_id"].to_pylist(),
+            t["sample_index"].to_pylist(),
+            t["start_token"].to_pylist(),
+            t["end_token"].to_pylist(),
+            t["advantage"].to_pylist(),
+        )
+        if pre is not None
+    }
     m = read_parquet(mc_rollouts, MC_ROLLOUTS)
     samples = []
-    for pre, s, prefix, c, lp in zip(m["prefix_id"].to_pylist(), m["sample_index"].to_pylist(),
-                                     m["prefix_token_ids"].to_pylist(), m["completion_token_ids"].to_pylist(),
-                                     m["sampling_logprobs"].to_pylist()):
+    for pre, s, prefix, c, lp in zip(
+        m["prefix_id"].to_pylist(),
+        m["sample_index"].to_pylist(),
+        m["prefix_token_ids"].to_pylist(),
+        m["completion_token_ids"].to_pylist(),
+        m["sampling_logprobs"].to_pylist(),
+    ):
         if (pre, s) in adv:
             a, b, v = adv.pop((pre, s))
             if (a, b) != (0, len(c)):
-                raise ValueError(f"{segment_advantages.path}: continuation {pre} #{s} spans [{a}, {b}), "
-                                 f"its {len(c)} tokens are [0, {len(c)})")
+                raise ValueError(
+                    f"{segment_advantages.path}: continuation {pre} #{s} spans [{a}, {b}), "
+                    f"its {len(c)} tokens are [0, {len(c)})"
+                )
             keep = None if cuts is None else cuts.get((pre, None, s), set())
             samples.append(Sample(prefix, c, lp, 0.0, None, token_advantages(len(c), [(0, len(c), v)], keep)))
     if adv:
@@ -129,27 +174,16 @@ def load_edge_samples(edges: FileRef):
     from tasks.trainer import Sample
 
     t = read_parquet(edges, TRAIN_EDGES)
-    return [Sample(p, c, lp, a) for p, c, lp, a in zip(
-        t["prefix_token_ids"].to_pylist(), t["completion_token_ids"].to_pylist(), t["sampling_logprobs"].to_pylist(),
-        t["train_advantage"].to_pylist()) if c]
-
-
-def policy_logprobs(cfg: Config, path: str, prompts: list[list[int]], comps: list[list[int]]) -> list[list[float]]:
-    """Per-token log-probs of each completion after its prompt under the checkpoint at `path`: a teacher-forced
-    pass at the sampling temperature, without top-p (the distribution the SPO reference reads p from, spo.md §0)."""
-    from tasks.trainer import sequence_logprobs
-
-    model, tok, device = load_policy(cfg, path)
-    lps = sequence_logprobs(model, prompts, comps, pad_id=tok.pad_token_id, device=device,
-                            temperature=cfg.rollout.temperature, chunk=cfg.train.logprob_chunk,
-                            micro_batch=cfg.train.micro_batch_size)
-    del model
-    return lps
-
-
-def recomputes_top_p(cfg: Config) -> bool:
-    """Whether SPO replaces the sampler's top-p-renormalised log-probs by policy_logprobs (spo.top_p_probs)."""
-    return cfg.spo.top_p_probs == "recompute" and cfg.rollout.top_p < 1
+    return [
+        Sample(p, c, lp, a)
+        for p, c, lp, a in zip(
+            t["prefix_token_ids"].to_pylist(),
+            t["completion_token_ids"].to_pylist(),
+            t["sampling_logprobs"].to_pylist(),
+            t["train_advantage"].to_pylist(),
+        )
+        if c
+    ]
 
 
 def reference_for(cfg: Config, start: FileRef, samples: list) -> None:
@@ -158,28 +192,6 @@ def reference_for(cfg: Config, start: FileRef, samples: list) -> None:
     lps = policy_logprobs(cfg, start.path, [x.prompt_ids for x in samples], [x.completion_ids for x in samples])
     for x, lp in zip(samples, lps):
         x.ref_logprobs = lp
-
-
-def _device(cfg: Config):
-    import torch
-
-    from tasks.trainer import resolve_device
-
-    device = resolve_device(cfg.run.device)
-    if cfg.run.torch_threads:
-        torch.set_num_threads(cfg.run.torch_threads)
-    return device
-
-
-def load_policy(cfg: Config, path: str):
-    """(model, tokenizer, device) for a checkpoint directory, on the configured device and dtype: a policy
-    that is not trained (reference, values, pi of a tree), so the model dtype, no master."""
-    from tasks.checkpoints import load_model
-    from tasks.tokens import load_tokenizer
-    from tasks.trainer import resolve_dtype
-
-    device = _device(cfg)
-    return load_model(path, resolve_dtype(cfg.model.dtype, device), device), load_tokenizer(path), device
 
 
 def add_lora(cfg: Config, model, adapter: Path | None):
@@ -204,23 +216,30 @@ class IterationBatch:
         return self.train_cfg.epochs * math.ceil(len(self.samples) / self.train_cfg.mini_batch_size)
 
 
-def iteration_batch(cfg: Config, start: FileRef, rollouts: FileRef, advantages: FileRef, reference: FileRef | None,
-                    continuations: FileRef | None, segments: Path | None = None) -> IterationBatch:
+def iteration_batch(
+    cfg: Config,
+    start: FileRef,
+    rollouts: FileRef,
+    advantages: FileRef,
+    reference: FileRef | None,
+    continuations: FileRef | None,
+    segments: Path | None = None,
+) -> IterationBatch:
     """The iteration's training samples: SPO-tree's taken edges, or the responses (and SPO-chain's trained
     Monte Carlo continuations), with reference log-probs where the KL penalty in the loss needs them.
     `segments` is SPO-chain's segments file, read for its cutpoints when spo.high_prob_advantage=zero."""
-    zero = cfg.advantage.estimator in SEGMENT_ESTIMATORS and cfg.spo.high_prob_advantage == "zero"
+    spec = cfg.advantage.spec
+    zero = spec.reads_segments and cfg.spo.high_prob_advantage == "zero"
     cuts = cutpoints_by_sample(segments) if zero and segments is not None else None
     if zero and cuts is None:
         raise ValueError("spo.high_prob_advantage='zero' needs the iteration's segments file (its cutpoints)")
-    if cfg.advantage.estimator in TREE_ESTIMATORS:  # `rollouts` is the iteration's train_edges file
+    if spec.grows_trees:  # `rollouts` is the iteration's train_edges file
         samples = load_edge_samples(rollouts)
         if cfg.train.kl_coef > 0:
             reference_for(cfg, start, samples)
         nominal = cfg.tree.edges_per_iteration or cfg.rollout.prompts_per_iteration * cfg.tree.edges_per_question
     else:
-        samples = load_samples(rollouts, advantages, reference, per_token=cfg.advantage.estimator in SEGMENT_ESTIMATORS,
-                               cuts=cuts)
+        samples = load_samples(rollouts, advantages, reference, per_token=spec.reads_segments, cuts=cuts)
         nominal = cfg.rollout.prompts_per_iteration * cfg.rollout.samples_per_prompt
     steps_per_epoch = math.ceil(nominal / cfg.train.mini_batch_size)
     train_cfg = cfg.train
@@ -231,15 +250,27 @@ def iteration_batch(cfg: Config, start: FileRef, rollouts: FileRef, advantages: 
         # The continuations join the iteration's optimiser steps: mini-batches grow, their number does not,
         # so the lr schedule and the number of updates per iteration stay those of the same run without them.
         samples = samples + extra
-        train_cfg = cfg.train.model_copy(update={"mini_batch_size": max(
-            cfg.train.mini_batch_size, math.ceil(len(samples) / max(1, steps_per_epoch)))})
+        train_cfg = cfg.train.model_copy(
+            update={
+                "mini_batch_size": max(cfg.train.mini_batch_size, math.ceil(len(samples) / max(1, steps_per_epoch)))
+            }
+        )
     return IterationBatch(samples, train_cfg, cfg.train.epochs * steps_per_epoch)
 
 
 @task(name="train_policy", **STAGE)
-def train_policy(cfg: Config, layout: RunLayout, start: FileRef, policy: FileRef, rollouts: FileRef,
-                 advantages: FileRef, reference: FileRef | None, continuations: FileRef | None, iteration: int,
-                 code_version: str) -> StageOutput:
+def train_policy(
+    cfg: Config,
+    layout: RunLayout,
+    start: FileRef,
+    policy: FileRef,
+    rollouts: FileRef,
+    advantages: FileRef,
+    reference: FileRef | None,
+    continuations: FileRef | None,
+    iteration: int,
+    code_version: str,
+) -> StageOutput:
     """`start` is the run's start policy (LoRA base), `policy` the latest checkpoint, `reference` the
     reference log-probs file when the KL penalty is in the loss, `continuations` SPO-chain's Monte Carlo
     rollouts when they train too (spo.mc_train), else None."""
@@ -249,23 +280,45 @@ def train_policy(cfg: Config, layout: RunLayout, start: FileRef, policy: FileRef
     batch = iteration_batch(cfg, start, rollouts, advantages, reference, continuations, layout.segments(iteration))
     total_steps = cfg.run.iterations * batch.steps_per_iter
     whiten = micro_batch_whitening(cfg)
-    old_from_sampler = cfg.advantage.estimator in TREE_ESTIMATORS and cfg.tree.old_logprobs == "generation"
+    old_from_sampler = cfg.advantage.spec.grows_trees and cfg.tree.old_logprobs == "generation"
     if cfg.train.processes > 1:
-        return _train_distributed(cfg, batch.train_cfg, layout, start, policy, batch.samples, iteration,
-                                  total_steps, whiten, old_from_sampler)
+        return _train_distributed(
+            cfg, batch.train_cfg, layout, start, policy, batch.samples, iteration, total_steps, whiten, old_from_sampler
+        )
     model, peft_model, tok, device = load_trainable(cfg, start, policy)
     params = [p for p in model.parameters() if p.requires_grad]
     opt, sched, skips = restore_optimizer(cfg, params, Path(policy.path) / OPTIMIZER_FILE, device, total_steps)
     t0 = time.perf_counter()
     with bar(f"train iteration {iteration}", batch.steps_now) as advance:
-        stats = rl_update(model, opt, sched, batch.samples, batch.train_cfg, temperature=cfg.rollout.temperature,
-                          pad_id=tok.pad_token_id, device=device, seed=iteration, norm_len=cfg.rollout.max_tokens,
-                          whiten_micro_batch=whiten, old_from_sampler=old_from_sampler, consecutive_skips=skips,
-                          on_step=lambda i, n: advance(1, ""), compute_dtype=compute_dtype(cfg, device))
+        stats = rl_update(
+            model,
+            opt,
+            sched,
+            batch.samples,
+            batch.train_cfg,
+            temperature=cfg.rollout.temperature,
+            pad_id=tok.pad_token_id,
+            device=device,
+            seed=iteration,
+            norm_len=cfg.rollout.max_tokens,
+            whiten_micro_batch=whiten,
+            old_from_sampler=old_from_sampler,
+            consecutive_skips=skips,
+            on_step=lambda i, n: advance(1, ""),
+            compute_dtype=compute_dtype(cfg, device),
+        )
     stats["train_seconds"] = time.perf_counter() - t0
     stats["trainable_parameters"] = float(sum(p.numel() for p in params))
-    save_checkpoint(cfg, layout.checkpoint(iteration), model, peft_model, tok, opt, sched,
-                    consecutive_skips=int(stats["consecutive_skips"]))
+    save_checkpoint(
+        cfg,
+        layout.checkpoint(iteration),
+        model,
+        peft_model,
+        tok,
+        opt,
+        sched,
+        consecutive_skips=int(stats["consecutive_skips"]),
+    )
     metrics = write_metrics(layout.metrics(iteration, "train"), layout.run_id, iteration, "train", stats)
     return StageOutput(artifact=FileRef.of(layout.checkpoint(iteration)), metrics=metrics)
 
@@ -273,7 +326,7 @@ def train_policy(cfg: Config, layout: RunLayout, start: FileRef, policy: FileRef
 def micro_batch_whitening(cfg: Config) -> bool:
     """Whether the trainer whitens each micro-batch's advantages (tasks/trainer.trained_advantages): SPO's with
     spo.normalize=micro_batch, any estimator's with train.whiten_advantages=micro_batch (spo.md §3.3)."""
-    spo = cfg.advantage.estimator in SEGMENT_ESTIMATORS + TREE_ESTIMATORS and cfg.spo.normalize == "micro_batch"
+    spo = cfg.advantage.spec.monte_carlo_values and cfg.spo.normalize == "micro_batch"
     return spo or cfg.train.whiten_advantages == "micro_batch"
 
 
@@ -291,11 +344,16 @@ def load_trainable(cfg: Config, start: FileRef, policy: FileRef):
     from tasks.checkpoints import load_master
     from tasks.tokens import load_tokenizer
 
-    device = _device(cfg)
+    device = policy_device(cfg.run)
     lora = bool(cfg.train.lora_rank)
     model_dir = start.path if lora else policy.path
-    model, peft_model = load_master(model_dir, cfg.train, dtype=compute_dtype(cfg, device), device=device,
-                                    adapter_dir=Path(policy.path) / ADAPTER_DIR if lora else None)
+    model, peft_model = load_master(
+        model_dir,
+        cfg.train,
+        dtype=compute_dtype(cfg, device),
+        device=device,
+        adapter_dir=Path(policy.path) / ADAPTER_DIR if lora else None,
+    )
     return model, peft_model, load_tokenizer(model_dir), device
 
 
@@ -313,12 +371,31 @@ def save_checkpoint(cfg: Config, dest: Path, model, peft_model, tok, opt, sched,
     from tasks.checkpoints import write_checkpoint
 
     with atomic_dir(dest) as tmp:
-        write_checkpoint(tmp, model, peft_model, tok, opt, sched, consecutive_skips=consecutive_skips,
-                         dtype=compute_dtype(cfg, model.device), gradient_checkpointing=cfg.train.gradient_checkpointing)
+        write_checkpoint(
+            tmp,
+            model,
+            peft_model,
+            tok,
+            opt,
+            sched,
+            consecutive_skips=consecutive_skips,
+            dtype=compute_dtype(cfg, model.device),
+            gradient_checkpointing=cfg.train.gradient_checkpointing,
+        )
 
 
-def _train_distributed(cfg: Config, train_cfg, layout: RunLayout, start: FileRef, policy: FileRef, samples: list,
-                       iteration: int, total_steps: int, whiten: bool, old_from_sampler: bool) -> StageOutput:
+def _train_distributed(
+    cfg: Config,
+    train_cfg,
+    layout: RunLayout,
+    start: FileRef,
+    policy: FileRef,
+    samples: list,
+    iteration: int,
+    total_steps: int,
+    whiten: bool,
+    old_from_sampler: bool,
+) -> StageOutput:
     """train_policy with cfg.train.processes > 1: the same update under torchrun in a subprocess
     (tasks/distributed.py), bounded by cfg.train.timeout_seconds. The job directory keeps its logs."""
     from tasks.distributed import launch, write_job
@@ -327,13 +404,25 @@ def _train_distributed(cfg: Config, train_cfg, layout: RunLayout, start: FileRef
     base = start.path if cfg.train.lora_rank else policy.path
     t0 = time.perf_counter()
     with atomic_dir(layout.checkpoint(iteration)) as tmp:
-        job = write_job(layout.iteration_dir(iteration) / "train_job", samples, train_cfg, model_dir=base,
-                        output_dir=tmp, optimizer_state=Path(policy.path) / OPTIMIZER_FILE,
-                        adapter_dir=Path(policy.path) / ADAPTER_DIR if cfg.train.lora_rank else None,
-                        temperature=cfg.rollout.temperature, pad_id=load_tokenizer(base).pad_token_id, seed=iteration,
-                        total_steps=total_steps, norm_len=cfg.rollout.max_tokens, whiten_micro_batch=whiten,
-                        old_from_sampler=old_from_sampler, device=cfg.run.device, dtype=cfg.model.dtype,
-                        torch_threads=cfg.run.torch_threads or None)
+        job = write_job(
+            layout.iteration_dir(iteration) / "train_job",
+            samples,
+            train_cfg,
+            model_dir=base,
+            output_dir=tmp,
+            optimizer_state=Path(policy.path) / OPTIMIZER_FILE,
+            adapter_dir=Path(policy.path) / ADAPTER_DIR if cfg.train.lora_rank else None,
+            temperature=cfg.rollout.temperature,
+            pad_id=load_tokenizer(base).pad_token_id,
+            seed=iteration,
+            total_steps=total_steps,
+            norm_len=cfg.rollout.max_tokens,
+            whiten_micro_batch=whiten,
+            old_from_sampler=old_from_sampler,
+            device=cfg.run.device,
+            dtype=cfg.model.dtype,
+            torch_threads=cfg.run.torch_threads or None,
+        )
         stats = launch(job, cfg.train.processes, cfg.train.timeout_seconds)
     stats["train_launch_seconds"] = time.perf_counter() - t0
     metrics = write_metrics(layout.metrics(iteration, "train"), layout.run_id, iteration, "train", stats)

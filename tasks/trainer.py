@@ -13,19 +13,22 @@ entries per iteration and trains almost nothing.
 Imports torch and tasks/algos only (configs.schema for type hints): bench/gpu_check.py runs this on a
 machine with torch and transformers but no pydantic, Prefect, DuckDB or vLLM.
 """
+
 from __future__ import annotations
 
 import contextlib
 import math
 import random
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
 from tasks.algos.logprobs import token_logprobs, token_logprobs_entropy
 from tasks.algos.policy_loss import LossSpec, policy_loss
+from tasks.algos.prob_mask import trained_count, trains
 
 if TYPE_CHECKING:
     from configs.schema import TrainSection
@@ -66,8 +69,9 @@ class Batch:
     pred_cols: torch.Tensor  # [N] its column (prompt_len - 1 + j)
 
 
-def pack(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], pad_id: int,
-         device: torch.device) -> Batch:
+def pack(
+    prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], pad_id: int, device: torch.device
+) -> Batch:
     b = len(prompts)
     lens = [len(p) + len(c) for p, c in zip(prompts, completions)]
     width, tc = max(lens), max(1, max(len(c) for c in completions))
@@ -86,8 +90,15 @@ def pack(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]],
         cols += range(len(p) - 1, len(p) - 1 + len(c))
     pos = (att.cumsum(-1) - 1).clamp(min=0)
     to = lambda t: t.to(device)  # noqa: E731
-    return Batch(to(ids), to(att), to(pos), to(comp), to(cmask),
-                 to(torch.tensor(rows, dtype=torch.long)), to(torch.tensor(cols, dtype=torch.long)))
+    return Batch(
+        to(ids),
+        to(att),
+        to(pos),
+        to(comp),
+        to(cmask),
+        to(torch.tensor(rows, dtype=torch.long)),
+        to(torch.tensor(cols, dtype=torch.long)),
+    )
 
 
 def completion_logprobs(model, batch: Batch, temperature: float, chunk: int, with_entropy: bool = False):
@@ -117,9 +128,18 @@ def completion_logprobs(model, batch: Batch, temperature: float, chunk: int, wit
     return scatter(token_logprobs(h, weight, targets, temperature, chunk))
 
 
-def sequence_logprobs(model, prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], *, pad_id: int,
-                      device: torch.device, temperature: float, chunk: int, micro_batch: int,
-                      on_batch: Callable[[int], None] | None = None) -> list[list[float]]:
+def sequence_logprobs(
+    model,
+    prompts: Sequence[Sequence[int]],
+    completions: Sequence[Sequence[int]],
+    *,
+    pad_id: int,
+    device: torch.device,
+    temperature: float,
+    chunk: int,
+    micro_batch: int,
+    on_batch: Callable[[int], None] | None = None,
+) -> list[list[float]]:
     """Per-token completion log-probs of every sequence, `micro_batch` sequences per forward pass, no grad."""
     out: list[list[float]] = []
     with torch.no_grad():
@@ -158,12 +178,20 @@ class Sample:
 def loss_spec(cfg: TrainSection) -> LossSpec:
     """The policy loss the config describes. A KL penalty placed in the reward is not part of the loss."""
     return LossSpec(
-        clip_mode=cfg.clip_mode, eps_low=cfg.clip_eps,
-        eps_high=cfg.clip_eps if cfg.clip_eps_high is None else cfg.clip_eps_high, dual_clip_c=cfg.dual_clip_c,
-        weight=cfg.weight, truncate_max=cfg.truncate_max, regularizer=cfg.regularizer,
-        regularizer_coef=cfg.regularizer_coef, kl_coef=cfg.kl_coef if cfg.kl_placement == "loss" else 0.0,
-        kl_estimator=cfg.kl_estimator, entropy_coef=cfg.entropy_coef, agg=cfg.loss_agg,
-        kl_agg=None if cfg.kl_agg == "loss_agg" else cfg.kl_agg, log_ratio_clamp=cfg.log_ratio_clamp,
+        clip_mode=cfg.clip_mode,
+        eps_low=cfg.clip_eps,
+        eps_high=cfg.clip_eps if cfg.clip_eps_high is None else cfg.clip_eps_high,
+        dual_clip_c=cfg.dual_clip_c,
+        weight=cfg.weight,
+        truncate_max=cfg.truncate_max,
+        regularizer=cfg.regularizer,
+        regularizer_coef=cfg.regularizer_coef,
+        kl_coef=cfg.kl_coef if cfg.kl_placement == "loss" else 0.0,
+        kl_estimator=cfg.kl_estimator,
+        entropy_coef=cfg.entropy_coef,
+        agg=cfg.loss_agg,
+        kl_agg=None if cfg.kl_agg == "loss_agg" else cfg.kl_agg,
+        log_ratio_clamp=cfg.log_ratio_clamp,
         kl_k3_max=cfg.kl_k3_max,
     )
 
@@ -178,8 +206,11 @@ def _rows(values: Sequence[Sequence[float]], shape: torch.Size, device: torch.de
 def _advantages(part: Sequence[Sample], shape: torch.Size, device: torch.device) -> torch.Tensor:
     if all(x.token_advantages is None for x in part):
         return torch.tensor([x.advantage for x in part], dtype=torch.float32, device=device)[:, None].expand(shape)
-    return _rows([x.token_advantages if x.token_advantages is not None else [x.advantage] * len(x.completion_ids)
-                  for x in part], shape, device)
+    return _rows(
+        [x.token_advantages if x.token_advantages is not None else [x.advantage] * len(x.completion_ids) for x in part],
+        shape,
+        device,
+    )
 
 
 def whiten_masked(adv: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -194,15 +225,17 @@ def whiten_masked(adv: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> t
     return out
 
 
-def trained_advantages(adv: torch.Tensor, old_lp: torch.Tensor, comp_mask: torch.Tensor, rho: float | None,
-                       whiten: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def trained_advantages(
+    adv: torch.Tensor, old_lp: torch.Tensor, comp_mask: torch.Tensor, rho: float | None, whiten: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(advantages, mask) one micro-batch trains with, all [B, T].
 
-    mask: the completion tokens, with SPO's probability mask (spec §3.2) only those the pre-update policy
-    gave p_old = exp(old_lp) < rho. With `whiten`, the advantages are whitened over the mask's tokens of
-    this micro-batch (spo.md §3.3, `whiten_masked`), for every estimator (train.whiten_advantages).
+    mask: the completion tokens, with SPO's probability mask (spec §3.2, tasks/algos/prob_mask.trains) only
+    those the pre-update policy gave p_old = exp(old_lp) < rho. With `whiten`, the advantages are whitened
+    over the mask's tokens of this micro-batch (spo.md §3.3, `whiten_masked`), for every estimator
+    (train.whiten_advantages).
     """
-    mask = comp_mask if rho is None else comp_mask & (old_lp.exp() < rho)
+    mask = comp_mask & trains(old_lp.exp(), rho)
     return (whiten_masked(adv, mask) if whiten else adv), mask
 
 
@@ -266,8 +299,18 @@ class OldPolicy:
     gap_tokens: int
 
 
-def old_policy(model, samples: Sequence[Sample], micro: int, *, temperature: float, chunk: int, pad_id: int,
-               device: torch.device, old_from_sampler: bool, collective: Collective) -> OldPolicy:
+def old_policy(
+    model,
+    samples: Sequence[Sample],
+    micro: int,
+    *,
+    temperature: float,
+    chunk: int,
+    pad_id: int,
+    device: torch.device,
+    old_from_sampler: bool,
+    collective: Collective,
+) -> OldPolicy:
     """Recompute every sample's completion log-probs (and entropy) under `model`, micro-batch by micro-batch.
 
     Each rank computes its share of the micro-batches into one flat per-token buffer (zeros elsewhere),
@@ -307,10 +350,23 @@ def old_policy(model, samples: Sequence[Sample], micro: int, *, temperature: flo
     return OldPolicy(old, ent_sum, gap_sum, gap_max, n_tok)
 
 
-def _accumulate_gradients(model, samples: Sequence[Sample], idx: list[int], old: list[torch.Tensor], spec: LossSpec,
-                          cfg: TrainSection, *, temperature: float, pad_id: int, device: torch.device,
-                          num_tokens: float, norm_len: float | None, whiten_micro_batch: bool,
-                          collective: Collective, compute_dtype: torch.dtype | None = None) -> dict[str, float]:
+def _accumulate_gradients(
+    model,
+    samples: Sequence[Sample],
+    idx: list[int],
+    old: list[torch.Tensor],
+    spec: LossSpec,
+    cfg: TrainSection,
+    *,
+    temperature: float,
+    pad_id: int,
+    device: torch.device,
+    num_tokens: float,
+    norm_len: float | None,
+    whiten_micro_batch: bool,
+    collective: Collective,
+    compute_dtype: torch.dtype | None = None,
+) -> dict[str, float]:
     """Backward the loss of mini-batch `idx` (this rank's micro-batches of it) into the parameters' .grad.
 
     The loss is normalised by the whole mini-batch (`num_tokens` trained tokens, len(idx) sequences), so
@@ -319,8 +375,9 @@ def _accumulate_gradients(model, samples: Sequence[Sample], idx: list[int], old:
     backward pass outside it (autocast's rule), so the gradients reach the float32 master as float32.
     """
     micro, rho = cfg.micro_batch_size, cfg.prob_mask_rho
-    step = dict.fromkeys(("loss", "clip_upper", "clip_lower", "clip_dual", "ratio", "kl_old", "kl_ref",
-                          "skipped_micro_batches"), 0.0)
+    step = dict.fromkeys(
+        ("loss", "clip_upper", "clip_lower", "clip_dual", "ratio", "kl_old", "kl_ref", "skipped_micro_batches"), 0.0
+    )
     num_micro = math.ceil(len(idx) / micro)
     for s in collective.shard(list(range(0, len(idx), micro))):
         part = [samples[i] for i in idx[s : s + micro]]
@@ -332,8 +389,19 @@ def _accumulate_gradients(model, samples: Sequence[Sample], idx: list[int], old:
         adv = _advantages(part, lp.shape, device)
         ref = _rows([x.ref_logprobs for x in part], lp.shape, device) if spec.kl_coef > 0 else None
         adv, mask = trained_advantages(adv, old_lp, batch.comp_mask, rho, whiten_micro_batch)
-        loss, st = policy_loss(lp, old_lp, adv, mask, spec, ref_logp=ref, entropy=ent, num_seqs=len(idx),
-                               num_tokens=num_tokens, norm_len=norm_len, num_micro_batches=num_micro)
+        loss, st = policy_loss(
+            lp,
+            old_lp,
+            adv,
+            mask,
+            spec,
+            ref_logp=ref,
+            entropy=ent,
+            num_seqs=len(idx),
+            num_tokens=num_tokens,
+            norm_len=norm_len,
+            num_micro_batches=num_micro,
+        )
         if ratio_skipped(st["ratio"], mask, cfg.skip_ratio_above):
             loss = loss * 0.0  # still backward: every rank must reach the gradient sum with its .grad set
             step["skipped_micro_batches"] += 1
@@ -344,12 +412,26 @@ def _accumulate_gradients(model, samples: Sequence[Sample], idx: list[int], old:
     return step
 
 
-def rl_update(model, optimizer, scheduler, samples: Sequence[Sample], cfg: TrainSection, *, temperature: float,
-              pad_id: int, device: torch.device, seed: int, norm_len: float | None = None,
-              whiten_micro_batch: bool = False, old_from_sampler: bool = False, consecutive_skips: int = 0,
-              on_step: Callable[[int, int], None] | None = None,
-              log: Callable[[str], None] = print, collective: Collective | None = None,
-              compute_dtype: torch.dtype | None = None) -> dict[str, float]:
+def rl_update(
+    model,
+    optimizer,
+    scheduler,
+    samples: Sequence[Sample],
+    cfg: TrainSection,
+    *,
+    temperature: float,
+    pad_id: int,
+    device: torch.device,
+    seed: int,
+    norm_len: float | None = None,
+    whiten_micro_batch: bool = False,
+    old_from_sampler: bool = False,
+    consecutive_skips: int = 0,
+    on_step: Callable[[int, int], None] | None = None,
+    log: Callable[[str], None] = print,
+    collective: Collective | None = None,
+    compute_dtype: torch.dtype | None = None,
+) -> dict[str, float]:
     """One iteration of policy updates on `samples` with the loss `loss_spec(cfg)` describes.
 
     `whiten_micro_batch` (SPO's spo.normalize=micro_batch) or cfg.whiten_advantages=micro_batch (any
@@ -383,8 +465,17 @@ def rl_update(model, optimizer, scheduler, samples: Sequence[Sample], cfg: Train
     micro = cfg.micro_batch_size
     whiten_micro_batch = whiten_micro_batch or cfg.whiten_advantages == "micro_batch"
     with mixed_precision(device, compute_dtype):
-        pi_old = old_policy(model, samples, micro, temperature=temperature, chunk=cfg.logprob_chunk, pad_id=pad_id,
-                            device=device, old_from_sampler=old_from_sampler, collective=coll)
+        pi_old = old_policy(
+            model,
+            samples,
+            micro,
+            temperature=temperature,
+            chunk=cfg.logprob_chunk,
+            pad_id=pad_id,
+            device=device,
+            old_from_sampler=old_from_sampler,
+            collective=coll,
+        )
     old = pi_old.logprobs
     if spec.kl_coef > 0 and any(x.ref_logprobs is None for x in samples):
         raise ValueError("train.kl_coef > 0 (kl_placement=loss) but the samples carry no reference log-probs")
@@ -392,15 +483,24 @@ def rl_update(model, optimizer, scheduler, samples: Sequence[Sample], cfg: Train
     # Tokens that carry gradient: every completion token, or with SPO's probability mask (spec §3.2)
     # only those the pre-update policy gave p < rho. Counted up front for the global normaliser.
     rho = cfg.prob_mask_rho
-    trained = [int((o.exp() < rho).sum()) if rho is not None else len(o) for o in old]
+    trained = [trained_count(o.exp(), rho) for o in old]
 
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     snapshot = MasterSnapshot(params) if coll.rank == 0 else None  # every rank holds the same weights
     rng = random.Random(seed)
     order = list(range(len(samples)))
-    keys = ("loss", "clipfrac", "clipfrac_upper", "clipfrac_lower", "clipfrac_dual", "ratio_mean", "approx_kl",
-            "kl_ref", "grad_norm")
+    keys = (
+        "loss",
+        "clipfrac",
+        "clipfrac_upper",
+        "clipfrac_lower",
+        "clipfrac_dual",
+        "ratio_mean",
+        "approx_kl",
+        "kl_ref",
+        "grad_norm",
+    )
     stats = dict.fromkeys(keys, 0.0)
     n_updates, total_tokens, skipped, skipped_micro = 0, 0, 0, 0
     steps_per_epoch = math.ceil(len(samples) / cfg.mini_batch_size)
@@ -411,10 +511,22 @@ def rl_update(model, optimizer, scheduler, samples: Sequence[Sample], cfg: Train
             idx = order[m * cfg.mini_batch_size : (m + 1) * cfg.mini_batch_size]
             num_tokens = float(sum(trained[i] for i in idx)) or 1.0
             optimizer.zero_grad(set_to_none=True)
-            step = _accumulate_gradients(model, samples, idx, old, spec, cfg, temperature=temperature, pad_id=pad_id,
-                                         device=device, num_tokens=num_tokens, norm_len=norm_len,
-                                         whiten_micro_batch=whiten_micro_batch, collective=coll,
-                                         compute_dtype=compute_dtype)
+            step = _accumulate_gradients(
+                model,
+                samples,
+                idx,
+                old,
+                spec,
+                cfg,
+                temperature=temperature,
+                pad_id=pad_id,
+                device=device,
+                num_tokens=num_tokens,
+                norm_len=norm_len,
+                whiten_micro_batch=whiten_micro_batch,
+                collective=coll,
+                compute_dtype=compute_dtype,
+            )
             if coll.world > 1:  # the whole mini-batch's gradient and metric sums, on every rank
                 step = dict(zip(step, coll.sum_grads(params, list(step.values()))))
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -422,12 +534,16 @@ def rl_update(model, optimizer, scheduler, samples: Sequence[Sample], cfg: Train
                 optimizer.zero_grad(set_to_none=True)
                 skipped += 1
                 consecutive_skips += 1
-                reason = (f"train: skipped step {epoch * steps_per_epoch + m + 1} (loss={step['loss']}, "
-                          f"grad_norm={float(grad_norm)}); {consecutive_skips} in a row")
+                reason = (
+                    f"train: skipped step {epoch * steps_per_epoch + m + 1} (loss={step['loss']}, "
+                    f"grad_norm={float(grad_norm)}); {consecutive_skips} in a row"
+                )
                 log(reason)
                 if consecutive_skips >= cfg.max_consecutive_skips:
-                    raise NonFiniteTraining(f"{reason}: train.max_consecutive_skips={cfg.max_consecutive_skips} "
-                                            "reached; check rewards/advantages for NaN, or lower train.lr")
+                    raise NonFiniteTraining(
+                        f"{reason}: train.max_consecutive_skips={cfg.max_consecutive_skips} "
+                        "reached; check rewards/advantages for NaN, or lower train.lr"
+                    )
                 continue
             consecutive_skips = 0
             skipped_micro += int(step["skipped_micro_batches"])
@@ -437,10 +553,15 @@ def rl_update(model, optimizer, scheduler, samples: Sequence[Sample], cfg: Train
             total_tokens += int(num_tokens)
             stats["loss"] += step["loss"]
             clipped = step["clip_upper"] + step["clip_lower"] + step["clip_dual"]
-            for name, value in (("clipfrac", clipped), ("clipfrac_upper", step["clip_upper"]),
-                                ("clipfrac_lower", step["clip_lower"]), ("clipfrac_dual", step["clip_dual"]),
-                                ("ratio_mean", step["ratio"]), ("approx_kl", step["kl_old"]),
-                                ("kl_ref", step["kl_ref"])):
+            for name, value in (
+                ("clipfrac", clipped),
+                ("clipfrac_upper", step["clip_upper"]),
+                ("clipfrac_lower", step["clip_lower"]),
+                ("clipfrac_dual", step["clip_dual"]),
+                ("ratio_mean", step["ratio"]),
+                ("approx_kl", step["kl_old"]),
+                ("kl_ref", step["kl_ref"]),
+            ):
                 stats[name] += value / num_tokens
             stats["grad_norm"] += float(grad_norm)
             if on_step:

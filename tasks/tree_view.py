@@ -1,9 +1,10 @@
 """SPO-tree, drawn: node values, edge advantages, leaf grades (the flow's markdown artifact and `segflow tree`).
 
-    q-17  V=0.42 (216 leaves)
-    ├── /0  +0.08  V=0.50  "3 + 4 = 7"  (36 leaves)
-    │   ├── /0/0  -0.50  V=0.00  ...
+q-17  V=0.42 (216 leaves)
+├── /0  +0.08  V=0.50  "3 + 4 = 7"  (36 leaves)
+│   ├── /0/0  -0.50  V=0.00  ...
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -27,13 +28,16 @@ def fmt_value(x: float | None, signed: bool = False) -> str:
     return f"{x:+.2f}" if signed else f"{x:.2f}"
 
 
-def tree_lines(rows: list[dict], question: str, decode: Callable[[list[int]], str] | None = None,
-               max_chars: int = 40) -> list[str]:
+def tree_lines(
+    rows: list[dict], question: str, decode: Callable[[list[int]], str] | None = None, max_chars: int = 40
+) -> list[str]:
     """Box-drawing lines of one question's tree. Kept edges are marked `*`; leaves show score and status."""
     tree = [r for r in rows if r["prompt_id"] == question]
     if not tree:
-        raise KeyError(f"question {question!r} has no tree here; questions: "
-                       f"{', '.join(sorted({r['prompt_id'] for r in rows})[:10])} ...")
+        raise KeyError(
+            f"question {question!r} has no tree here; questions: "
+            f"{', '.join(sorted({r['prompt_id'] for r in rows})[:10])} ..."
+        )
     kids: dict[str | None, list[dict]] = {}
     for r in tree:
         kids.setdefault(r["parent_id"], []).append(r)
@@ -49,8 +53,10 @@ def tree_lines(rows: list[dict], question: str, decode: Callable[[list[int]], st
             text = f'  "{t[:max_chars]}{"..." if len(t) > max_chars else ""}"'
         leaf = f"  leaf {fmt_value(r['score'])} {r['status']}" if r["is_leaf"] else f"  ({r['n_leaves']} leaves)"
         mark = "*" if r["kept"] else " "
-        return (f"{r['node_id'][len(question):]}  {mark}A={fmt_value(r['advantage'], True)}  V={fmt_value(r['value'])}  "
-                f"{len(r['token_ids'])} tok{text}{leaf}")
+        return (
+            f"{r['node_id'][len(question) :]}  {mark}A={fmt_value(r['advantage'], True)}  V={fmt_value(r['value'])}  "
+            f"{len(r['token_ids'])} tok{text}{leaf}"
+        )
 
     def walk(node_id: str, indent: str) -> None:
         children = kids.get(node_id, [])
@@ -63,13 +69,16 @@ def tree_lines(rows: list[dict], question: str, decode: Callable[[list[int]], st
     return lines
 
 
-def tree_markdown(rows: list[dict], iteration: int, questions: int,
-                  decode: Callable[[list[int]], str] | None = None) -> str:
+def tree_markdown(
+    rows: list[dict], iteration: int, questions: int, decode: Callable[[list[int]], str] | None = None
+) -> str:
     """Markdown for the first `questions` trees of an iteration (a code block per tree)."""
     chosen = sorted({r["prompt_id"] for r in rows})[:questions]
-    parts = [f"## SPO-tree, iteration {iteration}", "",
-             "`A` = V(node) - V(parent), `*` = kept edge (trained), `V` = node value."]
+    parts = [
+        f"## SPO-tree, iteration {iteration}",
+        "",
+        "`A` = V(node) - V(parent), `*` = kept edge (trained), `V` = node value.",
+    ]
     for q in chosen:
         parts += ["", "```", *tree_lines(rows, q, decode), "```"]
     return "\n".join(parts)
-

@@ -1,6 +1,7 @@
 """Shared fixtures. Environment is set before prefect/vllm are imported anywhere in the session:
 an isolated PREFECT_HOME and result storage (the harness isolates the DB but not the cache,
 specs/prefect.md §6) and the in-process vLLM engine."""
+
 from __future__ import annotations
 
 import os
@@ -12,19 +13,27 @@ os.environ["PREFECT_HOME"] = str(_TMP / "prefect-home")
 os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = str(_TMP / "prefect-results")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
+
+from tasks.engines.vllm_engine import vllm_env_defaults  # noqa: E402
+
+vllm_env_defaults(kv_cache_gib=1)  # the in-process engine with a 1 GiB CPU KV cache, before vllm is imported
 
 from configs.loader import resolve  # noqa: E402
 
 # A run small enough for tests: a few hundred problems, a short SFT, two RL iterations.
 SMALL = [
-    "data.arith.n_train=200", "data.arith.n_test=32", "warm_start.steps=60", "run.iterations=2",
-    "rollout.prompts_per_iteration=8", "rollout.samples_per_prompt=4", "train.mini_batch_size=32",
-    "train.micro_batch_size=16", "eval.every=1",
+    "data.arith.n_train=200",
+    "data.arith.n_test=32",
+    "warm_start.steps=60",
+    "run.iterations=2",
+    "rollout.prompts_per_iteration=8",
+    "rollout.samples_per_prompt=4",
+    "train.mini_batch_size=32",
+    "train.micro_batch_size=16",
+    "eval.every=1",
 ]
 
 
@@ -57,7 +66,7 @@ def tiny_model_dir(tmp_path_factory):
 def live_engine(tiny_model_dir):
     """The process-wide vLLM engine (the one flows use), started once for the session."""
     from configs.schema import RolloutSection
-    from tasks.engine import get_engine, shutdown_engine
+    from tasks.engines.live import get_engine, shutdown_engine
 
     engine, _ = get_engine(tiny_model_dir, RolloutSection(), "float32", 0)
     yield engine

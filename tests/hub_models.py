@@ -6,6 +6,7 @@ is written the way a transformers-4 hub snapshot is: weights in safetensors, con
 old spelling. `resave` loads a directory and saves it the way segflow saves checkpoints (transformers 5:
 new spelling).
 """
+
 from __future__ import annotations
 
 import json
@@ -21,9 +22,17 @@ def small_hub_model(out: Path, seed: int = 0) -> Path:
     from tasks import tiny_model
 
     tok = tiny_model.build_tokenizer()
-    fields = {**json.loads(QWEN_CONFIG.read_text()), "hidden_size": 64, "intermediate_size": 256,
-              "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": len(tok),
-              "bos_token_id": tok.eos_token_id, "eos_token_id": tok.eos_token_id}
+    fields = {
+        **json.loads(QWEN_CONFIG.read_text()),
+        "hidden_size": 64,
+        "intermediate_size": 256,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "vocab_size": len(tok),
+        "bos_token_id": tok.eos_token_id,
+        "eos_token_id": tok.eos_token_id,
+    }
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(Qwen2Config(**{k: v for k, v in fields.items() if k != "transformers_version"}))
     assert model.lm_head.weight is model.model.embed_tokens.weight  # tied, as in Qwen2.5-0.5B/1.5B

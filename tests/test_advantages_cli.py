@@ -6,6 +6,7 @@ input files, and the advantages file written by the compute_advantages task's ow
 (`compute_advantages.fn`, called with the arguments the flow passes it). The fast tests fill the input files
 with hand-made rows; the slow test takes them from real flows, one per estimator family.
 """
+
 import random
 import shutil
 from pathlib import Path
@@ -16,7 +17,6 @@ import pytest
 from typer.testing import CliRunner
 
 from configs.loader import available_presets, resolve, to_yaml
-from configs.schema import SEGMENT_ESTIMATORS, TREE_ESTIMATORS
 from flows.cli import app
 from storage.handles import FileRef, digest
 from storage.layout import RunLayout
@@ -29,8 +29,7 @@ runner = CliRunner()
 
 
 def _family(cfg) -> str:
-    est = cfg.advantage.estimator
-    return "tree" if est in TREE_ESTIMATORS else "segment" if est in SEGMENT_ESTIMATORS else "response"
+    return cfg.advantage.spec.family.value
 
 
 def run_stage(cfg, layout: RunLayout, it: int = 1) -> Path:
@@ -40,8 +39,9 @@ def run_stage(cfg, layout: RunLayout, it: int = 1) -> Path:
     else:
         ref = FileRef.of(layout.ref_logprobs(it)) if kl_in_reward(cfg) else None
         seg = FileRef.of(layout.segments(it)) if _family(cfg) == "segment" else None
-        out = compute_advantages.fn(cfg, layout, FileRef.of(layout.rollouts(it)), FileRef.of(layout.grades(it)),
-                                    ref, seg, it, CODE_VERSION)
+        out = compute_advantages.fn(
+            cfg, layout, FileRef.of(layout.rollouts(it)), FileRef.of(layout.grades(it)), ref, seg, it, CODE_VERSION
+        )
     assert Path(out.artifact.path) == artifact_of(cfg, layout, it)[0]
     return Path(out.artifact.path)
 
@@ -72,8 +72,12 @@ def assert_same_file(ours: Path, theirs: Path) -> None:
 # --- hand-made inputs of every family --------------------------------------------------------------------
 
 SEGMENT_ROWS = [  # (sample, start, end, cutpoints, v_start, v_end): lengths and cutpoint counts disagree
-    (0, 0, 3, 1, 0.5, 0.25), (0, 3, 10, 1, 0.25, 1.0), (0, 10, 12, 2, 1.0, 1.0),
-    (1, 0, 5, 3, 0.5, 0.75), (1, 5, 9, 0, 0.75, 0.0), (1, 9, 11, 1, float("nan"), 0.0),
+    (0, 0, 3, 1, 0.5, 0.25),
+    (0, 3, 10, 1, 0.25, 1.0),
+    (0, 10, 12, 2, 1.0, 1.0),
+    (1, 0, 5, 3, 0.5, 0.75),
+    (1, 5, 9, 0, 0.75, 0.0),
+    (1, 9, 11, 1, float("nan"), 0.0),
 ]
 
 
@@ -88,13 +92,37 @@ def write_inputs(d: Path, seed: int = 0) -> Path:
     _write_batch(d, scores.tolist(), groups, lengths, keys)
     grades = pq.read_table(d / "grades.parquet")
     kl = np.random.default_rng(seed).uniform(0, 2, grades.num_rows)
-    write_parquet([{"run_id": "r", "iteration": 1, "prompt_id": p, "sample_index": i, "ref_logprobs": [-0.1], "kl": k}
-                   for p, i, k in zip(grades["prompt_id"].to_pylist(), grades["sample_index"].to_pylist(), kl)],
-                  REF_LOGPROBS, d / "ref_logprobs.parquet")
-    write_parquet([{"run_id": "r", "iteration": 1, "prompt_id": "p", "sample_index": s, "prefix_id": None,
-                    "segment_index": j, "start_token": a, "end_token": b, "num_cutpoints": c,
-                    "cutpoints": list(range(a, a + c)), "v_start": v0, "n_start": 4, "v_end": v1, "n_end": 4}
-                   for j, (s, a, b, c, v0, v1) in enumerate(SEGMENT_ROWS)], SEGMENTS, d / "segments.parquet")
+    write_parquet(
+        [
+            {"run_id": "r", "iteration": 1, "prompt_id": p, "sample_index": i, "ref_logprobs": [-0.1], "kl": k}
+            for p, i, k in zip(grades["prompt_id"].to_pylist(), grades["sample_index"].to_pylist(), kl)
+        ],
+        REF_LOGPROBS,
+        d / "ref_logprobs.parquet",
+    )
+    write_parquet(
+        [
+            {
+                "run_id": "r",
+                "iteration": 1,
+                "prompt_id": "p",
+                "sample_index": s,
+                "prefix_id": None,
+                "segment_index": j,
+                "start_token": a,
+                "end_token": b,
+                "num_cutpoints": c,
+                "cutpoints": list(range(a, a + c)),
+                "v_start": v0,
+                "n_start": 4,
+                "v_end": v1,
+                "n_end": 4,
+            }
+            for j, (s, a, b, c, v0, v1) in enumerate(SEGMENT_ROWS)
+        ],
+        SEGMENTS,
+        d / "segments.parquet",
+    )
     write_parquet(nodes_table(random_forest(random.Random(seed), 6)), TREE_NODES, d / "tree_nodes.parquet")
     return d
 
@@ -114,6 +142,7 @@ def _advantages(path: Path) -> np.ndarray:
 
 
 # --- fast tests ------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("preset", available_presets())
 def test_every_preset_recomputes_its_runs_advantages_exactly(preset, tmp_path):
@@ -153,8 +182,18 @@ def test_spo_chain_without_the_probability_mask_recomputes_as_the_run_did(tmp_pa
     assert "differs from the run's" in res.output
     np.testing.assert_allclose(_advantages(tmp_path / "masked.parquet"), whitened(cutpoints), rtol=1e-12, atol=1e-12)
     # The file mode builds its config the same way: the default config has no mask.
-    res = runner.invoke(app, ["advantages", "--estimator", "spo_chain", "--segments", str(layout.segments(1)),
-                              "--out", str(tmp_path / "file.parquet")])
+    res = runner.invoke(
+        app,
+        [
+            "advantages",
+            "--estimator",
+            "spo_chain",
+            "--segments",
+            str(layout.segments(1)),
+            "--out",
+            str(tmp_path / "file.parquet"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert_same_file(tmp_path / "file.parquet", theirs)
 
@@ -168,18 +207,23 @@ def test_estimator_swapped_on_a_run_equals_the_stage_under_that_estimator(tmp_pa
     recompute(layout, tmp_path / "ours.parquet", "--estimator", "rloo")
     assert_same_file(tmp_path / "ours.parquet", rloo_run)
     grades = pq.read_table(inputs / "grades.parquet")
-    np.testing.assert_allclose(_advantages(rloo_run),
-                               estimators.rloo(grades["score"].to_numpy(), grades["prompt_id"].to_pylist()),
-                               rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(
+        _advantages(rloo_run),
+        estimators.rloo(grades["score"].to_numpy(), grades["prompt_id"].to_pylist()),
+        rtol=1e-9,
+        atol=1e-12,
+    )
 
 
 def test_set_normalize_bogus_fails_naming_the_key_and_allowed_values(tmp_path):
     inputs = write_inputs(tmp_path / "in")
     layout, _ = make_run(tmp_path / "runs", "spo-x", resolve("spo_chain"), inputs)
     allowed = "spo.normalize='bogus': Input should be 'batch', 'micro_batch' or 'none'"
-    for args in (["--estimator", "spo_chain", "--segments", str(inputs / "segments.parquet"), "--set", "normalize=bogus"],
-                 ["--run", str(layout.root), "--iteration", "1", "--set", "spo.normalize=bogus"],
-                 ["--run", str(layout.root), "--iteration", "1", "--set", "normalize=bogus"]):
+    for args in (
+        ["--estimator", "spo_chain", "--segments", str(inputs / "segments.parquet"), "--set", "normalize=bogus"],
+        ["--run", str(layout.root), "--iteration", "1", "--set", "spo.normalize=bogus"],
+        ["--run", str(layout.root), "--iteration", "1", "--set", "normalize=bogus"],
+    ):
         res = runner.invoke(app, ["advantages", *args, "--out", str(tmp_path / "a.parquet")])
         assert res.exit_code == 2 and f"error: {allowed}" in res.output, res.output
     res = runner.invoke(app, ["advantages", "--run", str(layout.root), "-k", "1", "--set", "spo.masked=false"])
@@ -197,11 +241,35 @@ def test_run_mode_refuses_missing_files_and_writing_into_the_run(tmp_path):
     assert res.exit_code == 2 and str(layout.grades(2)) in res.output and "no such file" in res.output
     res = runner.invoke(app, ["advantages", "--run", str(layout.root), "-k", "1", "--out", str(layout.advantages(1))])
     assert res.exit_code == 2 and "inside the run directory" in res.output
-    res = runner.invoke(app, ["advantages", "--run", "grpo-x", "--runs-dir", str(layout.runs_dir), "-k", "1",
-                              "--rollouts", str(layout.rollouts(1))])
+    res = runner.invoke(
+        app,
+        [
+            "advantages",
+            "--run",
+            "grpo-x",
+            "--runs-dir",
+            str(layout.runs_dir),
+            "-k",
+            "1",
+            "--rollouts",
+            str(layout.rollouts(1)),
+        ],
+    )
     assert res.exit_code == 2 and "drop --rollouts" in res.output
-    res = runner.invoke(app, ["advantages", "--run", str(layout.root), "-k", "1", "--estimator", "spo_chain",
-                              "--out", str(tmp_path / "a.parquet")])
+    res = runner.invoke(
+        app,
+        [
+            "advantages",
+            "--run",
+            str(layout.root),
+            "-k",
+            "1",
+            "--estimator",
+            "spo_chain",
+            "--out",
+            str(tmp_path / "a.parquet"),
+        ],
+    )
     assert res.exit_code == 2 and str(layout.segments(1)) in res.output  # a grpo run has no segments
 
 
@@ -228,7 +296,9 @@ def finished_runs(prefect_harness, live_engine, tmp_path_factory):
     out = {"response": runs / rl_train(resolve("grpo", overrides=small), str(runs))["run_id"]}
     reuse = [f"model.name_or_path={out['response'] / 'models' / 'warm_start'}", "warm_start.enabled=false"]
     for family, preset in (("segment", "spo_chain"), ("tree", "spo_tree")):
-        out[family] = runs / rl_train(resolve(preset, overrides=small + FAMILY_RUNS[preset] + reuse), str(runs))["run_id"]
+        out[family] = (
+            runs / rl_train(resolve(preset, overrides=small + FAMILY_RUNS[preset] + reuse), str(runs))["run_id"]
+        )
     return out
 
 

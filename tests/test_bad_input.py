@@ -1,5 +1,6 @@
 """Bad input fails at once with the file, row or key and the bad value named, and exits non-zero.
 (Dataset rows: tests/test_datasets.py; the table of messages: docs/errors.md.)"""
+
 import json
 import shutil
 
@@ -25,8 +26,20 @@ def test_truncated_corrupt_and_mismatched_parquet(tmp_path):
             read_parquet(tmp_path / name, METRICS)
     with pytest.raises(SchemaMismatch, match=r"m.parquet: missing columns \['prompt_id'"):
         read_parquet(good, GRADES)
-    res = runner.invoke(app, ["advantages", "--estimator", "grpo", "--rollouts", str(tmp_path / "junk.parquet"),
-                              "--grades", str(good), "--out", str(tmp_path / "a.parquet")])
+    res = runner.invoke(
+        app,
+        [
+            "advantages",
+            "--estimator",
+            "grpo",
+            "--rollouts",
+            str(tmp_path / "junk.parquet"),
+            "--grades",
+            str(good),
+            "--out",
+            str(tmp_path / "a.parquet"),
+        ],
+    )
     assert res.exit_code == 2 and "junk.parquet" in res.output
     assert not (tmp_path / "a.parquet").exists()  # nothing half-written
 
@@ -52,8 +65,9 @@ def test_missing_and_partial_checkpoints(model_copy, tmp_path):
     with pytest.raises(FileNotFoundError, match="never pickled .bin"):
         resolve_model_dir(str(model_copy))
     weights.write_bytes(data)
-    (model_copy / "model.safetensors.index.json").write_text(json.dumps(
-        {"weight_map": {"a": "model.safetensors", "b": "model-00002-of-00002.safetensors"}}))
+    (model_copy / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"a": "model.safetensors", "b": "model-00002-of-00002.safetensors"}})
+    )
     with pytest.raises(FileNotFoundError, match="lists model-00002-of-00002.safetensors but it is missing"):
         resolve_model_dir(str(model_copy))
     (model_copy / "config.json").unlink()
@@ -68,13 +82,18 @@ def test_tokenizer_that_does_not_match_its_model(model_copy):
         resolve_model_dir(str(model_copy))
 
 
-@pytest.mark.parametrize("override, expected", [
-    ("train.lr=abc", "train.lr='abc': Input should be a valid number"),
-    ("train.lr=-1", "train.lr=-1: Input should be greater than 0"),
-    ("train.lrr=1", "unknown key 'train.lrr'"),
-    ("rollout.max_model_len=64", "data.max_prompt_tokens=96 leaves no room for a response under "
-                                 "rollout.max_model_len=64"),
-])
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("train.lr=abc", "train.lr='abc': Input should be a valid number"),
+        ("train.lr=-1", "train.lr=-1: Input should be greater than 0"),
+        ("train.lrr=1", "unknown key 'train.lrr'"),
+        (
+            "rollout.max_model_len=64",
+            "data.max_prompt_tokens=96 leaves no room for a response under rollout.max_model_len=64",
+        ),
+    ],
+)
 def test_config_errors_name_the_key_and_value(tmp_path, override, expected):
     res = runner.invoke(app, ["run", "--set", override, "--runs-dir", str(tmp_path)])
     assert res.exit_code == 2 and expected in res.output.replace("\n", " ")

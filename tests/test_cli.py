@@ -15,11 +15,17 @@ runner = CliRunner()
 
 def test_grade_command(tmp_path):
     f = tmp_path / "in.jsonl"
-    f.write_text("\n".join(json.dumps(x) for x in [
-        {"response": "3+5=8\n#### 8", "reference": "8"},
-        {"response": "#### 8", "reference": "8", "finish_reason": "length"},
-        {"response": "nothing", "reference": "8"},
-    ]) + "\n")
+    f.write_text(
+        "\n".join(
+            json.dumps(x)
+            for x in [
+                {"response": "3+5=8\n#### 8", "reference": "8"},
+                {"response": "#### 8", "reference": "8", "finish_reason": "length"},
+                {"response": "nothing", "reference": "8"},
+            ]
+        )
+        + "\n"
+    )
     res = runner.invoke(app, ["grade", "--task", "arith", "--input", str(f), "--set", "truncated=-1"])
     assert res.exit_code == 0, res.output
     rows = [json.loads(x) for x in res.output.splitlines()]
@@ -56,8 +62,9 @@ def test_grade_input_not_utf8_names_line_and_byte(tmp_path):
     res = runner.invoke(app, ["grade", "--task", "arith", "--input", str(f)])
     assert res.exit_code == 2 and isinstance(res.exception, SystemExit)
     offset = bad.index(b"\xe9")  # 17
-    assert f"error: {f}:2: not UTF-8 (byte 0xe9 at offset {offset}) (the file must be UTF-8)" \
-        in res.output.replace("\n", "")
+    assert f"error: {f}:2: not UTF-8 (byte 0xe9 at offset {offset}) (the file must be UTF-8)" in res.output.replace(
+        "\n", ""
+    )
 
 
 def test_grade_input_utf16_says_save_as_utf8(tmp_path):
@@ -66,8 +73,10 @@ def test_grade_input_utf16_says_save_as_utf8(tmp_path):
     f.write_bytes(text.encode("utf-16"))  # with a BOM: ff fe
     res = runner.invoke(app, ["grade", "--task", "arith", "--input", str(f)])
     assert res.exit_code == 2 and isinstance(res.exception, SystemExit)
-    assert "in.jsonl:1: not UTF-8 (byte 0xff at offset 0) (the file looks UTF-16: save it as UTF-8)" \
+    assert (
+        "in.jsonl:1: not UTF-8 (byte 0xff at offset 0) (the file looks UTF-16: save it as UTF-8)"
         in res.output.replace("\n", "")
+    )
     f.write_bytes(text.encode("utf-16-le"))  # no BOM: "{" then a NUL byte
     res = runner.invoke(app, ["grade", "--task", "arith", "--input", str(f)])
     assert res.exit_code == 2 and isinstance(res.exception, SystemExit)
@@ -85,22 +94,72 @@ def test_advantages_command_recomputes_with_any_estimator(tmp_path):
     scores, groups = [1.0, 0.0, 0.0, 1.0, 1.0], ["a", "a", "a", "b", "b"]
     _write_batch(tmp_path, scores, groups, [1] * 5, [4, 3, 2, 1, 0])
     out = tmp_path / "adv.parquet"
-    res = runner.invoke(app, ["advantages", "--estimator", "rloo", "--rollouts", str(tmp_path / "rollouts.parquet"),
-                              "--grades", str(tmp_path / "grades.parquet"), "--out", str(out)])
+    res = runner.invoke(
+        app,
+        [
+            "advantages",
+            "--estimator",
+            "rloo",
+            "--rollouts",
+            str(tmp_path / "rollouts.parquet"),
+            "--grades",
+            str(tmp_path / "grades.parquet"),
+            "--out",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     np.testing.assert_allclose(_by_sample(out), estimators.rloo(scores, groups))
-    res = runner.invoke(app, ["advantages", "--estimator", "ppo", "--rollouts", str(tmp_path / "rollouts.parquet"),
-                              "--grades", str(tmp_path / "grades.parquet"), "--out", str(out)])
+    res = runner.invoke(
+        app,
+        [
+            "advantages",
+            "--estimator",
+            "ppo",
+            "--rollouts",
+            str(tmp_path / "rollouts.parquet"),
+            "--grades",
+            str(tmp_path / "grades.parquet"),
+            "--out",
+            str(out),
+        ],
+    )
     assert res.exit_code == 2 and "advantage.estimator='ppo': Input should be 'grpo'" in res.output
     # estimator options: RED-Drop drops sample 2 (the negative with the smallest seed) of group a
-    res = runner.invoke(app, ["advantages", "--estimator", "rec", "--rollouts", str(tmp_path / "rollouts.parquet"),
-                              "--grades", str(tmp_path / "grades.parquet"), "--out", str(out),
-                              "--set", "rec_drop=balance"])
+    res = runner.invoke(
+        app,
+        [
+            "advantages",
+            "--estimator",
+            "rec",
+            "--rollouts",
+            str(tmp_path / "rollouts.parquet"),
+            "--grades",
+            str(tmp_path / "grades.parquet"),
+            "--out",
+            str(out),
+            "--set",
+            "rec_drop=balance",
+        ],
+    )
     assert res.exit_code == 0, res.output
     np.testing.assert_allclose(_by_sample(out), [0.5, -0.5, 0.0, 0.0, 0.0])
-    res = runner.invoke(app, ["advantages", "--estimator", "rec", "--rollouts", str(tmp_path / "rollouts.parquet"),
-                              "--grades", str(tmp_path / "grades.parquet"), "--out", str(out),
-                              "--set", "rec_drop=sometimes"])
+    res = runner.invoke(
+        app,
+        [
+            "advantages",
+            "--estimator",
+            "rec",
+            "--rollouts",
+            str(tmp_path / "rollouts.parquet"),
+            "--grades",
+            str(tmp_path / "grades.parquet"),
+            "--out",
+            str(out),
+            "--set",
+            "rec_drop=sometimes",
+        ],
+    )
     assert res.exit_code == 2 and "rec_drop='sometimes'" in res.output
 
 
@@ -108,13 +167,41 @@ def test_advantages_command_for_spo_chain_segments(tmp_path):
     from storage.parquet import write_parquet
     from storage.schemas import SEGMENT_ADVANTAGES, SEGMENTS
 
-    rows = [{"run_id": "r", "iteration": 1, "prompt_id": "p", "sample_index": 0, "prefix_id": None, "segment_index": i,
-             "start_token": 2 * i, "end_token": 2 * i + 2, "num_cutpoints": 1, "cutpoints": [2 * i], "v_start": a, "n_start": 4,
-             "v_end": b, "n_end": 4} for i, (a, b) in enumerate([(0.5, 0.25), (0.25, 1.0)])]
+    rows = [
+        {
+            "run_id": "r",
+            "iteration": 1,
+            "prompt_id": "p",
+            "sample_index": 0,
+            "prefix_id": None,
+            "segment_index": i,
+            "start_token": 2 * i,
+            "end_token": 2 * i + 2,
+            "num_cutpoints": 1,
+            "cutpoints": [2 * i],
+            "v_start": a,
+            "n_start": 4,
+            "v_end": b,
+            "n_end": 4,
+        }
+        for i, (a, b) in enumerate([(0.5, 0.25), (0.25, 1.0)])
+    ]
     write_parquet(rows, SEGMENTS, tmp_path / "segments.parquet")
     out = tmp_path / "seg_adv.parquet"
-    res = runner.invoke(app, ["advantages", "--estimator", "spo_chain", "--segments", str(tmp_path / "segments.parquet"),
-                              "--out", str(out), "--set", "normalize=none"])
+    res = runner.invoke(
+        app,
+        [
+            "advantages",
+            "--estimator",
+            "spo_chain",
+            "--segments",
+            str(tmp_path / "segments.parquet"),
+            "--out",
+            str(out),
+            "--set",
+            "normalize=none",
+        ],
+    )
     assert res.exit_code == 0, res.output
     t = read_parquet(out, SEGMENT_ADVANTAGES)
     assert sorted(zip(t["segment_index"].to_pylist(), t["advantage"].to_pylist())) == [(0, -0.25), (1, 0.75)]
@@ -147,13 +234,17 @@ def test_advantages_command_for_spo_tree_nodes(tmp_path):
 
     _, nodes = _tree_run(tmp_path)
     out = tmp_path / "tree_adv.parquet"
-    res = runner.invoke(app, ["advantages", "--estimator", "spo_tree", "--nodes", str(nodes), "--out", str(out),
-                              "--set", "value=children"])
+    res = runner.invoke(
+        app,
+        ["advantages", "--estimator", "spo_tree", "--nodes", str(nodes), "--out", str(out), "--set", "value=children"],
+    )
     assert res.exit_code == 0, res.output
     adv = dict(zip(*(read_parquet(out, TREE_ADVANTAGES)[c].to_pylist() for c in ("node_id", "advantage"))))
     assert np.isclose(adv["q7/0"], 1 / 3) and np.isclose(adv["q7/1"], -1 / 3)  # the reference's mean of children
-    res = runner.invoke(app, ["advantages", "--estimator", "spo_tree", "--nodes", str(nodes), "--out", str(out),
-                              "--set", "value=median"])
+    res = runner.invoke(
+        app,
+        ["advantages", "--estimator", "spo_tree", "--nodes", str(nodes), "--out", str(out), "--set", "value=median"],
+    )
     assert res.exit_code == 2 and "value" in res.output and "median" in res.output
 
 
@@ -161,8 +252,18 @@ def test_tree_command_draws_values_and_advantages(tmp_path):
     root, nodes = _tree_run(tmp_path)
     res = runner.invoke(app, ["tree", str(root), "--iteration", "1", "--question", "q7", "--no-text"])
     assert res.exit_code == 2 and "tree_nodes + tree_advantages" in res.output  # advantages not computed yet
-    runner.invoke(app, ["advantages", "--estimator", "spo_tree", "--nodes", str(nodes),
-                        "--out", str(nodes.parent / "tree_advantages.parquet")])
+    runner.invoke(
+        app,
+        [
+            "advantages",
+            "--estimator",
+            "spo_tree",
+            "--nodes",
+            str(nodes),
+            "--out",
+            str(nodes.parent / "tree_advantages.parquet"),
+        ],
+    )
     res = runner.invoke(app, ["tree", "spo_tree-x", "--runs-dir", str(root.parent), "-k", "1", "-q", "q7", "--no-text"])
     assert res.exit_code == 0, res.output
     lines = res.output.splitlines()
@@ -182,9 +283,16 @@ def test_run_refuses_a_run_another_process_is_writing(tmp_path):
     from configs.loader import resolve, run_id
 
     run_dir = tmp_path / run_id(resolve("default"))
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom storage.run_lock import run_lock\n"
-                               f"with run_lock({str(run_dir)!r}):\n    print('held', flush=True)\n    time.sleep(60)"],
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom storage.run_lock import run_lock\n"
+            f"with run_lock({str(run_dir)!r}):\n    print('held', flush=True)\n    time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         res = runner.invoke(app, ["run", "--runs-dir", str(tmp_path)])
@@ -202,8 +310,13 @@ def test_console_script_keeps_exit_codes_and_output_through_its_quick_exit(tmp_p
 
     def run(*args):
         code = "import sys; from flows.cli import main; sys.argv = ['segflow', *sys.argv[1:]]; main()"
-        return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120,
-                              cwd=Path(__file__).resolve().parent.parent)
+        return subprocess.run(
+            [sys.executable, "-c", code, *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
 
     ok = run("presets")
     assert ok.returncode == 0 and "spo_tree" in ok.stdout.split()

@@ -3,6 +3,7 @@
 The torchrun tests are marked slow: each launch starts fresh Python processes that import torch and
 transformers (~15 s for 1 process, ~35 s for 2 on a loaded 2-core machine).
 """
+
 from __future__ import annotations
 
 import json
@@ -54,8 +55,18 @@ def _model():
 def _in_process(update, samples, cfg=CFG, **kw):
     model, _ = _model()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    stats = update(model, opt, make_scheduler(opt, cfg, TOTAL_STEPS), samples, cfg, temperature=1.0, pad_id=0,
-                   device=CPU, seed=0, **kw)
+    stats = update(
+        model,
+        opt,
+        make_scheduler(opt, cfg, TOTAL_STEPS),
+        samples,
+        cfg,
+        temperature=1.0,
+        pad_id=0,
+        device=CPU,
+        seed=0,
+        **kw,
+    )
     return model, opt, stats
 
 
@@ -80,13 +91,23 @@ def runs(tmp_path_factory):
         torch.set_num_threads(threads)
     out, seconds = {}, {}
     for n in (1, 2):
-        job = write_job(root / f"job{n}", _samples(), CFG, model_dir=root / "model", output_dir=root / f"out{n}",
-                        temperature=1.0, pad_id=0, seed=0, total_steps=TOTAL_STEPS)
+        job = write_job(
+            root / f"job{n}",
+            _samples(),
+            CFG,
+            model_dir=root / "model",
+            output_dir=root / f"out{n}",
+            temperature=1.0,
+            pad_id=0,
+            seed=0,
+            total_steps=TOTAL_STEPS,
+        )
         t0 = time.perf_counter()
         out[n] = launch(job, nprocs=n, timeout_s=300)
         seconds[n] = time.perf_counter() - t0
-    return SimpleNamespace(root=root, ref_model=ref_model, ref_opt=ref_opt, ref_stats=ref_stats, metrics=out,
-                           seconds=seconds)
+    return SimpleNamespace(
+        root=root, ref_model=ref_model, ref_opt=ref_opt, ref_stats=ref_stats, metrics=out, seconds=seconds
+    )
 
 
 def test_samples_round_trip_through_parquet(tmp_path):
@@ -95,12 +116,26 @@ def test_samples_round_trip_through_parquet(tmp_path):
     assert read_samples(tmp_path / "s.parquet") == samples
 
 
-@pytest.mark.parametrize("kw", [
-    {},
-    {"cfg": TrainSection(lr=1e-3, mini_batch_size=4, micro_batch_size=2, epochs=2, entropy_coef=0.01,
-                         regularizer="k2", prob_mask_rho=0.99, loss_agg="seq-mean-token-mean")},
-    {"whiten_micro_batch": True, "old_from_sampler": True, "norm_len": 16.0},
-], ids=["default", "entropy-k2-mask", "whiten-sampler-old"])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {
+            "cfg": TrainSection(
+                lr=1e-3,
+                mini_batch_size=4,
+                micro_batch_size=2,
+                epochs=2,
+                entropy_coef=0.01,
+                regularizer="k2",
+                prob_mask_rho=0.99,
+                loss_agg="seq-mean-token-mean",
+            )
+        },
+        {"whiten_micro_batch": True, "old_from_sampler": True, "norm_len": 16.0},
+    ],
+    ids=["default", "entropy-k2-mask", "whiten-sampler-old"],
+)
 def test_without_a_process_group_it_is_rl_update_exactly(kw):
     """Guards the copy of rl_update's loop in ddp_rl_update against drift: one process, same bits."""
     a_model, _, a = _in_process(rl_update, _samples(), **kw)
@@ -132,8 +167,10 @@ def test_two_processes_give_the_single_process_weights(runs):
     one, two = _weights(runs.root / "out1"), _weights(runs.root / "out2")
     diffs["1v2"] = max((one[k] - two[k]).abs().max().item() for k in one)
     moved = max((one[k] - _weights(runs.root / "model")[k]).abs().max().item() for k in one)
-    print(f"\nmax |w - w_ref|: 1 proc {diffs[1]:.3g}, 2 procs {diffs[2]:.3g}, 1 vs 2 procs {diffs['1v2']:.3g} "
-          f"(update moved weights by up to {moved:.3g}); launch seconds {runs.seconds}")
+    print(
+        f"\nmax |w - w_ref|: 1 proc {diffs[1]:.3g}, 2 procs {diffs[2]:.3g}, 1 vs 2 procs {diffs['1v2']:.3g} "
+        f"(update moved weights by up to {moved:.3g}); launch seconds {runs.seconds}"
+    )
     assert moved > 1e-3  # the comparison is not vacuous
     # every rank ended on the same bytes, without a broadcast
     assert runs.metrics[2]["world_size"] == 2.0 and runs.metrics[2]["ranks_in_sync"] == 1.0
@@ -146,8 +183,20 @@ def test_metrics_and_optimizer_state_match(runs):
     ref = runs.ref_stats
     for n in (1, 2):
         got = runs.metrics[n]
-        for k in ("loss", "clipfrac", "ratio_mean", "approx_kl", "grad_norm", "entropy", "logprob_gap_mean",
-                  "logprob_gap_max", "optimizer_steps", "trained_tokens", "frac_tokens_trained", "lr"):
+        for k in (
+            "loss",
+            "clipfrac",
+            "ratio_mean",
+            "approx_kl",
+            "grad_norm",
+            "entropy",
+            "logprob_gap_mean",
+            "logprob_gap_max",
+            "optimizer_steps",
+            "trained_tokens",
+            "frac_tokens_trained",
+            "lr",
+        ):
             assert got[k] == pytest.approx(ref[k], rel=1e-4, abs=1e-6), (n, k)
         assert got["optimizer_steps"] == 2.0 and got["skipped_steps"] == 0.0
         files = {f.name for f in (runs.root / f"out{n}").iterdir()}
@@ -167,8 +216,10 @@ def _alive_with(tag: str) -> list[int]:
     for d in Path("/proc").iterdir():
         if d.name.isdigit() and int(d.name) != os.getpid():
             try:
-                if tag.encode() in (d / "environ").read_bytes().split(b"\0") and \
-                        (d / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                if (
+                    tag.encode() in (d / "environ").read_bytes().split(b"\0")
+                    and (d / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+                ):
                     found.append(int(d.name))
             except (OSError, IndexError):
                 continue
@@ -181,8 +232,17 @@ HANG = ("--no-python", "sh", "-c", 'trap "" TERM; touch "$2/started.$RANK"; slee
 
 @pytest.mark.slow
 def test_timeout_kills_torchrun_and_its_workers(tmp_path):
-    job = write_job(tmp_path / "job", _samples()[:2], CFG, model_dir=tmp_path / "none", output_dir=tmp_path / "out",
-                    temperature=1.0, pad_id=0, seed=0, total_steps=1)
+    job = write_job(
+        tmp_path / "job",
+        _samples()[:2],
+        CFG,
+        model_dir=tmp_path / "none",
+        output_dir=tmp_path / "out",
+        temperature=1.0,
+        pad_id=0,
+        seed=0,
+        total_steps=1,
+    )
     tag = f"SEGFLOW_TEST_TAG={uuid.uuid4().hex}"
     t0 = time.perf_counter()
     with pytest.raises(TimeoutError, match=r"train job .*job \(2 processes\) did not finish within 12 s"):
@@ -194,8 +254,17 @@ def test_timeout_kills_torchrun_and_its_workers(tmp_path):
 
 @pytest.mark.slow
 def test_a_failing_job_raises_with_the_stderr_tail(tmp_path):
-    job = write_job(tmp_path / "job", _samples()[:2], CFG, model_dir=tmp_path / "none", output_dir=tmp_path / "out",
-                    temperature=1.0, pad_id=0, seed=0, total_steps=1)
+    job = write_job(
+        tmp_path / "job",
+        _samples()[:2],
+        CFG,
+        model_dir=tmp_path / "none",
+        output_dir=tmp_path / "out",
+        temperature=1.0,
+        pad_id=0,
+        seed=0,
+        total_steps=1,
+    )
     tag = f"SEGFLOW_TEST_TAG={uuid.uuid4().hex}"
     fail = ("--no-python", "sh", "-c", 'echo "rank $RANK: no such model" >&2; exit 3', "sh")
     with pytest.raises(RuntimeError, match=r"(?s)\(2 processes\) failed with exit code 1.*rank 0: no such model"):
@@ -212,8 +281,17 @@ def test_non_finite_training_in_the_workers_is_raised_as_such(tmp_path):
     bad = _samples()
     bad[0].advantage = math.nan
     cfg = TrainSection(lr=3e-3, mini_batch_size=8, micro_batch_size=2, max_consecutive_skips=1)
-    job = write_job(tmp_path / "job", bad, cfg, model_dir=tmp_path / "model", output_dir=tmp_path / "out",
-                    temperature=1.0, pad_id=0, seed=0, total_steps=1)
+    job = write_job(
+        tmp_path / "job",
+        bad,
+        cfg,
+        model_dir=tmp_path / "model",
+        output_dir=tmp_path / "out",
+        temperature=1.0,
+        pad_id=0,
+        seed=0,
+        total_steps=1,
+    )
     with pytest.raises(NonFiniteTraining, match="max_consecutive_skips=1"):
         launch(job, nprocs=2, timeout_s=300)
     assert not (tmp_path / "out" / "model.safetensors").exists()

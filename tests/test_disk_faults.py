@@ -1,5 +1,6 @@
 """Artifacts follow the umask; a full disk, a read-only runs directory and a failed hash check are said plainly
 (issue 27, items 5 and 6)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -52,8 +53,9 @@ def _umask(mask: int):
 def _tmpfs(where: Path, *options: str):
     """A fresh tmpfs at `where` (root only, and only where mounting is allowed), unmounted afterwards."""
     where.mkdir(parents=True, exist_ok=True)
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join(options), "tmpfs", str(where)],
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", ",".join(options), "tmpfs", str(where)], capture_output=True, text=True
+    )
     if res.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip() or res.returncode}")
     try:
@@ -104,8 +106,9 @@ def test_full_disk_in_a_write_raises_disk_full_naming_mount_and_artifact(tmp_pat
         with atomic_path(dest) as tmp:
             tmp.write_bytes(b"partial")
             raise OSError(errno.ENOSPC, "No space left on device")
-    assert str(info.value) == (f"no space left on {mount_point(tmp_path)} while writing {dest}; "
-                               "free space and rerun the same command")
+    assert str(info.value) == (
+        f"no space left on {mount_point(tmp_path)} while writing {dest}; free space and rerun the same command"
+    )
     assert info.value.errno == errno.ENOSPC and isinstance(info.value.__cause__, OSError)
     assert dest.read_bytes() == before and _leftovers(tmp_path) == []  # old artifact intact, temp file gone
 
@@ -180,7 +183,8 @@ def test_failure_notification_says_the_disk_is_full(tmp_path):
     # ENOSPC from outside our writers (Prefect persisting a result) names its file.
     res = tmp_path / ".prefect-results" / "abc"
     assert describe(OSError(errno.ENOSPC, "No space left on device", str(res)), str(tmp_path)) == (
-        f"no space left on {mount_point(res)} while writing {res}; free space and rerun the same command")
+        f"no space left on {mount_point(res)} while writing {res}; free space and rerun the same command"
+    )
     assert describe(ValueError("bad row"), str(tmp_path)) == "ValueError: bad row"
 
 
@@ -205,15 +209,18 @@ def test_any_command_ends_with_the_disk_full_line(tmp_path):
         "import sys, flows.cli, storage.handles\n"
         "from storage.disk import DiskFullError\n"
         "def full(path, text):\n"
-        "    raise DiskFullError(f'no space left on / while writing {path}; free space and rerun the same command', str(path))\n"
+        "    raise DiskFullError(f'no space left on / while writing {path}; free space and rerun the same command', "
+        "str(path))\n"
         "storage.handles.atomic_write_text = full\n"
-        f"sys.argv = ['segflow', 'grade', '--task', 'arith', '--input', {str(inp)!r}, '--out', {str(tmp_path / 'o.jsonl')!r}]\n"
+        f"sys.argv = ['segflow', 'grade', '--task', 'arith', '--input', {str(inp)!r}, "
+        f"'--out', {str(tmp_path / 'o.jsonl')!r}]\n"
         "flows.cli.main()\n"
     )
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
     assert res.returncode == 2, res.stderr
-    assert res.stderr.strip().splitlines()[-1] == (f"error: no space left on / while writing {tmp_path / 'o.jsonl'}; "
-                                                   "free space and rerun the same command")
+    assert res.stderr.strip().splitlines()[-1] == (
+        f"error: no space left on / while writing {tmp_path / 'o.jsonl'}; free space and rerun the same command"
+    )
     assert "Traceback" not in res.stderr
 
 
@@ -286,6 +293,7 @@ class _FakeTask:
         def rerun(*args, **kwargs):
             self.refreshed += 1
             return atomic_write_text(self.path, "fresh")
+
         return rerun
 
 
@@ -300,14 +308,17 @@ def test_rerun_logs_which_artifact_failed_its_hash_check_and_why(tmp_path, caplo
         why = "missing"
     else:
         path.write_text("tampered")
-        why = (f"changed (expected sha256 {hashlib.sha256(b'original').hexdigest()[:12]}, "
-               f"found {hashlib.sha256(b'tampered').hexdigest()[:12]})")
+        why = (
+            f"changed (expected sha256 {hashlib.sha256(b'original').hexdigest()[:12]}, "
+            f"found {hashlib.sha256(b'tampered').hexdigest()[:12]})"
+        )
     task = _FakeTask(cached, path)
     with caplog.at_level(logging.WARNING, logger="segflow.cache"):
         out, hit = ensure(task)
     assert task.refreshed == 1 and not hit and out.is_valid()
     assert [r.getMessage() for r in caplog.records if r.name == "segflow.cache"] == [
-        f"grade runs again: its artifact {path} is {why}"]
+        f"grade runs again: its artifact {path} is {why}"
+    ]
 
 
 def test_valid_cached_artifact_logs_nothing(tmp_path, caplog):

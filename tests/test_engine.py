@@ -1,4 +1,5 @@
 """The real vLLM CPU engine: determinism, sampler/trainer agreement, in-place weight updates."""
+
 import json
 import os
 import subprocess
@@ -11,7 +12,7 @@ import torch
 
 from configs.schema import TinyModelSection
 from tasks import tiny_model
-from tasks.engine import Request
+from tasks.engines.base import Request
 from tasks.tokens import load_tokenizer
 
 pytestmark = pytest.mark.slow
@@ -61,7 +62,7 @@ def test_text_decoded_from_ids_equals_vllms_detokenizer(live_engine, tiny_model_
 def test_missing_logprobs_fail_loudly():
     from types import SimpleNamespace
 
-    from tasks.engine import _completion
+    from tasks.engines.vllm_engine import _completion
 
     flat = SimpleNamespace(token_ids=[5, 7], logprobs=[-0.1])
     with pytest.raises(RuntimeError, match="1 log-probs for 2 sampled tokens"):
@@ -89,11 +90,17 @@ def test_sampler_and_trainer_logprobs_agree(live_engine, tiny_model_dir, tempera
 def _in_fresh_process(code: str):
     """Run `code` in its own Python process (one in-process engine at a time); returns its `RESULT` JSON."""
     root = Path(__file__).resolve().parent.parent
-    res = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=600,
-                         env={**os.environ, "PYTHONPATH": str(root)})
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     line = next(x for x in res.stdout.splitlines() if x.startswith("RESULT "))
-    return json.loads(line[len("RESULT "):])
+    return json.loads(line[len("RESULT ") :])
 
 
 def _fresh_engine_greedy(model_dir: Path) -> list[list[int]]:
@@ -101,7 +108,7 @@ def _fresh_engine_greedy(model_dir: Path) -> list[list[int]]:
     return _in_fresh_process(
         "import json\n"
         "from configs.schema import RolloutSection\n"
-        "from tasks.engine import VLLMEngine, Request\n"
+        "from tasks.engines.base import Request\nfrom tasks.engines.vllm_engine import VLLMEngine\n"
         f"e = VLLMEngine({str(model_dir)!r}, RolloutSection(), 'float32', 0)\n"
         f"outs = e.generate([Request(p, 0, 24) for p in {PROMPTS!r}], temperature=0.0, top_p=1.0, progress=False)\n"
         "print('RESULT', json.dumps([o.token_ids for o in outs]))\n"
@@ -116,7 +123,7 @@ def test_engine_start_leaves_the_processs_log_handlers_alone(tiny_model_dir):
     events = _in_fresh_process(
         "import json, logging\n"
         "from configs.schema import RolloutSection\n"
-        "from tasks.engine import VLLMEngine\n"
+        "from tasks.engines.vllm_engine import VLLMEngine\n"
         "seen = []\n"
         "class Probe(logging.Handler):\n"
         "    def emit(self, record): pass\n"
@@ -145,26 +152,28 @@ def test_weight_update_matches_fresh_engine(live_engine, tiny_model_dir, tmp_pat
 
 
 def test_prefix_continuation_by_token_ids(live_engine, tiny_model_dir):
-    from tasks.engine import continue_prefixes
+    from tasks.engines.live import continue_prefixes
 
     live_engine.load_weights(tiny_model_dir)
     prefixes = [PROMPTS[0], PROMPTS[0] + [75, 8], PROMPTS[1]]
-    a = continue_prefixes(live_engine, prefixes, 3, seed_key=("t", 1), max_tokens=10, temperature=1.0, top_p=1.0,
-                          max_model_len=128)
+    a = continue_prefixes(
+        live_engine, prefixes, 3, seed_key=("t", 1), max_tokens=10, temperature=1.0, top_p=1.0, max_model_len=128
+    )
     assert [len(x) for x in a] == [3, 3, 3]
     assert all(1 <= len(c.token_ids) <= 10 for x in a for c in x)
     # the same prefix alone (different batch) continues identically: seeds are per (prefix index, j)
     b = continue_prefixes(live_engine, prefixes[:2], 3, seed_key=("t", 1), max_tokens=10, temperature=1.0, top_p=1.0)
     assert [c.token_ids for c in b[1]] == [c.token_ids for c in a[1]]
     with pytest.raises(ValueError, match="no room"):
-        continue_prefixes(live_engine, [[5] * 128], 1, seed_key=("t",), max_tokens=4, temperature=1.0, top_p=1.0,
-                          max_model_len=128)
+        continue_prefixes(
+            live_engine, [[5] * 128], 1, seed_key=("t",), max_tokens=4, temperature=1.0, top_p=1.0, max_model_len=128
+        )
 
 
 def test_hf_backend_same_interface_and_agrees_with_trainer(tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
-    from tasks.hf_engine import HFEngine
+    from tasks.engines.hf_engine import HFEngine
     from tasks.trainer import completion_logprobs, pack
 
     e = HFEngine(str(tiny_model_dir))
@@ -199,11 +208,13 @@ def test_tied_hub_model_two_iterations_reload_in_place_and_match_a_fresh_engine(
         "    return {'greedy': [o.token_ids for o in g], 'sampled': [o.token_ids for o in s],\n"
         "            'logprobs': [o.logprobs for o in s]}\n"
     )
-    head = ("import json\nfrom configs.schema import RolloutSection\n"
-            "from tasks.engine import Request, VLLMEngine, get_engine\n")
+    head = (
+        "import json\nfrom configs.schema import RolloutSection\n"
+        "from tasks.engines.base import Request\nfrom tasks.engines.vllm_engine import VLLMEngine\n"
+        "from tasks.engines.live import get_engine\n"
+    )
     run = _in_fresh_process(
-        head + probe +
-        "out, starts, same = {}, [], []\n"
+        head + probe + "out, starts, same = {}, [], []\n"
         f"for name, d in (('src', {str(src)!r}), ('first', {str(first)!r}), ('second', {str(second)!r})):\n"
         "    e, t = get_engine(d, RolloutSection(), 'float32', 0)\n"
         "    starts.append(t['engine_start_seconds'] > 0)\n"
@@ -212,7 +223,8 @@ def test_tied_hub_model_two_iterations_reload_in_place_and_match_a_fresh_engine(
         "print('RESULT', json.dumps({'out': out, 'starts': starts, 'reloaded': same}))\n"
     )
     fresh = _in_fresh_process(
-        head + probe
+        head
+        + probe
         + f"print('RESULT', json.dumps(probe(VLLMEngine({str(second)!r}, RolloutSection(), 'float32', 0))))\n"
     )
     assert run["starts"] == [True, False, False], "a re-saved config.json must not rebuild the engine"

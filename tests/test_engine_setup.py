@@ -1,5 +1,6 @@
 """What decides how engines start and where they run, without starting one: sleep mode, config drift across
 transformers releases, placement of shards and training processes, evaluation defaults (issue 29)."""
+
 import json
 
 import pytest
@@ -8,7 +9,8 @@ from pydantic import ValidationError
 
 from configs.loader import ConfigError, resolve
 from configs.schema import RolloutSection, TrainSection
-from tasks.engine import resolve_sleep, same_architecture
+from tasks.engines.base import resolve_sleep
+from tasks.engines.live import same_architecture
 from tasks.placement import check_placement, check_processes, check_shards, gpus_needed
 from tests.hub_models import QWEN_CONFIG, resave, small_hub_model
 
@@ -57,11 +59,11 @@ class _Engine:
 
 
 def test_train_stage_sleeps_the_engine_then_wakes_it(monkeypatch):
-    import tasks.engine
+    import tasks.engines.live
     from flows.rl_train import train_stage
 
     log = []
-    monkeypatch.setattr(tasks.engine, "_ENGINE", _Engine(log))
+    monkeypatch.setattr(tasks.engines.live, "_ENGINE", _Engine(log))
 
     def stage(name, fn, *args):
         log.append(name)
@@ -72,11 +74,11 @@ def test_train_stage_sleeps_the_engine_then_wakes_it(monkeypatch):
 
 
 def test_train_stage_wakes_the_engine_when_training_fails(monkeypatch):
-    import tasks.engine
+    import tasks.engines.live
     from flows.rl_train import train_stage
 
     log = []
-    monkeypatch.setattr(tasks.engine, "_ENGINE", _Engine(log))
+    monkeypatch.setattr(tasks.engines.live, "_ENGINE", _Engine(log))
 
     def stage(name, fn, *args):
         log.append(name)
@@ -88,20 +90,20 @@ def test_train_stage_wakes_the_engine_when_training_fails(monkeypatch):
 
 
 def test_train_stage_leaves_an_engine_that_did_not_sleep_alone(monkeypatch):
-    import tasks.engine
+    import tasks.engines.live
     from flows.rl_train import train_stage
 
     log = []
-    monkeypatch.setattr(tasks.engine, "_ENGINE", _Engine(log, sleeps=False))
+    monkeypatch.setattr(tasks.engines.live, "_ENGINE", _Engine(log, sleeps=False))
     train_stage(lambda name, fn, *a: log.append(name), 1)
     assert log == ["sleep", "train_policy"]  # asked, said no (sleep_mode off or CPU): no wake_up
-    monkeypatch.setattr(tasks.engine, "_ENGINE", None)
+    monkeypatch.setattr(tasks.engines.live, "_ENGINE", None)
     train_stage(lambda name, fn, *a: log.append(name), 1)  # no engine yet (a cached rerun): nothing to do
     assert log == ["sleep", "train_policy", "train_policy"]
 
 
 def test_hf_engine_sleeps_only_when_told(tiny_model_dir):
-    from tasks.hf_engine import HFEngine
+    from tasks.engines.hf_engine import HFEngine
 
     awake = HFEngine(str(tiny_model_dir))
     assert awake.sleep() is False and awake.compatible(RolloutSection(backend="hf"), "float32")
@@ -165,8 +167,11 @@ def test_gpus_needed_packs_fractions_whole_per_gpu():
 
 
 def test_two_shards_on_one_gpu_fail_at_once_naming_the_keys():
-    with pytest.raises(ValueError, match=r"rollout.shards=2 .* rollout.shard_gpus=1 GPU each need 2 GPU\(s\), but "
-                                         r"this machine has 1 visible"):
+    with pytest.raises(
+        ValueError,
+        match=r"rollout.shards=2 .* rollout.shard_gpus=1 GPU each need 2 GPU\(s\), but "
+        r"this machine has 1 visible",
+    ):
         check_shards(RolloutSection(shards=2), gpus=1)
     check_shards(RolloutSection(shards=2, shard_gpus=0.5, gpu_memory_utilization=0.4), gpus=1)  # they share it
     check_shards(RolloutSection(shards=2), gpus=2)
@@ -179,8 +184,11 @@ def test_two_shards_on_one_gpu_fail_at_once_naming_the_keys():
 
 
 def test_shards_sharing_a_gpu_must_fit_their_utilisation():
-    with pytest.raises(ValidationError, match=r"puts 2 engines on one GPU, each taking "
-                                              r"rollout.gpu_memory_utilization=0.5 of it \(1 in all\)"):
+    with pytest.raises(
+        ValidationError,
+        match=r"puts 2 engines on one GPU, each taking "
+        r"rollout.gpu_memory_utilization=0.5 of it \(1 in all\)",
+    ):
         RolloutSection(shards=2, shard_gpus=0.5)
     RolloutSection(shards=2, shard_gpus=0.5, gpu_memory_utilization=0.45)
     RolloutSection(shards=1, shard_gpus=0.5)  # one engine: in-process, shard keys unused
@@ -189,8 +197,11 @@ def test_shards_sharing_a_gpu_must_fit_their_utilisation():
 
 
 def test_more_training_processes_than_gpus_fail_naming_the_key():
-    with pytest.raises(ValueError, match=r"train.processes=2 needs one GPU per process on CUDA, but 1 GPU\(s\) are "
-                                         r"visible: set train.processes to at most 1"):
+    with pytest.raises(
+        ValueError,
+        match=r"train.processes=2 needs one GPU per process on CUDA, but 1 GPU\(s\) are "
+        r"visible: set train.processes to at most 1",
+    ):
         check_processes(TrainSection(processes=2), "auto", gpus=1)
     with pytest.raises(ValueError, match="train.processes=2"):
         check_processes(TrainSection(processes=2), "cuda", gpus=0)
@@ -206,12 +217,12 @@ def test_more_training_processes_than_gpus_fail_naming_the_key():
 def test_sharded_engine_on_too_few_gpus_fails_before_ray_starts(monkeypatch, tiny_model_dir):
     import ray
 
-    import tasks.ray_engine
-    from tasks.ray_engine import ShardedEngine
+    import tasks.engines.ray_engine
+    from tasks.engines.ray_engine import ShardedEngine
 
     if ray.is_initialized():
         pytest.skip("Ray already runs in this process")
-    monkeypatch.setattr(tasks.ray_engine, "visible_gpus", lambda: 1)
+    monkeypatch.setattr(tasks.engines.ray_engine, "visible_gpus", lambda: 1)
     with pytest.raises(ValueError, match="rollout.shards=2 engine actors"):
         ShardedEngine(str(tiny_model_dir), RolloutSection(shards=2), "float32", 0)
     assert not ray.is_initialized()

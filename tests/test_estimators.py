@@ -1,4 +1,5 @@
 """Golden values, named edge cases, and SQL (DuckDB) vs numpy agreement for every estimator."""
+
 import math
 
 import numpy as np
@@ -18,8 +19,9 @@ R = [1.0, 0.0, 0.0, 1.0, 1.0, 0.0]
 def test_grpo_golden():
     # group a: mean .5, population std .5 -> +-1 ; group b: mean .5, std .5 -> +-1
     np.testing.assert_allclose(estimators.grpo(R, G, eps=0.0), [1, -1, -1, 1, 1, -1])
-    np.testing.assert_allclose(estimators.grpo([3.0, 1.0, 2.0], ["g"] * 3, eps=0.0),
-                               [1 / math.sqrt(2 / 3), -1 / math.sqrt(2 / 3), 0.0])
+    np.testing.assert_allclose(
+        estimators.grpo([3.0, 1.0, 2.0], ["g"] * 3, eps=0.0), [1 / math.sqrt(2 / 3), -1 / math.sqrt(2 / 3), 0.0]
+    )
 
 
 def test_dr_grpo_golden():
@@ -49,8 +51,9 @@ def test_rec_golden_and_red_drop():
     out = estimators.rec(scores, groups, keys=[9, 5, 7, 1], rec_drop="balance", rec_std_normalize=True, eps=0.0)
     np.testing.assert_allclose(out, [1.0, 0.0, -1.0, 0.0])
     # more positives than negatives: nothing is dropped
-    np.testing.assert_allclose(estimators.rec([1.0, 1.0, 0.0], ["g"] * 3, keys=[0, 1, 2], rec_drop="balance"),
-                               [1 / 3, 1 / 3, -2 / 3])
+    np.testing.assert_allclose(
+        estimators.rec([1.0, 1.0, 0.0], ["g"] * 3, keys=[0, 1, 2], rec_drop="balance"), [1 / 3, 1 / 3, -2 / 3]
+    )
 
 
 def test_opmd_golden():
@@ -94,12 +97,27 @@ def test_asymre_all_equal_group_gets_the_shift():
 
 
 def _write_batch(tmp_path, scores, groups, lengths, keys):
-    rollouts = [{"run_id": "r", "iteration": 1, "prompt_id": g, "sample_index": i, "policy_version": 0, "seed": int(k),
-                 "prompt_token_ids": [1], "completion_token_ids": [2] * int(n), "sampling_logprobs": [-0.1] * int(n),
-                 "logprobs_mode": "processed_logprobs", "finish_reason": "stop", "completion_text": "x"}
-                for i, (g, n, k) in enumerate(zip(groups, lengths, keys))]
-    grades = [{"run_id": "r", "iteration": 1, "prompt_id": g, "sample_index": i, "score": s, "status": "ok",
-               "extracted": ""} for i, (g, s) in enumerate(zip(groups, scores))]
+    rollouts = [
+        {
+            "run_id": "r",
+            "iteration": 1,
+            "prompt_id": g,
+            "sample_index": i,
+            "policy_version": 0,
+            "seed": int(k),
+            "prompt_token_ids": [1],
+            "completion_token_ids": [2] * int(n),
+            "sampling_logprobs": [-0.1] * int(n),
+            "logprobs_mode": "processed_logprobs",
+            "finish_reason": "stop",
+            "completion_text": "x",
+        }
+        for i, (g, n, k) in enumerate(zip(groups, lengths, keys))
+    ]
+    grades = [
+        {"run_id": "r", "iteration": 1, "prompt_id": g, "sample_index": i, "score": s, "status": "ok", "extracted": ""}
+        for i, (g, s) in enumerate(zip(groups, scores))
+    ]
     write_parquet(rollouts, ROLLOUTS, tmp_path / "rollouts.parquet")
     write_parquet(grades, GRADES, tmp_path / "grades.parquet")
 
@@ -117,8 +135,13 @@ def _random_batch(seed):
     return scores, groups, lengths, keys
 
 
-PARAM_VARIANTS = [{}, {"rec_drop": "balance"}, {"rec_drop": "balance", "rec_std_normalize": True},
-                  {"opmd_baseline": "logavgexp", "opmd_tau": 0.5}, {"asymre_shift": -0.3, "eps": 1e-3}]
+PARAM_VARIANTS = [
+    {},
+    {"rec_drop": "balance"},
+    {"rec_drop": "balance", "rec_std_normalize": True},
+    {"opmd_baseline": "logavgexp", "opmd_tau": 0.5},
+    {"asymre_shift": -0.3, "eps": 1e-3},
+]
 
 
 @pytest.mark.parametrize("name", sorted(estimators.REGISTRY))
@@ -165,8 +188,9 @@ def test_advantages_are_identical_on_every_call_and_in_grades_order(tmp_path, na
     """The advantages file of a resumed run must equal an uninterrupted run's, byte for byte."""
     scores, groups, lengths, keys = _big_batch(2)
     _write_batch(tmp_path, scores.tolist(), groups, lengths, keys)
-    calls = [compute_advantages(name, tmp_path / "rollouts.parquet", tmp_path / "grades.parquet", DEFAULTS)
-             for _ in range(3)]
+    calls = [
+        compute_advantages(name, tmp_path / "rollouts.parquet", tmp_path / "grades.parquet", DEFAULTS) for _ in range(3)
+    ]
     assert all(c.equals(calls[0]) for c in calls[1:])
     grades = pq.read_table(tmp_path / "grades.parquet", columns=["prompt_id", "sample_index"])
     assert calls[0].select(["prompt_id", "sample_index"]).equals(grades)
@@ -198,11 +222,18 @@ def test_kl_in_reward_shapes_the_score(tmp_path):
     scores, groups = [1.0, 0.0, 1.0, 0.0], ["a", "a", "b", "b"]
     _write_batch(tmp_path, scores, groups, [1] * 4, range(4))
     kl = [0.0, 2.0, 4.0, 0.0]
-    write_parquet([{"run_id": "r", "iteration": 1, "prompt_id": g, "sample_index": i, "ref_logprobs": [-1.0], "kl": k}
-                   for i, (g, k) in enumerate(zip(groups, kl))], REF_LOGPROBS, tmp_path / "ref.parquet")
+    write_parquet(
+        [
+            {"run_id": "r", "iteration": 1, "prompt_id": g, "sample_index": i, "ref_logprobs": [-1.0], "kl": k}
+            for i, (g, k) in enumerate(zip(groups, kl))
+        ],
+        REF_LOGPROBS,
+        tmp_path / "ref.parquet",
+    )
     params = {**DEFAULTS, "kl_reward_coef": 0.5}
-    table = compute_advantages("dr_grpo", tmp_path / "rollouts.parquet", tmp_path / "grades.parquet", params,
-                               kl=tmp_path / "ref.parquet")
+    table = compute_advantages(
+        "dr_grpo", tmp_path / "rollouts.parquet", tmp_path / "grades.parquet", params, kl=tmp_path / "ref.parquet"
+    )
     got = [a for _, a in sorted(zip(table["sample_index"].to_pylist(), table["advantage"].to_pylist()))]
     shaped = np.array(scores) - 0.5 * np.array(kl)  # a: [1, -1] b: [-1, 0]
     np.testing.assert_allclose(got, estimators.dr_grpo(shaped, groups))
@@ -222,9 +253,9 @@ def test_every_registered_estimator_has_a_documented_sql_file():
 
 
 def test_config_names_every_estimator():
-    from configs.schema import RESPONSE_ESTIMATORS
+    from tasks.algos.registry import Family, names
 
-    assert set(RESPONSE_ESTIMATORS) == set(estimators.REGISTRY)
+    assert set(names(Family.RESPONSE)) == set(estimators.REGISTRY)
 
 
 def _decimal_opmd(scores: list[float], tau: float) -> list[float]:
@@ -303,14 +334,21 @@ def test_red_drop_still_drops_negatives_just_beyond_the_tolerance(tmp_path):
     expect = [-1.5e-6, 0.0, 1.5e-6]
     np.testing.assert_allclose(estimators.rec(scores, groups, keys=keys, rec_drop="balance"), expect, atol=1e-18)
     _write_batch(tmp_path, scores, groups, [1] * 3, keys)
-    table = compute_advantages("rec", tmp_path / "rollouts.parquet", tmp_path / "grades.parquet",
-                               {**DEFAULTS, "rec_drop": "balance"})
+    table = compute_advantages(
+        "rec", tmp_path / "rollouts.parquet", tmp_path / "grades.parquet", {**DEFAULTS, "rec_drop": "balance"}
+    )
     np.testing.assert_allclose(table["advantage"].to_pylist(), expect, atol=1e-18)
 
 
 def _write_kl(tmp_path, rows):
-    write_parquet([{"run_id": "r", "iteration": 1, "prompt_id": g, "sample_index": i, "ref_logprobs": [-1.0], "kl": k}
-                   for g, i, k in rows], REF_LOGPROBS, tmp_path / "ref.parquet")
+    write_parquet(
+        [
+            {"run_id": "r", "iteration": 1, "prompt_id": g, "sample_index": i, "ref_logprobs": [-1.0], "kl": k}
+            for g, i, k in rows
+        ],
+        REF_LOGPROBS,
+        tmp_path / "ref.parquet",
+    )
 
 
 def test_kl_file_missing_a_response_is_an_error_naming_it(tmp_path):
@@ -320,18 +358,28 @@ def test_kl_file_missing_a_response_is_an_error_naming_it(tmp_path):
     _write_kl(tmp_path, [("a", 0, 0.1), ("a", 1, 0.2), ("b", 3, 0.4)])  # ("b", 2) is missing
     params = {**DEFAULTS, "kl_reward_coef": 0.5}
     with pytest.raises(ValueError) as e:
-        compute_advantages("grpo", tmp_path / "rollouts.parquet", tmp_path / "grades.parquet", params,
-                           kl=tmp_path / "ref.parquet")
+        compute_advantages(
+            "grpo", tmp_path / "rollouts.parquet", tmp_path / "grades.parquet", params, kl=tmp_path / "ref.parquet"
+        )
     assert str(e.value).startswith(
         f"{tmp_path / 'ref.parquet'}: response (prompt_id='b', sample_index=2) of run 'r' iteration 1 has no kl. "
-        "A KL penalty in the reward needs exactly one kl per response")
+        "A KL penalty in the reward needs exactly one kl per response"
+    )
 
 
 def test_kl_file_with_a_duplicated_or_null_response_is_an_error(tmp_path):
     scores, groups = [1.0, 0.0, 1.0, 0.0], ["a", "a", "b", "b"]
     _write_batch(tmp_path, scores, groups, [1] * 4, range(4))
     _write_kl(tmp_path, [("a", 0, 0.1), ("a", 0, 0.1), ("a", 1, None), ("b", 2, 0.3), ("b", 3, 0.4)])
-    with pytest.raises(ValueError, match=r"\(prompt_id='a', sample_index=0\) of run 'r' iteration 1 has 2 kl rows; "
-                       r"response \(prompt_id='a', sample_index=1\) of run 'r' iteration 1 has no kl\."):
-        compute_advantages("grpo", tmp_path / "rollouts.parquet", tmp_path / "grades.parquet",
-                           {**DEFAULTS, "kl_reward_coef": 0.5}, kl=tmp_path / "ref.parquet")
+    with pytest.raises(
+        ValueError,
+        match=r"\(prompt_id='a', sample_index=0\) of run 'r' iteration 1 has 2 kl rows; "
+        r"response \(prompt_id='a', sample_index=1\) of run 'r' iteration 1 has no kl\.",
+    ):
+        compute_advantages(
+            "grpo",
+            tmp_path / "rollouts.parquet",
+            tmp_path / "grades.parquet",
+            {**DEFAULTS, "kl_reward_coef": 0.5},
+            kl=tmp_path / "ref.parquet",
+        )

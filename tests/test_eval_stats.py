@@ -4,6 +4,7 @@ References are independent of the module: brute-force enumeration of k-subsets, 
 stdlib `statistics` module, and the exact two-sided binomial test written from its definition
 (scipy is not installed in the venv, so scipy.stats.binomtest cannot be the cross-check).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -59,8 +60,9 @@ def test_pass_at_k_edges():
     assert es.pass_at_k(1, 1, 1) == 1.0
 
 
-@pytest.mark.parametrize(("n", "c", "k", "bad"), [(5, 1, 6, "k=6"), (5, 1, 0, "k=0"), (5, 6, 1, "c=6"),
-                                                  (5, -1, 1, "c=-1"), (0, 0, 1, "k=1")])
+@pytest.mark.parametrize(
+    ("n", "c", "k", "bad"), [(5, 1, 6, "k=6"), (5, 1, 0, "k=0"), (5, 6, 1, "c=6"), (5, -1, 1, "c=-1"), (0, 0, 1, "k=1")]
+)
 def test_pass_at_k_rejects(n, c, k, bad):
     with pytest.raises(ValueError, match=bad):
         es.pass_at_k(n, c, k)
@@ -82,8 +84,10 @@ def test_mean_with_se_edges():
     assert es.mean_with_se([0.3, 0.3, 0.3]) == pytest.approx((0.3, 0.0))
 
 
-@pytest.mark.parametrize(("values", "bad"), [([], "empty"), ([0.5, float("nan")], "nan"),
-                                             ([1.0, float("inf")], "inf"), ([[1.0, 0.0]], r"\(1, 2\)")])
+@pytest.mark.parametrize(
+    ("values", "bad"),
+    [([], "empty"), ([0.5, float("nan")], "nan"), ([1.0, float("inf")], "inf"), ([[1.0, 0.0]], r"\(1, 2\)")],
+)
 def test_mean_with_se_rejects(values, bad):
     with pytest.raises(ValueError, match=bad):
         es.mean_with_se(values)
@@ -107,8 +111,9 @@ def test_pass_at_k_curve_single_problem_and_all_solved():
     assert es.pass_at_k_curve([3, 3], n=3) == {k: (1.0, 0.0) for k in (1, 2, 3)}
 
 
-@pytest.mark.parametrize(("counts", "n", "bad"), [([1, 5], 4, "c=5"), ([-1], 4, "c=-1"), ([], 4, "empty"),
-                                                  ([0], 0, "n=0")])
+@pytest.mark.parametrize(
+    ("counts", "n", "bad"), [([1, 5], 4, "c=5"), ([-1], 4, "c=-1"), ([], 4, "empty"), ([0], 0, "n=0")]
+)
 def test_pass_at_k_curve_rejects(counts, n, bad):
     with pytest.raises(ValueError, match=bad):
         es.pass_at_k_curve(counts, n)
@@ -122,7 +127,8 @@ def test_avg_at_k_golden():
     # per-problem .75 and 0: mean .375, SE of two values = |x1 - x2| / 2
     assert mean == pytest.approx(0.375) and se == pytest.approx(0.375)
     assert es.avg_at_k(np.array([[True, False], [True, True], [False, False]])) == pytest.approx(
-        (0.5, _se([0.5, 1.0, 0.0])))
+        (0.5, _se([0.5, 1.0, 0.0]))
+    )
 
 
 def test_avg_at_k_edges():
@@ -130,9 +136,16 @@ def test_avg_at_k_edges():
     assert es.avg_at_k([[0, 1, 1]]) == pytest.approx((2 / 3, 0.0))  # one problem: SE 0
 
 
-@pytest.mark.parametrize(("correct", "bad"), [([1, 0, 1], r"\(3,\)"), ([[1, 2]], "got 2"),
-                                              ([[1, 0.5]], "got 0.5"), (np.zeros((0, 3)), r"\(0, 3\)"),
-                                              ([[], []], r"\(2, 0\)")])
+@pytest.mark.parametrize(
+    ("correct", "bad"),
+    [
+        ([1, 0, 1], r"\(3,\)"),
+        ([[1, 2]], "got 2"),
+        ([[1, 0.5]], "got 0.5"),
+        (np.zeros((0, 3)), r"\(0, 3\)"),
+        ([[], []], r"\(2, 0\)"),
+    ],
+)
 def test_avg_at_k_rejects(correct, bad):
     with pytest.raises(ValueError, match=bad):
         es.avg_at_k(correct)
@@ -140,14 +153,18 @@ def test_avg_at_k_rejects(correct, bad):
 
 # ---------------------------------------------------------------- maj@k
 
-ANSWERS = [["4", "5", "4", None],  # "4" wins 2-1
-           ["7", "8", "8", "7"],  # 2-2 tie: "7" appeared first and wins; with k=3 "8" wins 2-1
-           [None, None, None, None],  # no answer at all: wrong
-           [None, None, "3", "2"]]  # None is the most common but never wins; "3" vs "2" tie -> "3" (right)
-CORRECT = [[True, False, True, False],
-           [False, True, True, False],
-           [False, False, False, False],
-           [False, False, True, False]]
+ANSWERS = [
+    ["4", "5", "4", None],  # "4" wins 2-1
+    ["7", "8", "8", "7"],  # 2-2 tie: "7" appeared first and wins; with k=3 "8" wins 2-1
+    [None, None, None, None],  # no answer at all: wrong
+    [None, None, "3", "2"],
+]  # None is the most common but never wins; "3" vs "2" tie -> "3" (right)
+CORRECT = [
+    [True, False, True, False],
+    [False, True, True, False],
+    [False, False, False, False],
+    [False, False, True, False],
+]
 
 
 def test_maj_at_k_golden_and_tie_break():
@@ -170,13 +187,16 @@ def test_maj_at_k_tie_goes_to_earliest_not_to_correct():
     assert es.maj_at_k([["y", "x", "y", "x"]], [[True, False, True, False]], 4) == (1.0, 0.0)
 
 
-@pytest.mark.parametrize(("answers", "correct", "k", "bad"), [
-    (ANSWERS, CORRECT, 0, "k=0"),
-    (ANSWERS, CORRECT, 5, "k=5"),
-    (ANSWERS, CORRECT[:3], 2, "4 problems but correct has 3"),
-    ([["a", "b"]], [[True]], 1, "2 answers but 1 grades"),
-    ([], [], 1, "empty"),
-])
+@pytest.mark.parametrize(
+    ("answers", "correct", "k", "bad"),
+    [
+        (ANSWERS, CORRECT, 0, "k=0"),
+        (ANSWERS, CORRECT, 5, "k=5"),
+        (ANSWERS, CORRECT[:3], 2, "4 problems but correct has 3"),
+        ([["a", "b"]], [[True]], 1, "2 answers but 1 grades"),
+        ([], [], 1, "empty"),
+    ],
+)
 def test_maj_at_k_rejects(answers, correct, k, bad):
     with pytest.raises(ValueError, match=bad):
         es.maj_at_k(answers, correct, k)
@@ -192,13 +212,16 @@ def test_mean_attempt_cost_golden():
     assert es.mean_attempt_cost([0, 0], [0, 0], 3.0, 15.0) == 0.0
 
 
-@pytest.mark.parametrize(("tin", "tout", "p_in", "p_out", "bad"), [
-    ([1, 2], [1], 1.0, 1.0, "2 attempts but output_tokens has 1"),
-    ([], [], 1.0, 1.0, "empty"),
-    ([1, -5], [1, 1], 1.0, 1.0, "-5"),
-    ([1], [1], -1.0, 1.0, "price_in_per_mtok=-1.0"),
-    ([1], [1], 1.0, float("nan"), "price_out_per_mtok=nan"),
-])
+@pytest.mark.parametrize(
+    ("tin", "tout", "p_in", "p_out", "bad"),
+    [
+        ([1, 2], [1], 1.0, 1.0, "2 attempts but output_tokens has 1"),
+        ([], [], 1.0, 1.0, "empty"),
+        ([1, -5], [1, 1], 1.0, 1.0, "-5"),
+        ([1], [1], -1.0, 1.0, "price_in_per_mtok=-1.0"),
+        ([1], [1], 1.0, float("nan"), "price_out_per_mtok=nan"),
+    ],
+)
 def test_mean_attempt_cost_rejects(tin, tout, p_in, p_out, bad):
     with pytest.raises(ValueError, match=bad):
         es.mean_attempt_cost(tin, tout, p_in, p_out)
@@ -211,8 +234,15 @@ def test_cost_of_pass_golden_and_edges():
     assert es.cost_of_pass(0.0, 0.0) == math.inf
 
 
-@pytest.mark.parametrize(("cost", "acc", "bad"), [(1.0, 1.5, "accuracy=1.5"), (1.0, -0.1, "accuracy=-0.1"),
-                                                  (-1.0, 0.5, "mean_cost=-1.0"), (1.0, float("nan"), "nan")])
+@pytest.mark.parametrize(
+    ("cost", "acc", "bad"),
+    [
+        (1.0, 1.5, "accuracy=1.5"),
+        (1.0, -0.1, "accuracy=-0.1"),
+        (-1.0, 0.5, "mean_cost=-1.0"),
+        (1.0, float("nan"), "nan"),
+    ],
+)
 def test_cost_of_pass_rejects(cost, acc, bad):
     with pytest.raises(ValueError, match=bad):
         es.cost_of_pass(cost, acc)
@@ -275,14 +305,17 @@ def test_paired_bootstrap_identical_checkpoints():
     assert (out["mean_diff"], out["ci_low"], out["ci_high"]) == (0.0, 0.0, 0.0)
 
 
-@pytest.mark.parametrize(("a", "b", "kw", "bad"), [
-    ([0, 1, 1], [0, 1, 1, 0], {}, "a has 3 problems but b has 4"),
-    ([0, 1.5], [0, 1], {}, "a holds 1.5"),
-    ([0, 1], [0, -0.5], {}, "b holds -0.5"),
-    ([], [], {}, "empty"),
-    ([0, 1], [1, 1], {"n_boot": 0}, "n_boot=0"),
-    ([0, 1], [1, 1], {"alpha": 1.0}, "alpha=1.0"),
-])
+@pytest.mark.parametrize(
+    ("a", "b", "kw", "bad"),
+    [
+        ([0, 1, 1], [0, 1, 1, 0], {}, "a has 3 problems but b has 4"),
+        ([0, 1.5], [0, 1], {}, "a holds 1.5"),
+        ([0, 1], [0, -0.5], {}, "b holds -0.5"),
+        ([], [], {}, "empty"),
+        ([0, 1], [1, 1], {"n_boot": 0}, "n_boot=0"),
+        ([0, 1], [1, 1], {"alpha": 1.0}, "alpha=1.0"),
+    ],
+)
 def test_paired_bootstrap_rejects(a, b, kw, bad):
     with pytest.raises(ValueError, match=bad):
         es.paired_bootstrap(a, b, **kw)
@@ -329,10 +362,15 @@ def test_mcnemar_edges():
     assert es.mcnemar(np.array([True, False]), np.array([False, False]))["b10"] == 1
 
 
-@pytest.mark.parametrize(("a", "b", "bad"), [([0, 1], [0, 1, 1], "a_correct has 2 problems but b_correct has 3"),
-                                             ([0, 2], [0, 1], "a_correct must hold only 0/1, got 2"),
-                                             ([0, 1], [0.5, 1], "b_correct must hold only 0/1, got 0.5"),
-                                             ([], [], "empty")])
+@pytest.mark.parametrize(
+    ("a", "b", "bad"),
+    [
+        ([0, 1], [0, 1, 1], "a_correct has 2 problems but b_correct has 3"),
+        ([0, 2], [0, 1], "a_correct must hold only 0/1, got 2"),
+        ([0, 1], [0.5, 1], "b_correct must hold only 0/1, got 0.5"),
+        ([], [], "empty"),
+    ],
+)
 def test_mcnemar_rejects(a, b, bad):
     with pytest.raises(ValueError, match=bad):
         es.mcnemar(a, b)

@@ -1,4 +1,5 @@
 """Eval metrics of one result set (hand-computed), paired comparison inputs, and the eval spec."""
+
 import math
 from pathlib import Path
 
@@ -10,18 +11,39 @@ from tasks.algos.eval_summary import per_problem_scores, summarize
 
 def answers(pid: str, greedy: str, sampled: list[tuple[str, str]], tokens: int = 10) -> list[dict]:
     """greedy status; sampled (status, extracted answer) in sample order."""
-    rows = [{"prompt_id": pid, "decoding": "greedy", "sample_index": 0, "prompt_tokens": 5, "num_tokens": tokens,
-             "status": greedy, "extracted": ""}]
-    rows += [{"prompt_id": pid, "decoding": "sampled", "sample_index": i, "prompt_tokens": 5, "num_tokens": tokens + i,
-              "status": st, "extracted": ex} for i, (st, ex) in enumerate(sampled)]
+    rows = [
+        {
+            "prompt_id": pid,
+            "decoding": "greedy",
+            "sample_index": 0,
+            "prompt_tokens": 5,
+            "num_tokens": tokens,
+            "status": greedy,
+            "extracted": "",
+        }
+    ]
+    rows += [
+        {
+            "prompt_id": pid,
+            "decoding": "sampled",
+            "sample_index": i,
+            "prompt_tokens": 5,
+            "num_tokens": tokens + i,
+            "status": st,
+            "extracted": ex,
+        }
+        for i, (st, ex) in enumerate(sampled)
+    ]
     return rows
 
 
 # p1: 2 of 4 sampled correct ("7"), majority tie 7/9 at k=4 broken by the earliest (sample 0: "9", wrong).
 # p2: 0 of 4 correct, one truncated. p3: 4 of 4 correct.
-ROWS = (answers("p1", "ok", [("wrong", "9"), ("ok", "7"), ("ok", "7"), ("wrong", "9")])
-        + answers("p2", "wrong", [("wrong", "1"), ("wrong", "2"), ("truncated", ""), ("wrong", "1")])
-        + answers("p3", "ok", [("ok", "3")] * 4))
+ROWS = (
+    answers("p1", "ok", [("wrong", "9"), ("ok", "7"), ("ok", "7"), ("wrong", "9")])
+    + answers("p2", "wrong", [("wrong", "1"), ("wrong", "2"), ("truncated", ""), ("wrong", "1")])
+    + answers("p3", "ok", [("ok", "3")] * 4)
+)
 
 
 def test_summarize_by_hand():
@@ -54,7 +76,11 @@ def test_summarize_greedy_only_zero_accuracy_and_zero_cost():
 
 def test_per_problem_scores_and_paired_comparison():
     s = per_problem_scores(ROWS)
-    assert s == {"p1": {"greedy": 1.0, "avg": 0.5}, "p2": {"greedy": 0.0, "avg": 0.0}, "p3": {"greedy": 1.0, "avg": 1.0}}
+    assert s == {
+        "p1": {"greedy": 1.0, "avg": 0.5},
+        "p2": {"greedy": 0.0, "avg": 0.0},
+        "p3": {"greedy": 1.0, "avg": 1.0},
+    }
     better = [dict(r, status="ok") if r["prompt_id"] == "p2" else r for r in ROWS]
     c = compare(ROWS, better, seed=0)
     assert c["problems"] == 3 and c["greedy"]["b01"] == 1 and c["greedy"]["b10"] == 0

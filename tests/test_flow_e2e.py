@@ -1,4 +1,5 @@
 """The whole rl_train flow through Prefect and the real vLLM CPU engine, then resume behaviour."""
+
 import json
 import os
 import signal
@@ -14,8 +15,15 @@ from storage.catalog import query
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
-STAGES = {"prepare_dataset", "warm_start", "evaluate", "generate_rollouts", "grade", "compute_advantages",
-          "train_policy"}
+STAGES = {
+    "prepare_dataset",
+    "warm_start",
+    "evaluate",
+    "generate_rollouts",
+    "grade",
+    "compute_advantages",
+    "train_policy",
+}
 
 
 def test_flow_end_to_end_then_every_stage_is_a_cache_hit(prefect_harness, live_engine, small_config, tmp_path):
@@ -34,12 +42,17 @@ def test_flow_end_to_end_then_every_stage_is_a_cache_hit(prefect_harness, live_e
     # Every artifact is queryable; sampler and trainer saw the same weights (log-prob gap ~ 0).
     _, rows = query(runs, "select count(*) from rollouts")
     assert rows == [(2 * 8 * 4,)]
-    _, rows = query(runs, "select count(*) from grades join advantages using (run_id, iteration, prompt_id, sample_index)")
+    _, rows = query(
+        runs, "select count(*) from grades join advantages using (run_id, iteration, prompt_id, sample_index)"
+    )
     assert rows == [(64,)]
     # Correct answers reached through wrong steps (arith): the metric equals a recount from the artifacts.
-    _, rows = query(runs, "select r.iteration, g.status, r.completion_text, p.solution from rollouts r "
-                          "join grades g using (run_id, iteration, prompt_id, sample_index) "
-                          "join prompts p using (run_id, prompt_id) where p.split = 'train'")
+    _, rows = query(
+        runs,
+        "select r.iteration, g.status, r.completion_text, p.solution from rollouts r "
+        "join grades g using (run_id, iteration, prompt_id, sample_index) "
+        "join prompts p using (run_id, prompt_id) where p.split = 'train'",
+    )
     from tasks.algos.arith import steps_match
 
     for it in (1, 2):
@@ -49,8 +62,10 @@ def test_flow_end_to_end_then_every_stage_is_a_cache_hit(prefect_harness, live_e
     _, rows = query(runs, "select max(value) from metrics where name = 'logprob_gap_max'")
     assert rows[0][0] < 1e-3
     # New weights reach the running engine by in-place reload (recorded by whichever stage uses them first).
-    _, rows = query(runs, "select count(*) from metrics where name in ('weight_load_seconds', "
-                          "'eval_weight_load_seconds') and value > 0")
+    _, rows = query(
+        runs,
+        "select count(*) from metrics where name in ('weight_load_seconds', 'eval_weight_load_seconds') and value > 0",
+    )
     assert rows[0][0] >= 3  # warm start (after the fixture's model), checkpoint 1, checkpoint 2
     _, rows = query(runs, "select preset, final_eval_accuracy from runs")
     assert rows == [("default", first["final_eval_accuracy"])]
@@ -66,8 +81,11 @@ def test_flow_end_to_end_then_every_stage_is_a_cache_hit(prefect_harness, live_e
         _, rows = query(runs, f"select name, value from metrics where iteration = {it} and name not like 'eval_%'")
         first_metrics = first_metrics or dict(rows)
         record(expected, diagnose(dict(rows), settings, first_metrics), it)
-        _, ((acc, n),) = query(runs, f"select max(value) filter (name = 'eval_accuracy'), "
-                                     f"max(value) filter (name = 'eval_problems') from metrics where iteration = {it}")
+        _, ((acc, n),) = query(
+            runs,
+            f"select max(value) filter (name = 'eval_accuracy'), "
+            f"max(value) filter (name = 'eval_problems') from metrics where iteration = {it}",
+        )
         record(expected, eval_regression(start, acc, int(n), settings), it)
     assert first["health"] == expected
 
@@ -116,15 +134,26 @@ def test_a_fail_on_finding_stops_the_run_and_a_rerun_without_it_resumes(prefect_
 
 
 def _segflow(args, env, **kw):
-    return subprocess.Popen([sys.executable, "-m", "flows.cli", "run", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "run", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
 
 
 def test_killed_run_resumes_from_last_completed_stage(tmp_path):
     from tests.conftest import SMALL
 
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "home"),
-           "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(tmp_path / "results"), "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "home"),
+        "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(tmp_path / "results"),
+        "PYTHONPATH": str(ROOT),
+    }
     args = ["--runs-dir", str(tmp_path / "runs")] + [a for s in SMALL + ["run.iterations=4"] for a in ("--set", s)]
     proc = _segflow(args, env, start_new_session=True)
     deadline = time.time() + 600
@@ -163,24 +192,34 @@ def test_spo_chain_flow_end_to_end(prefect_harness, live_engine, tmp_path):
     summary = rl_train(cfg, str(runs))
     assert summary["stages_executed"]["spo_values"] == 2 and summary["estimator"] == "spo_chain"
     # Segments tile every response: they start at 0, are contiguous, and end at its last token.
-    _, rows = query(runs, "select r.prompt_id, r.sample_index, len(r.completion_token_ids), "
-                          "list(s.start_token order by s.segment_index), list(s.end_token order by s.segment_index) "
-                          "from rollouts r join segments s using (run_id, iteration, prompt_id, sample_index) "
-                          "group by all")
+    _, rows = query(
+        runs,
+        "select r.prompt_id, r.sample_index, len(r.completion_token_ids), "
+        "list(s.start_token order by s.segment_index), list(s.end_token order by s.segment_index) "
+        "from rollouts r join segments s using (run_id, iteration, prompt_id, sample_index) "
+        "group by all",
+    )
     assert rows
     for _, _, n, starts, ends in rows:
         assert starts[0] == 0 and ends[-1] == n and starts[1:] == ends[:-1]
     # The last segment closes with the response's own reward; MC values come from N=2 graded continuations.
-    _, rows = query(runs, "select count(*) from segments s join grades g using (run_id, iteration, prompt_id, "
-                          "sample_index) where s.end_token = (select max(end_token) from segments x where "
-                          "x.run_id = s.run_id and x.iteration = s.iteration and x.prompt_id = s.prompt_id and "
-                          "x.sample_index = s.sample_index) and s.v_end is distinct from g.score")
+    _, rows = query(
+        runs,
+        "select count(*) from segments s join grades g using (run_id, iteration, prompt_id, "
+        "sample_index) where s.end_token = (select max(end_token) from segments x where "
+        "x.run_id = s.run_id and x.iteration = s.iteration and x.prompt_id = s.prompt_id and "
+        "x.sample_index = s.sample_index) and s.v_end is distinct from g.score",
+    )
     assert rows == [(0,)]
-    _, rows = query(runs, "select count(*), count(distinct prefix_id), min(sample_index), max(sample_index) "
-                          "from mc_rollouts")
+    _, rows = query(
+        runs, "select count(*), count(distinct prefix_id), min(sample_index), max(sample_index) from mc_rollouts"
+    )
     assert rows[0][0] == 2 * rows[0][1] and rows[0][0] > 0 and rows[0][2:] == (0, 1)
-    _, rows = query(runs, "select count(*) from segment_advantages a join segments s using "
-                          "(run_id, iteration, prompt_id, sample_index, segment_index)")
+    _, rows = query(
+        runs,
+        "select count(*) from segment_advantages a join segments s using "
+        "(run_id, iteration, prompt_id, sample_index, segment_index)",
+    )
     assert rows[0][0] > 0
     _, rows = query(runs, "select min(value) from metrics where name = 'mc_generated_tokens'")
     assert rows[0][0] > 0
@@ -188,12 +227,15 @@ def test_spo_chain_flow_end_to_end(prefect_harness, live_engine, tmp_path):
     _, rows = query(runs, "select segment_index, start_token, end_token, num_cutpoints, cutpoints from segments")
     assert all(len(c) == k and all(a <= i < b for i in c) for _, a, b, k, c in rows)
     assert all(c and c[0] == a for j, a, _, _, c in rows if j > 0)
-    _, rows = query(runs, "select iteration, max(value) filter (name = 'mc_rollouts'), "
-                          "max(value) filter (name = 'mc_dedup_savings'), "
-                          "max(value) filter (name = 'mc_prefixes_unique') / max(value) filter (name = 'mc_prefixes'), "
-                          "max(value) filter (name = 'mc_tokens_per_trained_token'), "
-                          "(select count(*) from mc_rollouts m where m.iteration = x.iteration) "
-                          "from metrics x where iteration > 0 group by 1 order by 1")
+    _, rows = query(
+        runs,
+        "select iteration, max(value) filter (name = 'mc_rollouts'), "
+        "max(value) filter (name = 'mc_dedup_savings'), "
+        "max(value) filter (name = 'mc_prefixes_unique') / max(value) filter (name = 'mc_prefixes'), "
+        "max(value) filter (name = 'mc_tokens_per_trained_token'), "
+        "(select count(*) from mc_rollouts m where m.iteration = x.iteration) "
+        "from metrics x where iteration > 0 group by 1 order by 1",
+    )
     assert [r[0] for r in rows] == [1, 2]
     for _, mc, saved, unique_share, per_trained, recorded in rows:
         assert mc == recorded and saved == pytest.approx(1 - unique_share) and per_trained > 0
@@ -202,8 +244,8 @@ def test_spo_chain_flow_end_to_end(prefect_harness, live_engine, tmp_path):
     from prefect.client.orchestration import get_client
     from typer.testing import CliRunner
 
+    from flows.artifact_keys import artifact_key
     from flows.cli import app
-    from flows.rl_train import artifact_key
 
     with get_client(sync_client=True) as client:
         key = artifact_key("rl-train", summary["run_id"]) + "-segments"
@@ -220,53 +262,73 @@ def test_spo_chain_trains_its_monte_carlo_continuations(prefect_harness, live_en
     from flows.rl_train import rl_train
     from tests.conftest import SMALL
 
-    cfg = resolve("spo_chain", overrides=SMALL + ["run.iterations=1", "spo.mc_samples=4", "spo.interval=1",
-                                                  "spo.mc_train=true"])
+    cfg = resolve(
+        "spo_chain", overrides=SMALL + ["run.iterations=1", "spo.mc_samples=4", "spo.interval=1", "spo.mc_train=true"]
+    )
     runs = tmp_path / "runs"
     summary = rl_train(cfg, str(runs))
     # Each trained continuation is one segment over its own tokens, from V(prefix) = the mean grade of the
     # prefix's 4 continuations to its own grade, and only where the two differ.
-    _, rows = query(runs, "with v as (select prefix_id, avg(score) as v from mc_rollouts group by 1) "
-                          "select s.start_token, s.end_token, len(m.completion_token_ids), len(m.sampling_logprobs), "
-                          "s.v_start, v.v, s.v_end, m.score, s.n_start, "
-                          "m.prefix_token_ids[len(m.prefix_token_ids) - m.prefix_tokens + 1:] "
-                          "from segments s join mc_rollouts m using (run_id, iteration, prefix_id, sample_index) "
-                          "join v using (prefix_id) where s.prefix_id is not null")
+    _, rows = query(
+        runs,
+        "with v as (select prefix_id, avg(score) as v from mc_rollouts group by 1) "
+        "select s.start_token, s.end_token, len(m.completion_token_ids), len(m.sampling_logprobs), "
+        "s.v_start, v.v, s.v_end, m.score, s.n_start, "
+        "m.prefix_token_ids[len(m.prefix_token_ids) - m.prefix_tokens + 1:] "
+        "from segments s join mc_rollouts m using (run_id, iteration, prefix_id, sample_index) "
+        "join v using (prefix_id) where s.prefix_id is not null",
+    )
     assert rows
     for start, end, n, n_lp, v_start, v, v_end, score, n_start, response_prefix in rows:
         assert (start, end) == (0, n) and n_lp == n and n_start == 4
         assert v_start == pytest.approx(v) and v_end == score and v_end != v_start and len(response_prefix) >= 1
-    _, skipped = query(runs, "with v as (select prefix_id, avg(score) as v, count(*) as n from mc_rollouts group by 1) "
-                             "select count(*) from mc_rollouts m join v using (prefix_id) where m.score = v.v")
+    _, skipped = query(
+        runs,
+        "with v as (select prefix_id, avg(score) as v, count(*) as n from mc_rollouts group by 1) "
+        "select count(*) from mc_rollouts m join v using (prefix_id) where m.score = v.v",
+    )
     assert skipped[0][0] > 0  # prefixes whose continuations all agree carry no signal and do not train
     # They train beside the responses, in as many optimiser steps as the responses alone would take.
-    _, metrics = query(runs, "select name, value from metrics where iteration = 1 and name in "
-                             "('mc_trained_samples', 'train_samples', 'optimizer_steps')")
+    _, metrics = query(
+        runs,
+        "select name, value from metrics where iteration = 1 and name in "
+        "('mc_trained_samples', 'train_samples', 'optimizer_steps')",
+    )
     m = dict(metrics)
     _, responses = query(runs, "select count(*) from rollouts where len(completion_token_ids) > 0")
     assert m["mc_trained_samples"] == len(rows) and m["train_samples"] == responses[0][0] + len(rows)
-    assert m["optimizer_steps"] == -(-cfg.rollout.prompts_per_iteration * cfg.rollout.samples_per_prompt
-                                     // cfg.train.mini_batch_size) * cfg.train.epochs
+    assert (
+        m["optimizer_steps"]
+        == -(-cfg.rollout.prompts_per_iteration * cfg.rollout.samples_per_prompt // cfg.train.mini_batch_size)
+        * cfg.train.epochs
+    )
     # `segflow segments` still draws the responses alone.
     from typer.testing import CliRunner
 
     from flows.cli import app
+
     res = CliRunner().invoke(app, ["segments", summary["run_id"], "--runs-dir", str(runs), "--n", "2"])
     assert res.exit_code == 0 and "iteration 1:" in res.output, res.output
 
 
-def test_spo_chain_adaptive_n_tops_up_only_prefixes_whose_first_samples_disagree(prefect_harness, live_engine,
-                                                                                   tmp_path):
+def test_spo_chain_adaptive_n_tops_up_only_prefixes_whose_first_samples_disagree(
+    prefect_harness, live_engine, tmp_path
+):
     from configs.loader import resolve
     from flows.rl_train import rl_train
     from tests.conftest import SMALL
 
-    cfg = resolve("spo_chain", overrides=SMALL + ["run.iterations=1", "spo.mc_samples=4", "spo.mc_samples_min=2",
-                                                  "spo.interval=1"])
+    cfg = resolve(
+        "spo_chain",
+        overrides=SMALL + ["run.iterations=1", "spo.mc_samples=4", "spo.mc_samples_min=2", "spo.interval=1"],
+    )
     runs = tmp_path / "runs"
     rl_train(cfg, str(runs))
-    _, rows = query(runs, "select prefix_id, list(sample_index order by sample_index), "
-                          "list(score order by sample_index) from mc_rollouts group by 1")
+    _, rows = query(
+        runs,
+        "select prefix_id, list(sample_index order by sample_index), "
+        "list(score order by sample_index) from mc_rollouts group by 1",
+    )
     settled = topped = 0
     for _, index, scores in rows:
         assert index in ([0, 1], [0, 1, 2, 3])
@@ -287,28 +349,48 @@ def test_spo_tree_flow_end_to_end_and_replay_buffer_resume(prefect_harness, live
     from storage.handles import digest
     from tests.conftest import SMALL
 
-    cfg = resolve("spo_tree", overrides=SMALL + ["run.iterations=3", "rollout.prompts_per_iteration=4",
-                                                 "tree.branching=[3,2,2]", "tree.edges_per_question=6",
-                                                 "tree.buffer_age=2"])
+    cfg = resolve(
+        "spo_tree",
+        overrides=SMALL
+        + [
+            "run.iterations=3",
+            "rollout.prompts_per_iteration=4",
+            "tree.branching=[3,2,2]",
+            "tree.edges_per_question=6",
+            "tree.buffer_age=2",
+        ],
+    )
     runs = tmp_path / "runs"
     summary = rl_train(cfg, str(runs))
     assert summary["stages_executed"]["tree_rollouts"] == 3 and "generate_rollouts" not in summary["stages_executed"]
     # Trees: the root's children tile the response; a leaf's response is its ancestors' tokens + its own.
-    _, rows = query(runs, "select count(*) filter (where depth = 0), count(*) filter (where depth = 1), "
-                          "count(*) filter (where is_leaf and not isfinite(score)) from tree_nodes where iteration = 1")
+    _, rows = query(
+        runs,
+        "select count(*) filter (where depth = 0), count(*) filter (where depth = 1), "
+        "count(*) filter (where is_leaf and not isfinite(score)) from tree_nodes where iteration = 1",
+    )
     assert rows == [(4, 4 * 3, 0)]
-    _, rows = query(runs, "select count(*) from tree_nodes c join tree_nodes p on p.node_id = c.parent_id "
-                          "and p.iteration = c.iteration where c.token_start <> p.token_end")
+    _, rows = query(
+        runs,
+        "select count(*) from tree_nodes c join tree_nodes p on p.node_id = c.parent_id "
+        "and p.iteration = c.iteration where c.token_start <> p.token_end",
+    )
     assert rows == [(0,)]
     # Interior nodes filled a full M-token segment; truncated leaves score the penalty, never a grade.
     _, rows = query(runs, "select count(*) from tree_nodes where depth > 0 and not is_leaf and len(token_ids) <> 8")
     assert rows == [(0,)]
-    _, rows = query(runs, "select count(*) from tree_nodes where is_leaf and finish_reason = 'length' "
-                          "and (status <> 'truncated' or score <> 0)")
+    _, rows = query(
+        runs,
+        "select count(*) from tree_nodes where is_leaf and finish_reason = 'length' "
+        "and (status <> 'truncated' or score <> 0)",
+    )
     assert rows == [(0,)]
     # Every trained edge was kept, is at most buffer_age - 1 old, and no question gives more than 6 per iteration.
-    _, rows = query(runs, "select count(*) from train_edges e left join tree_advantages a on a.node_id = e.node_id "
-                          "and a.iteration = e.added_iteration where a.kept is distinct from true or e.age >= 2")
+    _, rows = query(
+        runs,
+        "select count(*) from train_edges e left join tree_advantages a on a.node_id = e.node_id "
+        "and a.iteration = e.added_iteration where a.kept is distinct from true or e.age >= 2",
+    )
     assert rows == [(0,)]
     _, rows = query(runs, "select max(n) from (select iteration, prompt_id, count(*) n from train_edges group by all)")
     assert rows[0][0] is None or rows[0][0] <= 6
@@ -326,12 +408,17 @@ def test_spo_tree_flow_end_to_end_and_replay_buffer_resume(prefect_harness, live
     # The run compared (table, plots as image artifacts the UI draws from data URIs) and reported in HTML.
     from prefect.client.orchestration import get_client
 
-    from flows.compare import artifact_key, compare
+    from flows.artifact_keys import artifact_key
+    from flows.compare import compare
     from flows.html_report import write_report
     from flows.run_plots import load_run
 
     result = compare([summary["run_id"]], str(runs), str(tmp_path / "plots"))
-    assert result["runs"][0]["run_id"] == summary["run_id"] and set(result["plots"]) == {"iteration", "tokens", "seconds"}
+    assert result["runs"][0]["run_id"] == summary["run_id"] and set(result["plots"]) == {
+        "iteration",
+        "tokens",
+        "seconds",
+    }
     with get_client(sync_client=True) as client:
         key = artifact_key("compare", summary["run_id"])
         images = [a for a in client.read_artifacts() if a.type == "image" and (a.key or "").startswith(key)]
@@ -347,18 +434,23 @@ def test_eval_flow_metrics_resume_and_sql(prefect_harness, live_engine, tiny_mod
 
     other = tmp_path / "other"
     shutil.copytree(tiny_model_dir, other)
-    spec = EvalSpec(checkpoints=(str(tiny_model_dir), str(other)), samples=2, limit=6, budgets=(64, 96),
-                    price_in=0.5, price_out=2.0)
+    spec = EvalSpec(
+        checkpoints=(str(tiny_model_dir), str(other)), samples=2, limit=6, budgets=(64, 96), price_in=0.5, price_out=2.0
+    )
     runs = tmp_path / "runs"
     first = evaluate(spec, str(runs))
     assert first["cells_executed"] == 4 and len(first["cells"]) == 4
-    assert {(c["checkpoint"], c["budget"]) for c in first["cells"]} == {(n, b) for n in ("model", "other")
-                                                                        for b in (64, 96)}
+    assert {(c["checkpoint"], c["budget"]) for c in first["cells"]} == {
+        (n, b) for n in ("model", "other") for b in (64, 96)
+    }
     assert all(c["problems"] == 6 and c["k"] == 2 and "pass_at_2" in c for c in first["cells"])
     # Identical weights, identical seeds: identical answers, so the paired difference is exactly 0.
     assert all(x["greedy"]["mean_diff"] == 0 and x["greedy"]["p_value"] == 1 for x in first["comparisons"])
-    _, rows = query(runs, "select checkpoint, budget, count(*), max(prompt_tokens + num_tokens) from eval_samples "
-                          "group by all order by 1, 2")
+    _, rows = query(
+        runs,
+        "select checkpoint, budget, count(*), max(prompt_tokens + num_tokens) from eval_samples "
+        "group by all order by 1, 2",
+    )
     assert [r[:3] for r in rows] == [("model", 64, 18), ("model", 96, 18), ("other", 64, 18), ("other", 96, 18)]
     assert all(r[3] <= r[1] for r in rows)  # the budget bounds prompt + answer
     again = evaluate(spec, str(runs))
@@ -449,22 +541,47 @@ def test_prefect_flow_run_retry_reruns_only_the_failed_stage_onward(tmp_path):
     """A stage fails (injected); `prefect flow-run retry` re-runs the flow run: finished stages are cache hits."""
     from tests.conftest import SMALL
 
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "home"), "PYTHONPATH": str(ROOT),
-           "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(tmp_path / "results")}
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "home"),
+        "PYTHONPATH": str(ROOT),
+        "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(tmp_path / "results"),
+    }
     runs = tmp_path / "runs"
-    code = (f"from flows.deploy import train\ntrain(preset='default', overrides={SMALL!r}, runs_dir={str(runs)!r})")
-    failed = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**env, "SEGFLOW_FAIL_AT": "stage:grade:2"},
-                            capture_output=True, text=True, timeout=900)
+    code = f"from flows.deploy import train\ntrain(preset='default', overrides={SMALL!r}, runs_dir={str(runs)!r})"
+    failed = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={**env, "SEGFLOW_FAIL_AT": "stage:grade:2"},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert failed.returncode != 0 and "injected failure at stage:grade" in failed.stderr
-    ls = subprocess.run([sys.executable, "-c", "from prefect.client.orchestration import get_client\n"
-                         "with get_client(sync_client=True) as c:\n"
-                         "    print([r.id for r in c.read_flow_runs() if r.name and r.state_type.value == 'FAILED'"
-                         " and r.parent_task_run_id is None][0])"],
-                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    ls = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from prefect.client.orchestration import get_client\n"
+            "with get_client(sync_client=True) as c:\n"
+            "    print([r.id for r in c.read_flow_runs() if r.name and r.state_type.value == 'FAILED'"
+            " and r.parent_task_run_id is None][0])",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     flow_run_id = ls.stdout.strip().splitlines()[-1]
-    retry = subprocess.run([sys.executable, "-m", "prefect", "flow-run", "retry", flow_run_id,
-                            "--entrypoint", "flows/deploy.py:train"], cwd=ROOT, env=env, capture_output=True,
-                           text=True, timeout=900)
+    retry = subprocess.run(
+        [sys.executable, "-m", "prefect", "flow-run", "retry", flow_run_id, "--entrypoint", "flows/deploy.py:train"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert retry.returncode == 0, retry.stderr[-3000:]
     summary = json.loads(next(runs.glob("*/summary.json")).read_text())
     assert summary["iterations_completed"] == 2

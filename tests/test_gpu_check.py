@@ -1,5 +1,6 @@
 """bench/gpu_check.py at its small shape on the CPU, the way a GPU machine without the orchestration
 stack runs it: with vLLM, Prefect, DuckDB, pydantic and pyarrow unimportable."""
+
 from __future__ import annotations
 
 import json
@@ -10,10 +11,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BLOCKED = ("vllm", "prefect", "duckdb", "pydantic", "pyarrow")
 # sys.modules[name] = None makes `import name` (and its submodules) raise ImportError in that process.
-RUN = ("import runpy, sys\n"
-       f"for m in {BLOCKED!r}: sys.modules[m] = None\n"
-       "sys.argv = ['gpu_check.py', '--small', '--device', 'cpu']\n"
-       "runpy.run_path('bench/gpu_check.py', run_name='__main__')\n")
+RUN = (
+    "import runpy, sys\n"
+    f"for m in {BLOCKED!r}: sys.modules[m] = None\n"
+    "sys.argv = ['gpu_check.py', '--small', '--device', 'cpu']\n"
+    "runpy.run_path('bench/gpu_check.py', run_name='__main__')\n"
+)
 
 
 def _module():
@@ -26,8 +29,13 @@ def _module():
 
 
 def test_the_blocker_really_blocks():
-    probe = subprocess.run([sys.executable, "-c", RUN.split("sys.argv")[0] + "import prefect"], cwd=ROOT,
-                           capture_output=True, text=True, timeout=60)
+    probe = subprocess.run(
+        [sys.executable, "-c", RUN.split("sys.argv")[0] + "import prefect"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert probe.returncode != 0 and "ModuleNotFoundError: import of prefect halted" in probe.stderr
 
 

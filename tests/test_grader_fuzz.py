@@ -4,13 +4,14 @@ Found by the fuzz, fixed, and pinned here:
 - gsm8k/arith "answer is" + a long whitespace run: O(n^2) regex backtracking (tasks/algos/grading.py).
 - math "final answer is $" openings with no closing "$. I hope": O(k * n) lazy scans (math_answer.py).
 - math-verify's own timeouts read as failures: a slow reference raised ValueError for the whole batch,
-  a slow answer became parse_error and a slow comparison `wrong` with score 0 (math_grading.py).
+  a slow answer became parse_error and a slow comparison `wrong` with score 0 (tasks/datasets/math.py).
 
 Issue 27 (held-out probes): the numeric graders read only the first number of the final answer, the
 MATH grader failed on LaTeX spacing, invisible characters and power towers and gave load-dependent
 verdicts on deep nesting, and a non-string response was graded as its str(). The verdict categories of
 bench/grader_fuzz.py generate those cases with their expected statuses; a sample runs here.
 """
+
 import contextlib
 import importlib.util
 import json
@@ -26,17 +27,61 @@ import pytest
 
 from tasks.algos.grading import STATUSES, RewardScheme, extract_numeric_answer, parse_whole_number
 from tasks.algos.math_answer import _FINAL, extract_math_answer, final_answers, normalize_math_answer
-from tasks.graders import grade_all
-from tasks.math_grading import VerifierPool, grade_math_batch, verify_pair
+from tasks.datasets.graders import grade_all
+from tasks.datasets.math import VerifierPool, grade_math_batch, verify_pair
 
 S = RewardScheme()
 SPO = RewardScheme(truncated=-1.0, multiple_answers=-2.0)
 PATHOLOGICAL = "\\boxed{9^{9^{9^{9}}}}"  # math-verify grinds on it until a timeout stops it
 
-TOKENS = ["####", "#### ", "\\boxed{", "\\boxed ", "\\fbox{", "{", "}", "$", "\\$", "answer is", "The answer is ",
-          "final answer is $", "$. I hope", "\\frac{", "\\sqrt{", "^{", "\\left(", "\\right)", "&", "\\\\", "(", ")",
-          ",", ".", "-", " ", "  ", "\n", "\t", ":", "1", "42", "3.14", "1,000", "-7", ".5", "1e9", "x", "\\pi", "%",
-          "9" * 40, "\x00", "\u200b", "٣", "５", "\ufffd"]
+TOKENS = [
+    "####",
+    "#### ",
+    "\\boxed{",
+    "\\boxed ",
+    "\\fbox{",
+    "{",
+    "}",
+    "$",
+    "\\$",
+    "answer is",
+    "The answer is ",
+    "final answer is $",
+    "$. I hope",
+    "\\frac{",
+    "\\sqrt{",
+    "^{",
+    "\\left(",
+    "\\right)",
+    "&",
+    "\\\\",
+    "(",
+    ")",
+    ",",
+    ".",
+    "-",
+    " ",
+    "  ",
+    "\n",
+    "\t",
+    ":",
+    "1",
+    "42",
+    "3.14",
+    "1,000",
+    "-7",
+    ".5",
+    "1e9",
+    "x",
+    "\\pi",
+    "%",
+    "9" * 40,
+    "\x00",
+    "\u200b",
+    "٣",
+    "５",
+    "\ufffd",
+]
 
 
 def fuzz_strings(n: int, seed: int = 0) -> list[str]:
@@ -46,25 +91,47 @@ def fuzz_strings(n: int, seed: int = 0) -> list[str]:
     for k in range(n):
         kind = k % 6
         if kind == 0:
-            out.append("".join(chr(rng.randint(0, rng.choice([0x7F, 0xFFFF, 0x10FFFF]))) for _ in range(rng.randint(0, 300))))
+            out.append(
+                "".join(chr(rng.randint(0, rng.choice([0x7F, 0xFFFF, 0x10FFFF]))) for _ in range(rng.randint(0, 300)))
+            )
         elif kind == 1:
             out.append(rng.randbytes(rng.randint(0, 500)).decode("utf-8", rng.choice(["replace", "surrogateescape"])))
         elif kind in (2, 3):
             out.append("".join(rng.choice(TOKENS) for _ in range(rng.randint(1, 200))))
         elif kind == 4:
             d = rng.choice([10, 1000, 5000])
-            out.append(rng.choice(["\\boxed{" + "\\frac{" * d + "1" + "}{2}" * d + "}", "#### " + "(" * d + "1",
-                                   "\\boxed{" * d, "}" * d + "#### 3", "#### " + "9" * 50 * d, "answer is " + "," * d]))
+            out.append(
+                rng.choice(
+                    [
+                        "\\boxed{" + "\\frac{" * d + "1" + "}{2}" * d + "}",
+                        "#### " + "(" * d + "1",
+                        "\\boxed{" * d,
+                        "}" * d + "#### 3",
+                        "#### " + "9" * 50 * d,
+                        "answer is " + "," * d,
+                    ]
+                )
+            )
         else:
             n_ = rng.choice([1000, 20_000])
-            out.append(rng.choice(["answer is" + " " * n_ + "x", "The answer is:" + " \t" * n_ + "$",
-                                   "final answer is $x$ " * (n_ // 20), "the answer is " + "x" * n_, "1" + "," * n_]))
+            out.append(
+                rng.choice(
+                    [
+                        "answer is" + " " * n_ + "x",
+                        "The answer is:" + " \t" * n_ + "$",
+                        "final answer is $x$ " * (n_ // 20),
+                        "the answer is " + "x" * n_,
+                        "1" + "," * n_,
+                    ]
+                )
+            )
     return out
 
 
 @contextlib.contextmanager
 def deadline(seconds: float):
     """Fail instead of hanging: `re` and Python code see the alarm (pytest runs tests in the main thread)."""
+
     def on_alarm(signum, frame):
         raise TimeoutError(f"over {seconds} s")
 
@@ -96,8 +163,10 @@ def test_fuzz_strings_through_numeric_graders_give_only_statuses(task):
 def test_answer_is_then_long_whitespace_is_linear():
     # Before the fix: ~26 s for 16 kB, O(n^2); this 1 MB input would have taken a day.
     with deadline(5):
-        assert grade_all("gsm8k", ["The answer is" + " " * 1_000_000 + "unknown"], ["3"], ["stop"], S)[0].status \
+        assert (
+            grade_all("gsm8k", ["The answer is" + " " * 1_000_000 + "unknown"], ["3"], ["stop"], S)[0].status
             == "no_answer"
+        )
         assert grade_all("gsm8k", ["answer is:" + " " * 1_000_000 + "$ 3"], ["3"], ["stop"], S)[0].status == "ok"
 
 
@@ -112,8 +181,25 @@ def test_unclosed_final_answer_openings_are_linear():
 
 def test_final_answers_matches_the_old_pattern():
     rng = random.Random(2)
-    words = ["final answer is", "Final Answer is:", " $", "$", ".", " ", "\n", "I hope", "x", "\\boxed{1}",
-             "answer is", "$ 5", ":", "-", ",", "3", ".5"]
+    words = [
+        "final answer is",
+        "Final Answer is:",
+        " $",
+        "$",
+        ".",
+        " ",
+        "\n",
+        "I hope",
+        "x",
+        "\\boxed{1}",
+        "answer is",
+        "$ 5",
+        ":",
+        "-",
+        ",",
+        "3",
+        ".5",
+    ]
     texts = [t for t in fuzz_strings(300, seed=3) if len(t) < 5000]
     texts += ["".join(rng.choice(words) for _ in range(rng.randint(1, 40))) for _ in range(3000)]
     for t in texts:
@@ -180,8 +266,20 @@ def test_one_item_times_out_and_the_rest_of_the_batch_still_grades():
     # Timeout above math-verify's own 5 s, so that path answers (and the pool need not be killed).
     t0 = time.perf_counter()
     grades = grade_math_batch(
-        [PATHOLOGICAL, "\\boxed{1}", "\\boxed{2}", "so \\boxed{0.5}", "\\boxed{\\text{}}", "no answer here", "\\boxed{3}"],
-        ["1", "1", "3", "\\frac{1}{2}", "2", "1", "3"], ["stop"] * 6 + ["length"], SPO, VerifierPool(workers=2, timeout=8.0))
+        [
+            PATHOLOGICAL,
+            "\\boxed{1}",
+            "\\boxed{2}",
+            "so \\boxed{0.5}",
+            "\\boxed{\\text{}}",
+            "no answer here",
+            "\\boxed{3}",
+        ],
+        ["1", "1", "3", "\\frac{1}{2}", "2", "1", "3"],
+        ["stop"] * 6 + ["length"],
+        SPO,
+        VerifierPool(workers=2, timeout=8.0),
+    )
     assert [g.status for g in grades] == ["timeout", "ok", "wrong", "ok", "parse_error", "no_answer", "truncated"]
     assert math.isnan(grades[0].score) and [g.score for g in grades[1:]] == [1.0, 0.0, 1.0, 0.0, 0.0, -1.0]
     assert time.perf_counter() - t0 < 8.0 + 10
@@ -226,8 +324,11 @@ def test_numeric_verdict_categories_get_their_expected_statuses():
     cases = [bench.verdict_case(cat, rng) for cat in ("numeric_whole", "unicode_numeric") for _ in range(1500)]
     for task in ("arith", "gsm8k"):
         grades = grade_all(task, [c.response for c in cases], [c.num_ref for c in cases], ["stop"] * len(cases), S)
-        bad = [(c.response, c.num_ref, g.status, c.num_expect) for c, g in zip(cases, grades)
-               if g.status not in c.num_expect]
+        bad = [
+            (c.response, c.num_ref, g.status, c.num_expect)
+            for c, g in zip(cases, grades)
+            if g.status not in c.num_expect
+        ]
         assert not bad, bad[:5]
     assert {s for c in cases for s in c.num_expect} == {"ok", "wrong", "parse_error"}
 
@@ -236,8 +337,16 @@ def test_math_verdict_categories_get_their_expected_statuses():
     bench = _bench()
     rng = random.Random(6)
     cases = [bench.verdict_case(cat, rng) for cat in ("latex_spacing", "nesting_verdicts") for _ in range(15)]
-    grades = grade_math_batch([c.response for c in cases], [c.math_ref for c in cases], ["stop"] * len(cases), S,
-                              VerifierPool(workers=2, timeout=20.0))
-    bad = [(c.response[:80], c.math_ref[:40], g.status, c.math_expect) for c, g in zip(cases, grades)
-           if g.status not in c.math_expect]
+    grades = grade_math_batch(
+        [c.response for c in cases],
+        [c.math_ref for c in cases],
+        ["stop"] * len(cases),
+        S,
+        VerifierPool(workers=2, timeout=20.0),
+    )
+    bad = [
+        (c.response[:80], c.math_ref[:40], g.status, c.math_expect)
+        for c, g in zip(cases, grades)
+        if g.status not in c.math_expect
+    ]
     assert not bad, bad

@@ -1,4 +1,5 @@
 """Training health checks (tasks/algos/health.py) and how the flow reports them."""
+
 from __future__ import annotations
 
 import pytest
@@ -9,13 +10,24 @@ from flows.rl_train import health_settings, summary_markdown
 from tasks.algos.health import Settings, diagnose, eval_regression, record
 
 LIMITS = health_settings(resolve("default")).limits  # the config's defaults (configs/schema.HealthSection)
-S = Settings(samples_per_prompt=16, temperature=1.0, max_tokens=48, truncated_reward=-0.5, lr=2e-5, task="gsm8k",
-             limits=LIMITS)
+S = Settings(
+    samples_per_prompt=16, temperature=1.0, max_tokens=48, truncated_reward=-0.5, lr=2e-5, task="gsm8k", limits=LIMITS
+)
 
 # An iteration of the embedded default as measured (grade, advantage and train metrics).
-HEALTHY = {"accuracy": 0.5, "frac_groups_any_correct": 0.9, "frac_zero_std_groups": 0.44, "frac_adv_zero": 0.44,
-           "frac_truncated": 0.0, "frac_no_answer": 0.0, "frac_parse_error": 0.0, "logprob_gap_mean": 1e-5,
-           "logprob_gap_max": 1e-4, "clipfrac": 0.004, "skipped_steps": 0.0}
+HEALTHY = {
+    "accuracy": 0.5,
+    "frac_groups_any_correct": 0.9,
+    "frac_zero_std_groups": 0.44,
+    "frac_adv_zero": 0.44,
+    "frac_truncated": 0.0,
+    "frac_no_answer": 0.0,
+    "frac_parse_error": 0.0,
+    "logprob_gap_mean": 1e-5,
+    "logprob_gap_max": 1e-4,
+    "clipfrac": 0.004,
+    "skipped_steps": 0.0,
+}
 
 
 def codes(metrics: dict, settings: Settings = S) -> list[str]:
@@ -27,14 +39,17 @@ def test_a_healthy_iteration_raises_nothing():
     assert diagnose({}, S) == []  # no metric, nothing to judge
 
 
-@pytest.mark.parametrize("key, limit, code", [
-    ("frac_adv_zero", "no_signal_frac", "no_signal"),
-    ("frac_truncated", "truncated_frac", "truncated"),
-    ("frac_no_answer", "unparseable_frac", "unparseable"),
-    ("frac_parse_error", "unparseable_frac", "unparseable"),
-    ("logprob_gap_mean", "logprob_gap_nats", "logprob_mismatch"),
-    ("clipfrac", "clip_frac", "clipping"),
-])
+@pytest.mark.parametrize(
+    "key, limit, code",
+    [
+        ("frac_adv_zero", "no_signal_frac", "no_signal"),
+        ("frac_truncated", "truncated_frac", "truncated"),
+        ("frac_no_answer", "unparseable_frac", "unparseable"),
+        ("frac_parse_error", "unparseable_frac", "unparseable"),
+        ("logprob_gap_mean", "logprob_gap_nats", "logprob_mismatch"),
+        ("clipfrac", "clip_frac", "clipping"),
+    ],
+)
 def test_each_check_fires_at_its_threshold_and_not_below(key, limit, code):
     threshold = getattr(LIMITS, limit)
     assert codes({**HEALTHY, key: threshold}) == [code]
@@ -51,18 +66,23 @@ def test_unparseable_adds_no_answer_and_parse_errors():
 
 def test_messages_name_the_config_key_and_its_value():
     (trunc,) = diagnose({**HEALTHY, "frac_truncated": 0.62}, S)
-    assert "62%" in trunc.message and "rollout.max_tokens=48" in trunc.message and "reward.truncated=-0.5" in trunc.message
+    assert (
+        "62%" in trunc.message and "rollout.max_tokens=48" in trunc.message and "reward.truncated=-0.5" in trunc.message
+    )
     (clip,) = diagnose({**HEALTHY, "clipfrac": 0.4}, S)
     assert "train.lr (now 2e-05)" in clip.message
     (flat,) = diagnose({**HEALTHY, "frac_adv_zero": 1.0}, S)
     assert "rollout.samples_per_prompt=16" in flat.message and "rollout.temperature (now 1)" in flat.message
 
 
-@pytest.mark.parametrize("extra, why", [
-    ({"frac_groups_any_correct": 0.0, "accuracy": 0.0}, "no response in any group was correct"),
-    ({"frac_groups_any_correct": 1.0, "accuracy": 1.0}, "every response was correct"),
-    ({"frac_groups_any_correct": 0.5, "accuracy": 0.5}, "within every group all rewards were equal"),
-])
+@pytest.mark.parametrize(
+    "extra, why",
+    [
+        ({"frac_groups_any_correct": 0.0, "accuracy": 0.0}, "no response in any group was correct"),
+        ({"frac_groups_any_correct": 1.0, "accuracy": 1.0}, "every response was correct"),
+        ({"frac_groups_any_correct": 0.5, "accuracy": 0.5}, "within every group all rewards were equal"),
+    ],
+)
 def test_no_signal_says_why_the_rewards_carry_no_signal(extra, why):
     (f,) = diagnose({**HEALTHY, "frac_adv_zero": 1.0, **extra}, S)
     assert f.code == "no_signal" and why in f.message
@@ -113,7 +133,9 @@ def test_stale_update_fires_below_its_threshold_unless_nothing_was_meant_to_chan
     (f,) = diagnose({**step, "frac_master_changed": 0.0056}, S)  # bf16 weights stepped in place (issue 29)
     assert f.code == "stale_update" and f.message.startswith("this iteration's optimizer steps changed only 0.6%")
     assert "train.lr (now 2e-05)" in f.message
-    assert codes({**step, "frac_master_changed": 0.0, "optimizer_steps": 0.0, "skipped_steps": 4.0}) == ["skipped_steps"]
+    assert codes({**step, "frac_master_changed": 0.0, "optimizer_steps": 0.0, "skipped_steps": 4.0}) == [
+        "skipped_steps"
+    ]
     assert codes({**step, "frac_master_changed": 0.0, "frac_adv_zero": 1.0}) == ["no_signal"]
     off = Settings(**{**S.__dict__, "limits": type(LIMITS)(**{**LIMITS.__dict__, "stale_update_frac": 0.0})})
     assert codes({**step, "frac_master_changed": 0.0}, off) == []  # health.stale_update_frac=0 turns it off
@@ -138,12 +160,21 @@ def test_flow_settings_come_from_the_config_and_the_summary_lists_findings():
     cfg = resolve("default", overrides=["rollout.max_tokens=64", "reward.truncated=-1", "data.task=arith"])
     s = health_settings(cfg)
     assert (s.max_tokens, s.truncated_reward, s.task, s.sampler_is_old_policy) == (64, -1.0, "arith", False)
-    assert health_settings(resolve("spo_tree")).sampler_is_old_policy is (resolve("spo_tree").tree.old_logprobs
-                                                                          == "generation")
+    assert health_settings(resolve("spo_tree")).sampler_is_old_policy is (
+        resolve("spo_tree").tree.old_logprobs == "generation"
+    )
     health: dict = {}
     record(health, diagnose({**HEALTHY, "frac_truncated": 0.9}, s), 2)
-    summary = {"run_id": "r", "preset": "default", "estimator": "grpo", "iterations_completed": 2,
-               "wall_seconds": 1.0, "eval_accuracy": {"0": 0.5}, "stage_seconds": {"grade": 1.0}, "health": health}
+    summary = {
+        "run_id": "r",
+        "preset": "default",
+        "estimator": "grpo",
+        "iterations_completed": 2,
+        "wall_seconds": 1.0,
+        "eval_accuracy": {"0": 0.5},
+        "stage_seconds": {"grade": 1.0},
+        "health": health,
+    }
     md = summary_markdown(summary)
     assert "## Health checks" in md and "| truncated | 2 |" in md and "rollout.max_tokens=64" in md
     assert "Health checks" not in summary_markdown({**summary, "health": {}})
@@ -159,9 +190,25 @@ def test_health_keys_are_execution_keys_and_fail_on_names_known_findings():
 
 def test_every_code_diagnose_can_raise_is_a_registered_finding():
     tree = Settings(**{**S.__dict__, "sampler_is_old_policy": True})
-    seen = {f.code for f in diagnose({**HEALTHY, "frac_adv_zero": 1.0, "frac_truncated": 1.0, "frac_no_answer": 1.0,
-                                      "logprob_gap_mean": 1.0, "clipfrac": 1.0, "skipped_steps": 1.0,
-                                      "entropy": 0.0}, S, {"entropy": 1.0})}
-    seen |= {f.code for f in diagnose({"edges_trained": 0.0}, tree)} | {f.code for f in eval_regression(0.9, 0.1, 256, S)}
+    seen = {
+        f.code
+        for f in diagnose(
+            {
+                **HEALTHY,
+                "frac_adv_zero": 1.0,
+                "frac_truncated": 1.0,
+                "frac_no_answer": 1.0,
+                "logprob_gap_mean": 1.0,
+                "clipfrac": 1.0,
+                "skipped_steps": 1.0,
+                "entropy": 0.0,
+            },
+            S,
+            {"entropy": 1.0},
+        )
+    }
+    seen |= {f.code for f in diagnose({"edges_trained": 0.0}, tree)} | {
+        f.code for f in eval_regression(0.9, 0.1, 256, S)
+    }
     seen |= {f.code for f in diagnose({"frac_master_changed": 0.0, "optimizer_steps": 1.0}, S)}
     assert seen == set(HEALTH_FINDINGS)

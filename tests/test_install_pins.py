@@ -1,4 +1,5 @@
 """The CPU and GPU installs pin the same vLLM release line, and the installed engine is on it."""
+
 from __future__ import annotations
 
 import re
@@ -12,7 +13,7 @@ PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 def _pin(extra: str, package: str) -> str:
     """The version spec of `package` in optional-dependencies[extra], e.g. '==0.32.*'."""
     deps = tomllib.loads(PYPROJECT.read_text())["project"]["optional-dependencies"][extra]
-    specs = [d[len(package):] for d in deps if re.match(rf"{re.escape(package)}\s*[=<>~!]", d)]
+    specs = [d[len(package) :] for d in deps if re.match(rf"{re.escape(package)}\s*[=<>~!]", d)]
     assert specs, f"{package} is not pinned in the {extra!r} extra: {deps}"
     return specs[0].strip()
 

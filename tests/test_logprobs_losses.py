@@ -49,12 +49,15 @@ L = torch.tensor([[1.0, 2.0, 3.0, 0.0], [4.0, 0.0, 0.0, 0.0]])
 M = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]])
 
 
-@pytest.mark.parametrize("mode,expected", [
-    ("token-mean", (1 + 2 + 3 + 4) / 4),
-    ("seq-mean-token-mean", (2.0 + 4.0) / 2),
-    ("seq-mean-token-sum", (6.0 + 4.0) / 2),
-    ("seq-mean-token-sum-norm", (6.0 + 4.0) / 4),
-])
+@pytest.mark.parametrize(
+    "mode,expected",
+    [
+        ("token-mean", (1 + 2 + 3 + 4) / 4),
+        ("seq-mean-token-mean", (2.0 + 4.0) / 2),
+        ("seq-mean-token-sum", (6.0 + 4.0) / 2),
+        ("seq-mean-token-sum-norm", (6.0 + 4.0) / 4),
+    ],
+)
 def test_aggregation_golden(mode, expected):
     assert aggregate(L, M, mode).item() == pytest.approx(expected)
 

@@ -1,6 +1,7 @@
 """Mixed precision (issue 29 item 1): float32 master weights and AdamW state, bf16 compute under autocast,
 checkpoints in the model dtype plus what exact resume needs, LoRA merged in float32. bf16 autocast runs
 on the CPU, so all of it is checked here with the tiny model."""
+
 from __future__ import annotations
 
 import copy
@@ -22,8 +23,9 @@ from tasks.trainer import Sample, make_scheduler, rl_update
 CPU = torch.device("cpu")
 BF16 = ["model.dtype=bfloat16", "run.device=cpu", "train.mini_batch_size=4", "train.micro_batch_size=2"]
 LIMITS = health_settings(resolve("default")).limits
-S = Settings(samples_per_prompt=4, temperature=1.0, max_tokens=48, truncated_reward=-0.5, lr=1e-6, task="arith",
-             limits=LIMITS)
+S = Settings(
+    samples_per_prompt=4, temperature=1.0, max_tokens=48, truncated_reward=-0.5, lr=1e-6, task="arith", limits=LIMITS
+)
 
 
 def _vocab() -> int:
@@ -40,13 +42,23 @@ def _samples() -> list[Sample]:
     precision."""
     ids = list(range(_vocab()))
     quarter = len(ids) // 4 + 1
-    parts = [ids[i * quarter:(i + 1) * quarter] for i in range(4)]
-    return [Sample(p[: len(p) // 2], p[len(p) // 2:], [], a) for p, a in zip(parts, (1.0, -1.0, 0.5, -0.5))]
+    parts = [ids[i * quarter : (i + 1) * quarter] for i in range(4)]
+    return [Sample(p[: len(p) // 2], p[len(p) // 2 :], [], a) for p, a in zip(parts, (1.0, -1.0, 0.5, -0.5))]
 
 
 def _iteration(model, opt, sched, cfg: TrainSection, seed: int, compute_dtype) -> dict[str, float]:
-    return rl_update(model, opt, sched, _samples(), cfg, temperature=1.0, pad_id=0, device=CPU, seed=seed,
-                     compute_dtype=compute_dtype)
+    return rl_update(
+        model,
+        opt,
+        sched,
+        _samples(),
+        cfg,
+        temperature=1.0,
+        pad_id=0,
+        device=CPU,
+        seed=seed,
+        compute_dtype=compute_dtype,
+    )
 
 
 def test_lr_1e6_in_bf16_changes_99_percent_of_the_master_and_stale_update_stays_quiet():
@@ -173,7 +185,9 @@ def test_a_bf16_lora_merge_equals_the_float32_merge_cast_to_bf16(adapter_dtype):
     merged = cast_state(merge_lora(peft_model), torch.bfloat16)
     assert set(merged) == set(expected)
     assert all(torch.equal(merged[n], expected[n]) for n in expected)
-    changed = sum(int((merged[n] != t.to(torch.bfloat16)).sum()) for n, t in _model().to(torch.bfloat16).state_dict().items())
+    changed = sum(
+        int((merged[n] != t.to(torch.bfloat16)).sum()) for n, t in _model().to(torch.bfloat16).state_dict().items()
+    )
     assert changed > 0  # the delta reached the merged weights
     if adapter_dtype == torch.bfloat16:  # peft rounds the bf16 delta, then the sum: a different result
         assert any(not torch.equal(naive[n], expected[n]) for n in expected)

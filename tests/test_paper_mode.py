@@ -4,6 +4,7 @@ The port tests compute the SPO reference's per-token advantages from spo.md §2.
 written here (generator walk, p > 0.9 zeroing, micro-batch masked whitening with unbiased variance), and
 compare them with the advantages segflow's trainer trains on under the overlay, on fixed inputs.
 """
+
 import math
 import random
 
@@ -14,7 +15,6 @@ import torch
 from configs.loader import ConfigError, resolve
 from configs.schema import Config
 from storage.advantages import compute_segment_advantages
-from storage.handles import FileRef
 from storage.parquet import write_parquet
 from storage.schemas import ROLLOUTS, SEGMENT_ADVANTAGES, SEGMENTS
 from tasks.advantage import segment_sql_params
@@ -22,9 +22,19 @@ from tasks.algos import estimators
 from tasks.algos.losses import aggregate
 from tasks.algos.policy_loss import LossSpec, kl_estimate, policy_loss
 from tasks.algos.spo_chain import NO_VALUE, segments, token_advantages, value_at
-from tasks.train import iteration_batch, micro_batch_whitening, recomputes_top_p
-from tasks.trainer import Sample, _advantages, _rows, loss_spec, make_scheduler, pack, ratio_skipped, rl_update, \
-    trained_advantages
+from tasks.teacher_forcing import recomputes_top_p
+from tasks.train import iteration_batch, micro_batch_whitening
+from tasks.trainer import (
+    Sample,
+    _advantages,
+    _rows,
+    loss_spec,
+    make_scheduler,
+    pack,
+    ratio_skipped,
+    rl_update,
+    trained_advantages,
+)
 
 PAPER = "configs/presets/paper.yaml"
 CPU = torch.device("cpu")
@@ -89,10 +99,24 @@ def _chain_rows(cfg):
             for pos in (seg.start_position, seg.end_position):
                 key = (r, pos) if pos >= 0 or probs[0] < cfg.spo.rho else None
                 ends.append(value_at(pos, len(probs), reward, NO_VALUE, key, values))
-            rows.append({"run_id": "r", "iteration": 1, "prompt_id": pid, "sample_index": r % 2, "prefix_id": None,
-                         "segment_index": seg.index, "start_token": seg.start, "end_token": seg.end,
-                         "num_cutpoints": seg.num_cutpoints, "cutpoints": list(seg.cutpoints),
-                         "v_start": ends[0][0], "n_start": ends[0][1], "v_end": ends[1][0], "n_end": ends[1][1]})
+            rows.append(
+                {
+                    "run_id": "r",
+                    "iteration": 1,
+                    "prompt_id": pid,
+                    "sample_index": r % 2,
+                    "prefix_id": None,
+                    "segment_index": seg.index,
+                    "start_token": seg.start,
+                    "end_token": seg.end,
+                    "num_cutpoints": seg.num_cutpoints,
+                    "cutpoints": list(seg.cutpoints),
+                    "v_start": ends[0][0],
+                    "n_start": ends[0][1],
+                    "v_end": ends[1][0],
+                    "n_end": ends[1][1],
+                }
+            )
     return rows
 
 
@@ -101,14 +125,32 @@ def _segflow_chain(cfg, tmp_path):
     consecutive samples: segments -> adv_spo_chain.sql -> train.iteration_batch -> trainer.trained_advantages."""
     seg_path = tmp_path / "segments.parquet"
     write_parquet(_chain_rows(cfg), SEGMENTS, seg_path)
-    adv = write_parquet(compute_segment_advantages("spo_chain", seg_path, segment_sql_params(cfg)),
-                        SEGMENT_ADVANTAGES, tmp_path / "segment_advantages.parquet")
-    rollouts = write_parquet([
-        {"run_id": "r", "iteration": 1, "prompt_id": pid, "sample_index": r % 2, "policy_version": 0, "seed": r,
-         "prompt_token_ids": [1, 2], "completion_token_ids": [3 + t for t in range(len(probs))],
-         "sampling_logprobs": [math.log(p) for p in probs], "logprobs_mode": "processed_logprobs",
-         "finish_reason": "stop", "completion_text": ""} for r, (pid, probs, _, _) in enumerate(CHAIN)],
-        ROLLOUTS, tmp_path / "rollouts.parquet")
+    adv = write_parquet(
+        compute_segment_advantages("spo_chain", seg_path, segment_sql_params(cfg)),
+        SEGMENT_ADVANTAGES,
+        tmp_path / "segment_advantages.parquet",
+    )
+    rollouts = write_parquet(
+        [
+            {
+                "run_id": "r",
+                "iteration": 1,
+                "prompt_id": pid,
+                "sample_index": r % 2,
+                "policy_version": 0,
+                "seed": r,
+                "prompt_token_ids": [1, 2],
+                "completion_token_ids": [3 + t for t in range(len(probs))],
+                "sampling_logprobs": [math.log(p) for p in probs],
+                "logprobs_mode": "processed_logprobs",
+                "finish_reason": "stop",
+                "completion_text": "",
+            }
+            for r, (pid, probs, _, _) in enumerate(CHAIN)
+        ],
+        ROLLOUTS,
+        tmp_path / "rollouts.parquet",
+    )
     samples = iteration_batch(cfg, None, rollouts, adv, None, None, seg_path).samples
     return _trained(cfg, samples, [probs for _, probs, _, _ in CHAIN])
 
@@ -120,17 +162,28 @@ def _trained(cfg, samples, probs_rows):
         part = samples[s : s + micro]
         batch = pack([x.prompt_ids for x in part], [x.completion_ids for x in part], 0, CPU)
         old = _rows([[math.log(p) for p in pr] for pr in probs_rows[s : s + micro]], batch.comp_mask.shape, CPU)
-        adv, mask = trained_advantages(_advantages(part, batch.comp_mask.shape, CPU), old, batch.comp_mask,
-                                       cfg.train.prob_mask_rho, micro_batch_whitening(cfg))
-        out += [[float(a) if k else None for a, k in zip(adv[i, : len(x.completion_ids)], mask[i])]
-                for i, x in enumerate(part)]
+        adv, mask = trained_advantages(
+            _advantages(part, batch.comp_mask.shape, CPU),
+            old,
+            batch.comp_mask,
+            cfg.train.prob_mask_rho,
+            micro_batch_whitening(cfg),
+        )
+        out += [
+            [float(a) if k else None for a, k in zip(adv[i, : len(x.completion_ids)], mask[i])]
+            for i, x in enumerate(part)
+        ]
     return out
 
 
 def _assert_same(got, want):
     assert [[a is None for a in row] for row in got] == [[a is None for a in row] for row in want]
-    np.testing.assert_allclose([a for row in got for a in row if a is not None],
-                               [a for row in want for a in row if a is not None], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        [a for row in got for a in row if a is not None],
+        [a for row in want for a in row if a is not None],
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
 MICRO2 = ["train.micro_batch_size=2", "train.mini_batch_size=4"]  # the R1-Distill runs' 2-sequence micro-batches
@@ -138,8 +191,12 @@ MICRO2 = ["train.micro_batch_size=2", "train.mini_batch_size=4"]  # the R1-Disti
 
 def test_spo_chain_under_the_overlay_trains_the_references_token_advantages(tmp_path):
     cfg = resolve("spo_chain", PAPER, MICRO2)
-    want = ref_trained([ref_chain_raw(p, r, mc, cfg.spo.interval) for _, p, r, mc in CHAIN],
-                       [p for _, p, _, _ in CHAIN], use_prob_mask=True, micro=2)
+    want = ref_trained(
+        [ref_chain_raw(p, r, mc, cfg.spo.interval) for _, p, r, mc in CHAIN],
+        [p for _, p, _, _ in CHAIN],
+        use_prob_mask=True,
+        micro=2,
+    )
     _assert_same(_segflow_chain(cfg, tmp_path), want)
 
 
@@ -148,8 +205,12 @@ def test_spo_chain_without_the_mask_under_the_overlay_is_the_papers_ablation(tmp
     token trains, and those get only the whitening shift. segflow's own ablation (every token carries its
     segment's advantage) is a different one."""
     cfg = resolve("spo_chain", PAPER, MICRO2 + ["train.prob_mask_rho=null"])
-    want = ref_trained([ref_chain_raw(p, r, mc, cfg.spo.interval) for _, p, r, mc in CHAIN],
-                       [p for _, p, _, _ in CHAIN], use_prob_mask=False, micro=2)
+    want = ref_trained(
+        [ref_chain_raw(p, r, mc, cfg.spo.interval) for _, p, r, mc in CHAIN],
+        [p for _, p, _, _ in CHAIN],
+        use_prob_mask=False,
+        micro=2,
+    )
     got = _segflow_chain(cfg, tmp_path)
     _assert_same(got, want)
     # the first response's p > 0.9 tokens all get the same value: the shift of a raw 0
@@ -162,8 +223,16 @@ def test_spo_chain_without_the_mask_under_the_overlay_is_the_papers_ablation(tmp
     assert not np.allclose([a for row in theirs for a in row], [a for row in want for a in row], atol=1e-3)
 
 
-GRPO_REWARDS = [("g0", 1.0, 3), ("g0", 0.0, 2), ("g0", 1.0, 4), ("g0", 0.0, 1),
-                ("g1", 1.0, 2), ("g1", 1.0, 3), ("g1", 0.0, 5), ("g1", -2.0, 2)]
+GRPO_REWARDS = [
+    ("g0", 1.0, 3),
+    ("g0", 0.0, 2),
+    ("g0", 1.0, 4),
+    ("g0", 0.0, 1),
+    ("g1", 1.0, 2),
+    ("g1", 1.0, 3),
+    ("g1", 0.0, 5),
+    ("g1", -2.0, 2),
+]
 
 
 def _grpo_samples(cfg):
@@ -205,12 +274,14 @@ def test_whitening_of_grpo_per_micro_batch_by_hand():
     # one micro-batch: A = +1 on 3 tokens, -1 on 2: mean 0.2, unbiased var (3 * 0.64 + 2 * 1.44) / 4 = 1.2
     part = [Sample([1], [3, 4, 5], [], 1.0), Sample([1], [6, 7], [], -1.0)]
     batch = pack([x.prompt_ids for x in part], [x.completion_ids for x in part], 0, CPU)
-    adv, mask = trained_advantages(_advantages(part, batch.comp_mask.shape, CPU), torch.zeros(2, 3),
-                                   batch.comp_mask, None, whiten=True)
+    adv, mask = trained_advantages(
+        _advantages(part, batch.comp_mask.shape, CPU), torch.zeros(2, 3), batch.comp_mask, None, whiten=True
+    )
     s = math.sqrt(1.2 + 1e-8)
     torch.testing.assert_close(adv[mask], torch.tensor([0.8 / s] * 3 + [-1.2 / s] * 2))
-    raw, _ = trained_advantages(_advantages(part, batch.comp_mask.shape, CPU), torch.zeros(2, 3),
-                                batch.comp_mask, None, whiten=False)
+    raw, _ = trained_advantages(
+        _advantages(part, batch.comp_mask.shape, CPU), torch.zeros(2, 3), batch.comp_mask, None, whiten=False
+    )
     torch.testing.assert_close(raw[mask], torch.tensor([1.0, 1.0, 1.0, -1.0, -1.0]))
 
 
@@ -226,8 +297,17 @@ def _rl(train_cfg, samples):
     model = _tiny()
     before = [p.detach().clone() for p in model.parameters()]
     opt = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=0.0)
-    stats = rl_update(model, opt, make_scheduler(opt, train_cfg, 10), samples, train_cfg, temperature=1.0, pad_id=0,
-                      device=CPU, seed=0)
+    stats = rl_update(
+        model,
+        opt,
+        make_scheduler(opt, train_cfg, 10),
+        samples,
+        train_cfg,
+        temperature=1.0,
+        pad_id=0,
+        device=CPU,
+        seed=0,
+    )
     return stats, any(not torch.equal(p, q) for p, q in zip(before, model.parameters()))
 
 
@@ -283,8 +363,9 @@ def test_micro_batch_token_mean_averages_the_micro_batches_token_means():
     loss = torch.tensor([[1.0, 2.0], [4.0, 0.0]])
     mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
     # micro-batches: row 0 (token-mean 1.5) and row 1 (4.0); K = 2
-    got = sum(aggregate(loss[i : i + 1], mask[i : i + 1], "micro-batch-token-mean", num_micro_batches=2)
-              for i in range(2))
+    got = sum(
+        aggregate(loss[i : i + 1], mask[i : i + 1], "micro-batch-token-mean", num_micro_batches=2) for i in range(2)
+    )
     assert float(got) == pytest.approx((1.5 + 4.0) / 2)
     assert float(aggregate(loss, mask, "token-mean")) == pytest.approx(7.0 / 3)
 
@@ -314,33 +395,56 @@ def test_high_prob_advantage_zero_keeps_cutpoints_only():
 def test_loss_spec_reads_the_new_keys():
     cfg = resolve("spo_chain", PAPER)
     spec = loss_spec(cfg.train)
-    assert (spec.kl_agg, spec.log_ratio_clamp, spec.kl_k3_max, spec.agg) == \
-        ("seq-mean-token-sum", 10.0, None, "micro-batch-token-mean")
+    assert (spec.kl_agg, spec.log_ratio_clamp, spec.kl_k3_max, spec.agg) == (
+        "seq-mean-token-sum",
+        10.0,
+        None,
+        "micro-batch-token-mean",
+    )
     spec = loss_spec(Config().train)  # the defaults are today's loss: KL with the PG term, verl's clamps
     assert (spec.kl_agg, spec.log_ratio_clamp, spec.kl_k3_max, spec.agg) == (None, 20.0, 10.0, "token-mean")
 
 
 def test_defaults_keep_segflows_behaviour():
     c = Config()
-    assert (c.train.whiten_advantages, c.train.kl_agg, c.train.log_ratio_clamp, c.train.kl_k3_max,
-            c.train.skip_ratio_above, c.spo.high_prob_advantage, c.spo.top_p_probs, c.tree.grade_truncated) == \
-        ("none", "loss_agg", 20.0, 10.0, None, "segment", "sampler", False)
+    assert (
+        c.train.whiten_advantages,
+        c.train.kl_agg,
+        c.train.log_ratio_clamp,
+        c.train.kl_k3_max,
+        c.train.skip_ratio_above,
+        c.spo.high_prob_advantage,
+        c.spo.top_p_probs,
+        c.tree.grade_truncated,
+    ) == ("none", "loss_agg", 20.0, 10.0, None, "segment", "sampler", False)
     assert not micro_batch_whitening(resolve("grpo")) and not micro_batch_whitening(resolve("spo_chain"))
 
 
 def test_the_overlay_stacks_on_every_algorithm_preset():
-    for preset in ("grpo", "grpo_mask", "rloo", "spo_chain", "spo_tree", "spo_chain_gsm8k_rho",
-                   "math500_r1distill_spo_tree"):
+    for preset in (
+        "grpo",
+        "grpo_mask",
+        "rloo",
+        "spo_chain",
+        "spo_tree",
+        "spo_chain_gsm8k_rho",
+        "math500_r1distill_spo_tree",
+    ):
         cfg = resolve(preset, PAPER)
         assert micro_batch_whitening(cfg) and cfg.tree.value == "children" and cfg.spo.prompt_value == "reference"
         assert cfg.train.prob_mask_rho == resolve(preset).train.prob_mask_rho  # the preset's mask stays
 
 
-@pytest.mark.parametrize("overrides, keys", [
-    (["spo.normalize=batch"], ("train.whiten_advantages", "spo.normalize")),
-    (["spo.normalize=batch", "train.whiten_advantages=none", "train.prob_mask_rho=null"],
-     ("spo.high_prob_advantage", "spo.normalize")),
-])
+@pytest.mark.parametrize(
+    "overrides, keys",
+    [
+        (["spo.normalize=batch"], ("train.whiten_advantages", "spo.normalize")),
+        (
+            ["spo.normalize=batch", "train.whiten_advantages=none", "train.prob_mask_rho=null"],
+            ("spo.high_prob_advantage", "spo.normalize"),
+        ),
+    ],
+)
 def test_inconsistent_whitening_is_rejected_naming_both_keys(overrides, keys):
     with pytest.raises(ConfigError) as e:
         resolve("spo_chain", PAPER, overrides)
@@ -356,28 +460,39 @@ def test_top_p_recompute_applies_only_below_top_p_1():
 def test_tree_recompute_gives_each_node_the_policys_temperature_logprobs(tiny_model_dir):
     """With top_p < 1, a node's pi_old is its tokens' log-probs after prompt + ancestors' tokens under the
     generating policy at the sampling temperature, not the sampler's nucleus-renormalised ones."""
-    from tasks.train import load_policy
+    from tasks.checkpoints import load_policy
     from tasks.trainer import sequence_logprobs
     from tasks.tree_rollouts import Node, recompute_logprobs
 
     cfg = resolve("spo_tree", PAPER, ["rollout.top_p=0.9", "rollout.temperature=0.6"])
     prompts = [[5, 6, 7], [8, 9]]
-    nodes = [Node("a", None, 0, 0, -1, []), Node("b", None, 1, 0, -1, []),
-             Node("a/0", "a", 0, 1, 0, [10, 11], [10, 11], [0.0, 0.0]),
-             Node("a/0/1", "a/0", 0, 2, 1, [10, 11, 12, 13, 14], [12, 13, 14], [0.0] * 3),
-             Node("b/0", "b", 1, 1, 0, [15], [15], [0.0])]
+    nodes = [
+        Node("a", None, 0, 0, -1, []),
+        Node("b", None, 1, 0, -1, []),
+        Node("a/0", "a", 0, 1, 0, [10, 11], [10, 11], [0.0, 0.0]),
+        Node("a/0/1", "a/0", 0, 2, 1, [10, 11, 12, 13, 14], [12, 13, 14], [0.0] * 3),
+        Node("b/0", "b", 1, 1, 0, [15], [15], [0.0]),
+    ]
     recompute_logprobs(cfg, str(tiny_model_dir), prompts, nodes)
     model, tok, _ = load_policy(cfg, str(tiny_model_dir))
-    want = sequence_logprobs(model, [[5, 6, 7], [5, 6, 7, 10, 11], [8, 9]], [[10, 11], [12, 13, 14], [15]],
-                             pad_id=tok.pad_token_id, device=CPU, temperature=0.6, chunk=64, micro_batch=8)
+    want = sequence_logprobs(
+        model,
+        [[5, 6, 7], [5, 6, 7, 10, 11], [8, 9]],
+        [[10, 11], [12, 13, 14], [15]],
+        pad_id=tok.pad_token_id,
+        device=CPU,
+        temperature=0.6,
+        chunk=64,
+        micro_batch=8,
+    )
     for node, lp in zip(nodes[2:], want):
         np.testing.assert_allclose(node.logprobs, lp, rtol=1e-5, atol=1e-6)
     assert nodes[0].logprobs == [] and nodes[1].logprobs == []
 
 
 def test_grade_truncated_grades_a_cut_leaf_on_its_text():
-    from tasks.graders import grade_all
     from tasks.algos.grading import RewardScheme
+    from tasks.datasets.graders import grade_all
     from tasks.tree_rollouts import grading_finish_reasons
 
     finish = ["length", "stop", None]
@@ -399,8 +514,12 @@ def test_spo_chain_port_is_stable_under_shuffled_micro_batch_contents(tmp_path):
             CHAIN = random.Random(seed).sample(saved, len(saved))
             CHAIN = [(f"p{i // 2}", p, r, mc) for i, (_, p, r, mc) in enumerate(CHAIN)]
             cfg = resolve("spo_chain", PAPER, MICRO2)
-            want = ref_trained([ref_chain_raw(p, r, mc, cfg.spo.interval) for _, p, r, mc in CHAIN],
-                               [p for _, p, _, _ in CHAIN], use_prob_mask=True, micro=2)
+            want = ref_trained(
+                [ref_chain_raw(p, r, mc, cfg.spo.interval) for _, p, r, mc in CHAIN],
+                [p for _, p, _, _ in CHAIN],
+                use_prob_mask=True,
+                micro=2,
+            )
             (tmp_path / str(seed)).mkdir()
             _assert_same(_segflow_chain(cfg, tmp_path / str(seed)), want)
     finally:
@@ -413,15 +532,17 @@ def test_top_p_sampler_logprobs_are_inflated_and_the_recompute_is_the_temperatur
     p_sampler >= p_policy (strictly where the nucleus leaves tokens out); the recompute is the trainer's
     teacher-forced pass at the sampling temperature (no top-p)."""
     from configs.schema import RolloutSection
-    from tasks.engine import Request, get_engine
-    from tasks.train import policy_logprobs
+    from tasks.engines.base import Request
+    from tasks.engines.live import get_engine
+    from tasks.teacher_forcing import policy_logprobs
 
     # The process-wide engine as it is now (an earlier flow test may have replaced the session fixture's).
     live_engine, _ = get_engine(tiny_model_dir, RolloutSection(), "float32", 0)
     live_engine.load_weights(tiny_model_dir)
     prompts = [[6, 75, 8, 83, 11 + i] for i in range(4)]
-    outs = live_engine.generate([Request(p, s, 16) for s, p in enumerate(prompts)], temperature=0.6, top_p=0.5,
-                                progress=False)
+    outs = live_engine.generate(
+        [Request(p, s, 16) for s, p in enumerate(prompts)], temperature=0.6, top_p=0.5, progress=False
+    )
     cfg = resolve("spo_tree", PAPER, ["rollout.top_p=0.5", "rollout.temperature=0.6"])
     recomputed = policy_logprobs(cfg, str(tiny_model_dir), prompts, [o.token_ids for o in outs])
     sampler = np.concatenate([o.logprobs for o in outs])

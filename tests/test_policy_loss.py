@@ -1,4 +1,5 @@
 """Golden values and gradient identities of the general policy loss (tasks/algos/policy_loss.py)."""
+
 import math
 
 import pytest
@@ -23,22 +24,25 @@ def _run(spec: LossSpec, **kw):
 
 
 # value = token-mean of -w M A; gradient wrt log pi = -w M A / 4
-@pytest.mark.parametrize("spec, value, grad", [
-    # one-side: token 1 (A>0, r>1.2) and token 2 (A<0, r<0.8) are cut; token 3 (A<0, r=4) is kept
-    (LossSpec(clip_mode="one-side"), 0.75, [-0.25, 0.0, 0.0, 1.0]),
-    # dual-clip additionally cuts token 3 (A<0, r > c = 3)
-    (LossSpec(clip_mode="dual-clip"), -0.25, [-0.25, 0.0, 0.0, 0.0]),
-    # two-side cuts every r outside [0.8, 1.2] whatever the sign of A
-    (LossSpec(clip_mode="two-side"), -0.25, [-0.25, 0.0, 0.0, 0.0]),
-    # no clip, importance weight: -r A = [-1, -1.5, .5, 4]
-    (LossSpec(clip_mode="none"), 0.5, [-0.25, -0.375, 0.125, 1.0]),
-    # NoIS: w = 1
-    (LossSpec(clip_mode="one-side", weight="none"), 0.0, [-0.25, 0.0, 0.0, 0.25]),
-    # truncated ratio min(r, 2)
-    (LossSpec(clip_mode="one-side", weight="truncated", truncate_max=2.0), 0.25, [-0.25, 0.0, 0.0, 0.5]),
-    # asymmetric clip: eps_high = 0.6 keeps token 1 (r = 1.5 <= 1.6)
-    (LossSpec(clip_mode="one-side", eps_high=0.6), 0.375, [-0.25, -0.375, 0.0, 1.0]),
-])
+@pytest.mark.parametrize(
+    "spec, value, grad",
+    [
+        # one-side: token 1 (A>0, r>1.2) and token 2 (A<0, r<0.8) are cut; token 3 (A<0, r=4) is kept
+        (LossSpec(clip_mode="one-side"), 0.75, [-0.25, 0.0, 0.0, 1.0]),
+        # dual-clip additionally cuts token 3 (A<0, r > c = 3)
+        (LossSpec(clip_mode="dual-clip"), -0.25, [-0.25, 0.0, 0.0, 0.0]),
+        # two-side cuts every r outside [0.8, 1.2] whatever the sign of A
+        (LossSpec(clip_mode="two-side"), -0.25, [-0.25, 0.0, 0.0, 0.0]),
+        # no clip, importance weight: -r A = [-1, -1.5, .5, 4]
+        (LossSpec(clip_mode="none"), 0.5, [-0.25, -0.375, 0.125, 1.0]),
+        # NoIS: w = 1
+        (LossSpec(clip_mode="one-side", weight="none"), 0.0, [-0.25, 0.0, 0.0, 0.25]),
+        # truncated ratio min(r, 2)
+        (LossSpec(clip_mode="one-side", weight="truncated", truncate_max=2.0), 0.25, [-0.25, 0.0, 0.0, 0.5]),
+        # asymmetric clip: eps_high = 0.6 keeps token 1 (r = 1.5 <= 1.6)
+        (LossSpec(clip_mode="one-side", eps_high=0.6), 0.375, [-0.25, -0.375, 0.0, 1.0]),
+    ],
+)
 def test_clip_modes_and_weights_golden(spec, value, grad):
     v, g, _ = _run(spec)
     assert v == pytest.approx(value)
@@ -138,14 +142,25 @@ def test_micro_batches_sum_to_the_full_batch_loss_and_gradient(agg):
     ref, ent = old - 0.3, torch.rand(6, 5)
     spec = LossSpec(clip_mode="dual-clip", regularizer="k2", kl_coef=0.2, entropy_coef=0.01, agg=agg)
     full = logp.clone().requires_grad_(True)
-    loss_full, _ = policy_loss(full, old, adv, mask, spec, ref_logp=ref, entropy=ent, num_seqs=6,
-                               num_tokens=float(mask.sum()), norm_len=5)
+    loss_full, _ = policy_loss(
+        full, old, adv, mask, spec, ref_logp=ref, entropy=ent, num_seqs=6, num_tokens=float(mask.sum()), norm_len=5
+    )
     loss_full.backward()
     part = logp.clone().requires_grad_(True)
     total = 0.0
     for s in (slice(0, 2), slice(2, 6)):
-        loss, _ = policy_loss(part[s], old[s], adv[s], mask[s], spec, ref_logp=ref[s], entropy=ent[s], num_seqs=6,
-                              num_tokens=float(mask.sum()), norm_len=5)
+        loss, _ = policy_loss(
+            part[s],
+            old[s],
+            adv[s],
+            mask[s],
+            spec,
+            ref_logp=ref[s],
+            entropy=ent[s],
+            num_seqs=6,
+            num_tokens=float(mask.sum()),
+            norm_len=5,
+        )
         loss.backward()
         total += loss.item()
     assert total == pytest.approx(loss_full.item(), rel=1e-6)

@@ -1,4 +1,5 @@
 """A killed segflow takes its temporary Prefect API server with it (issue 27, item 7; flows/prefect_server.py)."""
+
 from __future__ import annotations
 
 import os
@@ -40,8 +41,9 @@ def _ignores_sigterm(pid: int) -> bool:
 
 def _parent(script: str, env: dict | None = None) -> tuple[subprocess.Popen, int]:
     """Start a parent process running `script`, which prints its child's pid; return (parent, child pid)."""
-    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)], cwd=ROOT, stdout=subprocess.PIPE,
-                            text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(script)], cwd=ROOT, stdout=subprocess.PIPE, text=True, env=env
+    )
     line = proc.stdout.readline()
     assert line.strip().isdigit(), f"parent printed {line!r} (exit {proc.poll()})"
     return proc, int(line)
@@ -86,8 +88,9 @@ def test_watchdog_exits_when_the_server_exits_first():
 
 def test_watchdog_escalates_to_sigkill_when_sigterm_is_ignored():
     stubborn = '"import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"'
-    parent, server = _parent(STAND_IN.format(watch="start_watchdog(server.pid)").replace(
-        '"import time; time.sleep(600)"', stubborn))
+    parent, server = _parent(
+        STAND_IN.format(watch="start_watchdog(server.pid)").replace('"import time; time.sleep(600)"', stubborn)
+    )
     try:
         deadline = time.monotonic() + 30
         while not _ignores_sigterm(server):  # the stand-in is still starting up
@@ -114,8 +117,12 @@ def test_sigkilled_process_leaves_no_prefect_server(tmp_path):
         print(server.server_process.pid, flush=True)
         time.sleep(600)
     """
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+    }
     parent, server = _parent(script, env)
     try:
         assert "prefect.server.api.server:create_app" in Path(f"/proc/{server}/cmdline").read_bytes().decode()
@@ -164,6 +171,7 @@ def test_guard_patches_prefect_only_when_its_server_module_is_imported():
         from prefect.server.api.server import SubprocessASGIServer
         print(int(getattr(SubprocessASGIServer._run_uvicorn_command, "_segflow_watched", False)), flush=True)
     """
-    out = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], cwd=ROOT, capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0 and out.stdout.strip() == "1", out.stderr[-2000:]

@@ -1,4 +1,5 @@
 """rollout.shards: requests split across Ray engine actors give the single engine's results."""
+
 import json
 import os
 import subprocess
@@ -10,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from configs.loader import resolve, run_id
-from tasks.engine import Request
-from tasks.ray_engine import prompt_groups, shard_requests, split_contiguous
+from tasks.engines.base import Request
+from tasks.engines.ray_engine import prompt_groups, shard_requests, split_contiguous
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,7 +57,9 @@ def test_execution_keys_change_neither_the_run_id_nor_stage_cache_keys():
 
     policy = next(p for p in STAGE["cache_policy"].policies if isinstance(p, StageInputs))
     key = policy.compute_key(None, {"cfg": two, "x": 1}, {})
-    assert key == policy.compute_key(None, {"cfg": one, "x": 1}, {}) != policy.compute_key(None, {"cfg": one, "x": 2}, {})
+    assert (
+        key == policy.compute_key(None, {"cfg": one, "x": 1}, {}) != policy.compute_key(None, {"cfg": one, "x": 2}, {})
+    )
     # A section passed on its own (`segflow eval` hands its cells a RolloutSection) is hashed the same way.
     section = policy.compute_key(None, {"rollout": two.rollout}, {})
     assert section == policy.compute_key(None, {"rollout": one.rollout}, {})
@@ -75,8 +78,8 @@ def test_eval_shards_are_not_part_of_the_eval_id():
 def test_two_ray_engines_generate_and_reload_like_one(tiny_model_dir, tmp_path):
     from configs.schema import RolloutSection, TinyModelSection
     from tasks import tiny_model
-    from tasks.engine import get_engine
-    from tasks.ray_engine import ShardedEngine
+    from tasks.engines.live import get_engine, reusable
+    from tasks.engines.ray_engine import ShardedEngine
 
     # The process-wide engine as it is now (an earlier test may have replaced the session fixture's).
     live_engine, _ = get_engine(tiny_model_dir, RolloutSection(), "float32", 0)
@@ -93,7 +96,8 @@ def test_two_ray_engines_generate_and_reload_like_one(tiny_model_dir, tmp_path):
     sharded = ShardedEngine(str(tiny_model_dir), RolloutSection(shards=2), "float32", 0)
     try:
         assert sharded.start_seconds > 0 and sharded.compatible(RolloutSection(shards=2), "float32")
-        assert not sharded.compatible(RolloutSection(), "float32") and not live_engine.compatible(RolloutSection(shards=2), "float32")
+        assert not sharded.compatible(RolloutSection(), "float32")
+        assert not reusable(live_engine, tiny_model_dir, RolloutSection(shards=2), "float32")  # the registry's class
         same(sharded.generate(reqs, temperature=1.0, top_p=0.9), live_engine.generate(reqs, temperature=1.0, top_p=0.9))
         # New weights reach both actors in place and they still agree with the single engine.
         tok = tiny_model.build_tokenizer()
@@ -107,8 +111,9 @@ def test_two_ray_engines_generate_and_reload_like_one(tiny_model_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_sharded_run_equals_single_engine_run_and_resumes_under_either(prefect_harness, live_engine, small_config,
-                                                                       tmp_path):
+def test_sharded_run_equals_single_engine_run_and_resumes_under_either(
+    prefect_harness, live_engine, small_config, tmp_path
+):
     """One run on 2 Ray engine actors (a subprocess: it owns its engines) and the same run on the single
     in-process engine produce the same rollouts, and either run directory is a full cache hit for the other."""
     from flows.rl_train import rl_train
@@ -117,8 +122,9 @@ def test_sharded_run_equals_single_engine_run_and_resumes_under_either(prefect_h
     single = rl_train(small_config, str(tmp_path / "a"))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     args = ["run", "--runs-dir", str(tmp_path / "b")] + [a for s in SMALL + ["rollout.shards=2"] for a in ("--set", s)]
-    res = subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=1200)
+    res = subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     rid = single["run_id"]
     a, b = tmp_path / "a" / rid, tmp_path / "b" / rid
@@ -134,16 +140,18 @@ def test_sharded_run_equals_single_engine_run_and_resumes_under_either(prefect_h
 
     # The sharded run, rerun on one engine (a subprocess too: it shares the first's result storage).
     args = ["run", "--runs-dir", str(tmp_path / "b")] + [a for s in SMALL for a in ("--set", s)]
-    res = subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=600)
+    res = subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     again = json.loads((b / "summary.json").read_text())
     assert again["stages_executed"] == {} and again["stages_cached"]["generate_rollouts"] == 2
 
 
 @pytest.mark.slow
-def test_sharded_eval_equals_single_engine_eval_and_shares_its_cache(prefect_harness, live_engine, tiny_model_dir,
-                                                                     tmp_path):
+def test_sharded_eval_equals_single_engine_eval_and_shares_its_cache(
+    prefect_harness, live_engine, tiny_model_dir, tmp_path
+):
     """`segflow eval --shards 2` (a subprocess: it owns its Ray engines) gives the single engine's answers, and
     the single engine then finds every cell of the sharded evaluation cached."""
     from flows.evaluate import EvalSpec, evaluate
@@ -151,10 +159,28 @@ def test_sharded_eval_equals_single_engine_eval_and_shares_its_cache(prefect_har
     spec = EvalSpec(checkpoints=(str(tiny_model_dir),), samples=2, limit=8, budgets=(64,))
     single = evaluate(spec, str(tmp_path / "a"))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    args = ["eval", "-c", str(tiny_model_dir), "-k", "2", "--limit", "8", "--budget", "64", "--temperature", "0.6",
-            "--top-p", "0.95", "--shards", "2", "--runs-dir", str(tmp_path / "b")]
-    res = subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=900)
+    args = [
+        "eval",
+        "-c",
+        str(tiny_model_dir),
+        "-k",
+        "2",
+        "--limit",
+        "8",
+        "--budget",
+        "64",
+        "--temperature",
+        "0.6",
+        "--top-p",
+        "0.95",
+        "--shards",
+        "2",
+        "--runs-dir",
+        str(tmp_path / "b"),
+    ]
+    res = subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     cell = Path("evals", spec.eval_id(), "model", "arith", "64", "samples.parquet")
     ta, tb = (pq.read_table(tmp_path / d / cell) for d in ("a", "b"))
@@ -182,16 +208,24 @@ def test_placement_that_never_happens_times_out_naming_the_keys(tiny_model_dir):
     import ray
 
     from configs.schema import RolloutSection
-    from tasks.ray_engine import ShardedEngine, ShardPlacementError
+    from tasks.engines.ray_engine import ShardedEngine, ShardPlacementError
 
     if ray.is_initialized():
         pytest.skip("Ray already runs in this process with other resources")
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False,
-             object_store_memory=256 * 2**20)
+    ray.init(
+        num_cpus=1,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+        object_store_memory=256 * 2**20,
+    )
     try:
         cfg = RolloutSection(shards=2, shard_cpus=1, ray_address="auto", placement_timeout_seconds=2)
-        with pytest.raises(ShardPlacementError, match=r"could not place rollout.shards=2 engine actors of "
-                                                      r"\{'CPU': 1.0\} each .* rollout.placement_timeout_seconds=2"):
+        with pytest.raises(
+            ShardPlacementError,
+            match=r"could not place rollout.shards=2 engine actors of "
+            r"\{'CPU': 1.0\} each .* rollout.placement_timeout_seconds=2",
+        ):
             ShardedEngine(str(tiny_model_dir), cfg, "float32", 0)
         from ray.util.placement_group import placement_group_table
 

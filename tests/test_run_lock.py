@@ -1,4 +1,5 @@
 """storage.run_lock: one writer per run directory, checked with real processes and real flock."""
+
 from __future__ import annotations
 
 import fcntl
@@ -32,8 +33,14 @@ _HOLDER = textwrap.dedent("""
 def _start_holder(run_dir: Path) -> subprocess.Popen:
     """Start a child python (the venv's, as running this test) that holds the lock; wait until it does."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.Popen([sys.executable, "-c", _HOLDER, str(run_dir)], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(run_dir)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     ready, _, _ = select.select([proc.stdout], [], [], 15)
     line = proc.stdout.readline() if ready else ""
     if not line.startswith("READY"):
@@ -107,7 +114,7 @@ def test_clean_release_is_not_a_takeover(tmp_path, caplog):
 def test_corrupted_lock_file_does_not_break_acquisition(tmp_path):
     run_dir = tmp_path / "abc"
     run_dir.mkdir()
-    (run_dir / LOCK_FILE_NAME).write_bytes(b"\x00\xff{\"pid\": garbage")
+    (run_dir / LOCK_FILE_NAME).write_bytes(b'\x00\xff{"pid": garbage')
     with run_lock(run_dir) as info:
         assert info.took_over_from is None
         assert json.loads((run_dir / LOCK_FILE_NAME).read_text())["pid"] == os.getpid()
@@ -122,8 +129,7 @@ def test_same_process_second_acquisition_conflicts(tmp_path):
     with run_lock(run_dir) as info:
         # Nested run_lock on the same directory (also through a different spelling of the path).
         for spelling in (run_dir, tmp_path / "." / "abc"):
-            with pytest.raises(RunLockedError, match=f"locked by pid {info.pid} .*this process"), \
-                    run_lock(spelling):
+            with pytest.raises(RunLockedError, match=f"locked by pid {info.pid} .*this process"), run_lock(spelling):
                 pytest.fail("run_lock is re-entrant")
         # The kernel agrees on its own: flock belongs to the open file description, so a second
         # open() + flock() of the same file in the same process conflicts (Linux).

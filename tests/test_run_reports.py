@@ -1,4 +1,5 @@
 """Run comparison tables, accuracy plots and the HTML report, on fake finished runs built from real files."""
+
 from __future__ import annotations
 
 import json
@@ -26,33 +27,48 @@ SCRIPT = "<script>alert(1)</script>"
 
 # Run A: evaluated at 0, 2, 4; best accuracy at iteration 2; has compute_seconds_at_eval and avg@k.
 SUMMARY_A = {
-    "run_id": "run_a", "preset": "grpo_small", "estimator": "grpo", "iterations_completed": 4,
-    "initial_eval_accuracy": 0.25, "final_eval_accuracy": 0.5,
+    "run_id": "run_a",
+    "preset": "grpo_small",
+    "estimator": "grpo",
+    "iterations_completed": 4,
+    "initial_eval_accuracy": 0.25,
+    "final_eval_accuracy": 0.5,
     "eval_accuracy": {"0": 0.25, "2": 0.625, "4": 0.5},
     "eval_avg_at_k": {"0": 0.2, "2": 0.4, "4": 0.45},
     "generated_tokens": 2_500_000.0,
     "generated_tokens_at_eval": {"0": 0.0, "2": 1_200_000.0, "4": 2_500_000.0},
     "compute_seconds_at_eval": {"0": 3.0, "2": 40.0, "4": 81.5},
-    "wall_seconds": 95.25, "stage_seconds": {"grade": 1.0, "train_policy": 50.0},
+    "wall_seconds": 95.25,
+    "stage_seconds": {"grade": 1.0, "train_policy": 50.0},
     "compute_seconds": {"generate_rollouts": 30.5, "train_policy": 48.0, "evaluate": 3.0},
-    "stages_executed": {"grade": 4, "train_policy": 4}, "stages_cached": {"grade": 0, "train_policy": 0},
+    "stages_executed": {"grade": 4, "train_policy": 4},
+    "stages_cached": {"grade": 0, "train_policy": 0},
     "code_version": "abc123",
-    "health": {"clipping": {"first_message": "31% of trained tokens were clipped: lower train.lr <now>",
-                            "iterations": [3, 4]}},
+    "health": {
+        "clipping": {"first_message": "31% of trained tokens were clipped: lower train.lr <now>", "iterations": [3, 4]}
+    },
 }
 # Run B: an older summary without compute_seconds_at_eval, avg@k or health.
 SUMMARY_B = {
     **{k: v for k, v in SUMMARY_A.items() if k not in ("compute_seconds_at_eval", "eval_avg_at_k", "health")},
-    "run_id": "run_b", "preset": "spo_tree", "estimator": "spo_tree", "iterations_completed": 2,
-    "initial_eval_accuracy": 0.25, "final_eval_accuracy": 0.75, "eval_accuracy": {"0": 0.25, "2": 0.75},
-    "generated_tokens": 750_000.0, "generated_tokens_at_eval": {"0": 0.0, "2": 750_000.0},
+    "run_id": "run_b",
+    "preset": "spo_tree",
+    "estimator": "spo_tree",
+    "iterations_completed": 2,
+    "initial_eval_accuracy": 0.25,
+    "final_eval_accuracy": 0.75,
+    "eval_accuracy": {"0": 0.25, "2": 0.75},
+    "generated_tokens": 750_000.0,
+    "generated_tokens_at_eval": {"0": 0.0, "2": 750_000.0},
 }
 CONFIG_A = "run:\n  preset: grpo_small\n  iterations: 4\nadvantage:\n  estimator: grpo\n"
 
 # iteration -> stage -> metrics, for run A.
 METRICS_A = {
-    it: {"grade": {"reward_mean": 0.125 * it, "accuracy": 0.1 * it},
-         "train": {"clipfrac": 0.0625 * it, "grad_norm": 1.5 + it, "train_seconds": 12.0}}
+    it: {
+        "grade": {"reward_mean": 0.125 * it, "accuracy": 0.1 * it},
+        "train": {"clipfrac": 0.0625 * it, "grad_norm": 1.5 + it, "train_seconds": 12.0},
+    }
     for it in (1, 2, 3, 4)
 }
 
@@ -66,25 +82,40 @@ def make_run(runs_dir: Path, summary: dict, config: str, metrics: dict | None = 
             write_metrics(layout.metrics(it, stage), layout.run_id, it, stage, values)
     for it in map(int, summary["eval_accuracy"]):
         write_parquet(eval_rows(layout.run_id, it), EVAL_RESULTS, layout.eval_results(it))
-        write_metrics(layout.eval_metrics(it), layout.run_id, it, "eval",
-                      {"eval_accuracy": summary["eval_accuracy"][str(it)]})
+        write_metrics(
+            layout.eval_metrics(it), layout.run_id, it, "eval", {"eval_accuracy": summary["eval_accuracy"][str(it)]}
+        )
     layout.summary.write_text(json.dumps(summary))
     return layout.root
 
 
 def eval_rows(run_id: str, it: int) -> list[dict]:
     """Four greedy problems (p0, p1 correct; p2 wrong with a script tag; p3 no answer) + one sampled row."""
+
     def row(pid: str, status: str, text: str, decoding: str = "greedy") -> dict:
-        values = {"run_id": run_id, "iteration": it, "split": "test", "prompt_id": pid, "decoding": decoding,
-                  "sample_index": 0, "num_tokens": len(text), "score": 1.0 if status == "ok" else 0.0,
-                  "status": status, "completion_text": text}
+        values = {
+            "run_id": run_id,
+            "iteration": it,
+            "split": "test",
+            "prompt_id": pid,
+            "decoding": decoding,
+            "sample_index": 0,
+            "num_tokens": len(text),
+            "score": 1.0 if status == "ok" else 0.0,
+            "status": status,
+            "completion_text": text,
+        }
         # Columns the report does not read (finish_reason, extracted, ...) get a neutral value, so the
         # fixture follows EVAL_RESULTS as it grows.
         return {f.name: values.get(f.name, _neutral(f.type)) for f in EVAL_RESULTS}
 
-    return [row("p0", "ok", f"answer 42 at iteration {it}"), row("p1", "ok", "so x = 7 & y < 3"),
-            row("p2", "wrong", f"I think {SCRIPT} 13"), row("p3", "no_answer", "hmm"),
-            row("p0", "ok", "SAMPLED-ONLY-TEXT", decoding="sampled")]
+    return [
+        row("p0", "ok", f"answer 42 at iteration {it}"),
+        row("p1", "ok", "so x = 7 & y < 3"),
+        row("p2", "wrong", f"I think {SCRIPT} 13"),
+        row("p3", "no_answer", "hmm"),
+        row("p0", "ok", "SAMPLED-ONLY-TEXT", decoding="sampled"),
+    ]
 
 
 def _neutral(t: pa.DataType) -> object:
@@ -206,8 +237,10 @@ def test_report_metrics_and_samples(report):
 
 
 def test_report_lists_health_findings(report, runs_dir, tmp_path):
-    assert ('<td class="text">clipping</td><td class="text">3, 4</td>'
-            '<td class="text">31% of trained tokens were clipped: lower train.lr &lt;now&gt;</td>') in report
+    assert (
+        '<td class="text">clipping</td><td class="text">3, 4</td>'
+        '<td class="text">31% of trained tokens were clipped: lower train.lr &lt;now&gt;</td>'
+    ) in report
     other = write_report(load_run("run_b", runs_dir), tmp_path / "run_b.html").read_text()
     assert "No health-check findings." in other and "No health-check findings." not in report
 
@@ -219,7 +252,7 @@ def test_in_flow_evaluation_draws_the_same_samples_for_runs_that_share_a_seed(tm
     from configs.loader import resolve, run_id
     from storage.handles import FileRef
     from storage.schemas import PROMPTS
-    from tasks.engine import Completion
+    from tasks.engines.base import Completion
 
     class RecordingEngine:
         def __init__(self):
@@ -231,13 +264,28 @@ def test_in_flow_evaluation_draws_the_same_samples_for_runs_that_share_a_seed(tm
             return [Completion([1], [-0.1], "stop", "#### 3") for _ in requests]
 
     prompts = tmp_path / "test.parquet"
-    write_parquet([{"run_id": "x", "split": "test", "prompt_id": f"q{i}", "question": "1+2", "reference": "3",
-                    "solution": "", "prompt_text": "1+2", "prompt_token_ids": [5, 6]} for i in range(3)], PROMPTS, prompts)
+    write_parquet(
+        [
+            {
+                "run_id": "x",
+                "split": "test",
+                "prompt_id": f"q{i}",
+                "question": "1+2",
+                "reference": "3",
+                "solution": "",
+                "prompt_text": "1+2",
+                "prompt_token_ids": [5, 6],
+            }
+            for i in range(3)
+        ],
+        PROMPTS,
+        prompts,
+    )
     seeds = []
     for overrides in (["advantage.estimator=grpo"], ["advantage.estimator=rloo"], ["run.seed=1"]):
         cfg = resolve("default", overrides=[*overrides, "eval.samples=4"])
         engine = RecordingEngine()
-        monkeypatch.setattr(evaluate_mod, "get_engine", lambda *a, **k: (engine, {}))
+        monkeypatch.setattr(evaluate_mod, "get_engine", lambda *a, _e=engine, **k: (_e, {}))
         layout = RunLayout(runs_dir=str(tmp_path / "runs"), run_id=run_id(cfg))
         evaluate_mod.evaluate.fn(cfg, layout, FileRef.of(prompts), FileRef.of(prompts), 0, "v")
         seeds.append(engine.seeds[0])

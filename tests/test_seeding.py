@@ -1,5 +1,6 @@
 """The prompt schedule (tasks/algos/seeding.py::iteration_prompts): distinct prompts in every iteration,
 epoch coverage, and the same draws as the original stream wherever an iteration stays inside one epoch."""
+
 import random
 from collections import Counter
 
@@ -67,7 +68,7 @@ def test_each_epoch_is_covered(seed):
         draws = [iteration_prompts(n, b, it, seed) for it in ITERATIONS]
         stream = [i for d in draws for i in d]
         for e in range(len(stream) // n):
-            counts = Counter(stream[e * n:(e + 1) * n])
+            counts = Counter(stream[e * n : (e + 1) * n])
             assert max(counts.values()) <= 2, (n, b, e)
             touching = {i for it, d in enumerate(draws) if it * b < (e + 1) * n and (it + 1) * b > e * n for i in d}
             assert touching == set(range(n)), (n, b, e)

@@ -1,4 +1,5 @@
 """The SPO-chain segments view (tasks/segment_view.py): text, marks, rows and which responses are drawn."""
+
 from __future__ import annotations
 
 import math
@@ -11,15 +12,37 @@ DECODE = lambda ids: "".join(TEXT[i] for i in ids)  # noqa: E731 - one character
 
 def _seg(index, start, end, cutpoints, v_start, v_end, advantage):
     raw = 0.0 if math.isnan(v_start) else v_end - v_start
-    return {"index": index, "start": start, "end": end, "cutpoints": cutpoints, "num_cutpoints": len(cutpoints),
-            "v_start": v_start, "v_end": v_end, "raw": raw, "advantage": advantage}
+    return {
+        "index": index,
+        "start": start,
+        "end": end,
+        "cutpoints": cutpoints,
+        "num_cutpoints": len(cutpoints),
+        "v_start": v_start,
+        "v_end": v_end,
+        "raw": raw,
+        "advantage": advantage,
+    }
 
 
 def _view(prompt="q-1", sample=0, status="ok", score=1.0, segments=None):
-    segs = segments if segments is not None else [
-        _seg(0, 0, 3, [], 0.5, 0.25, -0.4), _seg(1, 3, 9, [3, 6], 0.25, 0.75, 0.9), _seg(2, 9, 11, [9], 0.75, 1.0, 0.5)]
-    return {"prompt_id": prompt, "sample_index": sample, "token_ids": list(range(11)), "score": score,
-            "status": status, "segments": segs}
+    segs = (
+        segments
+        if segments is not None
+        else [
+            _seg(0, 0, 3, [], 0.5, 0.25, -0.4),
+            _seg(1, 3, 9, [3, 6], 0.25, 0.75, 0.9),
+            _seg(2, 9, 11, [9], 0.75, 1.0, 0.5),
+        ]
+    )
+    return {
+        "prompt_id": prompt,
+        "sample_index": sample,
+        "token_ids": list(range(11)),
+        "score": score,
+        "status": status,
+        "segments": segs,
+    }
 
 
 def test_cutpoints_are_marked_and_segments_separated():
@@ -44,8 +67,13 @@ def test_rows_give_spans_values_and_both_advantages():
 
 def test_pick_mixes_correct_and_wrong_from_distinct_prompts_with_several_segments():
     one_segment = [_seg(0, 0, 11, [], 0.5, 1.0, 0.5)]
-    views = [_view("a", 0, "ok"), _view("a", 1, "wrong", 0.0), _view("b", 0, "ok"), _view("c", 0, "wrong", 0.0),
-             _view("d", 0, "ok", segments=one_segment)]
+    views = [
+        _view("a", 0, "ok"),
+        _view("a", 1, "wrong", 0.0),
+        _view("b", 0, "ok"),
+        _view("c", 0, "wrong", 0.0),
+        _view("d", 0, "ok", segments=one_segment),
+    ]
     chosen = [(v["prompt_id"], v["sample_index"]) for v in pick(views, 3)]
     assert chosen == [("a", 0), ("c", 0), ("b", 0)]  # ok, wrong, ok; one per prompt; d has a single segment
     assert [(v["prompt_id"], v["sample_index"]) for v in pick(views, 4)][-1] == ("a", 1)  # then repeats prompts

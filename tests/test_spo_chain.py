@@ -1,4 +1,5 @@
 """SPO-chain core: cutpoints, boundaries, segments, segment advantages (golden, SQL == numpy), masks."""
+
 import math
 
 import numpy as np
@@ -9,9 +10,9 @@ from storage.advantages import compute_segment_advantages
 from storage.parquet import write_parquet
 from storage.schemas import SEGMENTS
 from tasks.algos.spo_chain import (
-    boundaries,
     NO_VALUE,
     agreed,
+    boundaries,
     continuation_segment,
     cutpoints,
     finite_mean,
@@ -96,17 +97,45 @@ def _segment_rows(rng, n_resp=6):
         values = {-1: float(rng.random())}
         for s in segments(probs, 0.9, 2):
             values.setdefault(s.end_position, float(rng.choice([0.0, 0.25, 0.5, 1.0, np.nan])))
-            rows.append({"run_id": "r", "iteration": 1, "prompt_id": f"p{r // 2}", "sample_index": r % 2,
-                         "prefix_id": None, "segment_index": s.index, "start_token": s.start, "end_token": s.end,
-                         "num_cutpoints": s.num_cutpoints, "cutpoints": list(s.cutpoints), "v_start": values[s.start_position], "n_start": 4,
-                         "v_end": values[s.end_position], "n_end": 4})
+            rows.append(
+                {
+                    "run_id": "r",
+                    "iteration": 1,
+                    "prompt_id": f"p{r // 2}",
+                    "sample_index": r % 2,
+                    "prefix_id": None,
+                    "segment_index": s.index,
+                    "start_token": s.start,
+                    "end_token": s.end,
+                    "num_cutpoints": s.num_cutpoints,
+                    "cutpoints": list(s.cutpoints),
+                    "v_start": values[s.start_position],
+                    "n_start": 4,
+                    "v_end": values[s.end_position],
+                    "n_end": 4,
+                }
+            )
         # Trained Monte Carlo continuations (spo.mc_train) share the table, keys and whitening.
         for j in range(2):
             n = int(rng.integers(1, 6))
-            rows.append({"run_id": "r", "iteration": 1, "prompt_id": f"p{r // 2}", "sample_index": j,
-                         "prefix_id": f"x{r}", "segment_index": 0, "start_token": 0, "end_token": n,
-                         "num_cutpoints": int(rng.integers(0, n + 1)), "cutpoints": [], "v_start": 0.5, "n_start": 2,
-                         "v_end": float(j), "n_end": 1})
+            rows.append(
+                {
+                    "run_id": "r",
+                    "iteration": 1,
+                    "prompt_id": f"p{r // 2}",
+                    "sample_index": j,
+                    "prefix_id": f"x{r}",
+                    "segment_index": 0,
+                    "start_token": 0,
+                    "end_token": n,
+                    "num_cutpoints": int(rng.integers(0, n + 1)),
+                    "cutpoints": [],
+                    "v_start": 0.5,
+                    "n_start": 2,
+                    "v_end": float(j),
+                    "n_end": 1,
+                }
+            )
     return rows
 
 
@@ -116,8 +145,11 @@ def _segment_rows(rng, n_resp=6):
 def test_segment_sql_matches_numpy(tmp_path, normalize, masked, seed):
     rows = _segment_rows(np.random.default_rng(seed))
     write_parquet(rows, SEGMENTS, tmp_path / "segments.parquet")
-    table = compute_segment_advantages("spo_chain", tmp_path / "segments.parquet",
-                                       {"normalize": normalize, "masked": masked, "whiten_eps": 1e-8})
+    table = compute_segment_advantages(
+        "spo_chain",
+        tmp_path / "segments.parquet",
+        {"normalize": normalize, "rho": 0.9 if masked else None, "whiten_eps": 1e-8},
+    )
     key = lambda r: (r["prompt_id"], r["prefix_id"], r["sample_index"], r["segment_index"])  # noqa: E731
     got = {key(r): r["advantage"] for r in table.to_pylist()}
     raw = segment_advantages([r["v_start"] for r in rows], [r["v_end"] for r in rows])
@@ -138,14 +170,17 @@ def test_a_continuation_trains_as_one_segment_from_the_prefix_value_to_its_rewar
     assert continuation_segment([HI], 0.9, reward=0.1, v_prefix=(0.1 + 0.1 + 0.0) / 3) is not None  # A = 1/30
 
 
-@pytest.mark.parametrize("probs, reward, v_prefix", [
-    ([HI, LO], 1.0, 1.0),  # every continuation of the prefix scored alike: A = 0, no signal
-    ([HI, LO], 0.0, 0.0),
-    ([HI, LO], 0.1, sum([0.1] * 3) / 3),  # all alike, but the float mean is 0.1 + 2.8e-17: still no signal
-    ([], 1.0, 0.5),  # no token to train
-    ([LO], float("nan"), 0.5),  # a failed grade
-    ([LO], 1.0, float("nan")),  # no finite value for the prefix
-])
+@pytest.mark.parametrize(
+    "probs, reward, v_prefix",
+    [
+        ([HI, LO], 1.0, 1.0),  # every continuation of the prefix scored alike: A = 0, no signal
+        ([HI, LO], 0.0, 0.0),
+        ([HI, LO], 0.1, sum([0.1] * 3) / 3),  # all alike, but the float mean is 0.1 + 2.8e-17: still no signal
+        ([], 1.0, 0.5),  # no token to train
+        ([LO], float("nan"), 0.5),  # a failed grade
+        ([LO], 1.0, float("nan")),  # no finite value for the prefix
+    ],
+)
 def test_a_continuation_without_signal_does_not_train(probs, reward, v_prefix):
     assert continuation_segment(probs, 0.9, reward, v_prefix) is None
 
@@ -163,8 +198,15 @@ def test_boundary_values_come_from_the_reward_the_monte_carlo_mean_or_the_group(
 
 
 def test_adaptive_n_settles_only_prefixes_whose_first_rewards_agree():
-    scores = {"all_right": [1.0, 1.0], "all_wrong": [0.0, 0.0], "split": [1.0, 0.0], "penalty": [-2.0, -2.0],
-              "failed": [float("nan"), float("nan")], "one_failed": [1.0, float("nan")], "none": []}
+    scores = {
+        "all_right": [1.0, 1.0],
+        "all_wrong": [0.0, 0.0],
+        "split": [1.0, 0.0],
+        "penalty": [-2.0, -2.0],
+        "failed": [float("nan"), float("nan")],
+        "one_failed": [1.0, float("nan")],
+        "none": [],
+    }
     assert agreed(scores) == {"all_right", "all_wrong", "penalty"}
 
 

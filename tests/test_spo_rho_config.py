@@ -1,6 +1,7 @@
 """spo.rho and train.prob_mask_rho (issue 28): SPO-chain whitens its segment advantages over the cutpoints
 (p < spo.rho) when the probability mask is on, so the mask (p_old < train.prob_mask_rho) must select the
 same tokens. Unequal values are rejected at config load, naming both keys."""
+
 import pytest
 
 from configs.loader import ConfigError, resolve

@@ -1,5 +1,6 @@
 """SPO-tree: golden trees built by hand (values, advantages, kept edges), budget rules, SQL == numpy, and the
 replay buffer's ageing, caps and resume."""
+
 import hashlib
 import math
 import random
@@ -55,8 +56,7 @@ def test_uniform_tree_values_advantages_and_dropped_zero_edges():
     assert adv == {"r/0": -0.25, "r/1": 0.25, "r/0/0": 0.5, "r/0/1": -0.5, "r/1/0": 0.0, "r/1/1": 0.0}
     keep = dict(zip(ids, kept_edges(parent, edge_advantages(parent, values))))
     assert [n for n, k in keep.items() if k] == ["r/0", "r/1", "r/0/0", "r/0/1"]
-    assert all(dict(zip(ids, kept_edges(parent, edge_advantages(parent, values), drop_zero=False)))[n]
-               for n in ids[1:])
+    assert all(dict(zip(ids, kept_edges(parent, edge_advantages(parent, values), drop_zero=False)))[n] for n in ids[1:])
 
 
 def test_early_leaf_leaf_mean_versus_the_references_mean_of_children():
@@ -127,12 +127,28 @@ def random_forest(rng: random.Random, questions: int) -> dict[str, float | None]
 
 def nodes_table(spec: dict[str, float | None]) -> pa.Table:
     ids, parent, _ = tree(spec)
-    rows = [{"run_id": "r", "iteration": 1, "policy_version": 0, "prompt_id": n.split("/")[0], "node_id": n,
-             "parent_id": ids[p] if p >= 0 else None, "depth": n.count("/"), "child_index": int(n.rsplit("/", 1)[1])
-             if "/" in n else -1, "token_start": 0, "token_end": 1, "token_ids": [1], "sampling_logprobs": [-0.5],
-             "seed": 0, "finish_reason": None if p < 0 else "stop", "is_leaf": v is not None,
-             "score": NAN if v is None else v, "status": None if v is None else "ok"}
-            for n, p, v in zip(ids, parent, spec.values())]
+    rows = [
+        {
+            "run_id": "r",
+            "iteration": 1,
+            "policy_version": 0,
+            "prompt_id": n.split("/")[0],
+            "node_id": n,
+            "parent_id": ids[p] if p >= 0 else None,
+            "depth": n.count("/"),
+            "child_index": int(n.rsplit("/", 1)[1]) if "/" in n else -1,
+            "token_start": 0,
+            "token_end": 1,
+            "token_ids": [1],
+            "sampling_logprobs": [-0.5],
+            "seed": 0,
+            "finish_reason": None if p < 0 else "stop",
+            "is_leaf": v is not None,
+            "score": NAN if v is None else v,
+            "status": None if v is None else "ok",
+        }
+        for n, p, v in zip(ids, parent, spec.values())
+    ]
     return pa.Table.from_pylist(rows, schema=TREE_NODES)
 
 
@@ -143,8 +159,9 @@ def test_sql_equals_numpy_on_random_trees(tmp_path, mode, sibling_std):
     spec = random_forest(rng, 12)
     path = tmp_path / "nodes.parquet"
     write_parquet(nodes_table(spec), TREE_NODES, path)
-    got = compute_tree_advantages(path, {"value_mode": mode, "sibling_std": sibling_std, "eps": 1e-8,
-                                         "drop_zero": True})
+    got = compute_tree_advantages(
+        "spo_tree", path, {"value_mode": mode, "sibling_std": sibling_std, "eps": 1e-8, "drop_zero": True}
+    )
     ids, parent, score = tree(spec)
     values = node_values(parent, score, mode)
     adv = edge_advantages(parent, values, sibling_std=sibling_std, eps=1e-8)
@@ -180,7 +197,7 @@ def test_sibling_std_equal_subtrees_keep_no_root_edges(tmp_path, mode, leaves):
     path = tmp_path / "nodes.parquet"
     write_parquet(nodes_table(spec), TREE_NODES, path)
     params = {"value_mode": mode, "sibling_std": True, "eps": 1e-8, "drop_zero": True}
-    sql = {r["node_id"]: r for r in compute_tree_advantages(path, params).to_pylist()}
+    sql = {r["node_id"]: r for r in compute_tree_advantages("spo_tree", path, params).to_pylist()}
     root_edges = ["r/0", "r/1", "r/2"]
     assert any(sql[n]["value"] != sql[n]["parent_value"] for n in root_edges)  # the case rounds in SQL
     assert [(sql[n]["advantage"], sql[n]["kept"]) for n in root_edges] == [(0.0, False)] * 3
@@ -212,16 +229,37 @@ def priority(seed: int, iteration: int, added: int, node: str) -> str:
 
 
 def edges(added: int, questions: int, per_question: int) -> list[dict]:
-    return [{"run_id": "r", "added_iteration": added, "policy_version": added - 1, "prompt_id": f"q{q}",
-             "node_id": f"q{q}/{added}/{j}", "depth": 1, "advantage": (-1) ** j * (j + 1) / 10,
-             "prefix_token_ids": [1, 2], "completion_token_ids": [3, 4, 5], "sampling_logprobs": [-0.01, -2.0, -0.5]}
-            for q in range(questions) for j in range(per_question)]
+    return [
+        {
+            "run_id": "r",
+            "added_iteration": added,
+            "policy_version": added - 1,
+            "prompt_id": f"q{q}",
+            "node_id": f"q{q}/{added}/{j}",
+            "depth": 1,
+            "advantage": (-1) ** j * (j + 1) / 10,
+            "prefix_token_ids": [1, 2],
+            "completion_token_ids": [3, 4, 5],
+            "sampling_logprobs": [-0.01, -2.0, -0.5],
+        }
+        for q in range(questions)
+        for j in range(per_question)
+    ]
 
 
 def take(buffer: pa.Table, fresh: list[dict], iteration: int, **kw) -> tuple[pa.Table, pa.Table]:
     pool = pa.concat_tables([buffer, pa.Table.from_pylist(fresh, schema=REPLAY_BUFFER)])
-    params = {"iteration": iteration, "max_age": 3, "per_question": 4, "per_iteration": None, "seed": 0,
-              "normalize": "none", "rho": None, "whiten_eps": 1e-8, **kw}
+    params = {
+        "iteration": iteration,
+        "max_age": 3,
+        "per_question": 4,
+        "per_iteration": None,
+        "seed": 0,
+        "normalize": "none",
+        "rho": None,
+        "whiten_eps": 1e-8,
+        **kw,
+    }
     return replay_take(pool, params)
 
 
@@ -233,14 +271,20 @@ def test_replay_buffer_ageing_and_caps_over_iterations():
         pool = pa.concat_tables([buffer, pa.Table.from_pylist(fresh, schema=REPLAY_BUFFER)])
         taken, buffer = take(buffer, fresh, it)
         # numpy twin, same priorities
-        live, chosen = replay_select(pool["added_iteration"].to_pylist(), pool["prompt_id"].to_pylist(),
-                                     [priority(0, it, a, n) for a, n in zip(pool["added_iteration"].to_pylist(),
-                                                                            pool["node_id"].to_pylist())],
-                                     it, max_age=3, per_question=4, per_iteration=None)
+        live, chosen = replay_select(
+            pool["added_iteration"].to_pylist(),
+            pool["prompt_id"].to_pylist(),
+            [priority(0, it, a, n) for a, n in zip(pool["added_iteration"].to_pylist(), pool["node_id"].to_pylist())],
+            it,
+            max_age=3,
+            per_question=4,
+            per_iteration=None,
+        )
         expect = {n for n, c in zip(pool["node_id"].to_pylist(), chosen) if c}
         assert set(taken["node_id"].to_pylist()) == expect
-        assert set(buffer["node_id"].to_pylist()) == {n for n, lv, c in zip(pool["node_id"].to_pylist(), live, chosen)
-                                                      if lv and not c}
+        assert set(buffer["node_id"].to_pylist()) == {
+            n for n, lv, c in zip(pool["node_id"].to_pylist(), live, chosen) if lv and not c
+        }
         per_q = {}
         for q in taken["prompt_id"].to_pylist():
             per_q[q] = per_q.get(q, 0) + 1
@@ -276,10 +320,20 @@ def test_new_edges_carry_the_root_to_parent_tokens():
     spec = {"q": None, "q/0": None, "q/0/0": None, "q/0/0/0": 1.0, "q/1": 0.0}
     tokens = {"q": [], "q/0": [1, 2], "q/0/0": [3], "q/0/0/0": [4, 5], "q/1": [6]}
     nodes = nodes_table(spec)
-    nodes = nodes.set_column(nodes.schema.get_field_index("token_ids"), "token_ids",
-                             pa.array([tokens[n] for n in nodes["node_id"].to_pylist()], pa.list_(pa.int32())))
-    adv = pa.table({"node_id": list(spec), "prompt_id": ["q"] * 5, "depth": [0, 1, 2, 3, 1],
-                    "advantage": [None, 0.5, 0.5, 0.5, -0.5], "kept": [False, True, True, True, True]})
+    nodes = nodes.set_column(
+        nodes.schema.get_field_index("token_ids"),
+        "token_ids",
+        pa.array([tokens[n] for n in nodes["node_id"].to_pylist()], pa.list_(pa.int32())),
+    )
+    adv = pa.table(
+        {
+            "node_id": list(spec),
+            "prompt_id": ["q"] * 5,
+            "depth": [0, 1, 2, 3, 1],
+            "advantage": [None, 0.5, 0.5, 0.5, -0.5],
+            "kept": [False, True, True, True, True],
+        }
+    )
     edges = {e["node_id"]: e for e in new_edges(nodes, adv)}
     assert set(edges) == {"q/0", "q/0/0", "q/0/0/0", "q/1"}
     assert edges["q/0"]["response_prefix"] == [] and edges["q/0"]["completion_token_ids"] == [1, 2]

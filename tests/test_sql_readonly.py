@@ -4,6 +4,7 @@ Two layers are tested separately: the statement check (storage.catalog.check_rea
 what it explains) and the locked DuckDB connection (no file access by name, configuration locked), which
 must refuse every writing statement on its own, with the check switched off.
 """
+
 import time
 from pathlib import Path
 
@@ -29,8 +30,18 @@ def dirs(tmp_path):
     """(runs dir with one run's grades, an empty folder every write attempt aims at)."""
     runs, out = tmp_path / "runs", tmp_path / "out"
     out.mkdir()
-    rows = [{"run_id": "r1", "iteration": 1, "prompt_id": f"p{i}", "sample_index": 0, "score": s,
-             "status": "ok", "extracted": str(i)} for i, s in enumerate(SCORES)]
+    rows = [
+        {
+            "run_id": "r1",
+            "iteration": 1,
+            "prompt_id": f"p{i}",
+            "sample_index": 0,
+            "score": s,
+            "status": "ok",
+            "extracted": str(i),
+        }
+        for i, s in enumerate(SCORES)
+    ]
     write_parquet(rows, GRADES, RunLayout(runs_dir=str(runs), run_id="r1").grades(1))
     return runs, out
 
@@ -66,12 +77,24 @@ def _writes(out, runs):
     }
 
 
-WRITE_CASES = ["copy", "copy_into_runs", "export", "attach", "install", "load", "set", "pragma", "call", "create",
-               "select_enable_logging"]
+WRITE_CASES = [
+    "copy",
+    "copy_into_runs",
+    "export",
+    "attach",
+    "install",
+    "load",
+    "set",
+    "pragma",
+    "call",
+    "create",
+    "select_enable_logging",
+]
 
 
-@pytest.mark.parametrize("prefix", ["", "explain ", "explain analyze ", "explain (analyze) ",
-                                    "/* c */ explain analyze "])
+@pytest.mark.parametrize(
+    "prefix", ["", "explain ", "explain analyze ", "explain (analyze) ", "/* c */ explain analyze "]
+)
 @pytest.mark.parametrize("case", WRITE_CASES)
 def test_sql_command_cannot_write(dirs, case, prefix):
     runs, out = dirs
@@ -92,8 +115,10 @@ def test_explain_analyze_copy_is_refused_by_name(dirs):
     assert not (out / "e.csv").exists()
 
 
-@pytest.mark.parametrize("case", ["copy", "copy_into_runs", "export", "attach", "install", "load", "set", "pragma",
-                                  "call", "select_enable_logging"])
+@pytest.mark.parametrize(
+    "case",
+    ["copy", "copy_into_runs", "export", "attach", "install", "load", "set", "pragma", "call", "select_enable_logging"],
+)
 @pytest.mark.parametrize("prefix", ["", "explain analyze "])
 def test_locked_connection_refuses_writes_without_the_statement_check(dirs, monkeypatch, case, prefix):
     runs, out = dirs
@@ -111,50 +136,69 @@ def test_locked_connection_reads_no_file_by_name(dirs):
         catalog.query(runs, f"select * from read_parquet('{runs}/r1/iterations/0001/grades.parquet')")
 
 
-@pytest.mark.parametrize("sql, kind", [
-    ("copy (select 1) to 'x.csv'", "COPY"),
-    ("explain copy (select 1) to 'x.csv'", "EXPLAIN of COPY"),
-    ("explain analyze copy (select 1) to 'x.csv'", "EXPLAIN ANALYZE of COPY"),
-    ("EXPLAIN -- why\n ANALYSE copy (select 1) to 'x.csv'", "EXPLAIN ANALYZE of COPY"),
-    ("explain /* a /* nested */ comment */ analyze copy (select 1) to 'x.csv'", "EXPLAIN ANALYZE of COPY"),
-    ("explain (analyze, format json) copy (select 1) to 'x.csv'", "EXPLAIN (...) of COPY"),
-    ("explain analyze create table t as select 1", "EXPLAIN ANALYZE of CREATE"),
-    ("explain analyze create table t as pivot (select 'a' k, 1 v) on k using sum(v)", "EXPLAIN ANALYZE of MULTI"),
-    ("explain analyze insert into t values (1)", "EXPLAIN ANALYZE of INSERT"),
-    ("call pragma_version()", "CALL"),
-    ("pragma version", "PRAGMA"),
-    ("set threads = 1", "SET"),
-    ("attach 'x.db'", "ATTACH"),
-    ("export database 'd'", "EXPORT"),
-    ("load json", "LOAD"),
-])
+@pytest.mark.parametrize(
+    "sql, kind",
+    [
+        ("copy (select 1) to 'x.csv'", "COPY"),
+        ("explain copy (select 1) to 'x.csv'", "EXPLAIN of COPY"),
+        ("explain analyze copy (select 1) to 'x.csv'", "EXPLAIN ANALYZE of COPY"),
+        ("EXPLAIN -- why\n ANALYSE copy (select 1) to 'x.csv'", "EXPLAIN ANALYZE of COPY"),
+        ("explain /* a /* nested */ comment */ analyze copy (select 1) to 'x.csv'", "EXPLAIN ANALYZE of COPY"),
+        ("explain (analyze, format json) copy (select 1) to 'x.csv'", "EXPLAIN (...) of COPY"),
+        ("explain analyze create table t as select 1", "EXPLAIN ANALYZE of CREATE"),
+        ("explain analyze create table t as pivot (select 'a' k, 1 v) on k using sum(v)", "EXPLAIN ANALYZE of MULTI"),
+        ("explain analyze insert into t values (1)", "EXPLAIN ANALYZE of INSERT"),
+        ("call pragma_version()", "CALL"),
+        ("pragma version", "PRAGMA"),
+        ("set threads = 1", "SET"),
+        ("attach 'x.db'", "ATTACH"),
+        ("export database 'd'", "EXPORT"),
+        ("load json", "LOAD"),
+    ],
+)
 def test_statement_check_names_what_would_write(sql, kind):
     con = duckdb.connect()  # unlocked: the check alone must refuse, before anything runs
-    with pytest.raises(ValueError, match="read-only: statement 1 is " + kind.replace("(", r"\(").replace(")", r"\)")
-                       .replace(".", r"\.") + " "):
+    with pytest.raises(
+        ValueError,
+        match="read-only: statement 1 is " + kind.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.") + " ",
+    ):
         catalog.check_read_only(con, sql)
 
 
-@pytest.mark.parametrize("sql, expected", [
-    ("select sum(score) from grades", [(sum(SCORES),)]),
-    ("from grades select count(*)", [(len(SCORES),)]),
-    ("with g as (select score from grades) select max(score) from g", [(max(SCORES),)]),
-    ("(select min(score) from grades)", [(min(SCORES),)]),
-    ("select * from (pivot (select status, score from grades) on status in ('ok') using sum(score))",
-     [(sum(SCORES),)]),
-    ("-- a comment\npivot (select status from grades) on status using count(*)", [(len(SCORES),)]),
-    ("select column_name from (describe grades) order by all", sorted((n,) for n in GRADES.names)),
-    ("select count from (summarize grades) where column_name = 'score'", [(len(SCORES),)]),
-])
+@pytest.mark.parametrize(
+    "sql, expected",
+    [
+        ("select sum(score) from grades", [(sum(SCORES),)]),
+        ("from grades select count(*)", [(len(SCORES),)]),
+        ("with g as (select score from grades) select max(score) from g", [(max(SCORES),)]),
+        ("(select min(score) from grades)", [(min(SCORES),)]),
+        (
+            "select * from (pivot (select status, score from grades) on status in ('ok') using sum(score))",
+            [(sum(SCORES),)],
+        ),
+        ("-- a comment\npivot (select status from grades) on status using count(*)", [(len(SCORES),)]),
+        ("select column_name from (describe grades) order by all", sorted((n,) for n in GRADES.names)),
+        ("select count from (summarize grades) where column_name = 'score'", [(len(SCORES),)]),
+    ],
+)
 def test_reading_statements_still_work(dirs, sql, expected):
     runs, _ = dirs
     assert catalog.query(runs, sql)[1] == expected
 
 
-@pytest.mark.parametrize("sql", ["explain select * from grades", "explain analyze select sum(score) from grades",
-                                 "explain (format json) select 1", "explain analyze (select 1)",
-                                 "explain analyze pivot (select status, score from grades) on status using sum(score)",
-                                 "summarize grades", "describe grades", "show tables"])
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "explain select * from grades",
+        "explain analyze select sum(score) from grades",
+        "explain (format json) select 1",
+        "explain analyze (select 1)",
+        "explain analyze pivot (select status, score from grades) on status using sum(score)",
+        "summarize grades",
+        "describe grades",
+        "show tables",
+    ],
+)
 def test_explain_and_describe_of_reads_still_work(dirs, sql):
     runs, _ = dirs
     res = runner.invoke(app, ["sql", sql, "--runs-dir", str(runs), "--format", "csv"])
@@ -165,8 +209,9 @@ def test_explain_and_describe_of_reads_still_work(dirs, sql):
 def test_sql_timeout_interrupts_the_query(dirs):
     runs, _ = dirs
     t0 = time.monotonic()
-    res = runner.invoke(app, ["sql", "select count(*) from range(100000000000000)", "--runs-dir", str(runs),
-                              "--timeout", "0.5"])
+    res = runner.invoke(
+        app, ["sql", "select count(*) from range(100000000000000)", "--runs-dir", str(runs), "--timeout", "0.5"]
+    )
     assert res.exit_code == 2
     assert "ran longer than --timeout 0.5 s" in res.stderr and "raise --timeout" in res.stderr
     assert time.monotonic() - t0 < 30  # counting to 1e14 takes hours
@@ -201,8 +246,9 @@ def test_unreadable_parquet_is_skipped_with_a_warning(dirs):
     garbage = RunLayout(runs_dir=str(runs), run_id="r2").metrics(1, "grade")
     garbage.write_bytes(b"not parquet at all")
     (runs / "r2" / "summary.json").write_text('{"run_id": "r2", "iterat')  # cut mid-write
-    res = runner.invoke(app, ["sql", "select run_id, count(*) as n from grades group by 1", "--runs-dir", str(runs),
-                              "--format", "csv"])
+    res = runner.invoke(
+        app, ["sql", "select run_id, count(*) as n from grades group by 1", "--runs-dir", str(runs), "--format", "csv"]
+    )
     assert res.exit_code == 0, res.stderr
     assert res.stdout.splitlines() == ["run_id,n", f"r1,{len(SCORES)}"]
     assert f"warning: skipped {truncated}: not a readable Parquet file" in res.stderr

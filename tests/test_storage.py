@@ -12,8 +12,18 @@ from storage.schemas import ALL, GRADES, METRICS
 
 
 def _grade_rows(run="r1", it=1, n=3):
-    return [{"run_id": run, "iteration": it, "prompt_id": f"p{i}", "sample_index": 0, "score": float(i % 2),
-             "status": "ok" if i % 2 else "wrong", "extracted": str(i)} for i in range(n)]
+    return [
+        {
+            "run_id": run,
+            "iteration": it,
+            "prompt_id": f"p{i}",
+            "sample_index": 0,
+            "score": float(i % 2),
+            "status": "ok" if i % 2 else "wrong",
+            "extracted": str(i),
+        }
+        for i in range(n)
+    ]
 
 
 def test_atomic_write_leaves_nothing_on_failure(tmp_path):
@@ -174,8 +184,14 @@ def test_health_view_lists_findings_of_finished_runs(tmp_path):
     found = {"truncated": {"first_message": "84% of responses hit rollout.max_tokens=8", "iterations": [1, 2]}}
     for run, health in (("r1", found), ("r2", {}), ("old", None)):  # "old": a summary from before health checks
         (tmp_path / run).mkdir()
-        summary = {"run_id": run, "iterations_completed": 2, "initial_eval_accuracy": 0.1,
-                   "final_eval_accuracy": 0.2, "wall_seconds": 9.0, **({} if health is None else {"health": health})}
+        summary = {
+            "run_id": run,
+            "iterations_completed": 2,
+            "initial_eval_accuracy": 0.1,
+            "final_eval_accuracy": 0.2,
+            "wall_seconds": 9.0,
+            **({} if health is None else {"health": health}),
+        }
         (tmp_path / run / "summary.json").write_text(json.dumps(summary))
     cols, rows = query(tmp_path, "select run_id, finding, first_message, iterations from health")
     assert cols == ["run_id", "finding", "first_message", "iterations"]
@@ -195,13 +211,18 @@ def test_sql_cli_formats(tmp_path):
     lay = RunLayout(runs_dir=str(tmp_path), run_id="r1")
     write_parquet(_grade_rows(), GRADES, lay.grades(1))
     runner = CliRunner()
-    res = runner.invoke(app, ["sql", "select prompt_id, score from grades order by 1", "--runs-dir", str(tmp_path),
-                              "--format", "json"])
+    res = runner.invoke(
+        app, ["sql", "select prompt_id, score from grades order by 1", "--runs-dir", str(tmp_path), "--format", "json"]
+    )
     assert res.exit_code == 0, res.output
-    assert json.loads(res.output) == [{"prompt_id": "p0", "score": 0.0}, {"prompt_id": "p1", "score": 1.0},
-                                      {"prompt_id": "p2", "score": 0.0}]
-    res = runner.invoke(app, ["sql", "select prompt_id from grades order by 1", "--runs-dir", str(tmp_path),
-                              "--format", "csv"])
+    assert json.loads(res.output) == [
+        {"prompt_id": "p0", "score": 0.0},
+        {"prompt_id": "p1", "score": 1.0},
+        {"prompt_id": "p2", "score": 0.0},
+    ]
+    res = runner.invoke(
+        app, ["sql", "select prompt_id from grades order by 1", "--runs-dir", str(tmp_path), "--format", "csv"]
+    )
     assert res.output.splitlines() == ["prompt_id", "p0", "p1", "p2"]
     res = runner.invoke(app, ["sql", "select * from nope", "--runs-dir", str(tmp_path)])
     assert res.exit_code == 2 and "nope" in res.output
@@ -227,8 +248,14 @@ def test_sql_is_read_only(tmp_path):
     wide = "pivot (select 'a' k, 1 v union all select 'b', 2) on k using sum(v)"
     assert query(tmp_path, wide) == (["a", "b"], [(1, 2)])  # PIVOT reads only, though DuckDB plans it as MULTI
     assert query(tmp_path, f"-- wide\n({wide})")[1] == [(1, 2)]
-    for bad in ("copy (select 1) to '/tmp/x.csv'", "create table t as select 1", "set threads = 1",
-                "select 1; drop view rollouts", "install httpfs", f"create table t as {wide}",
-                f"{wide}; copy (select 1) to '/tmp/x.csv'"):
+    for bad in (
+        "copy (select 1) to '/tmp/x.csv'",
+        "create table t as select 1",
+        "set threads = 1",
+        "select 1; drop view rollouts",
+        "install httpfs",
+        f"create table t as {wide}",
+        f"{wide}; copy (select 1) to '/tmp/x.csv'",
+    ):
         with pytest.raises(ValueError, match="read-only"):
             query(tmp_path, bad)

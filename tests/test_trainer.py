@@ -37,8 +37,17 @@ def _update(rho):
     cfg = TrainSection(lr=1e-3, mini_batch_size=4, micro_batch_size=2, prob_mask_rho=rho)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     samples = [Sample([5, 6, 7], [9, 10, 11], [], a) for a in (1.0, -1.0, 0.5, -0.5)]
-    stats = rl_update(model, opt, make_scheduler(opt, cfg, 10), samples, cfg, temperature=1.0, pad_id=0,
-                      device=torch.device("cpu"), seed=0)
+    stats = rl_update(
+        model,
+        opt,
+        make_scheduler(opt, cfg, 10),
+        samples,
+        cfg,
+        temperature=1.0,
+        pad_id=0,
+        device=torch.device("cpu"),
+        seed=0,
+    )
     moved = any(not torch.equal(p, q) for p, q in zip(before, model.parameters()))
     return stats, moved
 
@@ -55,8 +64,12 @@ def test_probability_mask_selects_trained_tokens():
 def _samples(with_ref=False):
     # one prompt, a rewarded and a penalised completion of different lengths (token-mean weights them)
     ref = (lambda n: [-2.0] * n) if with_ref else (lambda n: None)
-    return [Sample([5, 6, 7], [9, 10, 11], [], 1.0, ref(3)), Sample([5, 6, 7], [12, 13], [], -1.0, ref(2)),
-            Sample([5, 8], [9, 14, 15, 16], [], 0.5, ref(4)), Sample([5, 8], [17], [], -0.5, ref(1))]
+    return [
+        Sample([5, 6, 7], [9, 10, 11], [], 1.0, ref(3)),
+        Sample([5, 6, 7], [12, 13], [], -1.0, ref(2)),
+        Sample([5, 8], [9, 14, 15, 16], [], 0.5, ref(4)),
+        Sample([5, 8], [17], [], -0.5, ref(1)),
+    ]
 
 
 def _seq_logprob(model, prompt, completion):
@@ -71,8 +84,17 @@ def test_updates_raise_rewarded_and_lower_penalised_completions():
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     samples = _samples()
     before = [_seq_logprob(model, s.prompt_ids, s.completion_ids) for s in samples]
-    stats = rl_update(model, opt, make_scheduler(opt, cfg, 10), samples, cfg, temperature=1.0, pad_id=0,
-                      device=torch.device("cpu"), seed=0)
+    stats = rl_update(
+        model,
+        opt,
+        make_scheduler(opt, cfg, 10),
+        samples,
+        cfg,
+        temperature=1.0,
+        pad_id=0,
+        device=torch.device("cpu"),
+        seed=0,
+    )
     after = [_seq_logprob(model, s.prompt_ids, s.completion_ids) for s in samples]
     assert after[0] > before[0] and after[2] > before[2]  # positive advantage: more likely
     assert after[1] < before[1] and after[3] < before[3]  # negative advantage: less likely
@@ -84,11 +106,26 @@ def test_micro_batching_gives_the_full_batch_update():
     for micro in (4, 1):
         torch.manual_seed(0)
         model = _model()
-        cfg = TrainSection(lr=1e-3, mini_batch_size=4, micro_batch_size=micro, loss_agg="token-mean",
-                           regularizer="k2", entropy_coef=0.01)
+        cfg = TrainSection(
+            lr=1e-3,
+            mini_batch_size=4,
+            micro_batch_size=micro,
+            loss_agg="token-mean",
+            regularizer="k2",
+            entropy_coef=0.01,
+        )
         opt = torch.optim.SGD(model.parameters(), lr=cfg.lr)
-        rl_update(model, opt, make_scheduler(opt, cfg, 10), _samples(), cfg, temperature=1.0, pad_id=0,
-                  device=torch.device("cpu"), seed=0)
+        rl_update(
+            model,
+            opt,
+            make_scheduler(opt, cfg, 10),
+            _samples(),
+            cfg,
+            temperature=1.0,
+            pad_id=0,
+            device=torch.device("cpu"),
+            seed=0,
+        )
         results.append([p.detach().clone() for p in model.parameters()])
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
@@ -101,10 +138,28 @@ def test_kl_penalty_in_the_loss_needs_and_uses_reference_logprobs():
     cfg = TrainSection(lr=1e-3, mini_batch_size=4, micro_batch_size=2, kl_coef=0.1, kl_estimator="k3")
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
     with pytest.raises(ValueError, match="reference log-probs"):
-        rl_update(model, opt, make_scheduler(opt, cfg, 10), _samples(), cfg, temperature=1.0, pad_id=0,
-                  device=torch.device("cpu"), seed=0)
-    stats = rl_update(model, opt, make_scheduler(opt, cfg, 10), _samples(with_ref=True), cfg, temperature=1.0,
-                      pad_id=0, device=torch.device("cpu"), seed=0)
+        rl_update(
+            model,
+            opt,
+            make_scheduler(opt, cfg, 10),
+            _samples(),
+            cfg,
+            temperature=1.0,
+            pad_id=0,
+            device=torch.device("cpu"),
+            seed=0,
+        )
+    stats = rl_update(
+        model,
+        opt,
+        make_scheduler(opt, cfg, 10),
+        _samples(with_ref=True),
+        cfg,
+        temperature=1.0,
+        pad_id=0,
+        device=torch.device("cpu"),
+        seed=0,
+    )
     assert stats["kl_ref"] > 0  # an untrained model is far from a reference at log p = -2 per token
 
 
@@ -112,16 +167,27 @@ def test_lora_trains_adapters_only_and_merges_to_the_same_policy(tmp_path):
     from configs.loader import resolve
     from tasks.train import add_lora
 
-    cfg = resolve("default", overrides=["train.lora_rank=4", "train.lr=1e-2", "train.mini_batch_size=4",
-                                        "train.micro_batch_size=2"])
+    cfg = resolve(
+        "default",
+        overrides=["train.lora_rank=4", "train.lr=1e-2", "train.mini_batch_size=4", "train.micro_batch_size=2"],
+    )
     model = _model()
     base = {n: p.detach().clone() for n, p in model.named_parameters()}
     peft_model = add_lora(cfg, model, None)
     params = [p for p in model.parameters() if p.requires_grad]
     assert 0 < sum(p.numel() for p in params) < sum(t.numel() for t in base.values()) / 10
     opt = torch.optim.AdamW(params, lr=cfg.train.lr)
-    rl_update(model, opt, make_scheduler(opt, cfg.train, 10), _samples(), cfg.train, temperature=1.0, pad_id=0,
-              device=torch.device("cpu"), seed=0)
+    rl_update(
+        model,
+        opt,
+        make_scheduler(opt, cfg.train, 10),
+        _samples(),
+        cfg.train,
+        temperature=1.0,
+        pad_id=0,
+        device=torch.device("cpu"),
+        seed=0,
+    )
     tuned = _seq_logprob(model, [5, 6, 7], [9, 10, 11])
     peft_model.save_pretrained(tmp_path / "adapter")
     merged = peft_model.merge_and_unload()
@@ -148,18 +214,50 @@ def test_non_finite_steps_are_skipped_and_a_streak_fails_the_run():
     bad[1].advantage = math.nan  # a NaN reward reaching the loss
     before = {k: v.clone() for k, v in model.state_dict().items()}
     logged = []
-    stats = rl_update(model, opt, make_scheduler(opt, cfg, 10), bad, cfg, temperature=1.0, pad_id=0,
-                      device=torch.device("cpu"), seed=0, log=logged.append)
+    stats = rl_update(
+        model,
+        opt,
+        make_scheduler(opt, cfg, 10),
+        bad,
+        cfg,
+        temperature=1.0,
+        pad_id=0,
+        device=torch.device("cpu"),
+        seed=0,
+        log=logged.append,
+    )
     assert stats["skipped_steps"] == 2 and stats["optimizer_steps"] == 0 and stats["consecutive_skips"] == 2
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # weights untouched
     assert len(logged) == 2 and "loss=nan" in logged[0]
     # A good step resets the streak; a streak carried in from the last iteration counts.
-    stats = rl_update(model, opt, make_scheduler(opt, cfg, 10), _samples(), cfg, temperature=1.0, pad_id=0,
-                      device=torch.device("cpu"), seed=0, consecutive_skips=2, log=logged.append)
+    stats = rl_update(
+        model,
+        opt,
+        make_scheduler(opt, cfg, 10),
+        _samples(),
+        cfg,
+        temperature=1.0,
+        pad_id=0,
+        device=torch.device("cpu"),
+        seed=0,
+        consecutive_skips=2,
+        log=logged.append,
+    )
     assert stats["consecutive_skips"] == 0 and stats["optimizer_steps"] == 2
     with pytest.raises(NonFiniteTraining, match="max_consecutive_skips=3"):
-        rl_update(model, opt, make_scheduler(opt, cfg, 10), bad, cfg, temperature=1.0, pad_id=0,
-                  device=torch.device("cpu"), seed=0, consecutive_skips=2, log=logged.append)
+        rl_update(
+            model,
+            opt,
+            make_scheduler(opt, cfg, 10),
+            bad,
+            cfg,
+            temperature=1.0,
+            pad_id=0,
+            device=torch.device("cpu"),
+            seed=0,
+            consecutive_skips=2,
+            log=logged.append,
+        )
 
 
 def test_warm_start_schedule_warms_up_falls_and_floors():
@@ -173,10 +271,22 @@ def test_warm_start_schedule_warms_up_falls_and_floors():
 
 def test_sft_lowers_the_loss_at_a_constant_lr():
     model, tok = _model(), tiny_model.build_tokenizer()
-    examples = [(tok("1+2", add_special_tokens=False)["input_ids"], tok("1+2=3", add_special_tokens=False)["input_ids"])]
+    examples = [
+        (tok("1+2", add_special_tokens=False)["input_ids"], tok("1+2=3", add_special_tokens=False)["input_ids"])
+    ]
     losses = []
-    last50 = sft(model, examples, steps=30, batch_size=1, lr=1e-2, seed=0, pad_id=tok.pad_token_id,
-                 device=torch.device("cpu"), min_lr_ratio=1.0, on_step=lambda step, loss: losses.append(loss))
+    last50 = sft(
+        model,
+        examples,
+        steps=30,
+        batch_size=1,
+        lr=1e-2,
+        seed=0,
+        pad_id=tok.pad_token_id,
+        device=torch.device("cpu"),
+        min_lr_ratio=1.0,
+        on_step=lambda step, loss: losses.append(loss),
+    )
     assert len(losses) == 30 and losses[-1] < losses[0] / 2 and last50 < losses[0]
 
 
@@ -190,8 +300,10 @@ def test_a_lora_checkpoint_resumes_to_the_same_policy_and_optimizer_state(tmp_pa
     from storage.handles import FileRef
     from tasks.train import OPTIMIZER_FILE, load_trainable, restore_optimizer, save_checkpoint
 
-    cfg = resolve("default", overrides=["train.lora_rank=4", "train.lr=1e-2", "train.mini_batch_size=4",
-                                        "train.micro_batch_size=2"])
+    cfg = resolve(
+        "default",
+        overrides=["train.lora_rank=4", "train.lr=1e-2", "train.mini_batch_size=4", "train.micro_batch_size=2"],
+    )
     _model().save_pretrained(tmp_path / "start")
     tiny_model.build_tokenizer().save_pretrained(tmp_path / "start")
     start = FileRef.of(tmp_path / "start")
@@ -240,14 +352,29 @@ def test_a_tokenizer_without_a_pad_token_pads_with_eos_through_training(tmp_path
     assert loaded.pad_token_id == loaded.eos_token_id == 1
     samples = _samples()  # completions of 1 to 4 tokens: every micro-batch is padded
     kwargs = dict(device=device, temperature=1.0, chunk=64, micro_batch=4)
-    by_eos = sequence_logprobs(model, [x.prompt_ids for x in samples], [x.completion_ids for x in samples],
-                               pad_id=loaded.pad_token_id, **kwargs)
-    by_zero = sequence_logprobs(model, [x.prompt_ids for x in samples], [x.completion_ids for x in samples],
-                                pad_id=0, **kwargs)
+    by_eos = sequence_logprobs(
+        model,
+        [x.prompt_ids for x in samples],
+        [x.completion_ids for x in samples],
+        pad_id=loaded.pad_token_id,
+        **kwargs,
+    )
+    by_zero = sequence_logprobs(
+        model, [x.prompt_ids for x in samples], [x.completion_ids for x in samples], pad_id=0, **kwargs
+    )
     assert by_eos == by_zero  # padding is masked: the pad id changes no log-prob
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
-    stats = rl_update(model, opt, make_scheduler(opt, cfg.train, 10), samples, cfg.train, temperature=1.0,
-                      pad_id=loaded.pad_token_id, device=device, seed=0)
+    stats = rl_update(
+        model,
+        opt,
+        make_scheduler(opt, cfg.train, 10),
+        samples,
+        cfg.train,
+        temperature=1.0,
+        pad_id=loaded.pad_token_id,
+        device=device,
+        seed=0,
+    )
     assert stats["optimizer_steps"] == 1 and stats["grad_norm"] > 0
 
 

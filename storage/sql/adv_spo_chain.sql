@@ -4,11 +4,11 @@
 --             a response's segments (prefix_id null) and, with spo.mc_train, one per trained Monte Carlo
 --             continuation (prefix_id its boundary prefix, V(prefix) -> its reward). Both whiten together.
 -- inputs:     view `segments` (segments.parquet of the spo_values stage: token span, cutpoints, V at both ends);
---             parameters $normalize ('none' | 'batch' | 'micro_batch'), $masked (prob mask on), $whiten_eps
+--             parameters $normalize ('none' | 'batch' | 'micro_batch'), $rho (prob mask; null = off), $whiten_eps
 -- unknown V:  a NaN/null start or end value (no finite MC grade, or the reference's missing V(prompt)) -> 0
 -- std:        $normalize = 'batch': (A - mean) / sqrt(var_pop + $whiten_eps) over the trained tokens of the
---             whole iteration: a segment weighs its cutpoints when the probability mask is on (only those
---             tokens train), its length otherwise. Segments that train no token keep their raw value.
+--             whole iteration: a segment weighs its trained tokens (prob_mask.sql): its cutpoints, p < spo.rho =
+--             $rho (Config), with the mask on, its length otherwise. Segments that train none keep their raw value.
 --             'micro_batch' (the reference's whitening) and 'none' leave A raw here; the trainer whitens
 --             micro-batches.
 -- singleton:  not applicable (values come from Monte Carlo, not from groups)
@@ -17,7 +17,7 @@
 with raw as (
     select *,
            case when isfinite(v_start) and isfinite(v_end) then v_end - v_start else 0.0 end as a,
-           case when $masked then num_cutpoints else end_token - start_token end as w
+           case when $rho is null then end_token - start_token else num_cutpoints end as w
     from segments
 ),
 batch as (

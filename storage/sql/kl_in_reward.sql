@@ -5,7 +5,8 @@
 -- grain:      one row per response (run_id, iteration, prompt_id, sample_index)
 -- inputs:     views `grades_raw` and `kl_penalty`; kl_unmatched.sql has checked that every response has
 --             exactly one non-null kl (a missing one is an error, never a penalty of 0)
-create or replace temp view grades as
+-- output:     a query, not a view: DuckDB cannot bind parameters inside CREATE VIEW, so the caller
+--             registers this query's relation (with $kl_reward_coef bound) as the view `grades`
 select g.* replace (case when isfinite(g.score) then g.score - $kl_reward_coef * k.kl
                          else g.score end as score)
 from grades_raw g

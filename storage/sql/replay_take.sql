@@ -11,7 +11,8 @@
 --             not taken stay in the buffer (the reference removes everything it drew, even when it
 --             subsamples afterwards).
 -- std:        $normalize = 'batch': train_advantage = (A - mean) / sqrt(var_pop + $whiten_eps) over the trained
---             tokens of the taken edges (the tokens with p_old < $rho when the mask is on, else all of them);
+--             tokens of the taken edges (prob_mask.sql's trained_tokens: p_old < $rho, or all of them when
+--             $rho is null);
 --             otherwise train_advantage = A (the trainer whitens micro-batches for 'micro_batch').
 with live as (
     select *, $iteration - added_iteration as age,
@@ -29,8 +30,7 @@ ranked as (
 ),
 decided as (
     select *, coalesce(is_offered and ($per_iteration is null or rank_ <= $per_iteration), false) as taken,
-           case when $rho is null then len(completion_token_ids)
-                else len(list_filter(sampling_logprobs, lambda x: exp(x) < $rho)) end as w
+           trained_tokens(sampling_logprobs, $rho) as w  -- prob_mask.sql; p_old = the sampler's
     from ranked
 ),
 batch as (

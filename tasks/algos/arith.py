@@ -8,6 +8,7 @@ total, one step per line, and ends with `#### N`:
                         6+7=13
                         #### 13
 """
+
 from __future__ import annotations
 
 import random
@@ -56,8 +57,10 @@ def generate(n: int, min_terms: int, max_terms: int, max_operand: int, seed: int
     while len(out) < n:
         attempts += 1
         if attempts > 50 * n + 1000:
-            raise ValueError(f"could not draw {n} distinct problems with terms {min_terms}-{max_terms}, "
-                             f"operands 0-{max_operand}; widen the task")
+            raise ValueError(
+                f"could not draw {n} distinct problems with terms {min_terms}-{max_terms}, "
+                f"operands 0-{max_operand}; widen the task"
+            )
         k = rng.randint(min_terms, max_terms)
         operands = [rng.randint(0, max_operand) for _ in range(k)]
         ops = [rng.choice("+-") for _ in range(k - 1)]

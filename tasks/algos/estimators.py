@@ -8,10 +8,11 @@ Conventions shared by every estimator here (also stated in each SQL file's heade
   * std is the population std (ddof=0), as in the SPO reference's GRPO; eps is added to the std;
   * a group with fewer than 2 finite scores gets advantage 0 (no baseline can be formed).
 """
+
 from __future__ import annotations
 
 import inspect
-from typing import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 
 import numpy as np
 
@@ -80,8 +81,7 @@ def reinforce_pp_baseline(scores, groups, lengths, whiten_eps: float = 1e-8) -> 
     return np.where(live, (x - mu) / np.sqrt(var + whiten_eps), 0.0)
 
 
-def rec(scores, groups, keys, eps: float = 1e-6, rec_std_normalize: bool = False,
-        rec_drop: str = "none") -> np.ndarray:
+def rec(scores, groups, keys, eps: float = 1e-6, rec_std_normalize: bool = False, rec_drop: str = "none") -> np.ndarray:
     """REC advantages (Yao et al. 2025, Trinity `rec`): r_i - mean_kept, optionally / (std_kept + eps).
 
     RED-Drop (`rec_drop='balance'`): negatives are r_i < group mean - 1e-9 * max(1, |mean|) (a stated
@@ -164,8 +164,13 @@ def asymre(scores, groups, asymre_shift: float = -0.1) -> np.ndarray:
 
 
 REGISTRY: dict[str, Callable[..., np.ndarray]] = {
-    "grpo": grpo, "dr_grpo": dr_grpo, "rloo": rloo, "reinforce_pp_baseline": reinforce_pp_baseline,
-    "rec": rec, "opmd": opmd, "asymre": asymre,
+    "grpo": grpo,
+    "dr_grpo": dr_grpo,
+    "rloo": rloo,
+    "reinforce_pp_baseline": reinforce_pp_baseline,
+    "rec": rec,
+    "opmd": opmd,
+    "asymre": asymre,
 }
 
 

@@ -7,6 +7,7 @@ Conventions:
   * `correct` arrays are 0/1 (or bool); any other value is rejected, never coerced;
   * bad input raises ValueError naming the offending value; nothing returns NaN silently.
 """
+
 from __future__ import annotations
 
 import math
@@ -93,8 +94,7 @@ def _majority(answers: Sequence[str | None]) -> int | None:
     return list(answers).index(max(votes, key=votes.__getitem__))
 
 
-def maj_at_k(answers: Sequence[Sequence[str | None]], correct: Sequence[Sequence[bool]],
-             k: int) -> tuple[float, float]:
+def maj_at_k(answers: Sequence[Sequence[str | None]], correct: Sequence[Sequence[bool]], k: int) -> tuple[float, float]:
     """maj@k (self-consistency, Wang et al. 2023): (mean, SE over problems) of majority-vote correctness.
 
     `answers` [P][n] extracted answers (None = no answer), `correct` [P][n] their grades, 1 <= k <= n.
@@ -115,8 +115,9 @@ def maj_at_k(answers: Sequence[Sequence[str | None]], correct: Sequence[Sequence
     return mean_with_se(hits)
 
 
-def mean_attempt_cost(input_tokens: ArrayLike, output_tokens: ArrayLike,
-                      price_in_per_mtok: float, price_out_per_mtok: float) -> float:
+def mean_attempt_cost(
+    input_tokens: ArrayLike, output_tokens: ArrayLike, price_in_per_mtok: float, price_out_per_mtok: float
+) -> float:
     """Mean cost of one attempt: mean_j (in_j * p_in + out_j * p_out) / 1e6, prices per million tokens.
 
     `input_tokens`, `output_tokens` [A] token counts per attempt. The per-attempt cost C_m(p) of
@@ -161,8 +162,9 @@ def frontier_cost_of_pass(costs: dict[str, float]) -> tuple[str | None, float]:
     return best, float(costs[best])
 
 
-def paired_bootstrap(a: ArrayLike, b: ArrayLike, n_boot: int = 10000, seed: int = 0,
-                     alpha: float = 0.05) -> dict[str, float]:
+def paired_bootstrap(
+    a: ArrayLike, b: ArrayLike, n_boot: int = 10000, seed: int = 0, alpha: float = 0.05
+) -> dict[str, float]:
     """Paired percentile bootstrap of mean(b) - mean(a) over the same problems (Efron & Tibshirani 1993, ch. 13).
 
     `a`, `b` [P] per-problem scores in [0, 1] (e.g. avg@k or greedy 0/1) of two checkpoints. Problems are
@@ -183,8 +185,13 @@ def paired_bootstrap(a: ArrayLike, b: ArrayLike, n_boot: int = 10000, seed: int 
     d = y - x
     idx = np.random.default_rng(seed).integers(0, d.size, size=(n_boot, d.size))
     lo, hi = np.quantile(d[idx].mean(axis=1), [alpha / 2, 1 - alpha / 2])
-    return {"mean_a": float(x.mean()), "mean_b": float(y.mean()), "mean_diff": float(d.mean()),
-            "ci_low": float(lo), "ci_high": float(hi)}
+    return {
+        "mean_a": float(x.mean()),
+        "mean_b": float(y.mean()),
+        "mean_diff": float(d.mean()),
+        "ci_low": float(lo),
+        "ci_high": float(hi),
+    }
 
 
 def mcnemar(a_correct: ArrayLike, b_correct: ArrayLike) -> dict[str, float]:

@@ -5,6 +5,7 @@ prompt_tokens, num_tokens, status, extracted). A sample is correct when its stat
 errors are over problems (tasks/algos/eval_stats.py). pass@k uses the unbiased estimator for every
 k <= n samples; avg@k is the paper's GSM8K "pass@1" (mean accuracy over k samples).
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -54,8 +55,9 @@ def summarize(rows: Sequence[dict], price_in_per_mtok: float = 0.0, price_out_pe
     greedy = _by_problem(rows, "greedy")
     if greedy:
         out["problems"] = float(len(greedy))
-        out["greedy_accuracy"], out["greedy_accuracy_se"] = mean_with_se([rs[0]["status"] == "ok"
-                                                                          for rs in greedy.values()])
+        out["greedy_accuracy"], out["greedy_accuracy_se"] = mean_with_se(
+            [rs[0]["status"] == "ok" for rs in greedy.values()]
+        )
     sampled = _by_problem(rows, "sampled")
     if sampled:
         n = min(len(rs) for rs in sampled.values())  # every problem gets the same k; guard anyway
@@ -71,8 +73,12 @@ def summarize(rows: Sequence[dict], price_in_per_mtok: float = 0.0, price_out_pe
     if all_rows:
         out["truncation_rate"] = float(np.mean([r["status"] == "truncated" for r in all_rows]))
         out.update({f"length_{k}": v for k, v in length_stats([r["num_tokens"] for r in all_rows]).items()})
-        cost = mean_attempt_cost([r["prompt_tokens"] for r in all_rows], [r["num_tokens"] for r in all_rows],
-                                 price_in_per_mtok, price_out_per_mtok)
+        cost = mean_attempt_cost(
+            [r["prompt_tokens"] for r in all_rows],
+            [r["num_tokens"] for r in all_rows],
+            price_in_per_mtok,
+            price_out_per_mtok,
+        )
         accuracy = out["avg_at_k"] if sampled else out["greedy_accuracy"]
         out["cost_per_attempt"] = cost
         out["cost_of_pass"] = cost_of_pass(cost, accuracy)

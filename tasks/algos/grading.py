@@ -15,9 +15,11 @@ a decimal part and an exponent (`1.5e3` is 1500), then optional trailing unit wo
 `km/h`, `/hour`, `%`, `°C`) and full stops. Anything else (`1/2`, `2^10`, `5!`, `3:2`, `0x1F`, `12 and 13`)
 is `parse_error`. The match is exact numeric equality (so `18`, `18.0`, `$18` and `18 dollars` agree).
 """
+
 from __future__ import annotations
 
 import re
+from collections import deque
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
@@ -29,7 +31,7 @@ STATUSES = ("ok", "wrong", "no_answer", "parse_error", "timeout", "truncated")
 # backreference), or plain digits; a decimal part; an exponent. Possessive quantifiers where no
 # backtracking is ever needed, so a long non-number fails in linear time.
 _SEP = "[,'_ " + GROUP_SPACES + "]"
-_NUM = (rf"(?:\d{{1,3}}(?P<sep>{_SEP})\d{{3}}(?:(?P=sep)\d{{3}})*+(?!\d)|\d++)(?:\.\d++)?|\.\d++")
+_NUM = rf"(?:\d{{1,3}}(?P<sep>{_SEP})\d{{3}}(?:(?P=sep)\d{{3}})*+(?!\d)|\d++)(?:\.\d++)?|\.\d++"
 # A unit word: letters or % or °, optionally squared/cubed and abbreviated with a full stop. Words are
 # separated by spaces or a `/` (and a rate may start with one), so `18 dollars`, `18cm`, `18 km/h`,
 # `18/hour`, `18 sq. ft.` and `18%` parse, while `5!`, `3:2`, `2^10` and `12 and 13` do not; nor does a
@@ -38,15 +40,18 @@ _UNIT_WORD = r"(?:[^\W\d_]|[%°])++(?:\^[23]|[²³])?\.?"
 _WHOLE = re.compile(
     rf"(?P<s1>[-+]?)\s*+\$?\s*+(?P<s2>[-+]?)\s*+(?!0[xXbBoO][0-9a-fA-F])(?P<num>{_NUM})"
     r"(?P<exp>[eE][-+]?\d++)?"
-    rf"(?:\s*+(?:/\s*+)?{_UNIT_WORD}(?:(?:\s++|\s*+/\s*+){_UNIT_WORD})*+)?")
+    rf"(?:\s*+(?:/\s*+)?{_UNIT_WORD}(?:(?:\s++|\s*+/\s*+){_UNIT_WORD})*+)?"
+)
 _WRAPPERS = (("**", "**"), ("$", "$"), ("\\(", "\\)"), ("\\boxed{", "}"), ("\\text{", "}"))
 
 # A whole numeric token in running text, for the fallbacks: a number and whatever number-like text is
 # glued to it (`1/2`, `2^10`, `1.5e3`, `1.5E+3`, `3:2`, `0x1F`), but not the sentence punctuation after it
 # (an inner `.,'_/^:!` must be followed by a letter or digit), and digit groups split by one space.
 # A sign counts only where no letter or digit precedes it: `10-3` ends with 3, not -3.
-_TOKEN = (r"(?:(?<![^\W_])[-+])?\$?(?:\d|\.\d)"
-          rf"(?:[^\W_]|[.,'_/^:!](?=[^\W_])|(?<=[eE])[-+](?=\d)|[%°]|[ {GROUP_SPACES}](?=\d{{3}}(?!\d)))*+")
+_TOKEN = (
+    r"(?:(?<![^\W_])[-+])?\$?(?:\d|\.\d)"
+    rf"(?:[^\W_]|[.,'_/^:!](?=[^\W_])|(?<=[eE])[-+](?=\d)|[%°]|[ {GROUP_SPACES}](?=\d{{3}}(?!\d)))*+"
+)
 _TOKEN_RE = re.compile(_TOKEN)
 # `[:\s]*+(?:\$\s*+)?` is possessive and never next to another whitespace run: with two adjacent runs
 # ("answer is" + n spaces + a non-number) the engine tried every split of the spaces, O(n^2) per
@@ -76,7 +81,7 @@ def _unwrap(text: str) -> str:
     for _ in range(3):
         for left, right in _WRAPPERS:
             if len(text) > len(left) + len(right) and text.startswith(left) and text.endswith(right):
-                text = text[len(left):-len(right)].strip()
+                text = text[len(left) : -len(right)].strip()
                 break
         else:
             break
@@ -112,20 +117,16 @@ def extract_numeric_answer(response: str) -> str | None:
         tail = response.rsplit("####", 1)[1].strip()
         line = tail.splitlines()[0] if tail else ""
         return line.strip()
-    last = None
-    for last in _ANSWER_IS.finditer(response):
-        pass
-    if last is not None:
-        return last.group(1)
+    last = deque(_ANSWER_IS.finditer(response), maxlen=1)  # the last match, in one pass
+    if last:
+        return last[0].group(1)
     return last_numeric_token(response)
 
 
 def last_numeric_token(text: str) -> str | None:
     """The last whole numeric token in `text` (`_TOKEN`): `"so 5+8 = 13."` -> `"13"`, `"we get 1/2"` -> `"1/2"`."""
-    last = None
-    for last in _TOKEN_RE.finditer(text):
-        pass
-    return last.group(0) if last is not None else None
+    last = deque(_TOKEN_RE.finditer(text), maxlen=1)
+    return last[0].group(0) if last else None
 
 
 def grade_numeric(response: str, reference: str, finish_reason: str, scheme: RewardScheme) -> Grade:
@@ -140,7 +141,9 @@ def grade_numeric(response: str, reference: str, finish_reason: str, scheme: Rew
         return Grade(scheme.no_answer, "parse_error", extracted)
     want = parse_whole_number(reference)
     if want is None:
-        raise ValueError(f"reference answer {reference!r} is not one number (tasks/algos/grading.py: parse_whole_number)")
+        raise ValueError(
+            f"reference answer {reference!r} is not one number (tasks/algos/grading.py: parse_whole_number)"
+        )
     if scheme.multiple_answers is not None and response.count("####") > 1:
         return Grade(scheme.multiple_answers, "wrong", extracted)
     if got == want:

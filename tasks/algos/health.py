@@ -25,11 +25,12 @@ its defaults raise nothing on healthy runs of the embedded default, measured ove
 iterations (bench/default_run.py, 2026-11-30): frac_adv_zero 0.03-0.27, clipfrac <= 0.012, frac_truncated
 <= 0.005, log-prob gap 0 in fp32, entropy 0.15-0.28 nats per token.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 
 @dataclass(frozen=True)
@@ -77,10 +78,16 @@ def diagnose(m: Mapping[str, float], s: Settings, first: Mapping[str, float] | N
     out: list[Finding] = []
     if "edges_trained" in m:  # SPO-tree: trains buffered edges, which zero-advantage edges never enter
         if m["edges_trained"] == 0:
-            out.append(Finding("no_signal", (
-                "no tree edge to train: every node's value equals its parent's and the replay buffer is "
-                f"empty, so this iteration's update trains nothing. Try wider trees (tree.branching) or a "
-                f"higher rollout.temperature (now {s.temperature:g}).")))
+            out.append(
+                Finding(
+                    "no_signal",
+                    (
+                        "no tree edge to train: every node's value equals its parent's and the replay buffer is "
+                        f"empty, so this iteration's update trains nothing. Try wider trees (tree.branching) or a "
+                        f"higher rollout.temperature (now {s.temperature:g})."
+                    ),
+                )
+            )
     elif m.get("frac_adv_zero", 0.0) >= s.limits.no_signal_frac:
         if m.get("frac_groups_any_correct", 1.0) == 0.0:
             why = "no response in any group was correct"
@@ -88,46 +95,89 @@ def diagnose(m: Mapping[str, float], s: Settings, first: Mapping[str, float] | N
             why = "every response was correct"
         else:
             why = "within every group all rewards were equal"
-        out.append(Finding("no_signal", (
-            f"all advantages are 0 ({why}), so this iteration's update trains nothing. Try more samples "
-            f"per prompt (rollout.samples_per_prompt={s.samples_per_prompt}), a higher rollout.temperature "
-            f"(now {s.temperature:g}), or prompts nearer the model's level.")))
+        out.append(
+            Finding(
+                "no_signal",
+                (
+                    f"all advantages are 0 ({why}), so this iteration's update trains nothing. Try more samples "
+                    f"per prompt (rollout.samples_per_prompt={s.samples_per_prompt}), a higher rollout.temperature "
+                    f"(now {s.temperature:g}), or prompts nearer the model's level."
+                ),
+            )
+        )
     truncated = m.get("frac_truncated", 0.0)
     if truncated >= s.limits.truncated_frac:
-        out.append(Finding("truncated", (
-            f"{truncated:.0%} of responses hit rollout.max_tokens={s.max_tokens} and scored "
-            f"reward.truncated={s.truncated_reward:g} whatever they contained; raise rollout.max_tokens.")))
+        out.append(
+            Finding(
+                "truncated",
+                (
+                    f"{truncated:.0%} of responses hit rollout.max_tokens={s.max_tokens} and scored "
+                    f"reward.truncated={s.truncated_reward:g} whatever they contained; raise rollout.max_tokens."
+                ),
+            )
+        )
     unparseable = m.get("frac_no_answer", 0.0) + m.get("frac_parse_error", 0.0)
     if unparseable >= s.limits.unparseable_frac:
-        out.append(Finding("unparseable", (
-            f"{unparseable:.0%} of responses have no answer the {s.task} grader can read (no_answer or "
-            "parse_error); check data.prompt_template, data.use_chat_template and rollout.stop against "
-            "the answer format, or try `segflow grade` on a few responses.")))
+        out.append(
+            Finding(
+                "unparseable",
+                (
+                    f"{unparseable:.0%} of responses have no answer the {s.task} grader can read (no_answer or "
+                    "parse_error); check data.prompt_template, data.use_chat_template and rollout.stop against "
+                    "the answer format, or try `segflow grade` on a few responses."
+                ),
+            )
+        )
     gap = m.get("logprob_gap_mean", 0.0)
     if not s.sampler_is_old_policy and gap >= s.limits.logprob_gap_nats:
-        out.append(Finding("logprob_mismatch", (
-            f"the trainer's log-probs of the sampled tokens differ from the sampler's by {gap:.3f} nats per "
-            f"token on average (max {m.get('logprob_gap_max', gap):.2f}) for the same weights; check model.dtype, "
-            "the tokenizer and chat template, and position ids of padded batches.")))
+        out.append(
+            Finding(
+                "logprob_mismatch",
+                (
+                    f"the trainer's log-probs of the sampled tokens differ from the sampler's by {gap:.3f} nats per "
+                    f"token on average (max {m.get('logprob_gap_max', gap):.2f}) for the same weights; "
+                    "check model.dtype, "
+                    "the tokenizer and chat template, and position ids of padded batches."
+                ),
+            )
+        )
     clip = m.get("clipfrac", 0.0)
     if clip >= s.limits.clip_frac:
-        out.append(Finding("clipping", (
-            f"{clip:.0%} of trained tokens were clipped: the policy moves too far per iteration; lower "
-            f"train.lr (now {s.lr:g}) or train.epochs.")))
+        out.append(
+            Finding(
+                "clipping",
+                (
+                    f"{clip:.0%} of trained tokens were clipped: the policy moves too far per iteration; lower "
+                    f"train.lr (now {s.lr:g}) or train.epochs."
+                ),
+            )
+        )
     skipped = int(m.get("skipped_steps", 0))
     if skipped > 0:
-        out.append(Finding("skipped_steps", (
-            f"{skipped} optimizer step(s) were skipped for a non-finite loss or gradient (NaN rewards or "
-            "advantages, an overflow); the flow log names the cause.")))
+        out.append(
+            Finding(
+                "skipped_steps",
+                (
+                    f"{skipped} optimizer step(s) were skipped for a non-finite loss or gradient (NaN rewards or "
+                    "advantages, an overflow); the flow log names the cause."
+                ),
+            )
+        )
     stale = stale_update(m, s, explained=any(f.code == "no_signal" for f in out))
     if stale is not None:
         out.append(stale)
     entropy, start = m.get("entropy"), (first or {}).get("entropy")
     if entropy is not None and start and start > 0 and entropy < s.limits.entropy_ratio * start:
-        out.append(Finding("entropy_collapse", (
-            f"token entropy fell to {entropy:.3g} nats from {start:.3g} in the first iteration: the policy is "
-            f"collapsing onto few outputs. Consider train.clip_eps_high (clip-higher, DAPO uses 0.28), "
-            f"train.entropy_coef, or a lower train.lr (now {s.lr:g}).")))
+        out.append(
+            Finding(
+                "entropy_collapse",
+                (
+                    f"token entropy fell to {entropy:.3g} nats from {start:.3g} in the first iteration: the policy is "
+                    f"collapsing onto few outputs. Consider train.clip_eps_high (clip-higher, DAPO uses 0.28), "
+                    f"train.entropy_coef, or a lower train.lr (now {s.lr:g})."
+                ),
+            )
+        )
     return out
 
 
@@ -139,12 +189,16 @@ def stale_update(m: Mapping[str, float], s: Settings, explained: bool = False) -
     changed = m.get("frac_master_changed")
     if changed is None or explained or m.get("optimizer_steps", 1.0) == 0 or changed >= s.limits.stale_update_frac:
         return None
-    return Finding("stale_update", (
-        f"this iteration's optimizer steps changed only {changed:.1%} of the trained weights' entries "
-        f"(health.stale_update_frac={s.limits.stale_update_frac:g}): most of the update was lost. Weights "
-        "updated in bf16 round away steps below their precision (segflow trains float32 master weights; "
-        f"check custom trainer code), or the step is below float32's: raise train.lr (now {s.lr:g}). Also "
-        "check frac_tokens_trained: a probability mask that keeps almost no token leaves most weights alone."))
+    return Finding(
+        "stale_update",
+        (
+            f"this iteration's optimizer steps changed only {changed:.1%} of the trained weights' entries "
+            f"(health.stale_update_frac={s.limits.stale_update_frac:g}): most of the update was lost. Weights "
+            "updated in bf16 round away steps below their precision (segflow trains float32 master weights; "
+            f"check custom trainer code), or the step is below float32's: raise train.lr (now {s.lr:g}). Also "
+            "check frac_tokens_trained: a probability mask that keeps almost no token leaves most weights alone."
+        ),
+    )
 
 
 def eval_regression(start: float, now: float, problems: int, s: Settings) -> list[Finding]:
@@ -157,10 +211,16 @@ def eval_regression(start: float, now: float, problems: int, s: Settings) -> lis
     sd = math.sqrt(2 * p * (1 - p) / problems)
     if start - now <= s.limits.eval_drop_std * sd:
         return []
-    return [Finding("eval_regression", (
-        f"held-out accuracy fell to {now:.1%} from {start:.1%} at the start ({100 * (start - now):.1f} points; "
-        f"the noise std over {problems} problems is ~{100 * sd:.1f}): RL is making the model worse. "
-        f"Try a lower train.lr (now {s.lr:g}) and check the reward on a few responses (`segflow grade`)."))]
+    return [
+        Finding(
+            "eval_regression",
+            (
+                f"held-out accuracy fell to {now:.1%} from {start:.1%} at the start ({100 * (start - now):.1f} points; "
+                f"the noise std over {problems} problems is ~{100 * sd:.1f}): RL is making the model worse. "
+                f"Try a lower train.lr (now {s.lr:g}) and check the reward on a few responses (`segflow grade`)."
+            ),
+        )
+    ]
 
 
 def record(health: dict[str, dict], findings: list[Finding], iteration: int) -> list[Finding]:

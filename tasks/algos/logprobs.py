@@ -5,6 +5,7 @@ The logits of one chunk of positions exist at a time: `token_logprobs` is an aut
 backward recomputes each chunk's logits and accumulates the LM-head gradient in place (one buffer);
 `token_logprobs_entropy` (needed only for an entropy bonus) checkpoints each chunk instead.
 """
+
 from __future__ import annotations
 
 import torch

@@ -3,17 +3,30 @@
 Shapes: every per-token tensor is [B, T] (right-padded); `mask` [B, T] is 1 on trained tokens.
 The objective and the aggregation are separate arguments (house rule 4).
 """
+
 from __future__ import annotations
 
 import torch
 
-AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm",
-                "micro-batch-token-mean")
+AGGREGATIONS = (
+    "token-mean",
+    "seq-mean-token-mean",
+    "seq-mean-token-sum",
+    "seq-mean-token-sum-norm",
+    "micro-batch-token-mean",
+)
 
 
-def aggregate(loss: torch.Tensor, mask: torch.Tensor, mode: str, *, num_seqs: int | None = None,
-              num_tokens: float | None = None, norm_len: float | None = None,
-              num_micro_batches: int | None = None) -> torch.Tensor:
+def aggregate(
+    loss: torch.Tensor,
+    mask: torch.Tensor,
+    mode: str,
+    *,
+    num_seqs: int | None = None,
+    num_tokens: float | None = None,
+    norm_len: float | None = None,
+    num_micro_batches: int | None = None,
+) -> torch.Tensor:
     """Reduce per-token `loss` [B, T] to a scalar.
 
     For gradient accumulation pass the *global* normalisers (`num_tokens` = masked tokens in the
@@ -44,8 +57,9 @@ def aggregate(loss: torch.Tensor, mask: torch.Tensor, mode: str, *, num_seqs: in
     raise ValueError(f"loss aggregation {mode!r} is not one of {', '.join(AGGREGATIONS)}")
 
 
-def ppo_clip_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, clip_eps: float,
-                  clip_eps_high: float | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def ppo_clip_loss(
+    logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, clip_eps: float, clip_eps_high: float | None = None
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Per-token PPO-clip loss max(-r A, -clip(r, 1-eps_low, 1+eps_high) A), r = exp(logp - old_logp).
 
     Returns (loss [B, T], stats) where stats holds per-token ratio and clipped indicator for metrics.

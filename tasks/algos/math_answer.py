@@ -17,9 +17,11 @@ parses as 1/2; parentheses ~80 deep come out wrong too) and how deep it gets bef
 depends on the machine's load, so a verdict would too. Above MAX_NESTING or MAX_ANSWER_CHARS the
 answer is `parse_error` before math-verify runs, whatever the load.
 """
+
 from __future__ import annotations
 
 import re
+from collections import deque
 
 from tasks.algos.answer_text import GROUP_SPACES, drop_invisible
 from tasks.algos.grading import last_numeric_token
@@ -39,8 +41,10 @@ _ANSWER_IS = re.compile(r"the answer is[:\s]*(.+?)(?:\.\s|\.$|\n|$)", re.IGNOREC
 
 # A LaTeX spacing command: one of the control symbols, a named space (not a prefix of a longer
 # command name), or an explicit \hspace/\mspace; `~` is a no-break space.
-_SPACE_CMD = (r"\\[,:;>! ]|~|\\(?:qquad|quad|thinspace|medspace|thickspace|enspace|enskip|negthinspace"
-              r"|negmedspace|negthickspace|nobreakspace|space)(?![a-zA-Z])|\\[hm]space\*?\{[^{}]*+\}")
+_SPACE_CMD = (
+    r"\\[,:;>! ]|~|\\(?:qquad|quad|thinspace|medspace|thickspace|enspace|enskip|negthinspace"
+    r"|negmedspace|negthickspace|nobreakspace|space)(?![a-zA-Z])|\\[hm]space\*?\{[^{}]*+\}"
+)
 # `\\\\` first, so the second backslash of a row break is never read as the start of `\ `; then a run
 # of spacing commands, special spaces and plain blanks (possessive: one pass, no backtracking).
 _SPACING_RUN = re.compile(rf"\\\\|(?:[ \t]|[{GROUP_SPACES}]|{_SPACE_CMD})++")
@@ -53,7 +57,7 @@ def last_boxed(text: str) -> str | None:
     if idx < 0:
         return None
     rest = text[idx:]
-    rest = rest[len("\\boxed"):] if rest.startswith("\\boxed") else rest[len("\\fbox"):]
+    rest = rest[len("\\boxed") :] if rest.startswith("\\boxed") else rest[len("\\fbox") :]
     if rest.startswith(" "):
         m = re.match(r"\s*([^\s$]+)", rest)
         return m.group(1) if m else None
@@ -78,10 +82,8 @@ def final_answers(text: str) -> list[str]:
     minutes (found by bench/grader_fuzz.py). Every match ends with a `_HOPE` marker, so searching only
     up to the end of the last marker gives the same matches while an opening scans at most to that end.
     """
-    last = None
-    for last in _HOPE.finditer(text):
-        pass
-    return _FINAL.findall(text, 0, last.end()) if last else []
+    last = deque(_HOPE.finditer(text), maxlen=1)
+    return _FINAL.findall(text, 0, last[0].end()) if last else []
 
 
 def extract_math_answer(text: str) -> str | None:
@@ -109,7 +111,7 @@ def _spacing(m: re.Match) -> str:
     if run == "\\\\" or not run.strip(" \t"):
         return run  # a row break, or plain blanks only: left to math-verify as before
     text, start, end = m.string, m.start(), m.end()
-    before, after = text[start - 1:start], text[end:end + 1]
+    before, after = text[start - 1 : start], text[end : end + 1]
     if before.isdigit() and after.isdigit():
         return "" if _THREE_DIGITS.match(text, end) else " "
     return " " if before.isalpha() and after.isalpha() else ""

@@ -1,8 +1,9 @@
 """Batch statistics reported per iteration (pure numpy)."""
+
 from __future__ import annotations
 
 from collections import Counter
-from typing import Hashable, Sequence
+from collections.abc import Hashable, Sequence
 
 import numpy as np
 
@@ -30,16 +31,24 @@ def group_metrics(scores: Sequence[float], groups: Sequence[Hashable]) -> dict[s
         by.setdefault(g, []).append(s)
     zero = sum(1 for v in by.values() if np.nanstd(v) == 0)
     solved = sum(1 for v in by.values() if np.nanmax(v) > 0)
-    return {"groups": len(by), "frac_zero_std_groups": zero / max(1, len(by)),
-            "frac_groups_any_correct": solved / max(1, len(by))}
+    return {
+        "groups": len(by),
+        "frac_zero_std_groups": zero / max(1, len(by)),
+        "frac_groups_any_correct": solved / max(1, len(by)),
+    }
 
 
 def advantage_metrics(adv: Sequence[float], bins: int = 10) -> dict[str, float]:
     a = np.asarray(adv, dtype=float)
     if a.size == 0:
         return {"adv_mean": 0.0, "adv_std": 0.0}
-    out = {"adv_mean": float(a.mean()), "adv_std": float(a.std()), "adv_min": float(a.min()),
-           "adv_max": float(a.max()), "frac_adv_zero": float(np.mean(a == 0))}
+    out = {
+        "adv_mean": float(a.mean()),
+        "adv_std": float(a.std()),
+        "adv_min": float(a.min()),
+        "adv_max": float(a.max()),
+        "frac_adv_zero": float(np.mean(a == 0)),
+    }
     lo, hi = float(a.min()), float(a.max())
     if hi > lo:
         # Equal-width bins over [adv_min, adv_max]; bin i covers adv_min + i * (adv_max - adv_min) / bins.

@@ -9,13 +9,15 @@
     loss = Agg(l - beta KL, mask) + beta * Agg_kl(KL, mask)
 
 M is the clip mask (clip_mode), w the per-token weight (weight); both are functions of the ratio
-rho = pi / pi_old and are detached, so the gradient flows only through log pi (REC, Yao et al. 2025). Both log-ratios (log pi - log pi_old for the
+rho = pi / pi_old and are detached, so the gradient flows only through log pi (REC, Yao et al. 2025).
+Both log-ratios (log pi - log pi_old for the
 ratio, log pi - log pi_ref for KL) are clamped to +-log_ratio_clamp before exp(): 20 as verl, 10 as the SPO
 reference (spo.md §3.1).
 With clip_mode one-side and weight importance the gradient equals PPO-clip's (test_policy_loss.py).
 Shapes: every tensor is [B, T]; `mask` is 1 on trained tokens (completion tokens, and with SPO's
 probability mask only the low-probability ones).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -49,9 +51,12 @@ class LossSpec:
     kl_k3_max: float | None = 10.0  # k3 clamped to [-max, max]; None: only to k3 >= 0 (the SPO reference)
 
     def __post_init__(self) -> None:
-        for name, value, allowed in (("clip_mode", self.clip_mode, CLIP_MODES), ("weight", self.weight, TOKEN_WEIGHTS),
-                                     ("regularizer", self.regularizer, REGULARIZERS),
-                                     ("kl_estimator", self.kl_estimator, KL_ESTIMATORS)):
+        for name, value, allowed in (
+            ("clip_mode", self.clip_mode, CLIP_MODES),
+            ("weight", self.weight, TOKEN_WEIGHTS),
+            ("regularizer", self.regularizer, REGULARIZERS),
+            ("kl_estimator", self.kl_estimator, KL_ESTIMATORS),
+        ):
             if value not in allowed:
                 raise ValueError(f"train.{name}={value!r} is not one of {', '.join(allowed)}")
 
@@ -78,8 +83,9 @@ def token_weight(ratio: torch.Tensor, spec: LossSpec) -> torch.Tensor:
     return torch.clamp(ratio, max=spec.truncate_max)
 
 
-def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str, clamp: float = 20.0,
-                k3_max: float | None = 10.0) -> torch.Tensor:
+def kl_estimate(
+    logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str, clamp: float = 20.0, k3_max: float | None = 10.0
+) -> torch.Tensor:
     """Per-token KL(pi || pi_ref) estimate on sampled tokens, d = log pi - log pi_ref (Schulman's k1/k2/k3).
 
     d is clamped to +-clamp and k3 to [-k3_max, k3_max] (verl: 20 and 10), so one stale token cannot
@@ -97,10 +103,20 @@ def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str, clam
     raise ValueError(f"train.kl_estimator={estimator!r} is not one of {', '.join(KL_ESTIMATORS)}")
 
 
-def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, spec: LossSpec, *,
-                ref_logp: torch.Tensor | None = None, entropy: torch.Tensor | None = None,
-                num_seqs: int | None = None, num_tokens: float | None = None, norm_len: float | None = None,
-                num_micro_batches: int | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+def policy_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    adv: torch.Tensor,
+    mask: torch.Tensor,
+    spec: LossSpec,
+    *,
+    ref_logp: torch.Tensor | None = None,
+    entropy: torch.Tensor | None = None,
+    num_seqs: int | None = None,
+    num_tokens: float | None = None,
+    norm_len: float | None = None,
+    num_micro_batches: int | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
     """Scalar loss (global normalisers as in `aggregate`) and metric sums over masked tokens.
 
     `ref_logp` is needed when spec.kl_coef > 0, `entropy` (per-token, with grad) when spec.entropy_coef > 0.

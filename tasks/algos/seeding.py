@@ -1,4 +1,5 @@
 """Deterministic seeds and prompt schedules (house rule 7): derived with hashlib, never from global RNG state."""
+
 from __future__ import annotations
 
 import hashlib
@@ -28,17 +29,19 @@ def iteration_prompts(n_prompts: int, per_iteration: int, iteration: int, seed: 
     if n_prompts <= 0:
         raise ValueError("no training prompts")
     if per_iteration > n_prompts:
-        raise ValueError(f"rollout.prompts_per_iteration={per_iteration} is more than the {n_prompts} training "
-                         f"prompts: an iteration's prompts are distinct, so lower it to at most {n_prompts}")
+        raise ValueError(
+            f"rollout.prompts_per_iteration={per_iteration} is more than the {n_prompts} training "
+            f"prompts: an iteration's prompts are distinct, so lower it to at most {n_prompts}"
+        )
     if per_iteration < 1 or iteration < 1:
         raise ValueError(f"iteration={iteration}, per_iteration={per_iteration}: both start at 1")
     epoch, offset = divmod((iteration - 1) * per_iteration, n_prompts)
-    tail = epoch_permutation(n_prompts, epoch, seed)[offset:offset + per_iteration]
+    tail = epoch_permutation(n_prompts, epoch, seed)[offset : offset + per_iteration]
     if len(tail) == per_iteration:
         return tail
     drawn = set(tail)
     fill = [i for i in epoch_permutation(n_prompts, epoch + 1, seed) if i not in drawn]
-    return tail + fill[:per_iteration - len(tail)]
+    return tail + fill[: per_iteration - len(tail)]
 
 
 def epoch_permutation(n_prompts: int, epoch: int, seed: int) -> list[int]:

@@ -11,11 +11,12 @@ b: prefix = prompt + response[0..b]; b = -1 is the prompt alone, b = T-1 the fin
   continuation with spo.mc_train, a Monte Carlo continuation of boundary prefix b also trains: one
                segment over its own tokens, A = reward - V(b) (V(b) the mean of the prefix's N samples).
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import Collection, Sequence
 
 import numpy as np
 
@@ -86,8 +87,9 @@ def finite_mean(vals: list[float]) -> tuple[float, int]:
     return (sum(vals) / len(vals), len(vals)) if vals else NO_VALUE
 
 
-def value_at(position: int, length: int, own: float, prompt: tuple[float, int], key: str | None,
-             values: dict) -> tuple[float, int]:
+def value_at(
+    position: int, length: int, own: float, prompt: tuple[float, int], key: str | None, values: dict
+) -> tuple[float, int]:
     """(V, sample count) at a boundary `position` of a response of `length` tokens (spo.md §2.1): its own
     reward at the last token, the Monte Carlo mean of prefix `key` where one was sampled, else (the prompt,
     position -1) `prompt`: the group's mean reward, or NO_VALUE when V(prompt) is unknown."""
@@ -126,8 +128,9 @@ def whiten(adv: np.ndarray, weights: np.ndarray, eps: float = 1e-8) -> np.ndarra
     return np.where(w > 0, (adv - mu) / np.sqrt(var + eps), adv)
 
 
-def token_advantages(length: int, segs: Sequence[tuple[int, int, float]],
-                     keep: Collection[int] | None = None) -> list[float]:
+def token_advantages(
+    length: int, segs: Sequence[tuple[int, int, float]], keep: Collection[int] | None = None
+) -> list[float]:
     """Per-token advantages of a response from (start, end, advantage) segments; uncovered tokens get 0.
 
     With `keep` (spo.high_prob_advantage=zero: the cutpoints), every other token gets 0, as the reference's

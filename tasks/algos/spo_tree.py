@@ -10,6 +10,7 @@ case it is a truncated leaf (scored with the truncation penalty, never graded: s
 Nodes are given as flat arrays in any order: `parent[i]` is the index of node i's parent (-1 for a
 root), `score[i]` the reward of a leaf (NaN for internal nodes and for leaves without a finite grade).
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -34,16 +35,29 @@ def child_budget(depth: int, levels: int, segment_tokens: int, response_room: in
     return max(0, min(cap, context_room))
 
 
-def expands(depth: int, levels: int, finish_reason: str, generated: int, budget: int, segment_tokens: int,
-            response_room_after: int, context_room_after: int) -> bool:
+def expands(
+    depth: int,
+    levels: int,
+    finish_reason: str,
+    generated: int,
+    budget: int,
+    segment_tokens: int,
+    response_room_after: int,
+    context_room_after: int,
+) -> bool:
     """Does a child get children of its own at the next level?
 
     Only when it filled a full interior segment (finish 'length' with `segment_tokens` tokens) and both
     the response budget and the context still have room. Anything else is a leaf: stopped early
     (finish 'stop'), or cut by a budget it could not extend (a truncated leaf).
     """
-    return (depth < levels - 1 and finish_reason == "length" and generated == budget == segment_tokens
-            and response_room_after > 0 and context_room_after > 0)
+    return (
+        depth < levels - 1
+        and finish_reason == "length"
+        and generated == budget == segment_tokens
+        and response_room_after > 0
+        and context_room_after > 0
+    )
 
 
 def _children(parent: Sequence[int]) -> dict[int, list[int]]:
@@ -86,15 +100,6 @@ def node_values(parent: Sequence[int], score: Sequence[float], mode: str = "leav
     return value
 
 
-def leaf_counts(parent: Sequence[int], score: Sequence[float]) -> np.ndarray:
-    """Leaves with a finite score below each node (a leaf counts itself), shape [n_nodes]."""
-    kids = _children(parent)
-    count = np.zeros(len(parent))
-    for i in _bottom_up(parent):
-        count[i] = sum(count[c] for c in kids[i]) if i in kids else float(np.isfinite(score[i]))
-    return count
-
-
 def _bottom_up(parent: Sequence[int]) -> list[int]:
     """Node indices ordered deepest first, so every child comes before its parent."""
     depth = [0] * len(parent)
@@ -106,8 +111,9 @@ def _bottom_up(parent: Sequence[int]) -> list[int]:
     return sorted(range(len(parent)), key=lambda i: -depth[i])
 
 
-def edge_advantages(parent: Sequence[int], value: Sequence[float], sibling_std: bool = False,
-                    eps: float = 1e-8) -> np.ndarray:
+def edge_advantages(
+    parent: Sequence[int], value: Sequence[float], sibling_std: bool = False, eps: float = 1e-8
+) -> np.ndarray:
     """A(n) = V(n) - V(parent(n)), optionally / (population std of n's siblings' values (n included) + eps).
 
     Shape [n_nodes]; NaN for roots and wherever a value is unknown (spo.md §2.2, adv_method rloo / grpo).
@@ -138,8 +144,15 @@ def kept_edges(parent: Sequence[int], adv: Sequence[float], drop_zero: bool = Tr
     return keep & (a != 0.0) if drop_zero else keep
 
 
-def replay_select(added: Sequence[int], question: Sequence[str], priority: Sequence[str], iteration: int,
-                  max_age: int, per_question: int, per_iteration: int | None) -> tuple[np.ndarray, np.ndarray]:
+def replay_select(
+    added: Sequence[int],
+    question: Sequence[str],
+    priority: Sequence[str],
+    iteration: int,
+    max_age: int,
+    per_question: int,
+    per_iteration: int | None,
+) -> tuple[np.ndarray, np.ndarray]:
     """The replay buffer's rule for one iteration (spo.md §2.2, App. D). Returns (live, taken) masks.
 
     An edge added at iteration a has age `iteration - a`; it is live while age < max_age. Of the live

@@ -1,4 +1,5 @@
-"""MATH grading: our extraction (tasks/algos/math_answer.py), equivalence by `math-verify`.
+"""The MATH task (MATH, MATH-500): the reference is the final answer, or the last \\boxed{} of a worked
+solution; grading is our extraction (tasks/algos/math_answer.py), equivalence by `math-verify`.
 
 math-verify runs in a pool of worker processes with a hard per-item timeout. A worker stuck on a
 pathological expression is killed with its pool (its siblings' unfinished items are re-queued),
@@ -13,21 +14,48 @@ math-verify finds two exact numbers unequal, `exact_compare` checks once more wi
 arithmetic: its floating-point difference is meaningless at magnitudes like 2^65536, so a power tower
 equal to its reference was graded `wrong`; past `MAX_EXACT_BITS` the pair is undecided, `timeout`.
 """
+
 from __future__ import annotations
 
 import itertools
 import math
 import multiprocessing as mp
+from collections.abc import Sequence
 from fractions import Fraction
-from typing import Sequence
+from typing import TYPE_CHECKING
 
 from tasks.algos.grading import Grade, RewardScheme
-from tasks.algos.math_answer import answer_too_large, extract_math_answer, normalize_math_answer
+from tasks.algos.math_answer import answer_too_large, extract_math_answer, last_boxed, normalize_math_answer
+from tasks.datasets.rows import BadRow, show, text_field
+
+if TYPE_CHECKING:  # annotations only: math-verify workers import this module and stay light
+    from configs.schema import DataSection
 
 DEFAULT_TIMEOUT = 10.0
 # Bits an exact intermediate value may have in `exact_compare` (2^65536 has 65,537): past it the
 # comparison is undecided rather than run out of time or memory.
 MAX_EXACT_BITS = 1 << 20
+
+
+def reference(row: dict, cfg: DataSection, solution: str, where: str) -> tuple[str, str]:
+    """(reference, solution) of a row: MATH train sets ship only worked solutions, so without an answer
+    field the reference is the solution's last \\boxed{}."""
+    if cfg.answer_field not in row and solution:
+        boxed = last_boxed(solution)
+        if not (boxed and boxed.strip()):
+            raise BadRow(
+                where,
+                "missing_field",
+                f"no field {cfg.answer_field!r} and no \\boxed{{}} answer in "
+                f"field {cfg.solution_field!r} ({show(solution[-60:])})",
+            )
+        return boxed, solution
+    return text_field(row, cfg.answer_field, where), solution
+
+
+def extra_metrics(statuses: Sequence[str], texts: Sequence[str], solutions: Sequence[str]) -> dict[str, float]:
+    """None: a MATH problem has many valid solutions, so steps are not compared."""
+    return {}
 
 
 class _TooBig(Exception):
@@ -60,7 +88,7 @@ def _exact(e) -> Fraction | None:
         bits = max(base.numerator.bit_length(), base.denominator.bit_length())
         if abs(exp.numerator) * max(bits - 1, 1) > MAX_EXACT_BITS:  # |base| >= 2: at least that many bits
             raise _TooBig
-        return base ** exp.numerator
+        return base**exp.numerator
     return None
 
 
@@ -68,7 +96,9 @@ def _exact_tree(e) -> bool:
     """Whether every node of sympy `e` is an integer/rational, +, * or a power (nothing is computed)."""
     from sympy import Basic, preorder_traversal
 
-    return isinstance(e, Basic) and all(n.is_Rational or n.is_Add or n.is_Mul or n.is_Pow for n in preorder_traversal(e))
+    return isinstance(e, Basic) and all(
+        n.is_Rational or n.is_Add or n.is_Mul or n.is_Pow for n in preorder_traversal(e)
+    )
 
 
 def exact_compare(gold, pred) -> str | None:
@@ -156,8 +186,9 @@ class VerifierPool:
 
     STARTUP_TIMEOUT = 300.0
 
-    def __init__(self, workers: int = 2, timeout: float = DEFAULT_TIMEOUT, func=verify_pair,
-                 initializer=_import_math_verify):
+    def __init__(
+        self, workers: int = 2, timeout: float = DEFAULT_TIMEOUT, func=verify_pair, initializer=_import_math_verify
+    ):
         self.workers, self.timeout, self.func, self.initializer = workers, timeout, func, initializer
         self._ctx = mp.get_context("spawn")  # never fork a process that holds torch/vLLM threads
 
@@ -167,7 +198,9 @@ class VerifierPool:
             pool.apply_async(_started).get(self.STARTUP_TIMEOUT)
         except mp.TimeoutError:
             pool.terminate()
-            raise RuntimeError(f"the math-verify worker pool did not start within {self.STARTUP_TIMEOUT:.0f} s") from None
+            raise RuntimeError(
+                f"the math-verify worker pool did not start within {self.STARTUP_TIMEOUT:.0f} s"
+            ) from None
         return pool
 
     def run(self, pairs: Sequence[tuple[str, str]]) -> list[str]:
@@ -209,13 +242,20 @@ def _checked_reference(ref: str) -> str:
     norm = normalize_math_answer(ref)
     why = answer_too_large(norm)
     if why:
-        raise ValueError(f"reference answer {ref[:80]!r}{'...' if len(ref) > 80 else ''} is too large to grade: {why} "
-                         "(tasks/algos/math_answer.py)")
+        raise ValueError(
+            f"reference answer {ref[:80]!r}{'...' if len(ref) > 80 else ''} is too large to grade: {why} "
+            "(tasks/algos/math_answer.py)"
+        )
     return norm
 
 
-def grade_math_batch(responses: Sequence[str], references: Sequence[str], finish_reasons: Sequence[str],
-                     scheme: RewardScheme, pool: VerifierPool | None = None) -> list[Grade]:
+def grade_math_batch(
+    responses: Sequence[str],
+    references: Sequence[str],
+    finish_reasons: Sequence[str],
+    scheme: RewardScheme,
+    pool: VerifierPool | None = None,
+) -> list[Grade]:
     grades: list[Grade | None] = [None] * len(responses)
     todo: list[tuple[int, str, str]] = []
     for i, (resp, ref, fin) in enumerate(zip(responses, references, finish_reasons)):
@@ -247,3 +287,10 @@ def grade_math_batch(responses: Sequence[str], references: Sequence[str], finish
         else:
             grades[i] = Grade(scheme.no_answer, "parse_error", ans)
     return [g for g in grades if g is not None]
+
+
+def grade(
+    responses: Sequence[str], references: Sequence[str], finish_reasons: Sequence[str], scheme: RewardScheme
+) -> list[Grade]:
+    """The task's grader entry: grade_math_batch with a default VerifierPool."""
+    return grade_math_batch(responses, references, finish_reasons, scheme)

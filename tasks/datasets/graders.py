@@ -1,12 +1,19 @@
-"""Grade responses by task name, with the same code for the pipeline, eval and `segflow grade`."""
+"""Grade responses by task name, with the same code for the pipeline, eval and `segflow grade`.
+
+The grader itself is the task module's `grade` (tasks/datasets/<task>.py); this checks the inputs
+once for every task and turns the config's reward section into a RewardScheme.
+"""
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from configs.schema import RewardSection
-from tasks.algos.grading import Grade, RewardScheme, grade_numeric
+from tasks.algos.grading import Grade, RewardScheme
+from tasks.datasets.registry import task_module
 
-NUMERIC_TASKS = ("arith", "gsm8k")
+if TYPE_CHECKING:
+    from configs.schema import RewardSection
 
 
 def scheme_of(reward: RewardSection) -> RewardScheme:
@@ -27,13 +34,9 @@ def check_texts(responses: Sequence[object], references: Sequence[object]) -> No
                 raise ValueError(f"{name} {i} (0-based) is a {type(x).__name__}, not a string: {repr(x)[:80]}")
 
 
-def grade_all(task: str, responses: Sequence[str], references: Sequence[str], finish_reasons: Sequence[str],
-              scheme: RewardScheme) -> list[Grade]:
+def grade_all(
+    task: str, responses: Sequence[str], references: Sequence[str], finish_reasons: Sequence[str], scheme: RewardScheme
+) -> list[Grade]:
+    """One Grade per response, by task `task`'s grader; ValueError for an unknown task or a non-string input."""
     check_texts(responses, references)
-    if task in NUMERIC_TASKS:
-        return [grade_numeric(r, ref, f, scheme) for r, ref, f in zip(responses, references, finish_reasons)]
-    if task == "math":
-        from tasks.math_grading import grade_math_batch
-
-        return grade_math_batch(responses, references, finish_reasons, scheme)
-    raise ValueError(f"no grader for task {task!r}; known: {', '.join(NUMERIC_TASKS + ('math',))}")
+    return task_module(task).grade(responses, references, finish_reasons, scheme)

@@ -1,6 +1,6 @@
 """Rollout engines on Ray: with rollout.shards = N, N actors each hold one engine across iterations.
 
-Every request carries its own seed (tasks/engine.py), so a completion does not depend on which engine
+Every request carries its own seed (tasks/engines/base.py), so a completion does not depend on which engine
 serves it or what else is in that engine's batch: splitting a call across engines changes wall time
 only, and the results equal the single-engine run's. Requests that share a prompt (a prompt's n samples,
 a tree node's children) stay on one engine, so they still share its prefix cache.
@@ -12,14 +12,17 @@ placement group reserves every actor's CPUs and GPUs at once: a local cluster th
 once (tasks/placement.py), any cluster that cannot place them within rollout.placement_timeout_seconds fails
 then, naming the keys, instead of waiting for good.
 """
+
 from __future__ import annotations
 
 import os
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 from configs.schema import RolloutSection
-from tasks.engine import VLLM_SHAPE_KEYS, Completion, Request, build_engine, same_keys
+from tasks.engines.base import Completion, Request, same_keys
+from tasks.engines.registry import engine_class
+from tasks.engines.vllm_engine import VLLM_SHAPE_KEYS, vllm_env_defaults
 from tasks.placement import check_shards, gpus_per_shard, visible_gpus
 
 
@@ -65,8 +68,10 @@ class EngineHost:
     """What one Ray actor runs: an engine, started once, kept until the flow shuts it down."""
 
     def __init__(self, model_dir: str, cfg: RolloutSection, dtype: str, seed: int) -> None:
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine lives in the actor itself
-        self.engine = build_engine(model_dir, cfg.model_copy(update={"shards": 1}), dtype, seed)
+        vllm_env_defaults()  # the engine lives in the actor itself
+        self.engine = engine_class(cfg.backend).from_config(
+            model_dir, cfg.model_copy(update={"shards": 1}), dtype, seed
+        )
 
     def start_seconds(self) -> float:
         return self.engine.start_seconds
@@ -93,7 +98,7 @@ def _connect(cfg: RolloutSection) -> bool:
 
     if ray.is_initialized():
         return False
-    common = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    common = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
     if cfg.ray_address:
         ray.init(address=cfg.ray_address, **common)
         return False
@@ -119,13 +124,23 @@ def reserve(cfg: RolloutSection, gpus_each: float):
         raise ShardPlacementError(
             f"Ray could not place rollout.shards={cfg.shards} engine actors of {bundle} each (rollout.shard_cpus, "
             f"rollout.shard_gpus) within rollout.placement_timeout_seconds={cfg.placement_timeout_seconds:g}; the "
-            f"cluster has {have} in all: lower rollout.shards or the per-actor resources, or add nodes") from None
+            f"cluster has {have} in all: lower rollout.shards or the per-actor resources, or add nodes"
+        ) from None
     return group
 
 
 class ShardedEngine:
-    """The engine interface of tasks/engine.py (generate, load_weights, compatible, shutdown) over
-    `cfg.shards` Ray actors. start_seconds is the wall time until every actor's engine was up."""
+    """The engine interface of tasks/engines/base.py over `cfg.shards` Ray actors, each running rollout.backend's
+    engine. start_seconds is the wall time until every actor's engine was up."""
+
+    model_dir: str
+    start_seconds: float
+    loaded: str
+    reloads: list[float]
+
+    @classmethod
+    def from_config(cls, model_dir: str, cfg: RolloutSection, dtype: str, seed: int) -> ShardedEngine:
+        return cls(model_dir, cfg, dtype, seed)
 
     def __init__(self, model_dir: str, cfg: RolloutSection, dtype: str, seed: int) -> None:
         import ray
@@ -133,7 +148,7 @@ class ShardedEngine:
 
         t0 = time.perf_counter()
         self.model_dir, self.cfg, self.dtype = model_dir, cfg, dtype
-        self.actors, self.group = [], None
+        self.actors, self.group, self._owns_ray = [], None, False
         gpus = visible_gpus()
         check_shards(cfg, gpus)  # before a local cluster starts for actors it could never place
         gpus_each = gpus_per_shard(cfg, gpus)
@@ -141,9 +156,14 @@ class ShardedEngine:
         try:
             self.group = reserve(cfg, gpus_each)
             host = ray.remote(EngineHost)
-            self.actors = [host.options(num_cpus=cfg.shard_cpus, num_gpus=gpus_each, scheduling_strategy=
-                                        PlacementGroupSchedulingStrategy(self.group, placement_group_bundle_index=i))
-                           .remote(model_dir, cfg, dtype, seed) for i in range(cfg.shards)]
+            self.actors = [
+                host.options(
+                    num_cpus=cfg.shard_cpus,
+                    num_gpus=gpus_each,
+                    scheduling_strategy=PlacementGroupSchedulingStrategy(self.group, placement_group_bundle_index=i),
+                ).remote(model_dir, cfg, dtype, seed)
+                for i in range(cfg.shards)
+            ]
             ray.get([a.start_seconds.remote() for a in self.actors])  # surfaces a failed start here, not later
         except BaseException:
             self.shutdown()
@@ -151,6 +171,15 @@ class ShardedEngine:
         self.start_seconds = time.perf_counter() - t0
         self.loaded = model_dir
         self.reloads: list[float] = []
+
+    @property
+    def logprobs_mode(self) -> str:
+        """The actors' engine's (every actor runs rollout.backend's engine)."""
+        return engine_class(self.cfg.backend).logprobs_mode
+
+    @property
+    def replicas(self) -> int:
+        return len(self.actors)
 
     def compatible(self, cfg: RolloutSection, dtype: str) -> bool:
         keys = ("backend", "shards", "ray_address", "shard_cpus", "shard_gpus", "sleep_mode", *VLLM_SHAPE_KEYS)
@@ -181,18 +210,28 @@ class ShardedEngine:
         self.reloads.append(dt)
         return dt
 
-    def generate(self, requests: Sequence[Request], *, temperature: float, top_p: float,
-                 stop: Sequence[str] = (), progress: bool = True) -> list[Completion]:
+    def generate(
+        self,
+        requests: Sequence[Request],
+        *,
+        temperature: float,
+        top_p: float,
+        stop: Sequence[str] = (),
+        progress: bool = True,
+    ) -> list[Completion]:
         import ray
         from tqdm.auto import tqdm
 
         requests = list(requests)
         kwargs = {"temperature": temperature, "top_p": top_p, "stop": list(stop)}
         ranges = shard_requests(requests, len(self.actors))
-        pending = {a.generate.remote(requests[s:e], kwargs): i for i, (a, (s, e)) in enumerate(zip(self.actors, ranges))}
+        pending = {
+            a.generate.remote(requests[s:e], kwargs): i for i, (a, (s, e)) in enumerate(zip(self.actors, ranges))
+        }
         results: dict[int, list[Completion]] = {}
-        with tqdm(total=len(requests), desc=f"generate on {len(ranges)} engines", unit="req",
-                  disable=not progress) as bar:
+        with tqdm(
+            total=len(requests), desc=f"generate on {len(ranges)} engines", unit="req", disable=not progress
+        ) as bar:
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)
                 i = pending.pop(done[0])
@@ -203,18 +242,18 @@ class ShardedEngine:
     def shutdown(self) -> None:
         import ray
 
-        for a in getattr(self, "actors", []):
+        for a in self.actors:
             try:
                 ray.get(a.shutdown.remote(), timeout=60)
-            except Exception:  # noqa: BLE001 - the actor is killed next either way
+            except Exception:  # noqa: BLE001, S110 - the actor is killed next either way
                 pass
             ray.kill(a)
         self.actors = []
-        if getattr(self, "group", None) is not None:
+        if self.group is not None:
             from ray.util.placement_group import remove_placement_group
 
             remove_placement_group(self.group)
             self.group = None
-        if getattr(self, "_owns_ray", False):
+        if self._owns_ray:
             ray.shutdown()
             self._owns_ray = False
