@@ -13,7 +13,7 @@ from pathlib import Path
 import typer
 
 from flows import cli_ops, cli_views
-from flows.cli_common import apply_sets, env_defaults, fail, run_dir
+from flows.cli_common import apply_sets, console, env_defaults, fail, run_dir
 from tasks.datasets.registry import TASK_NAMES, spec_of_task
 
 app = typer.Typer(
@@ -33,8 +33,13 @@ def run(
     config: Path | None = typer.Option(None, "--config", help="YAML file with config deltas."),
     set_: list[str] = typer.Option([], "--set", help="Override, e.g. --set train.lr=1e-5 (repeatable)."),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where runs are written."),
+    verbose: bool = typer.Option(
+        False, "--verbose", help="Also show third-party warnings known to be benign (tasks/engines/vllm_engine.py)."
+    ),
 ) -> None:
     """Run (or resume) the rl_train flow. The same command always resumes the same run."""
+    if verbose:  # read by the engine at start (quiet_benign_vllm_warnings), in this process and its Ray actors
+        os.environ["SEGFLOW_VERBOSE"] = "1"
     from configs.loader import ConfigError, resolve
 
     try:
@@ -78,7 +83,6 @@ def run(
 
 
 def _print_summary(s: dict) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     t = Table(title=f"run {s['run_id']}")
@@ -99,9 +103,9 @@ def _print_summary(s: dict) -> None:
     for k, v in s["stage_seconds"].items():
         work = s.get("compute_seconds", {}).get(k)
         st.add_row(k, f"{v:.1f}", "" if work is None else f"{work:.1f}")
-    console = Console()
-    console.print(t, st)
-    console.print(
+    out = console()  # off a terminal: wide enough that a log keeps whole rows
+    out.print(t, st)
+    out.print(
         f"initial {s['initial_eval_accuracy']:.3f} -> final {s['final_eval_accuracy']:.3f}, "
         f"wall {s['wall_seconds']:.0f} s; stages executed {sum(s['stages_executed'].values())}, "
         f"cached {sum(s['stages_cached'].values())}"
@@ -164,7 +168,6 @@ def sql(
         w.writerows(rows)
         sys.stdout.write(buf.getvalue())
     else:
-        from rich.console import Console
         from rich.table import Table
 
         t = Table()
@@ -172,7 +175,7 @@ def sql(
             t.add_column(c)
         for r in rows:
             t.add_row(*("" if v is None else str(v) for v in r))
-        Console().print(t)
+        console().print(t)
         if skipped:
             print(f"({len(skipped)} unreadable file(s) left out of this result: see the warnings)")
 

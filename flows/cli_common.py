@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import NoReturn
 
@@ -38,12 +39,26 @@ def env_defaults(runs_dir: Path) -> None:
     # on a loaded machine, logs a "database is locked" traceback from its SQLite write mid-run.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # transformers' "Loading weights" / "Writing model shards" tqdm bars (and the hub's) follow this flag, read
+    # at import: every checkpoint load would print one, and into a log as carriage-return updates.
+    # segflow's own progress (tasks/progress.py, SEGFLOW_PROGRESS) reports the stages instead.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     from tasks.engines.vllm_engine import vllm_env_defaults
 
     vllm_env_defaults()
     from flows.prefect_server import guard_ephemeral_server
 
     guard_ephemeral_server()  # a killed segflow takes its temporary Prefect server with it
+
+
+def console(**kwargs):
+    """A rich Console for tables. Off a terminal rich assumes 80 columns and cuts wide tables in a log; there
+    the width is COLUMNS, else 200."""
+    from rich.console import Console
+
+    if not sys.stdout.isatty():
+        kwargs.setdefault("width", int(os.environ["COLUMNS"]) if os.environ.get("COLUMNS", "").isdigit() else 200)
+    return Console(**kwargs)
 
 
 def fail(msg: str) -> NoReturn:

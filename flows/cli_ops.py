@@ -100,7 +100,9 @@ def eval_(
 def compare_(
     names: list[str] = typer.Argument(..., help="Run ids / run directories, and eval ids / eval directories."),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
-    out: Path | None = typer.Option(None, "--out", help="Directory for the PNG plots (default <runs-dir>/compare)."),
+    out: Path | None = typer.Option(
+        None, "--out", help="Directory for the PNG plots (default <runs-dir>/compare/<the names, sorted>)."
+    ),
 ) -> None:
     """Runs side by side (table + accuracy vs iteration, generated tokens and compute seconds), evaluations'
     paired comparisons; published as Prefect artifacts."""
@@ -111,14 +113,19 @@ def compare_(
     env_defaults(runs_dir)  # first: prefect reads PREFECT_API_URL once, when it is imported
     from flows.compare import compare
     from flows.evaluate import comparison_markdown
-    from flows.run_plots import format_table
+    from flows.run_plots import comparison_dir, format_table
 
+    out_dir = out or comparison_dir(list(names), runs_dir)  # one folder per comparison: none overwrites another
     try:
-        result = compare(list(names), str(runs_dir), str(out or runs_dir / "compare"))
+        result = compare(list(names), str(runs_dir), str(out_dir))
     except ValueError as e:
         fail(str(e))
     if result["runs"]:
         print(format_table(result["runs"]))
+        for row in result["runs"]:
+            if row["status"] != "finished":
+                print(f"{row['run_id']}: {row['status']}, not finished; its figures so far")
+        print(f"plots: {out_dir}")
         for name, path in result["plots"].items():
             print(f"plot ({name}): {path}")
     for ev in result["evals"]:
@@ -134,14 +141,58 @@ def report(
 ) -> None:
     """Write a self-contained HTML report of a run: config, metrics over time, plots, sample responses."""
     from flows.html_report import write_report
-    from flows.run_plots import load_run
+    from flows.run_plots import load_run, partial_note
 
     try:
         info = load_run(run, runs_dir)
     except ValueError as e:
         fail(str(e))
     path = write_report(info, out or info.root / "report.html", samples=samples)
+    if note := partial_note(info):
+        print(f"{info.run_id}: {note}, not finished; the report shows its figures so far")
     print(path)
+
+
+UI_START_TIMEOUT_S = 120.0  # a cold Prefect server (database migrations) takes tens of seconds on a loaded machine
+
+
+def port_in_use(port: int) -> bool:
+    """Whether 127.0.0.1:port is already bound (bind test, not connect: a server mid-start counts too)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def api_healthy(url: str) -> bool:
+    """Whether the Prefect API at `url` answers GET /health."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def wait_healthy(proc, url: str, timeout_s: float, healthy=None, sleep=None) -> str | None:
+    """Poll until the server answers (None), it exits, or timeout_s passes; the latter two give the problem.
+    healthy(url) defaults to api_healthy, looked up per call (tests replace it)."""
+    import time
+
+    healthy, sleep = healthy or api_healthy, sleep or time.sleep
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if healthy(url):
+            return None
+        if proc.poll() is not None:
+            return f"the Prefect server exited with code {proc.returncode} before it was healthy (see its output above)"
+        sleep(0.5)
+    return f"the Prefect server at {url} was not healthy after {timeout_s:g} s"
 
 
 @app.command()
@@ -152,24 +203,38 @@ def ui(port: int = typer.Option(4200, help="Port on 127.0.0.1.")) -> None:
 
     from storage.handles import atomic_write_text
 
+    if port_in_use(port):  # else the server logs a bind error and the banner would claim a UI that is not ours
+        fail(
+            f"--port {port}: 127.0.0.1:{port} is already in use (a `segflow ui` already running?); "
+            "stop it or pass --port N"
+        )
     url = f"http://127.0.0.1:{port}/api"
     # The UI's own API URL must name this port, or the browser app calls the default port and shows an error.
     proc = subprocess.Popen(
         [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
         env={**os.environ, "PREFECT_UI_API_URL": url},
     )
-    atomic_write_text(UI_MARKER, json.dumps({"url": url, "pid": proc.pid}))
-    print(
-        f"Prefect UI on http://127.0.0.1:{port} (API {url}); `segflow run` in another terminal reports there. "
-        "Ctrl-C stops it."
-    )
+    wrote_marker = False
     try:
+        problem = wait_healthy(proc, url, UI_START_TIMEOUT_S)
+        if problem:
+            proc.terminate()
+            proc.wait()
+            fail(problem)
+        # The marker only once healthy: other commands that find it send their runs to this server.
+        atomic_write_text(UI_MARKER, json.dumps({"url": url, "pid": proc.pid}))
+        wrote_marker = True
+        print(
+            f"Prefect UI on http://127.0.0.1:{port} (API {url}); `segflow run` in another terminal reports there. "
+            "Ctrl-C stops it."
+        )
         proc.wait()
     except KeyboardInterrupt:
         proc.send_signal(signal.SIGINT)
         proc.wait()
     finally:
-        UI_MARKER.unlink(missing_ok=True)
+        if wrote_marker:  # a server that never came up leaves another `segflow ui`'s marker alone
+            UI_MARKER.unlink(missing_ok=True)
 
 
 @app.command()

@@ -31,7 +31,7 @@ from flows.run_plots import (
 PLOT_TITLES = {
     "iteration": "accuracy vs iteration",
     "tokens": "accuracy vs generated tokens",
-    "seconds": "accuracy vs compute seconds",
+    "seconds": "accuracy vs compute seconds since RL start (measured work, not wall time)",
 }
 
 

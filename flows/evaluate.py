@@ -28,7 +28,7 @@ from storage.layout import EvalLayout
 from storage.parquet import read_parquet
 from storage.schemas import EVAL_SAMPLES
 from tasks.algos.eval_stats import frontier_cost_of_pass, mcnemar, paired_bootstrap
-from tasks.algos.eval_summary import per_problem_scores
+from tasks.algos.eval_summary import per_problem_scores, table_columns
 from tasks.common import CODE_VERSION, ensure
 from tasks.datasets.registry import EVAL_DATASETS
 from tasks.engines.live import current_engine, shutdown_engine
@@ -208,7 +208,10 @@ def evaluate(spec: EvalSpec, runs_dir: str) -> dict:
     }
     atomic_write_text(layout.summary, json.dumps(summary, indent=2, default=str))
     key = artifact_key(layout.eval_id)
-    create_table_artifact([table_row(x) for x in cells], key=f"{key}-metrics", description=f"{layout.eval_id}: metrics")
+    shape = table_shape(summary)
+    create_table_artifact(
+        [table_row(x, *shape) for x in cells], key=f"{key}-metrics", description=f"{layout.eval_id}: metrics"
+    )
     create_markdown_artifact(
         comparison_markdown(summary),
         key=f"{key}-comparison",
@@ -217,40 +220,49 @@ def evaluate(spec: EvalSpec, runs_dir: str) -> dict:
     return summary
 
 
-TABLE_KEYS = (
-    "checkpoint",
-    "dataset",
-    "budget",
-    "problems",
-    "greedy_accuracy",
-    "greedy_accuracy_se",
-    "avg_at_k",
-    "avg_at_k_se",
-    "k",
-    "truncation_rate",
-    "length_mean",
-    "cost_of_pass",
-)
+def table_shape(summary: dict) -> tuple[int, bool]:
+    """(k, priced) of an evaluation: the sampled answers per problem (0 = greedy only) and whether a price
+    was given; they decide the eval table's columns (tasks/algos/eval_summary.py `table_columns`)."""
+    k = max((int(c.get("k", 0)) for c in summary["cells"]), default=0)
+    spec = summary.get("spec") or {}
+    return k, bool(spec.get("price_in") or spec.get("price_out"))
 
 
-def table_row(cell: dict) -> dict:
-    return {k: (round(cell[k], 4) if isinstance(cell[k], float) else cell[k]) for k in TABLE_KEYS if k in cell}
+def table_row(cell: dict, k: int, priced: bool) -> dict:
+    """One cell as a Prefect table row: where, then each table column (its standard error beside it), then k
+    and the truncation rate and mean length; floats rounded to 4 digits."""
+    row = {key: cell[key] for key in ("checkpoint", "dataset", "budget", "problems") if key in cell}
+    for header, key in table_columns(k, priced):
+        for name, src in ((header, key), (f"{header} se", f"{key}_se")):
+            if src in cell:
+                row[name] = cell[src]
+    row.update({key: cell[key] for key in ("k", "truncation_rate", "length_mean") if key in cell})
+    return {name: round(v, 4) if isinstance(v, float) else v for name, v in row.items()}
+
+
+def _cell_text(cell: dict, key: str) -> str:
+    if key not in cell:
+        return ""
+    if key == "cost_of_pass":
+        return f"{cell[key]:.4g}"
+    se = cell.get(f"{key}_se")
+    return f"{cell[key]:.3f}" + (f" ± {se:.3f}" if se is not None else "")
 
 
 def comparison_markdown(summary: dict) -> str:
+    k, priced = table_shape(summary)
+    cols = table_columns(k, priced)
     lines = [
         f"# {summary['eval_id']}",
         "",
-        "| checkpoint | dataset | budget | greedy | avg@k | pass@k | cost-of-pass |",
-        "|---|---|---|---|---|---|---|",
+        "| checkpoint | dataset | budget | " + " | ".join(h for h, _ in cols) + " |",
+        "|---|---|---|" + "---|" * len(cols),
     ]
     for c in summary["cells"]:
-        k = int(c.get("k", 0))
-        avg = f"{c['avg_at_k']:.3f} ± {c['avg_at_k_se']:.3f}" if k else ""
-        passk = f"{c[f'pass_at_{k}']:.3f}" if k else ""
         lines.append(
             f"| {c['checkpoint']} | {c['dataset']} | {c['budget']} | "
-            f"{c['greedy_accuracy']:.3f} ± {c['greedy_accuracy_se']:.3f} | {avg} | {passk} | {c['cost_of_pass']:.4g} |"
+            + " | ".join(_cell_text(c, key) for _, key in cols)
+            + " |"
         )
     if summary["comparisons"]:
         lines += [
@@ -268,6 +280,8 @@ def comparison_markdown(summary: dict) -> str:
                 f"| {x['a']} | {x['b']} | {x['dataset']} | {x['budget']} | {g['mean_diff']:+.3f} "
                 f"[{g['ci_low']:+.3f}, {g['ci_high']:+.3f}] | {g['p_value']:.3g} | {avg_s} |"
             )
+    if not priced:  # no price given: every cost is 0, so there is no frontier to name
+        return "\n".join(lines)
     lines += [
         "",
         "Frontier cost-of-pass: "

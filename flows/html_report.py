@@ -1,4 +1,4 @@
-"""One finished run as a single self-contained HTML page.
+"""One run as a single self-contained HTML page; an unfinished one is marked partial at the top.
 
     write_report(load_run("abc123", Path("runs")), Path("abc123.html"))
 
@@ -20,6 +20,7 @@ from flows.run_plots import (
     RunInfo,
     comparison_rows,
     new_figure,
+    partial_note,
     plot_accuracy,
     png_data_uri,
     save_png,
@@ -55,6 +56,7 @@ pre { background: #f7f7f7; border: 1px solid #ddd; padding: 0.6em; overflow-x: a
 img { max-width: 100%; } .muted { color: #777; }
 .ok { color: #176f2c; font-weight: bold; } .wrong { color: #a32020; font-weight: bold; }
 .sample { margin-bottom: 1.2em; }
+.partial { background: #fff4d6; border: 1px solid #e0b84c; padding: 0.5em 0.8em; }
 """
 
 
@@ -267,6 +269,16 @@ def samples_section(iteration: int | None, rows: list[dict[str, Any]]) -> str:
     return "".join(parts)
 
 
+def partial_banner(run: RunInfo) -> str:
+    note = partial_note(run)
+    if note is None:
+        return ""
+    return (
+        f'<p class="partial"><b>{esc(note)}</b>: the run has not finished (still running, crashed or '
+        "interrupted; rerun its command to resume). Figures come from its stored metrics.</p>"
+    )
+
+
 def render(
     run: RunInfo,
     plots: dict[str, Path],
@@ -287,6 +299,7 @@ def render(
                 f"<p>preset <b>{esc(run.preset or '-')}</b> &middot; estimator <b>{esc(run.estimator or '-')}</b> "
                 f'&middot; <span class="muted">{esc(run.root)}</span></p>'
             ),
+            partial_banner(run),
             "<h2>Summary</h2>",
             summary_section(run),
             "<h2>Health checks</h2>",

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import (
+    create_image_artifact,
     create_markdown_artifact,
     create_progress_artifact,
     create_table_artifact,
@@ -30,6 +31,7 @@ from configs.loader import to_yaml
 from configs.schema import Config
 from flows.artifact_keys import artifact_key
 from flows.notify import notify_failure
+from flows.run_plots import generated_tokens, plot_run_accuracy, png_data_uri
 from storage.handles import FileRef, atomic_write_text, sweep_temporaries
 from storage.layout import RunLayout
 from storage.metrics import read_metrics
@@ -46,6 +48,7 @@ from tasks.grade import grade
 from tasks.models import resolve_model_dir
 from tasks.placement import check_placement
 from tasks.prepare import prepare_dataset, warm_start
+from tasks.progress import RunProgress
 from tasks.reference import reference_logprobs
 from tasks.replay import replay_buffer
 from tasks.rollout import generate_rollouts
@@ -132,7 +135,34 @@ def rl_train(cfg: Config, runs_dir: str) -> dict:
         swept = sweep_temporaries(layout.root)  # what a killed writer left; never read, but never kept either
         if swept:
             print(f"removed {swept} temporary file(s) left by an interrupted run")
+        label_flow_run(cfg, layout)
         return _train(cfg, layout)
+
+
+# One line per invocation that took the run's lock: the counter in the flow run's name (`<run_id>#2`).
+INVOCATIONS_FILE = "invocations.log"
+
+
+def label_flow_run(cfg: Config, layout: RunLayout) -> None:
+    """Name this flow run after the run id (`<run_id>`, then `<run_id>#2`, ... for resumes and reruns) and
+    tag it preset:/estimator:/task:/model:, so the UI's runs list shows which segflow run each one is.
+    Called under the run lock, so two invocations never count the same number."""
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import flow_run
+
+    log = layout.root / INVOCATIONS_FILE
+    with log.open("a") as f:
+        f.write(f"{datetime.now(UTC).isoformat()} {flow_run.id}\n")
+    n = len(log.read_text().splitlines())
+    name = layout.run_id if n == 1 else f"{layout.run_id}#{n}"
+    tags = [
+        f"preset:{cfg.run.preset}",
+        f"estimator:{cfg.advantage.estimator}",
+        f"task:{cfg.data.task}",
+        f"model:{cfg.model.name_or_path}",
+    ]
+    with get_client(sync_client=True) as client:  # a deployment's own tags stay
+        client.update_flow_run(flow_run.id, name=name, tags=sorted({*flow_run.tags, *tags}))
 
 
 class StageLedger:
@@ -174,11 +204,6 @@ def iteration_metrics(stage_metrics: list[dict[str, float]]) -> dict[str, float]
     if made:
         metrics["generated_tokens_per_sample"] = generated_tokens(metrics) / made
     return metrics
-
-
-def generated_tokens(metrics: dict[str, float]) -> float:
-    """Rollout + Monte Carlo tokens: the x axis of accuracy-vs-compute comparisons."""
-    return metrics.get("generated_tokens", 0.0) + metrics.get("mc_generated_tokens", 0.0)
 
 
 def _train(cfg: Config, layout: RunLayout) -> dict:
@@ -226,12 +251,15 @@ def _train(cfg: Config, layout: RunLayout) -> dict:
         evals = {0: run_eval(0)}
         print(f"start accuracy (held-out, greedy): {evals[0]:.3f}")
         rows = []
+        published = 0  # rows in the last metrics table artifact
         buffer = None  # SPO-tree: the replay buffer's state file after the last iteration
         generated = 0.0  # rollout + Monte Carlo tokens so far
         tokens_at_eval = {0: 0.0}
         seconds_at_eval = {0: stage.compute_seconds()}  # measured work so far: the wall-clock x axis
+        clock = RunProgress(cfg.run.iterations)  # "iteration k of N" with an ETA, in a terminal and in logs
         for it in range(1, cfg.run.iterations + 1):
             executed_before = stage.executed_calls()
+            clock.start(it)
             if cfg.advantage.spec.grows_trees:
                 outs, buffer = tree_iteration(stage, policy, start, data.train, buffer, it)
             else:
@@ -254,10 +282,13 @@ def _train(cfg: Config, layout: RunLayout) -> dict:
                     + (f", avg@{cfg.eval.samples} {sampled[it]:.3f}" if it in sampled else "")
                 )
             rows.append(row)
+            if stage.executed_calls() > executed_before:  # a cached iteration would add identical versions
+                published = publish_live(layout, key, rows, evals)
             print(
                 f"iteration {it}: reward {metrics.get('reward_mean', 0):.3f}, "
                 f"train accuracy {metrics.get('accuracy', 0):.3f}"
             )
+            clock.finish(it, executed=stage.executed_calls() > executed_before)
             if stage.executed_calls() > executed_before:  # a cached iteration is not progress (one request less)
                 update_progress_artifact(progress_id, 100.0 * it / max(1, cfg.run.iterations))
     finally:
@@ -291,11 +322,23 @@ def _train(cfg: Config, layout: RunLayout) -> dict:
         )
     atomic_write_text(layout.summary, json.dumps(summary, indent=2))
     if stage.executed:  # a fully cached rerun would only add identical versions of both
-        if rows:
+        if len(rows) > published:  # iterations cached after the last one that ran are not in the table yet
             create_table_artifact(rows, key=f"{key}-metrics", description=f"per-iteration metrics of {layout.run_id}")
         create_markdown_artifact(summary_markdown(summary), key=f"{key}-summary", description="run summary")
     update_progress_artifact(progress_id, 100.0)
     return summary
+
+
+def publish_live(layout: RunLayout, key: str, rows: list[dict], evals: dict[int, float]) -> int:
+    """The metrics table and the accuracy plot as of this iteration: new versions of the run's two keyed
+    artifacts, made in the flow body so a resumed run shows them (specs/prefect.md §3). Returns len(rows)."""
+    import tempfile
+
+    create_table_artifact(rows, key=f"{key}-metrics", description=f"per-iteration metrics of {layout.run_id}")
+    with tempfile.TemporaryDirectory(prefix="segflow-plot-") as tmp:
+        png = plot_run_accuracy(layout.run_id, evals, Path(tmp) / "accuracy.png")
+        create_image_artifact(png_data_uri(png), key=f"{key}-accuracy", description="held-out accuracy vs iteration")
+    return len(rows)
 
 
 def rollout_iteration(cfg: Config, stage, policy: FileRef, start: FileRef, train: FileRef, it: int) -> tuple:

@@ -20,6 +20,7 @@ from tasks.datasets.graders import grade_all, scheme_of
 from tasks.engines.base import Request
 from tasks.engines.live import get_engine
 from tasks.models import engine_dtype
+from tasks.progress import stage
 
 
 def sample_and_grade(
@@ -36,6 +37,7 @@ def sample_and_grade(
     stop: tuple,
     task: str,
     scheme,
+    label: str = "evaluate",
 ) -> list[dict]:
     """Greedy plus `samples` sampled answers per problem on `engine`, graded.
 
@@ -43,24 +45,32 @@ def sample_and_grade(
     checkpoints are paired (common random numbers), and so are runs that share a seed_key.
     Returns one row per answer: problem index `i`, decoding, sample_index, prompt_tokens, num_tokens,
     finish_reason, score, status, extracted, completion_text.
+    Progress (tasks/progress.py, named `label`) counts answers: greedy ones, then sampled ones.
     """
-    greedy = engine.generate([Request(p, 0, b) for p, b in zip(ids, budgets)], temperature=0.0, top_p=1.0, stop=stop)
     keys = [(i, s) for i in range(len(ids)) for s in range(samples)]
-    sampled = (
-        engine.generate(
-            [Request(ids[i], derive_seed(*seed_key, prompt_ids[i], s), budgets[i]) for i, s in keys],
-            temperature=temperature,
-            top_p=top_p,
-            stop=stop,
+    with stage(label, len(ids) + len(keys), unit="answer") as progress:
+        greedy = engine.generate(
+            [Request(p, 0, b) for p, b in zip(ids, budgets)], temperature=0.0, top_p=1.0, stop=stop, progress=False
         )
-        if keys
-        else []
-    )
-    outs = greedy + sampled
-    index = [(i, 0, "greedy") for i in range(len(ids))] + [(i, s, "sampled") for i, s in keys]
-    grades = grade_all(
-        task, [o.text for o in outs], [refs[i] for i, _, _ in index], [o.finish_reason for o in outs], scheme
-    )
+        progress.advance(len(greedy), note="greedy")
+        sampled = (
+            engine.generate(
+                [Request(ids[i], derive_seed(*seed_key, prompt_ids[i], s), budgets[i]) for i, s in keys],
+                temperature=temperature,
+                top_p=top_p,
+                stop=stop,
+                progress=False,
+            )
+            if keys
+            else []
+        )
+        outs = greedy + sampled
+        index = [(i, 0, "greedy") for i in range(len(ids))] + [(i, s, "sampled") for i, s in keys]
+        grades = grade_all(
+            task, [o.text for o in outs], [refs[i] for i, _, _ in index], [o.finish_reason for o in outs], scheme
+        )
+        greedy_ok = [g.status == "ok" for g in grades[: len(greedy)]]
+        progress.advance(len(sampled), note="graded", accuracy=sum(greedy_ok) / max(1, len(greedy_ok)))
     return [
         {
             "i": i,
@@ -104,6 +114,7 @@ def evaluate(
         stop=cfg.rollout.stop,
         task=cfg.data.task,
         scheme=scheme_of(cfg.reward),
+        label=f"evaluate iteration {iteration}",
     )
     gen_seconds = time.perf_counter() - t0
     rows = [

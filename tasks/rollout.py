@@ -17,6 +17,7 @@ from tasks.common import STAGE, StageOutput
 from tasks.engines.base import Request
 from tasks.engines.live import get_engine
 from tasks.models import engine_dtype
+from tasks.progress import stage
 
 
 @task(name="generate_rollouts", **STAGE)
@@ -41,10 +42,18 @@ def generate_rollouts(
             keys.append((pids[i], s, ids[i]))
             requests.append(Request(ids[i], derive_seed(layout.run_id, iteration, pids[i], s), budget))
     t0 = time.perf_counter()
-    outs = engine.generate(
-        requests, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, stop=cfg.rollout.stop
-    )
-    gen_seconds = time.perf_counter() - t0
+    with stage(f"rollouts iteration {iteration}", len(requests), unit="request") as progress:
+        # One batched call (vLLM schedules it best whole): progress moves once, when it returns.
+        outs = engine.generate(
+            requests,
+            temperature=cfg.rollout.temperature,
+            top_p=cfg.rollout.top_p,
+            stop=cfg.rollout.stop,
+            progress=False,
+        )
+        gen_seconds = time.perf_counter() - t0
+        n_tok = sum(len(o.token_ids) for o in outs)
+        progress.advance(len(outs), tokens_per_s=round(n_tok / max(gen_seconds, 1e-9), 1))
     rows = [
         {
             "run_id": layout.run_id,
@@ -63,7 +72,6 @@ def generate_rollouts(
         for (pid, s, pids_), req, o in zip(keys, requests, outs)
     ]
     ref = write_parquet(rows, ROLLOUTS, layout.rollouts(iteration))
-    n_tok = sum(len(o.token_ids) for o in outs)
     metrics = write_metrics(
         layout.metrics(iteration, "rollout"),
         layout.run_id,

@@ -38,6 +38,7 @@ from tasks.common import STAGE, StageOutput
 from tasks.datasets.graders import grade_all, scheme_of
 from tasks.engines.live import continue_prefixes, get_engine
 from tasks.models import engine_dtype
+from tasks.progress import StageProgress, stage
 from tasks.teacher_forcing import policy_logprobs, recomputes_top_p
 
 
@@ -84,7 +85,8 @@ def spo_values(
     wanted, ids = boundary_prefixes(pids, prompts, comps, segs, mc_prompt)
     table = read_parquet(train, PROMPTS)
     refs = dict(zip(table["prompt_id"].to_pylist(), table["reference"].to_pylist()))
-    mc = sample_continuations(cfg, layout, policy, wanted, refs, iteration)
+    with stage(f"spo_values iteration {iteration}", 0, unit="continuation") as progress:
+        mc = sample_continuations(cfg, layout, policy, wanted, refs, iteration, progress)
 
     group: dict[str, list[float]] = defaultdict(list)  # V(prompt) = the group's mean reward
     for p, s in zip(pids, sids):
@@ -209,7 +211,13 @@ class Continuations:
 
 
 def sample_continuations(
-    cfg: Config, layout: RunLayout, policy: FileRef, wanted: dict, refs: dict, iteration: int
+    cfg: Config,
+    layout: RunLayout,
+    policy: FileRef,
+    wanted: dict,
+    refs: dict,
+    iteration: int,
+    progress: StageProgress | None = None,
 ) -> Continuations:
     """spo.mc_samples continuations of every wanted prefix on the live engine, each graded as the whole
     response (the prefix's response tokens + the continuation) against its prompt's reference.
@@ -229,6 +237,8 @@ def sample_continuations(
         """n continuations j = first.. of each prefix in `keys`, as (k, j, Completion), and their grades."""
         if not keys or n < 1:
             return [], []
+        if progress:
+            progress.add_total(len(keys) * n)
         t1 = time.perf_counter()
         outs = continue_prefixes(
             engine,
@@ -249,13 +259,17 @@ def sample_continuations(
             tok.decode(wanted[k][1][len(wanted[k][1]) - wanted[k][2] :] + o.token_ids, skip_special_tokens=True)
             for k, _, o in flat
         ]
-        return flat, grade_all(
+        graded = grade_all(
             cfg.data.task,
             texts,
             [refs[wanted[k][0]] for k, _, _ in flat],
             [o.finish_reason for _, _, o in flat],
             scheme_of(cfg.reward),
         )
+        if progress:
+            rewards = [gr.score for gr in graded if math.isfinite(gr.score)]
+            progress.advance(len(flat), reward=sum(rewards) / max(1, len(rewards)))
+        return flat, graded
 
     keys = sorted(wanted)
     first_n = sp.mc_samples if sp.mc_samples_min is None else sp.mc_samples_min

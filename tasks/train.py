@@ -32,7 +32,7 @@ from storage.schemas import (
 )
 from tasks.checkpoints import ADAPTER_DIR, OPTIMIZER_FILE, policy_device
 from tasks.common import STAGE, StageOutput
-from tasks.progress import bar
+from tasks.progress import stage
 from tasks.teacher_forcing import policy_logprobs
 
 
@@ -289,7 +289,7 @@ def train_policy(
     params = [p for p in model.parameters() if p.requires_grad]
     opt, sched, skips = restore_optimizer(cfg, params, Path(policy.path) / OPTIMIZER_FILE, device, total_steps)
     t0 = time.perf_counter()
-    with bar(f"train iteration {iteration}", batch.steps_now) as advance:
+    with stage(f"train iteration {iteration}", batch.steps_now) as progress:
         stats = rl_update(
             model,
             opt,
@@ -304,7 +304,7 @@ def train_policy(
             whiten_micro_batch=whiten,
             old_from_sampler=old_from_sampler,
             consecutive_skips=skips,
-            on_step=lambda i, n: advance(1, ""),
+            on_step=lambda i, n, loss: progress.advance(1, loss=loss),
             compute_dtype=compute_dtype(cfg, device),
         )
     stats["train_seconds"] = time.perf_counter() - t0

@@ -427,7 +427,7 @@ def rl_update(
     whiten_micro_batch: bool = False,
     old_from_sampler: bool = False,
     consecutive_skips: int = 0,
-    on_step: Callable[[int, int], None] | None = None,
+    on_step: Callable[[int, int, float], None] | None = None,
     log: Callable[[str], None] = print,
     collective: Collective | None = None,
     compute_dtype: torch.dtype | None = None,
@@ -565,7 +565,7 @@ def rl_update(
                 stats[name] += value / num_tokens
             stats["grad_norm"] += float(grad_norm)
             if on_step:
-                on_step(n_updates, cfg.epochs * steps_per_epoch)
+                on_step(n_updates, cfg.epochs * steps_per_epoch, step["loss"])  # (done, total, this step's loss)
     seconds = time.perf_counter() - t0
     model.eval()
     out = {k: v / max(1, n_updates) for k, v in stats.items()}

@@ -30,8 +30,10 @@ def test_flow_end_to_end_then_every_stage_is_a_cache_hit(prefect_harness, live_e
     from flows.rl_train import rl_train
 
     runs = tmp_path / "runs"
+    seen = _flow_run_ids()
     first = rl_train(small_config, str(runs))
     assert first["run_id"] == run_id(small_config) and first["iterations_completed"] == 2
+    first_run = _new_flow_run(seen)
     assert set(first["stages_executed"]) == STAGES and first["stages_cached"] == {}
     for key in ("initial_eval_accuracy", "final_eval_accuracy", "wall_seconds", "stage_seconds", "preset", "estimator"):
         assert key in first
@@ -97,8 +99,11 @@ def test_flow_end_to_end_then_every_stage_is_a_cache_hit(prefect_harness, live_e
     key = "rl-train-" + first["run_id"]
     assert kinds.get(f"{key}-progress") == "progress"
     assert kinds.get(f"{key}-metrics") == "table" and kinds.get(f"{key}-summary") == "markdown"
+    _assert_live_artifacts_and_ui_labels(first_run, key, small_config)
 
+    seen = _flow_run_ids()
     second = rl_train(small_config, str(runs))
+    assert _new_flow_run(seen).name == first["run_id"] + "#2"  # a rerun of the same segflow run
     assert second["stages_executed"] == {}
     assert set(second["stages_cached"]) == STAGES
     assert second["final_eval_accuracy"] == first["final_eval_accuracy"] and second["health"] == first["health"]
@@ -109,6 +114,43 @@ def test_flow_end_to_end_then_every_stage_is_a_cache_hit(prefect_harness, live_e
     third = rl_train(small_config, str(runs))
     assert third["stages_executed"] == {"grade": 1}
     assert (root / "iterations" / "0002" / "grades.parquet").exists()
+
+
+def _flow_run_ids() -> set:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return {r.id for r in client.read_flow_runs()}
+
+
+def _new_flow_run(seen: set):
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        (run,) = [r for r in client.read_flow_runs() if r.id not in seen]
+    return run
+
+
+def _assert_live_artifacts_and_ui_labels(flow_run, key: str, cfg) -> None:
+    """The UI's view of one rl_train flow run: name = run id, tags, task runs named by iteration, and one
+    table and one plot version per executed iteration (published live, not only at the end)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId
+
+    assert flow_run.name == run_id(cfg)
+    assert {"preset:default", f"estimator:{cfg.advantage.estimator}", "task:arith", "model:tiny"} <= set(flow_run.tags)
+    with get_client(sync_client=True) as client:
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
+        arts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id]))
+        )
+    names = {t.name for t in tasks}
+    assert {"prepare_dataset", "warm_start", "evaluate[it=0]", "generate_rollouts[it=1]", "train_policy[it=2]"} <= names
+    tables = sorted((a for a in arts if a.key == f"{key}-metrics"), key=lambda a: a.created)
+    rows = [json.loads(a.data) if isinstance(a.data, str) else a.data for a in tables]
+    assert [[r["iteration"] for r in t] for t in rows] == [[1], [1, 2]]  # after iteration 1 already, then updated
+    plots = [a for a in arts if a.key == f"{key}-accuracy"]
+    assert len(plots) == 2 and all(a.type == "image" and a.data.startswith("data:image/png;base64,") for a in plots)
 
 
 def test_a_fail_on_finding_stops_the_run_and_a_rerun_without_it_resumes(prefect_harness, live_engine, tmp_path):

@@ -10,10 +10,13 @@ import pytest
 
 from flows.html_report import pick_samples, write_report
 from flows.run_plots import (
+    accuracy_points,
+    comparison_dir,
     comparison_rows,
     format_table,
     load_run,
     markdown_table,
+    partial_note,
     plot_accuracy,
     png_data_uri,
 )
@@ -73,6 +76,9 @@ METRICS_A = {
 }
 
 
+EVAL_PROBLEMS = 4  # the greedy problems of eval_rows
+
+
 def make_run(runs_dir: Path, summary: dict, config: str, metrics: dict | None = None) -> Path:
     layout = RunLayout(runs_dir=str(runs_dir), run_id=summary["run_id"])
     layout.root.mkdir(parents=True)
@@ -83,7 +89,11 @@ def make_run(runs_dir: Path, summary: dict, config: str, metrics: dict | None = 
     for it in map(int, summary["eval_accuracy"]):
         write_parquet(eval_rows(layout.run_id, it), EVAL_RESULTS, layout.eval_results(it))
         write_metrics(
-            layout.eval_metrics(it), layout.run_id, it, "eval", {"eval_accuracy": summary["eval_accuracy"][str(it)]}
+            layout.eval_metrics(it),
+            layout.run_id,
+            it,
+            "eval",
+            {"eval_accuracy": summary["eval_accuracy"][str(it)], "eval_problems": EVAL_PROBLEMS},
         )
     layout.summary.write_text(json.dumps(summary))
     return layout.root
@@ -156,9 +166,7 @@ def test_load_run_by_id_and_by_path(runs_dir):
 
 
 def test_load_run_errors(runs_dir):
-    with pytest.raises(ValueError, match="no summary.json yet, so it has not finished"):
-        load_run("run_c", runs_dir)
-    with pytest.raises(ValueError, match="no run directory") as e:
+    with pytest.raises(ValueError, match="no run directory with summary.json or config.yaml") as e:
         load_run("run_missing", runs_dir)
     assert str(runs_dir / "run_missing") in str(e.value)  # names what was tried
 
@@ -205,6 +213,51 @@ def test_plot_accuracy_without_compute_seconds(runs_dir, tmp_path):
     paths = plot_accuracy([load_run("run_b", runs_dir)], tmp_path)
     assert set(paths) == {"iteration", "tokens"}
     _assert_png(paths["tokens"])
+
+
+def test_seconds_axis_starts_at_rl_and_error_bars_are_binomial_se(runs_dir):
+    run = load_run("run_a", runs_dir)
+    pts = accuracy_points(run, "compute_seconds_at_eval", from_rl_start=True)
+    # compute_seconds_at_eval {0: 3.0, 2: 40.0, 4: 81.5}: iteration 0 (warm start + first eval) is the origin.
+    assert pts.xs == [0.0, 37.0, 78.5]
+    assert pts.ys == [25.0, 62.5, 50.0]
+    # SE = sqrt(p (1 - p) / n) with n = 4 problems, in %.
+    expected = [100 * (0.25 * 0.75 / 4) ** 0.5, 100 * (0.625 * 0.375 / 4) ** 0.5, 100 * (0.5 * 0.5 / 4) ** 0.5]
+    assert pts.errs == pytest.approx(expected)
+    assert pts.errs[2] == pytest.approx(25.0)
+    # Without from_rl_start the raw values stay (other axes: tokens start at 0 by construction).
+    assert accuracy_points(run, "compute_seconds_at_eval").xs == [3.0, 40.0, 81.5]
+    assert accuracy_points(run, None).xs == [0.0, 2.0, 4.0]
+
+
+def test_error_bars_from_summary_eval_problems_win_and_unknown_n_has_none(tmp_path):
+    summary = {**SUMMARY_B, "run_id": "run_n", "eval_problems": {"0": 100, "2": 100}}
+    root = make_run(tmp_path, summary, "run: {}\n")
+    pts = accuracy_points(load_run(str(root), tmp_path), None)
+    assert pts.errs == pytest.approx([100 * (0.25 * 0.75 / 100) ** 0.5, 100 * (0.75 * 0.25 / 100) ** 0.5])
+    (root / "eval" / "0000" / "metrics-eval.parquet").unlink()
+    summary.pop("eval_problems")
+    (root / "summary.json").write_text(json.dumps(summary))
+    assert accuracy_points(load_run(str(root), tmp_path), None).errs == [None, pytest.approx(100 * (0.1875 / 4) ** 0.5)]
+
+
+def test_comparison_dir_differs_per_comparison_and_not_per_order(tmp_path):
+    ab = comparison_dir(["run_b", "run_a"], tmp_path)
+    assert ab == tmp_path / "compare" / "run_a+run_b"
+    assert comparison_dir(["run_a", "run_b"], tmp_path) == ab
+    assert comparison_dir(["run_a", "run_c"], tmp_path) != ab
+    # Same last parts in different directories: a hash of the full names keeps them apart.
+    x, y = comparison_dir(["x/run_a", "run_b"], tmp_path), comparison_dir(["y/run_a", "run_b"], tmp_path)
+    assert x != y and x.name.startswith("run_a+run_b-") and x.parent == tmp_path / "compare"
+
+
+def test_two_comparisons_keep_their_own_plots(runs_dir, tmp_path):
+    a, b = load_run("run_a", runs_dir), load_run("run_b", runs_dir)
+    first = plot_accuracy([a, b], comparison_dir(["run_a", "run_b"], tmp_path))
+    second = plot_accuracy([a], comparison_dir(["run_a"], tmp_path))
+    assert first["iteration"] != second["iteration"]
+    assert first["iteration"].read_bytes() != second["iteration"].read_bytes()
+    assert {p.name for p in (tmp_path / "compare").iterdir()} == {"run_a", "run_a+run_b"}
 
 
 def test_pick_samples_mixes_correct_and_wrong():
@@ -308,3 +361,91 @@ def test_iteration_metrics_count_generated_tokens_per_training_sample():
     tree = iteration_metrics([{"generated_tokens": 3000.0, "kept_edges": 100.0, "samples": 999.0}])
     assert tree["generated_tokens_per_sample"] == 30.0  # kept edges, not the tree's node count
     assert "generated_tokens_per_sample" not in iteration_metrics([{"generated_tokens": 10.0}])
+
+
+# A run that crashed in iteration 3 of 4: iterations 1-2 trained, iteration 3 only graded, evaluated at 0 and 2.
+PARTIAL_CONFIG = "run:\n  preset: grpo_small\n  iterations: 4\nadvantage:\n  estimator: grpo\n"
+PARTIAL_METRICS = {
+    1: {"rollout": {"generated_tokens": 100.0}, "grade": {"reward_mean": 0.25}, "train": {"clipfrac": 0.1}},
+    2: {"rollout": {"generated_tokens": 300.0}, "grade": {"reward_mean": 0.5}, "train": {"clipfrac": 0.2}},
+    3: {"rollout": {"generated_tokens": 50.0}, "grade": {"reward_mean": 0.75}},
+}
+
+
+def make_partial_run(runs_dir: Path) -> Path:
+    """make_run's files without summary.json."""
+    root = make_run(
+        runs_dir, {"run_id": "run_p", "eval_accuracy": {"0": 0.25, "2": 0.5}}, PARTIAL_CONFIG, PARTIAL_METRICS
+    )
+    (root / "summary.json").unlink()
+    return root
+
+
+def test_unfinished_run_loads_as_partial_from_its_metrics(tmp_path):
+    make_partial_run(tmp_path)
+    run = load_run("run_p", tmp_path)
+    s = run.summary
+    assert (run.run_id, run.preset, run.estimator) == ("run_p", "grpo_small", "grpo")
+    assert s["partial"] == {"iterations_completed": 2, "iterations_planned": 4}  # iteration 3 never trained
+    assert s["eval_accuracy"] == {"0": 0.25, "2": 0.5}
+    assert (s["initial_eval_accuracy"], s["final_eval_accuracy"]) == (0.25, 0.5)
+    assert s["generated_tokens"] == 450.0 and s["generated_tokens_at_eval"] == {"0": 0.0, "2": 400.0}
+    assert partial_note(run) == "partial (2 of 4 iterations)"
+    assert partial_note(load_run("run_a", make_run_dir(tmp_path))) is None
+    (row,) = comparison_rows([run])
+    assert (row["iterations"], row["status"], row["final_accuracy"]) == (2, "partial (2 of 4 iterations)", 0.5)
+    assert "partial (2 of 4 iterations)" in format_table([row]) and "partial (2 of 4" in markdown_table([row])
+
+
+def make_run_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "finished"
+    make_run(d, SUMMARY_A, CONFIG_A, METRICS_A)
+    return d
+
+
+def test_report_of_an_unfinished_run_says_partial(tmp_path):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    root = make_partial_run(tmp_path)
+    result = CliRunner().invoke(app, ["report", "run_p", "--runs-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "run_p: partial (2 of 4 iterations), not finished" in result.output
+    page = (root / "report.html").read_text()
+    assert '<p class="partial"><b>partial (2 of 4 iterations)</b>' in page
+    assert "62.5%" not in page and "50.0%" in page  # the final accuracy so far, from eval/0002
+
+
+def test_an_empty_started_run_is_partial_with_unknown_plan(runs_dir):
+    run = load_run("run_c", runs_dir)  # config.yaml only, no iterations (run: {})
+    assert partial_note(run) == "partial (0 of ? iterations)" and run.summary["eval_accuracy"] == {}
+
+
+@pytest.mark.slow
+def test_compare_flow_accepts_an_unfinished_run_and_marks_it_partial(prefect_harness, tmp_path):
+    from flows.compare import compare
+
+    make_partial_run(tmp_path)
+    make_run(tmp_path, SUMMARY_A, CONFIG_A, METRICS_A)
+    result = compare(["run_p", "run_a"], str(tmp_path), str(tmp_path / "plots"))
+    assert [(r["run_id"], r["status"]) for r in result["runs"]] == [
+        ("run_p", "partial (2 of 4 iterations)"),
+        ("run_a", "finished"),
+    ]
+    assert Path(result["plots"]["iteration"]).is_file()
+
+
+def test_compare_cli_writes_each_comparison_to_its_own_folder(runs_dir, prefect_harness):
+    from typer.testing import CliRunner
+
+    from flows.cli_ops import app
+
+    outputs = [
+        CliRunner().invoke(app, ["compare", *names, "--runs-dir", str(runs_dir)])
+        for names in (["run_a", "run_b"], ["run_a"])
+    ]
+    for result, folder in zip(outputs, ("run_a+run_b", "run_a")):
+        assert result.exit_code == 0, result.output
+        assert f"plots: {runs_dir / 'compare' / folder}\n" in result.output
+        assert (runs_dir / "compare" / folder / "accuracy_vs_iteration.png").is_file()

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -44,7 +45,12 @@ def test_compare_plots_render_in_the_prefect_ui(tmp_path):
     try:
         url = f"http://127.0.0.1:{port}/api"
         assert wait_healthy(url, 180), "segflow ui: the Prefect server did not come up"
-        assert json.loads((tmp_path / "ui.json").read_text())["url"] == url
+        # `segflow ui` writes its marker just after the server first answers /health: wait for it too.
+        marker = tmp_path / "ui.json"
+        deadline = time.monotonic() + 30
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert json.loads(marker.read_text())["url"] == url
         # No PREFECT_API_URL: compare finds the running server through the marker file.
         res = subprocess.run(
             [sys.executable, "-m", "flows.cli", "compare", "run_a", "--runs-dir", str(runs)],

@@ -83,3 +83,15 @@ def summarize(rows: Sequence[dict], price_in_per_mtok: float = 0.0, price_out_pe
         out["cost_per_attempt"] = cost
         out["cost_of_pass"] = cost_of_pass(cost, accuracy)
     return out
+
+
+def table_columns(k: int, priced: bool) -> list[tuple[str, str]]:
+    """(header, summarize key) of the eval table, the k in the headers: greedy; avg@k, pass@k, maj@k when k > 0
+    sampled answers were drawn (`avg@4` reads avg_at_k, `pass@4` pass_at_4, `maj@4` maj_at_4); cost-of-pass
+    only when a price was given (priced), since with both prices 0 every cost is 0 and says nothing."""
+    cols = [("greedy", "greedy_accuracy")]
+    if k > 0:
+        cols += [(f"avg@{k}", "avg_at_k"), (f"pass@{k}", f"pass_at_{k}"), (f"maj@{k}", f"maj_at_{k}")]
+    if priced:
+        cols.append(("cost-of-pass", "cost_of_pass"))
+    return cols

@@ -9,6 +9,7 @@ one GPU. vLLM is imported lazily: a fully cached rerun never pays for it.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Sequence
@@ -47,6 +48,56 @@ def vllm_env_defaults(kv_cache_gib: float | None = None) -> None:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(kv_cache_gib))))
 
 
+# vLLM warnings known to be benign, by logger name and message exactly as logged; hidden unless
+# SEGFLOW_VERBOSE=1 (`segflow run --verbose`). Why each is benign:
+BENIGN_VLLM_WARNINGS: dict[str, frozenset[str]] = {
+    # After every in-place reload (load_weights), vLLM's layerwise reloader warns for each layer that had
+    # loadable tensors but got none from the checkpoint, and puts the layer's own tensors back. Rotary
+    # embeddings have no weights: inv_freq and cos_sin_cache are buffers computed from the config, absent
+    # from every checkpoint, so what is put back is exactly what a fresh engine computes. Proof:
+    # tests/test_engine.py::test_weight_update_matches_fresh_engine (and the tied-hub-model test there): a
+    # reloaded engine's greedy tokens equal a fresh engine's on the same checkpoint.
+    "vllm.model_executor.model_loader.reload.layerwise": frozenset({"RotaryEmbedding: Failed to load weights"}),
+}
+
+
+# Python warnings that importing vLLM raises at every engine start (14 in tests/test_engine.py's session):
+# deprecations inside torch and vLLM's own code, which nothing in segflow calls or can change. (category,
+# start of the message) as warnings.filterwarnings matches them.
+BENIGN_PY_WARNINGS: tuple[tuple[type[Warning], str], ...] = (
+    (DeprecationWarning, "`torch.jit.script_method` is deprecated"),
+    (FutureWarning, "`torch.distributed.reduce_op` is deprecated"),
+)
+
+
+class DropMessages(logging.Filter):
+    """Drops records whose formatted message is one of `messages` (exact match, so a new warning, or the
+    same warning for another layer class, still shows)."""
+
+    def __init__(self, messages: frozenset[str]):
+        super().__init__()
+        self.messages = messages
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() not in self.messages
+
+
+def quiet_benign_vllm_warnings() -> None:
+    """Put a DropMessages filter on each logger of BENIGN_VLLM_WARNINGS, once, and ignore BENIGN_PY_WARNINGS;
+    nothing with SEGFLOW_VERBOSE=1. Called before vLLM is imported, which raises the Python warnings."""
+    if os.environ.get("SEGFLOW_VERBOSE") == "1":
+        return
+    import re
+    import warnings
+
+    for category, start in BENIGN_PY_WARNINGS:
+        warnings.filterwarnings("ignore", message=re.escape(start), category=category)
+    for name, messages in BENIGN_VLLM_WARNINGS.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, DropMessages) for f in logger.filters):
+            logger.addFilter(DropMessages(messages))
+
+
 @dataclass
 class VLLMEngine:
     model_dir: str
@@ -68,6 +119,7 @@ class VLLMEngine:
 
     def __post_init__(self) -> None:
         vllm_env_defaults(self.cfg.kv_cache_gib)
+        quiet_benign_vllm_warnings()
         t0 = time.perf_counter()
         from vllm import LLM  # imported lazily: a fully cached rerun never pays for it
         from vllm.platforms import current_platform
@@ -89,6 +141,7 @@ class VLLMEngine:
             logprobs_mode=LOGPROBS_MODE,
             gpu_memory_utilization=self.cfg.gpu_memory_utilization,
             enforce_eager=self.cfg.enforce_eager,
+            use_tqdm_on_load=False,  # its shard bar, at start and every reload, is carriage returns in a log
             **sleep_kwargs,
         )
         self.start_seconds = time.perf_counter() - t0
@@ -156,7 +209,8 @@ class VLLMEngine:
             )
             for r in requests
         ]
-        outs = self.llm.generate(prompts, params, use_tqdm=progress)
+        # vLLM's own tqdm writes carriage returns into logs; the calling stage reports progress (tasks/progress.py).
+        outs = self.llm.generate(prompts, params, use_tqdm=False)
         # Stop strings need vLLM's incremental detokenizer; without them the text is decoded here in one
         # batched call from the token ids (the truth), which spares vLLM per-token Python work.
         texts = (
