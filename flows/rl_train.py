@@ -139,10 +139,6 @@ def rl_train(cfg: Config, runs_dir: str) -> dict:
         return _train(cfg, layout)
 
 
-# One line per invocation that took the run's lock: the counter in the flow run's name (`<run_id>#2`).
-INVOCATIONS_FILE = "invocations.log"
-
-
 def label_flow_run(cfg: Config, layout: RunLayout) -> None:
     """Name this flow run after the run id (`<run_id>`, then `<run_id>#2`, ... for resumes and reruns) and
     tag it preset:/estimator:/task:/model:, so the UI's runs list shows which segflow run each one is.
@@ -150,7 +146,7 @@ def label_flow_run(cfg: Config, layout: RunLayout) -> None:
     from prefect.client.orchestration import get_client
     from prefect.runtime import flow_run
 
-    log = layout.root / INVOCATIONS_FILE
+    log = layout.invocations
     with log.open("a") as f:
         f.write(f"{datetime.now(UTC).isoformat()} {flow_run.id}\n")
     n = len(log.read_text().splitlines())

@@ -83,6 +83,11 @@ class RunLayout(BaseModel):
     def summary(self) -> Path:
         return self.root / "summary.json"
 
+    @property
+    def invocations(self) -> Path:
+        """One line per invocation that took the run's lock: the counter in the flow run's name (`<run_id>#2`)."""
+        return self.root / "invocations.log"
+
     def prompts(self, split: str) -> Path:
         return self.root / "data" / f"prompts-{split}.parquet"
 
