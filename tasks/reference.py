@@ -28,25 +28,13 @@ def reference_logprobs(
     import torch
 
     from tasks.algos.policy_loss import kl_estimate
-    from tasks.checkpoints import load_policy
-    from tasks.trainer import sequence_logprobs
+    from tasks.teacher_forcing import policy_logprobs
 
-    model, tok, device = load_policy(cfg, reference.path)
     r = read_parquet(rollouts, ROLLOUTS)
     prompts, comps = r["prompt_token_ids"].to_pylist(), r["completion_token_ids"].to_pylist()
     sampled = r["sampling_logprobs"].to_pylist()
     with bar(f"reference log-probs {iteration}", len(comps)) as advance:
-        ref_rows = sequence_logprobs(
-            model,
-            prompts,
-            comps,
-            pad_id=tok.pad_token_id,
-            device=device,
-            temperature=cfg.rollout.temperature,
-            chunk=cfg.train.logprob_chunk,
-            micro_batch=cfg.train.micro_batch_size,
-            on_batch=lambda n: advance(n, ""),
-        )
+        ref_rows = policy_logprobs(cfg, reference.path, prompts, comps, on_batch=lambda n: advance(n, ""))
     kls = [
         float(
             kl_estimate(

@@ -1,16 +1,26 @@
 """Teacher-forced log-probs under a policy that is not being trained: the SPO stages (spo_values,
-tree_rollouts) read p from it, and train_policy's KL penalty for SPO-tree edges reads the start policy's.
+tree_rollouts) read p from it, reference_logprobs reads the reference model's, and train_policy's KL penalty for
+SPO-tree edges reads the start policy's.
 Shared by those stages, so none of them imports another stage's module."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from configs.schema import Config
 from tasks.checkpoints import load_policy
 
 
-def policy_logprobs(cfg: Config, path: str, prompts: list[list[int]], comps: list[list[int]]) -> list[list[float]]:
+def policy_logprobs(
+    cfg: Config,
+    path: str,
+    prompts: list[list[int]],
+    comps: list[list[int]],
+    on_batch: Callable[[int], None] | None = None,
+) -> list[list[float]]:
     """Per-token log-probs of each completion after its prompt under the checkpoint at `path`: a teacher-forced
-    pass at the sampling temperature, without top-p (the distribution the SPO reference reads p from, spo.md §0)."""
+    pass at the sampling temperature, without top-p (the distribution the SPO reference reads p from, spo.md §0).
+    `on_batch(n)` is called after each micro-batch of n sequences (progress)."""
     from tasks.trainer import sequence_logprobs
 
     model, tok, device = load_policy(cfg, path)
@@ -23,6 +33,7 @@ def policy_logprobs(cfg: Config, path: str, prompts: list[list[int]], comps: lis
         temperature=cfg.rollout.temperature,
         chunk=cfg.train.logprob_chunk,
         micro_batch=cfg.train.micro_batch_size,
+        on_batch=on_batch,
     )
     del model
     return lps
