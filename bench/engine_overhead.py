@@ -24,6 +24,7 @@ sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 from report import write_section  # noqa: E402
 
 from storage.catalog import query  # noqa: E402
+from storage.metric_names import flat  # noqa: E402
 
 
 def main() -> None:
@@ -39,10 +40,10 @@ def main() -> None:
         _, rows = query(
             runs_dir,
             "select name, sum(value) from metrics where run_id = '" + s["run_id"] + "' and "
-            "stage = 'rollout' and name in ('generation_seconds', 'weight_load_seconds', "
-            "'engine_start_seconds') group by 1",
+            "stage = 'rollout' and name in ('perf/generation_seconds', 'perf/weight_load_seconds', "
+            "'perf/engine_start_seconds') group by 1",
         )
-        m = dict(rows)
+        m = {flat(name): value for name, value in rows}
         wall = s["stage_seconds"]["generate_rollouts"] - m.get("engine_start_seconds", 0.0)
         gen = m["generation_seconds"]
         lines.append(

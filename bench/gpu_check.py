@@ -39,7 +39,8 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from tasks.checkpoints import MASTER_DIR, load_master, restore_optimizer, write_checkpoint  # noqa: E402
-from tasks.trainer import Sample, rl_update  # noqa: E402
+from tasks.sample import Sample  # noqa: E402
+from tasks.trainer import rl_update  # noqa: E402
 
 QWEN05B = dict(
     hidden_size=896,

@@ -6,7 +6,7 @@ All models are frozen and reject unknown keys, so a typo fails at load time with
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -49,7 +49,13 @@ class Section(BaseModel):
 class RunSection(Section):
     preset: str = Field("default", description="Preset the run came from (set by --preset).")
     seed: int = Field(0, description="Seeds model init, SFT, prompt order and every sampling seed.")
-    iterations: int = Field(40, ge=0, description="RL iterations (rollout -> grade -> advantage -> train).")
+    iterations: int = Field(
+        40,
+        ge=0,
+        description="RL iterations (rollout -> grade -> advantage -> train). An execution key: rerunning a "
+        "finished run with more continues it from its last checkpoint (the earlier iterations are cache hits). "
+        "A linear lr schedule's horizon is train.schedule_iterations.",
+    )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when present, else cpu.")
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads for training; 0 = all cores.")
 
@@ -119,7 +125,10 @@ class ModelSection(Section):
 
 
 class WarmStartSection(Section):
-    """SFT on worked solutions (loss on completion tokens only). Only for the tiny model."""
+    """SFT on worked solutions (loss on completion tokens only). Only for the tiny model. Built once per runs
+    directory for each set of inputs (this section, model.tiny, run.seed, the device, the training examples,
+    the code version) under shared/warm_start/; every run with the same inputs, whatever its preset or
+    run.iterations, starts from it (storage/layout.py)."""
 
     enabled: bool = Field(
         True, description="Run the SFT warm start (required by the tiny model, which starts untrained)."
@@ -394,7 +403,16 @@ class TrainSection(Section):
     warmup_steps: int = Field(0, ge=0, description="Linear lr warmup over the run's first this many optimiser steps.")
     schedule: Literal["constant", "linear"] = Field(
         "constant",
-        description="lr after warmup: constant, or linear decay to 0 at the run's last optimiser step.",
+        description="lr after warmup: constant, or linear decay to 0 at the last optimiser step of "
+        "iteration train.schedule_iterations.",
+    )
+    schedule_iterations: int | None = Field(
+        None,
+        ge=0,
+        description="schedule=linear: the iterations the decay spans; null = run.iterations, filled in "
+        "when the config is resolved, so the horizon is part of the run id (run.iterations itself is not: "
+        "raising it continues a constant-schedule run, while a linear one with null starts a new run). Set it to "
+        "keep a linear run's id while changing run.iterations. Unused by schedule=constant.",
     )
     loss_agg: Literal[LOSS_AGGREGATIONS] = Field("token-mean", description="See tasks/algos/losses.py::aggregate.")
     logprob_chunk: int = Field(
@@ -542,6 +560,28 @@ class Config(Section):
     eval: EvalSection = EvalSection()
     health: HealthSection = HealthSection()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _linear_horizon(cls, data: Any) -> Any:
+        """train.schedule_iterations=null under schedule=linear becomes run.iterations here, before anything
+        hashes the config: run.iterations is an execution key, but a linear schedule's horizon changes every
+        step's lr, so it must reach the run id and the stages' cache keys."""
+        if not isinstance(data, dict):
+            return data
+        train, iterations = data.get("train", {}), _raw(data.get("run", {}), RunSection, "iterations")
+        if (
+            _raw(train, TrainSection, "schedule") == "linear"
+            and _raw(train, TrainSection, "schedule_iterations") is None
+            and isinstance(iterations, int)
+            and not isinstance(iterations, bool)
+        ):
+            if isinstance(train, TrainSection):
+                train = train.model_copy(update={"schedule_iterations": iterations})
+            elif isinstance(train, dict):
+                train = {**train, "schedule_iterations": iterations}
+            data = {**data, "train": train}
+        return data
+
     @model_validator(mode="after")
     def _consistent(self) -> Config:
         if self.train.mini_batch_size % self.train.micro_batch_size:
@@ -600,10 +640,21 @@ class Config(Section):
 # resumes in the same directory with its cached stages and produces the same artifacts. The health
 # checks only judge stored metrics (their findings are rebuilt on every invocation).
 EXECUTION_KEYS: dict[str, set[str]] = {
+    "run": {"iterations"},  # a longer run continues the shorter one; train.schedule_iterations is the lr horizon
     "rollout": {"shards", "ray_address", "shard_cpus", "shard_gpus", "placement_timeout_seconds", "sleep_mode"},
     "train": {"timeout_seconds"},
     "health": set(HealthSection.model_fields),
 }
+
+
+def _raw(section: Any, model: type[Section], key: str) -> Any:
+    """`key` of a section as given to Config (a mapping or a section model) before validation, else its default;
+    None for anything else (validation names it)."""
+    if isinstance(section, model):
+        return getattr(section, key)
+    if isinstance(section, dict):
+        return section.get(key, model.model_fields[key].default)
+    return None
 
 
 def without_execution_keys(obj):

@@ -13,7 +13,7 @@ from pathlib import Path
 import typer
 
 from flows import cli_ops, cli_views
-from flows.cli_common import apply_sets, console, env_defaults, fail, run_dir
+from flows.cli_common import apply_sets, console, env_defaults, fail, run_dir, telemetry_off
 from tasks.datasets.registry import TASK_NAMES, spec_of_task
 
 app = typer.Typer(
@@ -23,6 +23,7 @@ app = typer.Typer(
 
 @app.callback(invoke_without_command=True)
 def default_command(ctx: typer.Context) -> None:
+    telemetry_off()  # every command, `segflow ui`'s server included; before anything imports Prefect
     if ctx.invoked_subcommand is None:  # bare `segflow` runs the embedded default
         ctx.invoke(run)
 
@@ -34,11 +35,11 @@ def run(
     set_: list[str] = typer.Option([], "--set", help="Override, e.g. --set train.lr=1e-5 (repeatable)."),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where runs are written."),
     verbose: bool = typer.Option(
-        False, "--verbose", help="Also show third-party warnings known to be benign (tasks/engines/vllm_engine.py)."
+        False, "--verbose", help="Also show third-party messages known to be benign (vLLM's, Prefect's server notice)."
     ),
 ) -> None:
     """Run (or resume) the rl_train flow. The same command always resumes the same run."""
-    if verbose:  # read by the engine at start (quiet_benign_vllm_warnings), in this process and its Ray actors
+    if verbose:  # read by env_defaults (Prefect's) and the engine at start (vLLM's), here and in its Ray actors
         os.environ["SEGFLOW_VERBOSE"] = "1"
     from configs.loader import ConfigError, resolve
 
@@ -118,7 +119,7 @@ def sql(
         ...,
         help=(
             "SQL over views runs, prompts, rollouts, grades, advantages, metrics, eval_results, eval_samples, "
-            "health, ... (README, Artifacts)."
+            "health, metric_names (docs/metrics.md), ... (README, Artifacts)."
         ),
     ),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),

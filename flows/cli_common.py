@@ -5,6 +5,7 @@ and importing none of them, so the command modules form no import circle."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -35,9 +36,8 @@ def env_defaults(runs_dir: Path) -> None:
         os.environ["PREFECT_API_URL"] = url  # runs show up in the `segflow ui` server
     os.environ.setdefault("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(runs_dir.resolve() / ".prefect-results"))
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
-    # The ephemeral server's telemetry heartbeat phones home (no network on most training boxes) and,
-    # on a loaded machine, logs a "database is locked" traceback from its SQLite write mid-run.
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    telemetry_off()
+    quiet_benign_prefect_messages()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # transformers' "Loading weights" / "Writing model shards" tqdm bars (and the hub's) follow this flag, read
     # at import: every checkpoint load would print one, and into a log as carriage-return updates.
@@ -49,6 +49,50 @@ def env_defaults(runs_dir: Path) -> None:
     from flows.prefect_server import guard_ephemeral_server
 
     guard_ephemeral_server()  # a killed segflow takes its temporary Prefect server with it
+
+
+def telemetry_off() -> None:
+    """Prefect's telemetry off, unless the user set these variables; before Prefect is imported, which reads them.
+
+    - PREFECT_SERVER_ANALYTICS_ENABLED=false: the server's heartbeat phones home (no network on most training
+      boxes) and, on a loaded machine, logs a "database is locked" traceback from its SQLite write mid-run.
+    - DO_NOT_TRACK=1: the SDK's own telemetry. Importing Prefect in a terminal for the first time prints its
+      banner ("Prefect collects anonymous usage data to improve the product. To opt out: ...", three lines on
+      stderr) and starts a client that sends usage events; this variable is what turns both off."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+# Prefect log lines known to be benign, by logger name and start of the message (the rest varies: a port);
+# hidden unless SEGFLOW_VERBOSE=1 (`segflow run --verbose`), like the engine's (tasks/engines/vllm_engine.py).
+# Each command that finds no `segflow ui` starts a throwaway server and says so in two lines with a docs link
+# ("Starting temporary server on http://127.0.0.1:8602 / See https://docs.prefect.io/..."), and again when it
+# stops: nothing to act on, on every command.
+BENIGN_PREFECT_MESSAGES: dict[str, tuple[str, ...]] = {
+    "prefect": ("Starting temporary server on http://", "Stopping temporary server on http://"),
+}
+
+
+class DropMessageStarts(logging.Filter):
+    """Drops records whose formatted message starts with one of `starts`."""
+
+    def __init__(self, starts: tuple[str, ...]):
+        super().__init__()
+        self.starts = starts
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.starts)
+
+
+def quiet_benign_prefect_messages() -> None:
+    """A DropMessageStarts filter on each logger of BENIGN_PREFECT_MESSAGES, once; none with SEGFLOW_VERBOSE=1.
+    A logger's filters outlive Prefect's logging set-up (dictConfig adds handlers, never removes filters)."""
+    if os.environ.get("SEGFLOW_VERBOSE") == "1":
+        return
+    for name, starts in BENIGN_PREFECT_MESSAGES.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, DropMessageStarts) for f in logger.filters):
+            logger.addFilter(DropMessageStarts(starts))
 
 
 def console(**kwargs):

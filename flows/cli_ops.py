@@ -85,6 +85,10 @@ def eval_(
     except ValidationError as e:
         err = e.errors()[0]
         fail(f"--{'-'.join(str(x) for x in err['loc']).replace('_', '-')}={err.get('input')!r}: {err['msg']}")
+    from flows.preflight import checkpoint_problems
+
+    if problem := checkpoint_problems(spec.checkpoints):  # a missing or unloadable model: seconds, before Prefect
+        fail(problem)
     env_defaults(runs_dir)
     from flows.evaluate import comparison_markdown, evaluate
 

@@ -2,6 +2,7 @@
 line naming the config key, its value and what to do, instead of minutes of hub retries and tracebacks.
 
     problem = run_problems(cfg)        # None, or the message `segflow run` exits 2 with
+    problem = checkpoint_problems(spec.checkpoints)   # segflow eval --checkpoint
     problem = compare_problems(names, runs_dir)
 
 Each returns the first problem as a message (the CLI passes it to `fail`) and imports neither Prefect nor
@@ -120,23 +121,39 @@ def _hub_problem(key: str, value: str, cached: bool, kind: str) -> str | None:
     )
 
 
-def model_problem(name_or_path: str) -> str | None:
-    """model.name_or_path: 'tiny', a local model directory (with config.json), or a loadable hub id."""
-    key = "model.name_or_path"
-    if name_or_path == "tiny":
-        return None
+def model_source_problem(key: str, value: str) -> str | None:
+    """`value` (named `key` in the message) as tasks/models.resolve_model_dir loads it: a local model
+    directory with config.json, or a loadable hub id; None when it is one, else the message."""
     try:
-        if check_model_dir(name_or_path) is not None:
+        if check_model_dir(value, key) is not None:
             return None
     except FileNotFoundError as e:
         return str(e)
-    if Path(name_or_path).expanduser().exists():
-        return f"{key}={name_or_path!r}: expected a model directory or a hub id"
-    if looks_like_path(name_or_path):
-        return missing_path(key, name_or_path)
-    if name_or_path.count("/") > 1:  # org/name is the most a hub id has
-        return missing_path(key, name_or_path) + "; with two '/' it is no hub id either"
-    return _hub_problem(key, name_or_path, _model_cached(name_or_path), "model")
+    if Path(value).expanduser().exists():
+        return f"{key}={value!r}: expected a model directory or a hub id"
+    if looks_like_path(value):
+        return missing_path(key, value)
+    if value.count("/") > 1:  # org/name is the most a hub id has
+        return missing_path(key, value) + "; with two '/' it is no hub id either"
+    return _hub_problem(key, value, _model_cached(value), "model")
+
+
+def model_problem(name_or_path: str) -> str | None:
+    """model.name_or_path: 'tiny' (built by the flow), a local model directory, or a loadable hub id."""
+    return None if name_or_path == "tiny" else model_source_problem("model.name_or_path", name_or_path)
+
+
+def checkpoint_problems(checkpoints: list[str] | tuple[str, ...]) -> str | None:
+    """`segflow eval --checkpoint` values: the first that cannot be loaded, or None. A run directory (a
+    config.yaml beside checkpoints/, as flows/evaluate.checkpoint_dir tells them apart) is left to the flow,
+    which picks its latest finished checkpoint; anything else is a model directory or a hub id."""
+    for value in checkpoints:
+        run = Path(value).expanduser()
+        if (run / "config.yaml").exists() and (run / "checkpoints").is_dir():
+            continue
+        if problem := model_source_problem("--checkpoint", value):
+            return problem
+    return None
 
 
 def data_problem(cfg: Config) -> str | None:

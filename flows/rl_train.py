@@ -34,8 +34,9 @@ from flows.notify import notify_failure
 from flows.run_plots import generated_tokens, plot_run_accuracy, png_data_uri
 from storage.handles import FileRef, atomic_write_text, sweep_temporaries
 from storage.layout import RunLayout
+from storage.metric_names import qualified
 from storage.metrics import read_metrics
-from storage.parquet import write_parquet
+from storage.parquet import read_parquet, write_parquet
 from storage.run_lock import run_lock
 from storage.schemas import RUNS
 from tasks.advantage import compute_advantages
@@ -59,7 +60,7 @@ from tasks.train import train_policy
 from tasks.tree_rollouts import tree_rollouts
 from tasks.tree_view import read_tree, tree_markdown
 
-# Metrics shown in the per-iteration table artifact and the terminal summary.
+# Metrics shown in the per-iteration table artifact (under their namespaced names) and the terminal summary.
 TABLE_METRICS = (
     "reward_mean",
     "accuracy",
@@ -103,29 +104,48 @@ VIEW_ITEMS = 2  # questions (SPO-tree) or responses (SPO-chain) per iteration dr
 
 
 def start_run(cfg: Config, layout: RunLayout) -> None:
-    """Save the resolved config (and the runs-table row) before any work starts."""
+    """Save the resolved config (and the runs-table row) before any work starts. A run continued with other
+    execution keys (a longer run.iterations) keeps its row's created_at and gets its current config."""
     text = to_yaml(cfg)
     if not layout.config.exists() or layout.config.read_text() != text:
         atomic_write_text(layout.config, text)
-    if not layout.run_table.exists():
-        write_parquet(
-            [
-                {
-                    "run_id": layout.run_id,
-                    "preset": cfg.run.preset,
-                    "estimator": cfg.advantage.estimator,
-                    "task": cfg.data.task,
-                    "model": cfg.model.name_or_path,
-                    "created_at": datetime.now(UTC),
-                    "config_json": json.dumps(cfg.model_dump(mode="json"), sort_keys=True),
-                }
-            ],
-            RUNS,
-            layout.run_table,
-        )
+    config_json = json.dumps(cfg.model_dump(mode="json"), sort_keys=True)
+    created = datetime.now(UTC)
+    if layout.run_table.exists():
+        old = read_parquet(layout.run_table, RUNS).to_pylist()[0]
+        if old["config_json"] == config_json:
+            return
+        created = old["created_at"]
+    row = {
+        "run_id": layout.run_id,
+        "preset": cfg.run.preset,
+        "estimator": cfg.advantage.estimator,
+        "task": cfg.data.task,
+        "model": cfg.model.name_or_path,
+        "created_at": created,
+        "config_json": config_json,
+    }
+    write_parquet([row], RUNS, layout.run_table)
 
 
-@flow(name="rl_train", log_prints=True, on_failure=[notify_failure], on_crashed=[notify_failure])
+def first_run_name() -> str:
+    """The flow run's name from its first log line on: the run id (label_flow_run adds `#n` for resumes)."""
+    from prefect.runtime import flow_run
+
+    cfg = flow_run.parameters.get("cfg")
+    try:
+        return make_run_id(cfg if isinstance(cfg, Config) else Config.model_validate(cfg))
+    except Exception:  # a name must never fail a run; label_flow_run names it under the lock anyway
+        return "rl_train"
+
+
+@flow(
+    name="rl_train",
+    flow_run_name=first_run_name,
+    log_prints=True,
+    on_failure=[notify_failure],
+    on_crashed=[notify_failure],
+)
 def rl_train(cfg: Config, runs_dir: str) -> dict:
     layout = RunLayout(runs_dir=str(Path(runs_dir).resolve()), run_id=make_run_id(cfg))
     # One writer per run: a second process on the same run id fails here, naming the holder's pid.
@@ -173,9 +193,9 @@ class StageLedger:
         self.cached: dict[str, int] = defaultdict(int)
         self.compute: dict[str, float] = defaultdict(float)
 
-    def __call__(self, name: str, fn, *args):
+    def __call__(self, name: str, fn, *args, **kwargs):
         t0 = time.perf_counter()
-        out, hit = ensure(fn, self.cfg, self.layout, *args, CODE_VERSION)
+        out, hit = ensure(fn, self.cfg, self.layout, *args, code_version=CODE_VERSION, **kwargs)
         self.wall[name] += time.perf_counter() - t0
         (self.cached if hit else self.executed)[name] += 1
         if name in COMPUTE_METRICS:
@@ -202,127 +222,159 @@ def iteration_metrics(stage_metrics: list[dict[str, float]]) -> dict[str, float]
     return metrics
 
 
+class RunRecord:
+    """What a run accumulates over its iterations: held-out accuracy (and avg@k) per evaluated iteration, the
+    generated tokens and measured work at each, the health findings, and the metrics table's rows."""
+
+    def __init__(self, cfg: Config, stage: StageLedger):
+        self.cfg, self.stage = cfg, stage
+        self.checks = health_settings(cfg)
+        self.evals: dict[int, float] = {}  # greedy held-out accuracy per evaluated iteration
+        self.sampled: dict[int, float] = {}  # avg@k per evaluated iteration, when eval.samples > 0
+        self.health: dict[str, dict] = {}  # finding code -> first message and the iterations it fired in
+        self.first_metrics: dict[str, float] = {}  # the baseline of trend checks (entropy)
+        self.generated = 0.0  # rollout + Monte Carlo tokens so far
+        self.tokens_at_eval: dict[int, float] = {}
+        self.seconds_at_eval: dict[int, float] = {}  # measured work so far: the wall-clock x axis
+        self.rows: list[dict] = []  # the metrics table, one row per iteration
+        self.published = 0  # rows in the last metrics table artifact
+
+    def flag(self, findings, it: int) -> None:
+        """Log each kind of finding the first time it fires; stop the run on one in health.fail_on."""
+        for finding in record(self.health, findings, it):
+            get_run_logger().warning(f"iteration {it}: {finding.message}")
+        for finding in findings:
+            if finding.code in self.cfg.health.fail_on:
+                raise HealthCheckFailed(
+                    f"iteration {it}: health check {finding.code} is in health.fail_on, so the run stops: "
+                    f"{finding.message} Finished stages stay cached; a rerun with the same config (health "
+                    "keys may differ) resumes here."
+                )
+
+    def evaluate(self, policy: FileRef, test: FileRef, it: int) -> float:
+        """The evaluate stage on `policy`; judged against the start (evaluated first) after iteration 0."""
+        m = read_metrics(self.stage("evaluate", evaluate, policy, test, it).metrics)
+        if "eval_avg_at_k" in m:
+            self.sampled[it] = m["eval_avg_at_k"]
+        if it:
+            problems = int(m.get("eval_problems", 0))
+            self.flag(eval_regression(self.evals[0], m["eval_accuracy"], problems, self.checks), it)
+        self.evals[it] = m["eval_accuracy"]
+        self.tokens_at_eval[it] = self.generated
+        self.seconds_at_eval[it] = self.stage.compute_seconds()
+        return self.evals[it]
+
+    def iteration(self, it: int, metrics: dict[str, float]) -> dict:
+        """Account an iteration's metrics, run the health checks on them; returns its table row, whose
+        columns are qualified(k) (storage/metric_names.py; `metrics` is keyed by flat names)."""
+        self.generated += generated_tokens(metrics)
+        self.first_metrics = self.first_metrics or metrics
+        self.flag(diagnose(metrics, self.checks, self.first_metrics), it)
+        return {"iteration": it, **{qualified(k): round(metrics[k], 4) for k in TABLE_METRICS if k in metrics}}
+
+    def summary(self, layout: RunLayout, wall_seconds: float) -> dict:
+        """summary.json (README, "What make run does")."""
+        stage = self.stage
+        return {
+            "run_id": layout.run_id,
+            "preset": self.cfg.run.preset,
+            "estimator": self.cfg.advantage.estimator,
+            "iterations_completed": self.cfg.run.iterations,
+            "initial_eval_accuracy": self.evals[0],
+            "final_eval_accuracy": self.evals[max(self.evals)],
+            "eval_accuracy": {str(k): v for k, v in self.evals.items()},
+            "eval_avg_at_k": {str(k): v for k, v in self.sampled.items()},
+            "generated_tokens": self.generated,
+            "generated_tokens_at_eval": {str(k): v for k, v in self.tokens_at_eval.items()},
+            "compute_seconds_at_eval": {str(k): round(v, 2) for k, v in self.seconds_at_eval.items()},
+            "wall_seconds": round(wall_seconds, 2),
+            "stage_seconds": {k: round(v, 2) for k, v in stage.wall.items()},
+            "compute_seconds": {k: round(v, 2) for k, v in stage.compute.items()},
+            "stages_executed": dict(stage.executed),
+            "stages_cached": dict(stage.cached),
+            "code_version": CODE_VERSION,
+            "health": self.health,
+        }
+
+
 def _train(cfg: Config, layout: RunLayout) -> dict:
     wall0 = time.perf_counter()
     check_placement(cfg)  # shards and training processes that this machine's GPUs cannot hold fail here, not later
     start_run(cfg, layout)
     print(f"run {layout.run_id} -> {layout.root}")
     stage = StageLedger(cfg, layout)
+    run = RunRecord(cfg, stage)
     owns_engine = current_engine() is None  # leave an engine we were handed (tests, notebooks) running
     key = artifact_key("rl-train", layout.run_id)
     progress_id = create_progress_artifact(0.0, key=f"{key}-progress", description=f"iterations of {layout.run_id}")
     try:
-        data = stage("prepare_dataset", prepare_dataset)
-        if cfg.model.name_or_path == "tiny":
-            if not cfg.warm_start.enabled:
-                raise ValueError("model.name_or_path='tiny' needs warm_start.enabled=true (it starts untrained)")
-            policy = stage("warm_start", warm_start, data.train).artifact
-        else:
-            policy = FileRef.of(resolve_model_dir(cfg.model.name_or_path))
-        start = policy  # the reference policy of the KL penalty and the base of LoRA adapters
-        sampled: dict[int, float] = {}  # avg@k per evaluated iteration, when eval.samples > 0
-        health: dict[str, dict] = {}  # finding code -> first message and the iterations it fired in
-        checks = health_settings(cfg)
-        first_metrics: dict[str, float] = {}
-
-        def flag(findings, it: int) -> None:  # each kind of finding is logged the first time it fires
-            for finding in record(health, findings, it):
-                get_run_logger().warning(f"iteration {it}: {finding.message}")
-            for finding in findings:
-                if finding.code in cfg.health.fail_on:
-                    raise HealthCheckFailed(
-                        f"iteration {it}: health check {finding.code} is in health.fail_on, so the run stops: "
-                        f"{finding.message} Finished stages stay cached; a rerun with the same config (health "
-                        "keys may differ) resumes here."
-                    )
-
-        def run_eval(it: int) -> float:
-            m = read_metrics(stage("evaluate", evaluate, policy, data.test, it).metrics)
-            if "eval_avg_at_k" in m:
-                sampled[it] = m["eval_avg_at_k"]
-            if it:  # judged against the start, evaluated first
-                flag(eval_regression(evals[0], m["eval_accuracy"], int(m.get("eval_problems", 0)), checks), it)
-            return m["eval_accuracy"]
-
-        evals = {0: run_eval(0)}
-        print(f"start accuracy (held-out, greedy): {evals[0]:.3f}")
-        rows = []
-        published = 0  # rows in the last metrics table artifact
-        buffer = None  # SPO-tree: the replay buffer's state file after the last iteration
-        generated = 0.0  # rollout + Monte Carlo tokens so far
-        tokens_at_eval = {0: 0.0}
-        seconds_at_eval = {0: stage.compute_seconds()}  # measured work so far: the wall-clock x axis
-        clock = RunProgress(cfg.run.iterations)  # "iteration k of N" with an ETA, in a terminal and in logs
-        for it in range(1, cfg.run.iterations + 1):
-            executed_before = stage.executed_calls()
-            clock.start(it)
-            if cfg.advantage.spec.grows_trees:
-                outs, buffer = tree_iteration(stage, policy, start, data.train, buffer, it)
-            else:
-                outs = rollout_iteration(cfg, stage, policy, start, data.train, it)
-            if stage.executed_calls() > executed_before:  # a cached iteration would only repeat its views
-                publish_views(cfg, layout, outs, it, key)
-            policy = outs[-1].artifact
-            metrics = iteration_metrics([read_metrics(out.metrics) for out in outs if out is not None])
-            generated += generated_tokens(metrics)
-            first_metrics = first_metrics or metrics  # the baseline of trend checks (entropy)
-            flag(diagnose(metrics, checks, first_metrics), it)
-            row = {"iteration": it, **{k: round(metrics[k], 4) for k in TABLE_METRICS if k in metrics}}
-            if it % cfg.eval.every == 0 or it == cfg.run.iterations:
-                evals[it] = run_eval(it)
-                tokens_at_eval[it] = generated
-                seconds_at_eval[it] = stage.compute_seconds()
-                row["eval_accuracy"] = round(evals[it], 4)
-                print(
-                    f"iteration {it}: held-out accuracy {evals[it]:.3f}"
-                    + (f", avg@{cfg.eval.samples} {sampled[it]:.3f}" if it in sampled else "")
-                )
-            rows.append(row)
-            if stage.executed_calls() > executed_before:  # a cached iteration would add identical versions
-                published = publish_live(layout, key, rows, evals)
-            print(
-                f"iteration {it}: reward {metrics.get('reward_mean', 0):.3f}, "
-                f"train accuracy {metrics.get('accuracy', 0):.3f}"
-            )
-            clock.finish(it, executed=stage.executed_calls() > executed_before)
-            if stage.executed_calls() > executed_before:  # a cached iteration is not progress (one request less)
-                update_progress_artifact(progress_id, 100.0 * it / max(1, cfg.run.iterations))
+        iterate(cfg, layout, stage, run, key, progress_id)
     finally:
         if owns_engine:
             shutdown_engine()
-
-    summary = {
-        "run_id": layout.run_id,
-        "preset": cfg.run.preset,
-        "estimator": cfg.advantage.estimator,
-        "iterations_completed": cfg.run.iterations,
-        "initial_eval_accuracy": evals[0],
-        "final_eval_accuracy": evals[max(evals)],
-        "eval_accuracy": {str(k): v for k, v in evals.items()},
-        "eval_avg_at_k": {str(k): v for k, v in sampled.items()},
-        "generated_tokens": generated,
-        "generated_tokens_at_eval": {str(k): v for k, v in tokens_at_eval.items()},
-        "compute_seconds_at_eval": {str(k): round(v, 2) for k, v in seconds_at_eval.items()},
-        "wall_seconds": round(time.perf_counter() - wall0, 2),
-        "stage_seconds": {k: round(v, 2) for k, v in stage.wall.items()},
-        "compute_seconds": {k: round(v, 2) for k, v in stage.compute.items()},
-        "stages_executed": dict(stage.executed),
-        "stages_cached": dict(stage.cached),
-        "code_version": CODE_VERSION,
-        "health": health,
-    }
-    for code, entry in health.items():
+    summary = run.summary(layout, time.perf_counter() - wall0)
+    for code, entry in run.health.items():
         print(
             f"health: {code} in {len(entry['iterations'])} of {cfg.run.iterations} iterations "
             f"(first at {entry['iterations'][0]})"
         )
     atomic_write_text(layout.summary, json.dumps(summary, indent=2))
     if stage.executed:  # a fully cached rerun would only add identical versions of both
-        if len(rows) > published:  # iterations cached after the last one that ran are not in the table yet
-            create_table_artifact(rows, key=f"{key}-metrics", description=f"per-iteration metrics of {layout.run_id}")
+        if len(run.rows) > run.published:  # iterations cached after the last one that ran are not in the table yet
+            create_table_artifact(
+                run.rows, key=f"{key}-metrics", description=f"per-iteration metrics of {layout.run_id}"
+            )
         create_markdown_artifact(summary_markdown(summary), key=f"{key}-summary", description="run summary")
     update_progress_artifact(progress_id, 100.0)
     return summary
+
+
+def start_policy(cfg: Config, stage: StageLedger, train: FileRef) -> FileRef:
+    """The policy iteration 1 samples from: the tiny model after its warm start, or the configured model."""
+    if cfg.model.name_or_path != "tiny":
+        return FileRef.of(resolve_model_dir(cfg.model.name_or_path))
+    if not cfg.warm_start.enabled:
+        raise ValueError("model.name_or_path='tiny' needs warm_start.enabled=true (it starts untrained)")
+    return stage("warm_start", warm_start, train).artifact
+
+
+def iterate(cfg: Config, layout: RunLayout, stage: StageLedger, run: RunRecord, key: str, progress_id) -> None:
+    """prepare_dataset, the start policy and its evaluation, then every iteration (README's diagram)."""
+    data = stage("prepare_dataset", prepare_dataset)
+    policy = start = start_policy(cfg, stage, data.train)  # `start`: the KL reference and the LoRA base
+    print(f"start accuracy (held-out, greedy): {run.evaluate(policy, data.test, 0):.3f}")
+    buffer = None  # SPO-tree: the replay buffer's state file after the last iteration
+    clock = RunProgress(cfg.run.iterations)  # "iteration k of N" with an ETA, in a terminal and in logs
+    for it in range(1, cfg.run.iterations + 1):
+        executed_before = stage.executed_calls()
+        clock.start(it)
+        if cfg.advantage.spec.grows_trees:
+            outs, buffer = tree_iteration(stage, policy, start, data.train, buffer, it)
+        else:
+            outs = rollout_iteration(cfg, stage, policy, start, data.train, it)
+        ran = stage.executed_calls() > executed_before  # a cached iteration would only repeat its artifacts
+        if ran:
+            publish_views(cfg, layout, outs, it, key)
+        policy = outs[-1].artifact
+        metrics = iteration_metrics([read_metrics(out.metrics) for out in outs if out is not None])
+        row = run.iteration(it, metrics)
+        # An evaluation on disk is kept (a cache hit): a run extended past its old last iteration keeps that
+        # point in its summary and plots.
+        if it % cfg.eval.every == 0 or it == cfg.run.iterations or layout.eval_metrics(it).exists():
+            row[qualified("eval_accuracy")] = round(run.evaluate(policy, data.test, it), 4)
+            print(
+                f"iteration {it}: held-out accuracy {run.evals[it]:.3f}"
+                + (f", avg@{cfg.eval.samples} {run.sampled[it]:.3f}" if it in run.sampled else "")
+            )
+        run.rows.append(row)
+        ran = stage.executed_calls() > executed_before
+        if ran:
+            run.published = publish_live(layout, key, run.rows, run.evals)
+        reward, accuracy = metrics.get("reward_mean", 0), metrics.get("accuracy", 0)
+        print(f"iteration {it}: reward {reward:.3f}, train accuracy {accuracy:.3f}")
+        clock.finish(it, executed=ran)
+        if ran:  # a cached iteration is not progress (one request less)
+            update_progress_artifact(progress_id, 100.0 * it / max(1, cfg.run.iterations))
 
 
 def publish_live(layout: RunLayout, key: str, rows: list[dict], evals: dict[int, float]) -> int:
@@ -342,48 +394,34 @@ def rollout_iteration(cfg: Config, stage, policy: FileRef, start: FileRef, train
     roll = stage("generate_rollouts", generate_rollouts, policy, it - 1, train, it)
     grades = stage("grade", grade, roll.artifact, train, it)
     ref = stage("reference_logprobs", reference_logprobs, start, roll.artifact, it) if cfg.train.kl_coef > 0 else None
-    in_reward = ref is not None and cfg.train.kl_placement == "reward"
-    spo = (
-        stage("spo_values", spo_values, policy, roll.artifact, grades.artifact, train, it)
-        if cfg.advantage.spec.reads_segments
-        else None
-    )
-    adv = stage(
-        "compute_advantages",
-        compute_advantages,
-        roll.artifact,
-        grades.artifact,
-        ref.artifact if in_reward else None,
-        spo.artifact if spo else None,
-        it,
-    )
-    trained = train_stage(
-        stage,
-        start,
-        policy,
-        roll.artifact,
-        adv.artifact,
-        ref.artifact if ref is not None and not in_reward else None,
-        spo.side if spo is not None and cfg.spo.mc_train else None,
-        it,
-    )
+    inputs = {"rollouts": roll.artifact, "grades": grades.artifact}
+    if ref is not None:
+        inputs["reference"] = ref.artifact  # into the rewards or the samples, by train.kl_placement
+    spo = None
+    if cfg.advantage.spec.reads_segments:
+        spo = stage("spo_values", spo_values, policy, roll.artifact, grades.artifact, train, it)
+        inputs["segments"] = spo.artifact
+        if cfg.spo.mc_train:
+            inputs["continuations"] = spo.side
+    adv = stage("compute_advantages", compute_advantages, iteration=it, **inputs)
+    trained = train_stage(stage, start, policy, adv.side, it)
     return (roll, grades, ref, spo, adv, trained)
 
 
 def tree_iteration(stage, policy: FileRef, start: FileRef, train: FileRef, buffer: FileRef | None, it: int) -> tuple:
     """tree_rollouts -> compute_advantages -> replay_buffer -> train_policy. Returns (outputs, buffer state)."""
     tree = stage("tree_rollouts", tree_rollouts, policy, it - 1, train, it)
-    adv = stage("compute_advantages", compute_advantages, tree.artifact, None, None, None, it)
+    adv = stage("compute_advantages", compute_advantages, iteration=it, nodes=tree.artifact)
     replay = stage("replay_buffer", replay_buffer, buffer, tree.artifact, adv.artifact, train, it)
-    trained = train_stage(stage, start, policy, replay.artifact, replay.artifact, None, None, it)
+    trained = train_stage(stage, start, policy, replay.side, it)
     return (tree, adv, replay, trained), replay.state
 
 
-def train_stage(stage, *args):
+def train_stage(stage, start: FileRef, policy: FileRef, samples: FileRef, it: int):
     """train_policy with the rollout engine asleep (rollout.sleep_mode): on one GPU the trainer's fp32 master
     weights, optimizer state and activations need the memory the engine holds (README, "Memory on one GPU")."""
     with engine_asleep():
-        return stage("train_policy", train_policy, *args)
+        return stage("train_policy", train_policy, start=start, policy=policy, samples=samples, iteration=it)
 
 
 def publish_views(cfg: Config, layout: RunLayout, outs: tuple, it: int, key: str) -> None:

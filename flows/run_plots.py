@@ -358,6 +358,12 @@ def plot_run_accuracy(run_id: str, eval_accuracy: dict[int, float], dest: Path) 
     return _plot_one([run], dest, None, "RL iteration", "held-out accuracy vs iteration")
 
 
+def plot_accuracy_vs_iteration(runs: list[RunInfo], dest: Path) -> Path:
+    """Held-out accuracy vs RL iteration, ± 1 SE: `compare`'s first plot and the one `report` shows (for a
+    single run the tokens and seconds axes redraw the same curve; the report tabulates them instead)."""
+    return _plot_one(runs, dest, None, "RL iteration", "held-out accuracy vs iteration")
+
+
 def runs_without_seconds(runs: list[RunInfo]) -> list[RunInfo]:
     """Runs whose summary predates compute_seconds_at_eval: they cannot go on a compute-seconds axis."""
     return [run for run in runs if not run.summary.get("compute_seconds_at_eval")]
@@ -380,9 +386,7 @@ def plot_accuracy(runs: list[RunInfo], out_dir: Path) -> dict[str, Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {
-        "iteration": _plot_one(
-            runs, out_dir / "accuracy_vs_iteration.png", None, "RL iteration", "held-out accuracy vs iteration"
-        ),
+        "iteration": plot_accuracy_vs_iteration(runs, out_dir / "accuracy_vs_iteration.png"),
         "tokens": _plot_one(
             runs,
             out_dir / "accuracy_vs_tokens.png",

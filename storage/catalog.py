@@ -5,8 +5,10 @@
 
 Views: runs, prompts, rollouts, grades, ref_logprobs, advantages, mc_rollouts, segments,
 segment_advantages, tree_nodes, tree_advantages, replay_buffer, train_edges, metrics, eval_results,
-eval_samples (see storage/layout.py), and health (one row per finished run and health-check finding,
-from summary.json; tasks/algos/health.py).
+eval_samples (see storage/layout.py), health (one row per finished run and health-check finding,
+from summary.json; tasks/algos/health.py) and metric_names (every metric segflow writes: name,
+legacy_name, description; storage/metric_names.py). `metrics` shows namespaced names (`actor/clipfrac`)
+for old runs too, whose files store flat ones (storage/sql/metrics_view.sql).
 A view whose files do not exist yet is empty but has the right columns, so queries never fail on a
 fresh directory. The runs view also carries summary.json fields once a run has finished.
 
@@ -31,6 +33,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from storage.layout import TABLE_GLOBS
+from storage.metric_names import ALL_METRICS, PLACEHOLDER
 from storage.schemas import ALL, HEALTH, SUMMARY
 
 SQL_DIR = Path(__file__).parent / "sql"
@@ -45,6 +48,9 @@ LOCKED = {
     "allow_community_extensions": False,
     "lock_configuration": True,
 }
+
+
+METRIC_NAME_COLUMNS = ("name", "legacy_name", "description", "legacy_regex", "name_replacement")
 
 
 class QueryTimeout(TimeoutError):
@@ -74,8 +80,11 @@ def open_catalog(runs_dir: str | Path, skipped: list[str] | None = None) -> duck
         "create view runs as select r.*, s.iterations_completed, s.initial_eval_accuracy, "
         "s.final_eval_accuracy, s.wall_seconds from runs_raw r left join summaries s using (run_id)"
     )
+    con.register("metric_names_raw", metric_names_table())
+    con.execute("create view metric_names as select name, legacy_name, description from metric_names_raw")
+    con.execute((SQL_DIR / "metrics_view.sql").read_text())
     for name in TABLE_GLOBS:
-        if name != "runs":
+        if name not in ("runs", "metrics"):
             con.execute(f"create view {name} as select * from {name}_raw")
     con.register("health_raw", health)
     con.execute("create view health as select * from health_raw")
@@ -85,6 +94,22 @@ def open_catalog(runs_dir: str | Path, skipped: list[str] | None = None) -> duck
     else:
         skipped += left_out
     return con
+
+
+def metric_names_table() -> pa.Table:
+    """storage/metric_names.py ALL_METRICS as (name, legacy_name, description; the `metric_names` view) plus,
+    for a family of metrics (`buffer_age_<k>`), legacy_regex and name_replacement (`replay/buffer_age_\\1`),
+    which storage/sql/metrics_view.sql maps an old run's flat names with."""
+    return pa.table(
+        {
+            "name": [m.name for m in ALL_METRICS],
+            "legacy_name": [m.legacy for m in ALL_METRICS],
+            "description": [m.description for m in ALL_METRICS],
+            "legacy_regex": [m.legacy_regex if m.is_family else None for m in ALL_METRICS],
+            "name_replacement": [m.name.replace(PLACEHOLDER, "\\1") if m.is_family else None for m in ALL_METRICS],
+        },
+        schema=pa.schema([(c, pa.string()) for c in METRIC_NAME_COLUMNS]),
+    )
 
 
 def readable_files(paths: list[Path], skipped: list[str]) -> tuple[list[Path], pa.Schema | None]:

@@ -4,7 +4,7 @@
     config.yaml                      resolved config, written before any work starts
     run.parquet                      one row describing the run            (catalog view `runs`)
     data/prompts-<split>.parquet     prepared prompts                      (`prompts`)
-    models/warm_start/               SFT'd tiny model (HF directory)
+    models/warm_start -> ../../shared/warm_start/<key>   SFT'd tiny model: a link to the shared one below
     iterations/<k>/rollouts.parquet  sampled responses of iteration k      (`rollouts`)
     iterations/<k>/grades.parquet                                          (`grades`)
     iterations/<k>/ref_logprobs.parquet reference-model log-probs + KL, when train.kl_coef > 0 (`ref_logprobs`)
@@ -21,6 +21,10 @@
     eval/<k>/results.parquet         evaluation of the policy after iteration k (0 = start) (`eval_results`)
     eval/<k>/metrics-eval.parquet                                          (`metrics`)
     summary.json
+
+<runs_dir>/shared/                   built once, used by every run that needs it (not a run: no config.yaml)
+    warm_start/<key>/                SFT'd tiny model (HF directory) + warm_start.json (its inputs and metrics);
+                                     <key> digests those inputs (tasks/prepare.warm_start_inputs)
 
 <runs_dir>/evals/<eval_id>/            a `segflow eval` evaluation (EvalLayout)
     spec.json                        what was evaluated: checkpoints, datasets, k, budgets, seed, prices
@@ -50,10 +54,16 @@ TABLE_GLOBS = {
     "tree_advantages": "*/iterations/*/tree_advantages.parquet",
     "replay_buffer": "*/iterations/*/replay_buffer.parquet",
     "train_edges": "*/iterations/*/train_edges.parquet",
+    "train_samples": "*/iterations/*/train_samples.parquet",
     "metrics": "*/**/metrics-*.parquet",
     "eval_results": "*/eval/*/results.parquet",
     "eval_samples": "evals/**/samples.parquet",
 }
+
+
+# `<runs_dir>/shared/`: artifacts several runs share. No file in it matches a TABLE_GLOBS pattern and it holds
+# no config.yaml or summary.json, so the catalog and every command that lists runs pass it by.
+SHARED_DIR = "shared"
 
 
 def _k(iteration: int) -> str:
@@ -93,7 +103,12 @@ class RunLayout(BaseModel):
 
     @property
     def warm_start(self) -> Path:
+        """The run's link to the shared warm start it started from (`shared_warm_start`)."""
         return self.root / "models" / "warm_start"
+
+    def shared_warm_start(self, key: str) -> Path:
+        """The warm start built from the inputs digested as `key`, shared by every run of this runs directory."""
+        return Path(self.runs_dir) / SHARED_DIR / "warm_start" / key
 
     def iteration_dir(self, iteration: int) -> Path:
         return self.root / "iterations" / _k(iteration)
@@ -130,6 +145,9 @@ class RunLayout(BaseModel):
 
     def train_edges(self, iteration: int) -> Path:
         return self.iteration_dir(iteration) / "train_edges.parquet"
+
+    def train_samples(self, iteration: int) -> Path:
+        return self.iteration_dir(iteration) / "train_samples.parquet"
 
     def metrics(self, iteration: int, stage: str) -> Path:
         return self.iteration_dir(iteration) / f"metrics-{stage}.parquet"

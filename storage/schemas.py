@@ -208,6 +208,28 @@ TRAIN_EDGES = pa.schema(
     ]
 )
 
+# One row per sequence an iteration trains (tasks/train_samples.py, the trainer's only input): a response, an
+# SPO-chain Monte Carlo continuation, or an SPO-tree edge. Written by compute_advantages (replay_buffer for
+# SPO-tree). Lists are float64 so the Python floats the trainer gets round-trip exactly.
+_floats = pa.list_(pa.float64())
+TRAIN_SAMPLES = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("iteration", pa.int32()),
+        ("source", pa.string()),  # response | continuation | edge
+        ("prompt_id", pa.string()),  # a response's or an edge's question; null for a continuation
+        ("sample_index", pa.int32()),  # a response's or a continuation's; null for an edge
+        ("prefix_id", pa.string()),  # a continuation's boundary prefix (MC_ROLLOUTS.prefix_id), else null
+        ("node_id", pa.string()),  # an edge's node (TREE_NODES.node_id), else null
+        ("prefix_token_ids", pa.list_(pa.int64())),  # prompt (+ response prefix / ancestors' tokens)
+        ("completion_token_ids", pa.list_(pa.int64())),  # the tokens that carry gradient
+        ("sampling_logprobs", _floats),  # per completion token, as sampled
+        ("advantage", pa.float64()),  # broadcast over the tokens when token_advantages is null
+        ("token_advantages", _floats),  # per completion token (SPO-chain), else null
+        ("ref_logprobs", _floats),  # reference policy, per token, when the KL penalty is in the loss, else null
+    ]
+)
+
 # One row per (iteration, metric name). Long format so any new metric is just new rows.
 METRICS = pa.schema(
     [
@@ -283,6 +305,7 @@ ALL = {
     "tree_advantages": TREE_ADVANTAGES,
     "replay_buffer": REPLAY_BUFFER,
     "train_edges": TRAIN_EDGES,
+    "train_samples": TRAIN_SAMPLES,
     "metrics": METRICS,
     "eval_results": EVAL_RESULTS,
     "eval_samples": EVAL_SAMPLES,

@@ -23,6 +23,7 @@ from storage.schemas import ADVANTAGES, SEGMENT_ADVANTAGES, TREE_ADVANTAGES
 from tasks.algos.metrics import advantage_metrics
 from tasks.algos.registry import Family
 from tasks.common import STAGE, StageOutput
+from tasks.train_samples import rollout_samples, write_train_samples
 
 
 def kl_in_reward(cfg: Config) -> bool:
@@ -131,34 +132,52 @@ def advantage_table(cfg: Config, files: AdvantageInputs) -> pa.Table:
     return run_sql(est, files.rollouts, files.grades, sql_params(cfg), kl=files.kl)
 
 
+def _path(ref: FileRef | None) -> Path | None:
+    return Path(ref.path) if ref is not None else None
+
+
 @task(name="compute_advantages", **STAGE)
 def compute_advantages(
     cfg: Config,
     layout: RunLayout,
-    rollouts: FileRef,
-    grades: FileRef,
-    reference: FileRef | None,
-    segments: FileRef | None,
     iteration: int,
     code_version: str,
+    rollouts: FileRef | None = None,
+    grades: FileRef | None = None,
+    nodes: FileRef | None = None,
+    segments: FileRef | None = None,
+    reference: FileRef | None = None,
+    continuations: FileRef | None = None,
 ) -> StageOutput:
-    """`reference` is the reference log-probs file when the KL penalty is in the reward, else None;
-    `segments` the spo_values output for a segment estimator (SPO-chain), else None. For SPO-tree
-    `rollouts` is the tree_nodes file."""
-    if cfg.advantage.spec.grows_trees:
-        files = AdvantageInputs(nodes=Path(rollouts.path))
-    else:
-        files = AdvantageInputs(
-            rollouts=Path(rollouts.path),
-            grades=Path(grades.path),
-            kl=Path(reference.path) if reference is not None else None,
-            segments=Path(segments.path) if segments is not None else None,
-        )
+    """The iteration's advantages (`artifact`) and, for the response and segment families, its training
+    samples (`side`, TRAIN_SAMPLES; SPO-tree's come from replay_buffer).
+
+    Each family passes what it has: rollouts + grades (response; `reference` the reference log-probs when
+    train.kl_coef > 0, read into the rewards or the samples by train.kl_placement), rollouts + segments
+    (SPO-chain's spo_values output; `continuations` its Monte Carlo rollouts when spo.mc_train), or nodes
+    (SPO-tree's tree_nodes)."""
+    files = AdvantageInputs(
+        rollouts=_path(rollouts),
+        grades=_path(grades),
+        kl=_path(reference) if kl_in_reward(cfg) else None,
+        segments=_path(segments),
+        nodes=_path(nodes),
+    )
     table = advantage_table(cfg, files)
     path, schema = artifact_of(cfg, layout, iteration)
     ref = write_parquet(table, schema, path)
-    values = (
-        tree_metrics(table) if cfg.advantage.spec.grows_trees else advantage_metrics(table["advantage"].to_pylist())
-    )
+    family = cfg.advantage.spec.family
+    values = tree_metrics(table) if family is Family.TREE else advantage_metrics(table["advantage"].to_pylist())
     metrics = write_metrics(layout.metrics(iteration, "advantage"), layout.run_id, iteration, "advantage", values)
-    return StageOutput(artifact=ref, metrics=metrics)
+    if family is Family.TREE:  # its samples are the replay buffer's taken edges
+        return StageOutput(artifact=ref, metrics=metrics)
+    rows = rollout_samples(
+        cfg,
+        rollouts.path,
+        ref.path,
+        reference=None if reference is None or kl_in_reward(cfg) else reference.path,
+        segments=_path(segments),
+        continuations=_path(continuations),
+    )
+    samples = write_train_samples(layout.train_samples(iteration), layout.run_id, iteration, rows)
+    return StageOutput(artifact=ref, metrics=metrics, side=samples)

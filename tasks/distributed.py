@@ -35,10 +35,13 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from pydantic import BaseModel
 
 from configs.schema import TrainSection
 from tasks.checkpoints import OPTIMIZER_FILE, load_master, restore_optimizer, write_checkpoint  # noqa: F401
-from tasks.trainer import Collective, NonFiniteTraining, Sample, resolve_device, resolve_dtype, rl_update
+from tasks.sample import Sample
+from tasks.train_samples import read_samples, write_samples
+from tasks.trainer import Collective, NonFiniteTraining, resolve_device, resolve_dtype, rl_update
 
 JOB_FILE, SAMPLES_FILE, METRICS_FILE, ERROR_FILE, RANKS_FILE = (
     "job.json",
@@ -109,100 +112,43 @@ def ddp_rl_update(
 # ---------------------------------------------------------------------------------------------- job files
 
 
-def _samples_schema():
-    import pyarrow as pa
+class TrainJob(BaseModel):
+    """What every rank of a distributed update reads (job.json): the train section, where the policy is and where
+    its checkpoint goes, and rl_update's arguments (tasks/trainer.py)."""
 
-    ints, floats = pa.list_(pa.int64()), pa.list_(pa.float64())
-    return pa.schema(
-        [
-            ("prompt_ids", ints),
-            ("completion_ids", ints),
-            ("sampler_logprobs", floats),
-            ("advantage", pa.float64()),
-            ("token_advantages", floats),
-            ("ref_logprobs", floats),
-        ]
-    )
-
-
-def write_samples(path: str | Path, samples: Sequence[Sample]) -> None:
-    """Samples as Parquet; float64 columns hold the Python floats exactly."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    cols = {name: [getattr(x, name) for x in samples] for name in _samples_schema().names}
-    cols["sampler_logprobs"] = [list(v or []) for v in cols["sampler_logprobs"]]
-    pq.write_table(pa.table(cols, schema=_samples_schema()), path)
+    train: TrainSection
+    model_dir: Path  # the policy; with LoRA, the base (and adapter_dir the trained adapter, if any)
+    output_dir: Path  # rank 0 writes the checkpoint here
+    temperature: float
+    pad_id: int
+    seed: int
+    total_steps: int  # the lr schedule's length (make_scheduler)
+    optimizer_state: Path | None = None  # an optimizer.pt to continue from
+    adapter_dir: Path | None = None
+    norm_len: float | None = None
+    whiten_micro_batch: bool = False
+    old_from_sampler: bool = False
+    consecutive_skips: int = 0  # carried in from the previous iteration when optimizer_state has none
+    device: str = "cpu"
+    dtype: str = "float32"
+    torch_threads: int | None = None
+    collective_timeout_s: float = 1800.0
 
 
-def read_samples(path: str | Path) -> list[Sample]:
-    import pyarrow.parquet as pq
-
-    t = pq.read_table(path, schema=_samples_schema())
-    c = {name: t[name].to_pylist() for name in t.column_names}
-    return [
-        Sample(p, q, lp, a, ref, tok)
-        for p, q, lp, a, tok, ref in zip(
-            c["prompt_ids"],
-            c["completion_ids"],
-            c["sampler_logprobs"],
-            c["advantage"],
-            c["token_advantages"],
-            c["ref_logprobs"],
-        )
-    ]
-
-
-def write_job(
-    job_dir: str | Path,
-    samples: Sequence[Sample],
-    cfg: TrainSection,
-    *,
-    model_dir: str | Path,
-    output_dir: str | Path,
-    temperature: float,
-    pad_id: int,
-    seed: int,
-    total_steps: int,
-    optimizer_state: str | Path | None = None,
-    adapter_dir: str | Path | None = None,
-    norm_len: float | None = None,
-    whiten_micro_batch: bool = False,
-    old_from_sampler: bool = False,
-    consecutive_skips: int = 0,
-    device: str = "cpu",
-    dtype: str = "float32",
-    torch_threads: int | None = None,
-    collective_timeout_s: float = 1800.0,
-) -> Path:
-    """Write `job.json` + `samples.parquet`. `model_dir` is the policy (with LoRA: the base, and
-    `adapter_dir` the trained adapter if any); `optimizer_state` an optimizer.pt to continue from;
-    `total_steps` the schedule's length (make_scheduler)."""
+def write_job(job_dir: str | Path, samples: Sequence[Sample], job: TrainJob) -> Path:
+    """Write `job.json` + `samples.parquet` (TRAIN_SAMPLES). An optimizer_state file that does not exist (the
+    first iteration) is written as none."""
     job_dir = Path(job_dir)
     job_dir.mkdir(parents=True, exist_ok=True)
     write_samples(job_dir / SAMPLES_FILE, samples)
-    opt_path = str(optimizer_state) if optimizer_state is not None and Path(optimizer_state).exists() else None
-    job = {
-        "train": cfg.model_dump(mode="json"),
-        "model_dir": str(model_dir),
-        "output_dir": str(output_dir),
-        "optimizer_state": opt_path,
-        "adapter_dir": str(adapter_dir) if adapter_dir is not None else None,
-        "temperature": temperature,
-        "pad_id": pad_id,
-        "seed": seed,
-        "total_steps": total_steps,
-        "norm_len": norm_len,
-        "whiten_micro_batch": whiten_micro_batch,
-        "old_from_sampler": old_from_sampler,
-        "consecutive_skips": consecutive_skips,
-        "device": device,
-        "dtype": dtype,
-        "torch_threads": torch_threads,
-        "collective_timeout_s": collective_timeout_s,
-    }
-    (job_dir / JOB_FILE).write_text(json.dumps(job, indent=1))
+    if job.optimizer_state is not None and not job.optimizer_state.exists():
+        job = job.model_copy(update={"optimizer_state": None})
+    (job_dir / JOB_FILE).write_text(job.model_dump_json(indent=1))
     return job_dir
+
+
+def read_job(job_dir: Path) -> TrainJob:
+    return TrainJob.model_validate_json((job_dir / JOB_FILE).read_text())
 
 
 def weights_digest(model) -> str:
@@ -221,28 +167,22 @@ def run_job(job_dir: Path) -> dict[str, float] | None:
     """One rank's part of a job (the process group is initialised). Rank 0 returns the metrics."""
     from tasks.tokens import load_tokenizer
 
-    job = json.loads((job_dir / JOB_FILE).read_text())
-    cfg = TrainSection.model_validate(job["train"])
+    job = read_job(job_dir)
+    cfg = job.train
     rank, world = _rank_world()
-    device = resolve_device(job["device"])
+    device = resolve_device(job.device)
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
-    if job.get("torch_threads"):
-        torch.set_num_threads(int(job["torch_threads"]))
-    dtype = resolve_dtype(job["dtype"], device)
-    model, peft_model = load_master(
-        job["model_dir"],
-        cfg,
-        dtype=dtype,
-        device=device,
-        adapter_dir=Path(job["adapter_dir"]) if job.get("adapter_dir") else None,
-    )
+    if job.torch_threads:
+        torch.set_num_threads(job.torch_threads)
+    dtype = resolve_dtype(job.dtype, device)
+    model, peft_model = load_master(job.model_dir, cfg, dtype=dtype, device=device, adapter_dir=job.adapter_dir)
     params = [p for p in model.parameters() if p.requires_grad]
-    state_file = Path(job["optimizer_state"]) if job.get("optimizer_state") else None
-    opt, sched, skips = restore_optimizer(cfg, params, state_file, device, int(job["total_steps"]))
+    state_file = job.optimizer_state
+    opt, sched, skips = restore_optimizer(cfg, params, state_file, device, job.total_steps)
     if state_file is None or not state_file.exists():
-        skips = int(job.get("consecutive_skips", 0))
+        skips = job.consecutive_skips
     samples = read_samples(job_dir / SAMPLES_FILE)
     t0 = time.perf_counter()
     stats = ddp_rl_update(
@@ -251,13 +191,13 @@ def run_job(job_dir: Path) -> dict[str, float] | None:
         sched,
         samples,
         cfg,
-        temperature=job["temperature"],
-        pad_id=job["pad_id"],
+        temperature=job.temperature,
+        pad_id=job.pad_id,
         device=device,
-        seed=job["seed"],
-        norm_len=job.get("norm_len"),
-        whiten_micro_batch=job.get("whiten_micro_batch", False),
-        old_from_sampler=job.get("old_from_sampler", False),
+        seed=job.seed,
+        norm_len=job.norm_len,
+        whiten_micro_batch=job.whiten_micro_batch,
+        old_from_sampler=job.old_from_sampler,
         consecutive_skips=skips,
         log=lambda msg: print(msg, file=sys.stderr, flush=True),
         compute_dtype=dtype,
@@ -273,13 +213,13 @@ def run_job(job_dir: Path) -> dict[str, float] | None:
     stats["ranks_in_sync"] = float(len(set(digests)) == 1)
     if rank != 0:
         return None
-    out = Path(job["output_dir"])
+    out = job.output_dir
     out.mkdir(parents=True, exist_ok=True)
     write_checkpoint(
         out,
         model,
         peft_model,
-        load_tokenizer(job["model_dir"]),
+        load_tokenizer(job.model_dir),
         opt,
         sched,
         consecutive_skips=int(stats["consecutive_skips"]),
@@ -295,9 +235,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m tasks.distributed", description=__doc__.splitlines()[0])
     ap.add_argument("--job", required=True, type=Path, help="job directory (job.json + samples.parquet)")
     job_dir = ap.parse_args(argv).job
-    job = json.loads((job_dir / JOB_FILE).read_text())
-    backend = "nccl" if resolve_device(job["device"]).type == "cuda" else "gloo"
-    dist.init_process_group(backend=backend, timeout=timedelta(seconds=float(job.get("collective_timeout_s", 1800))))
+    job = read_job(job_dir)
+    backend = "nccl" if resolve_device(job.device).type == "cuda" else "gloo"
+    dist.init_process_group(backend=backend, timeout=timedelta(seconds=job.collective_timeout_s))
     try:
         run_job(job_dir)
     except NonFiniteTraining as e:  # every rank raises it on the same step; rank 0 tells launch() which error

@@ -25,13 +25,14 @@ def missing_path(key: str, value: str) -> str:
     )
 
 
-def check_model_dir(name_or_path: str) -> Path | None:
+def check_model_dir(name_or_path: str, key: str = "model.name_or_path") -> Path | None:
     """The local directory `name_or_path` names, or None for a hub id (or 'tiny'). A directory must hold a
     config.json: checked before any tokenizer loads, since transformers' message for an empty directory
-    ("need sentencepiece or tiktoken") names neither the directory nor what is missing."""
+    ("need sentencepiece or tiktoken") names neither the directory nor what is missing. `key` is what the
+    message calls the value (the config key, or a CLI flag such as --checkpoint)."""
     p = Path(name_or_path).expanduser()
     if not p.is_dir():
         return None
     if not (p / "config.json").exists():
-        raise FileNotFoundError(f"model.name_or_path={name_or_path!r}: directory has no config.json")
+        raise FileNotFoundError(f"{key}={name_or_path!r}: directory has no config.json")
     return p

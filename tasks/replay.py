@@ -29,6 +29,7 @@ from storage.schemas import (
     TREE_NODES,
 )
 from tasks.common import STAGE, StageOutput
+from tasks.train_samples import edge_samples, write_train_samples
 
 
 def new_edges(nodes: pa.Table, advantages: pa.Table) -> list[dict]:
@@ -117,6 +118,7 @@ def replay_buffer(
     )
     state = write_parquet(left, REPLAY_BUFFER, layout.replay_buffer(iteration))
     ref = write_parquet(taken, TRAIN_EDGES, layout.train_edges(iteration))
+    samples = write_train_samples(layout.train_samples(iteration), layout.run_id, iteration, edge_samples(ref.path))
     ages = Counter(taken["age"].to_pylist() + [iteration - a for a in left["added_iteration"].to_pylist()])
     n_train_tokens = sum(len(c) for c in taken["completion_token_ids"].to_pylist())
     metrics = write_metrics(
@@ -134,4 +136,4 @@ def replay_buffer(
             **{f"buffer_age_{a}": float(ages.get(a, 0)) for a in range(t.buffer_age)},
         },
     )
-    return StageOutput(artifact=ref, metrics=metrics, state=state)
+    return StageOutput(artifact=ref, metrics=metrics, state=state, side=samples)

@@ -20,170 +20,11 @@ from configs.schema import Config, TrainSection
 from storage.handles import FileRef, atomic_dir
 from storage.layout import RunLayout
 from storage.metrics import write_metrics
-from storage.parquet import read_parquet
-from storage.schemas import (
-    ADVANTAGES,
-    MC_ROLLOUTS,
-    REF_LOGPROBS,
-    ROLLOUTS,
-    SEGMENT_ADVANTAGES,
-    SEGMENTS,
-    TRAIN_EDGES,
-)
 from tasks.checkpoints import ADAPTER_DIR, OPTIMIZER_FILE, policy_device
 from tasks.common import STAGE, StageOutput
 from tasks.progress import stage
 from tasks.teacher_forcing import policy_logprobs
-
-
-def cutpoints_by_sample(segments: Path) -> dict:
-    """(prefix id or None, prompt id or None, sample index) -> the token indices of its cutpoints, from a
-    segments file (schema SEGMENTS): a response's key is (None, prompt id, s), a trained Monte Carlo
-    continuation's (prefix id, None, s). For spo.high_prob_advantage=zero."""
-    t = read_parquet(segments, SEGMENTS)
-    out: dict = {}
-    for p, s, pre, cut in zip(
-        t["prompt_id"].to_pylist(),
-        t["sample_index"].to_pylist(),
-        t["prefix_id"].to_pylist(),
-        t["cutpoints"].to_pylist(),
-    ):
-        out.setdefault((pre, None if pre is not None else p, s), set()).update(cut)
-    return out
-
-
-def _segment_token_advantages(segment_advantages: FileRef, lengths: dict, cuts: dict | None = None) -> dict:
-    """(prompt id, sample index) -> per-token advantages built from the segment advantages table; with
-    `cuts` (cutpoints_by_sample) only cutpoints keep theirs (spo.high_prob_advantage=zero)."""
-    from tasks.algos.spo_chain import token_advantages
-
-    t = read_parquet(segment_advantages, SEGMENT_ADVANTAGES)
-    spans: dict = {}
-    for p, s, pre, a, b, v in zip(
-        t["prompt_id"].to_pylist(),
-        t["sample_index"].to_pylist(),
-        t["prefix_id"].to_pylist(),
-        t["start_token"].to_pylist(),
-        t["end_token"].to_pylist(),
-        t["advantage"].to_pylist(),
-    ):
-        if pre is None:  # a response's segment (a trained Monte Carlo continuation's has its prefix id)
-            spans.setdefault((p, s), []).append((a, b, v))
-    return {
-        key: token_advantages(n, spans.get(key, []), None if cuts is None else cuts.get((None, *key), set()))
-        for key, n in lengths.items()
-    }
-
-
-def load_samples(
-    rollouts: FileRef,
-    advantages: FileRef,
-    reference: FileRef | None = None,
-    per_token: bool = False,
-    cuts: dict | None = None,
-):
-    """Training samples; with `per_token` the advantages file holds segment advantages (SPO-chain), and
-    with `cuts` (cutpoints_by_sample) only the cutpoints keep theirs."""
-    from tasks.trainer import Sample
-
-    r = read_parquet(rollouts, ROLLOUTS)
-    if per_token:
-        lengths = {
-            (p, s): len(c)
-            for p, s, c in zip(
-                r["prompt_id"].to_pylist(), r["sample_index"].to_pylist(), r["completion_token_ids"].to_pylist()
-            )
-        }
-        adv = _segment_token_advantages(advantages, lengths, cuts)
-    else:
-        a = read_parquet(advantages, ADVANTAGES)
-        adv = {
-            (p, s): v
-            for p, s, v in zip(a["prompt_id"].to_pylist(), a["sample_index"].to_pylist(), a["advantage"].to_pylist())
-        }
-    ref: dict = {}
-    if reference is not None:
-        t = read_parquet(reference, REF_LOGPROBS)
-        ref = {
-            (p, s): v
-            for p, s, v in zip(t["prompt_id"].to_pylist(), t["sample_index"].to_pylist(), t["ref_logprobs"].to_pylist())
-        }
-    samples = []
-    for p, s, pr, c, lp in zip(
-        r["prompt_id"].to_pylist(),
-        r["sample_index"].to_pylist(),
-        r["prompt_token_ids"].to_pylist(),
-        r["completion_token_ids"].to_pylist(),
-        r["sampling_logprobs"].to_pylist(),
-    ):
-        if (p, s) not in adv:
-            raise KeyError(f"{advantages.path}: no advantage for prompt {p!r} sample {s}")
-        if reference is not None and (p, s) not in ref:
-            raise KeyError(f"{reference.path}: no reference log-probs for prompt {p!r} sample {s}")
-        if c:  # an empty completion carries no token to train
-            a = adv[(p, s)]
-            samples.append(Sample(pr, c, lp, 0.0 if per_token else a, ref.get((p, s)), a if per_token else None))
-    return samples
-
-
-def load_continuation_samples(mc_rollouts: FileRef, segment_advantages: FileRef, cuts: dict | None = None):
-    """SPO-chain's trained Monte Carlo continuations (spo.mc_train): prefix = the boundary prefix,
-    response = the continuation, its one segment's advantage on every token (with `cuts`, on its cutpoints
-    only). Continuations without a segment (A = 0) are left out."""
-    from tasks.algos.spo_chain import token_advantages
-    from tasks.trainer import Sample
-
-    t = read_parquet(segment_advantages, SEGMENT_ADVANTAGES)
-    adv = {
-        (pre, s): (a, b, v)
-        for pre, s, a, b, v in zip(
-            t["prefix_id"].to_pylist(),
-            t["sample_index"].to_pylist(),
-            t["start_token"].to_pylist(),
-            t["end_token"].to_pylist(),
-            t["advantage"].to_pylist(),
-        )
-        if pre is not None
-    }
-    m = read_parquet(mc_rollouts, MC_ROLLOUTS)
-    samples = []
-    for pre, s, prefix, c, lp in zip(
-        m["prefix_id"].to_pylist(),
-        m["sample_index"].to_pylist(),
-        m["prefix_token_ids"].to_pylist(),
-        m["completion_token_ids"].to_pylist(),
-        m["sampling_logprobs"].to_pylist(),
-    ):
-        if (pre, s) in adv:
-            a, b, v = adv.pop((pre, s))
-            if (a, b) != (0, len(c)):
-                raise ValueError(
-                    f"{segment_advantages.path}: continuation {pre} #{s} spans [{a}, {b}), "
-                    f"its {len(c)} tokens are [0, {len(c)})"
-                )
-            keep = None if cuts is None else cuts.get((pre, None, s), set())
-            samples.append(Sample(prefix, c, lp, 0.0, None, token_advantages(len(c), [(0, len(c), v)], keep)))
-    if adv:
-        raise KeyError(f"{mc_rollouts.path}: no continuation for {len(adv)} trained segments, e.g. {next(iter(adv))}")
-    return samples
-
-
-def load_edge_samples(edges: FileRef):
-    """SPO-tree training samples (spo.md §2.2): prefix = prompt + root-to-parent tokens, response = the
-    node's tokens, pi_old = the sampler's log-probs at generation time, advantage = the edge's."""
-    from tasks.trainer import Sample
-
-    t = read_parquet(edges, TRAIN_EDGES)
-    return [
-        Sample(p, c, lp, a)
-        for p, c, lp, a in zip(
-            t["prefix_token_ids"].to_pylist(),
-            t["completion_token_ids"].to_pylist(),
-            t["sampling_logprobs"].to_pylist(),
-            t["train_advantage"].to_pylist(),
-        )
-        if c
-    ]
+from tasks.train_samples import CONTINUATION, RESPONSE, read_samples
 
 
 def reference_for(cfg: Config, start: FileRef, samples: list) -> None:
@@ -216,45 +57,32 @@ class IterationBatch:
         return self.train_cfg.epochs * math.ceil(len(self.samples) / self.train_cfg.mini_batch_size)
 
 
-def iteration_batch(
-    cfg: Config,
-    start: FileRef,
-    rollouts: FileRef,
-    advantages: FileRef,
-    reference: FileRef | None,
-    continuations: FileRef | None,
-    segments: Path | None = None,
-) -> IterationBatch:
-    """The iteration's training samples: SPO-tree's taken edges, or the responses (and SPO-chain's trained
-    Monte Carlo continuations), with reference log-probs where the KL penalty in the loss needs them.
-    `segments` is SPO-chain's segments file, read for its cutpoints when spo.high_prob_advantage=zero."""
-    spec = cfg.advantage.spec
-    zero = spec.reads_segments and cfg.spo.high_prob_advantage == "zero"
-    cuts = cutpoints_by_sample(segments) if zero and segments is not None else None
-    if zero and cuts is None:
-        raise ValueError("spo.high_prob_advantage='zero' needs the iteration's segments file (its cutpoints)")
-    if spec.grows_trees:  # `rollouts` is the iteration's train_edges file
-        samples = load_edge_samples(rollouts)
-        if cfg.train.kl_coef > 0:
-            reference_for(cfg, start, samples)
-        nominal = cfg.tree.edges_per_iteration or cfg.rollout.prompts_per_iteration * cfg.tree.edges_per_question
-    else:
-        samples = load_samples(rollouts, advantages, reference, per_token=spec.reads_segments, cuts=cuts)
-        nominal = cfg.rollout.prompts_per_iteration * cfg.rollout.samples_per_prompt
-    steps_per_epoch = math.ceil(nominal / cfg.train.mini_batch_size)
+def nominal_samples(cfg: Config) -> int:
+    """Samples an iteration trains in the config's terms, the unit of the optimiser steps per iteration: a
+    tree run's taken edges (their count varies; the lr schedule must not), or prompts x samples per prompt
+    (responses; empty ones drop out without changing the schedule)."""
+    if cfg.advantage.spec.grows_trees:
+        return cfg.tree.edges_per_iteration or cfg.rollout.prompts_per_iteration * cfg.tree.edges_per_question
+    return cfg.rollout.prompts_per_iteration * cfg.rollout.samples_per_prompt
+
+
+def iteration_batch(cfg: Config, start: FileRef, samples_file: FileRef | str | Path) -> IterationBatch:
+    """The iteration's training samples (TRAIN_SAMPLES, tasks/train_samples.py), with reference log-probs from
+    the start policy where the KL penalty in the loss needs them and no reference_logprobs stage made them
+    (SPO-tree edges, SPO-chain continuations)."""
+    samples = read_samples(samples_file)
+    if cfg.train.kl_coef > 0 and cfg.train.kl_placement == "loss":
+        # Responses carry the reference_logprobs stage's (rl_update names any missing one).
+        missing = [x for x in samples if x.ref_logprobs is None and x.source != RESPONSE]
+        if missing:
+            reference_for(cfg, start, missing)
+    steps_per_epoch = math.ceil(nominal_samples(cfg) / cfg.train.mini_batch_size)
     train_cfg = cfg.train
-    if continuations is not None:
-        extra = load_continuation_samples(continuations, advantages, cuts)
-        if cfg.train.kl_coef > 0:  # the reference_logprobs stage covers the responses only
-            reference_for(cfg, start, extra)
+    if any(x.source == CONTINUATION for x in samples):
         # The continuations join the iteration's optimiser steps: mini-batches grow, their number does not,
         # so the lr schedule and the number of updates per iteration stay those of the same run without them.
-        samples = samples + extra
-        train_cfg = cfg.train.model_copy(
-            update={
-                "mini_batch_size": max(cfg.train.mini_batch_size, math.ceil(len(samples) / max(1, steps_per_epoch)))
-            }
-        )
+        grown = max(cfg.train.mini_batch_size, math.ceil(len(samples) / max(1, steps_per_epoch)))
+        train_cfg = cfg.train.model_copy(update={"mini_batch_size": grown})
     return IterationBatch(samples, train_cfg, cfg.train.epochs * steps_per_epoch)
 
 
@@ -264,27 +92,19 @@ def train_policy(
     layout: RunLayout,
     start: FileRef,
     policy: FileRef,
-    rollouts: FileRef,
-    advantages: FileRef,
-    reference: FileRef | None,
-    continuations: FileRef | None,
+    samples: FileRef,
     iteration: int,
     code_version: str,
 ) -> StageOutput:
-    """`start` is the run's start policy (LoRA base), `policy` the latest checkpoint, `reference` the
-    reference log-probs file when the KL penalty is in the loss, `continuations` SPO-chain's Monte Carlo
-    rollouts when they train too (spo.mc_train), else None."""
+    """`start` is the run's start policy (LoRA base and KL reference), `policy` the latest checkpoint,
+    `samples` the iteration's TRAIN_SAMPLES file (compute_advantages', or replay_buffer's for SPO-tree)."""
     from tasks.trainer import rl_update
 
-    # The segments file is upstream of `advantages` (same spo_values stage), so it needs no cache key of its own.
-    batch = iteration_batch(cfg, start, rollouts, advantages, reference, continuations, layout.segments(iteration))
-    total_steps = cfg.run.iterations * batch.steps_per_iter
-    whiten = micro_batch_whitening(cfg)
-    old_from_sampler = cfg.advantage.spec.grows_trees and cfg.tree.old_logprobs == "generation"
+    batch = iteration_batch(cfg, start, samples)
+    # The linear schedule's horizon (configs/schema.py fills it from run.iterations); a constant one never reads it.
+    total_steps = (cfg.train.schedule_iterations or 0) * batch.steps_per_iter
     if cfg.train.processes > 1:
-        return _train_distributed(
-            cfg, batch.train_cfg, layout, start, policy, batch.samples, iteration, total_steps, whiten, old_from_sampler
-        )
+        return _train_distributed(cfg, layout, start, policy, batch, iteration, total_steps)
     model, peft_model, tok, device = load_trainable(cfg, start, policy)
     params = [p for p in model.parameters() if p.requires_grad]
     opt, sched, skips = restore_optimizer(cfg, params, Path(policy.path) / OPTIMIZER_FILE, device, total_steps)
@@ -296,16 +116,12 @@ def train_policy(
             sched,
             batch.samples,
             batch.train_cfg,
-            temperature=cfg.rollout.temperature,
             pad_id=tok.pad_token_id,
             device=device,
-            seed=iteration,
-            norm_len=cfg.rollout.max_tokens,
-            whiten_micro_batch=whiten,
-            old_from_sampler=old_from_sampler,
             consecutive_skips=skips,
             on_step=lambda i, n, loss: progress.advance(1, loss=loss),
             compute_dtype=compute_dtype(cfg, device),
+            **update_options(cfg, iteration),
         )
     stats["train_seconds"] = time.perf_counter() - t0
     stats["trainable_parameters"] = float(sum(p.numel() for p in params))
@@ -321,6 +137,19 @@ def train_policy(
     )
     metrics = write_metrics(layout.metrics(iteration, "train"), layout.run_id, iteration, "train", stats)
     return StageOutput(artifact=FileRef.of(layout.checkpoint(iteration)), metrics=metrics)
+
+
+def update_options(cfg: Config, iteration: int) -> dict:
+    """rl_update's keyword arguments that come from the config, the same in one process and on every rank:
+    the sampling temperature, the shuffle seed (the iteration), Dr. GRPO's length normaliser, micro-batch
+    whitening, and whether pi_old is the sampler's (SPO-tree with tree.old_logprobs=generation)."""
+    return {
+        "temperature": cfg.rollout.temperature,
+        "seed": iteration,
+        "norm_len": cfg.rollout.max_tokens,
+        "whiten_micro_batch": micro_batch_whitening(cfg),
+        "old_from_sampler": cfg.advantage.spec.grows_trees and cfg.tree.old_logprobs == "generation",
+    }
 
 
 def micro_batch_whitening(cfg: Config) -> bool:
@@ -386,44 +215,36 @@ def save_checkpoint(cfg: Config, dest: Path, model, peft_model, tok, opt, sched,
 
 def _train_distributed(
     cfg: Config,
-    train_cfg,
     layout: RunLayout,
     start: FileRef,
     policy: FileRef,
-    samples: list,
+    batch: IterationBatch,
     iteration: int,
     total_steps: int,
-    whiten: bool,
-    old_from_sampler: bool,
 ) -> StageOutput:
     """train_policy with cfg.train.processes > 1: the same update under torchrun in a subprocess
     (tasks/distributed.py), bounded by cfg.train.timeout_seconds. The job directory keeps its logs."""
-    from tasks.distributed import launch, write_job
+    from tasks.distributed import TrainJob, launch, write_job
     from tasks.tokens import load_tokenizer
 
     base = start.path if cfg.train.lora_rank else policy.path
     t0 = time.perf_counter()
     with atomic_dir(layout.checkpoint(iteration)) as tmp:
-        job = write_job(
-            layout.iteration_dir(iteration) / "train_job",
-            samples,
-            train_cfg,
+        job = TrainJob(
+            train=batch.train_cfg,
             model_dir=base,
             output_dir=tmp,
             optimizer_state=Path(policy.path) / OPTIMIZER_FILE,
             adapter_dir=Path(policy.path) / ADAPTER_DIR if cfg.train.lora_rank else None,
-            temperature=cfg.rollout.temperature,
             pad_id=load_tokenizer(base).pad_token_id,
-            seed=iteration,
             total_steps=total_steps,
-            norm_len=cfg.rollout.max_tokens,
-            whiten_micro_batch=whiten,
-            old_from_sampler=old_from_sampler,
             device=cfg.run.device,
             dtype=cfg.model.dtype,
             torch_threads=cfg.run.torch_threads or None,
+            **update_options(cfg, iteration),
         )
-        stats = launch(job, cfg.train.processes, cfg.train.timeout_seconds)
+        job_dir = write_job(layout.iteration_dir(iteration) / "train_job", batch.samples, job)
+        stats = launch(job_dir, cfg.train.processes, cfg.train.timeout_seconds)
     stats["train_launch_seconds"] = time.perf_counter() - t0
     metrics = write_metrics(layout.metrics(iteration, "train"), layout.run_id, iteration, "train", stats)
     return StageOutput(artifact=FileRef.of(layout.checkpoint(iteration)), metrics=metrics)

@@ -29,6 +29,7 @@ import torch
 from tasks.algos.logprobs import token_logprobs, token_logprobs_entropy
 from tasks.algos.policy_loss import LossSpec, policy_loss
 from tasks.algos.prob_mask import trained_count, trains
+from tasks.sample import Sample
 
 if TYPE_CHECKING:
     from configs.schema import TrainSection
@@ -163,16 +164,6 @@ def make_scheduler(optimizer, cfg: TrainSection, total_steps: int):
         return 1.0
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-@dataclass
-class Sample:
-    prompt_ids: list[int]
-    completion_ids: list[int]
-    sampler_logprobs: list[float]
-    advantage: float
-    ref_logprobs: list[float] | None = None  # reference-policy log-probs, for a KL penalty in the loss
-    token_advantages: list[float] | None = None  # per-token advantages (SPO segments); else `advantage` broadcast
 
 
 def loss_spec(cfg: TrainSection) -> LossSpec:
@@ -462,13 +453,12 @@ def rl_update(
     if coll.rank != 0:
         log = lambda _msg: None  # noqa: E731
     spec = loss_spec(cfg)
-    micro = cfg.micro_batch_size
     whiten_micro_batch = whiten_micro_batch or cfg.whiten_advantages == "micro_batch"
     with mixed_precision(device, compute_dtype):
         pi_old = old_policy(
             model,
             samples,
-            micro,
+            cfg.micro_batch_size,
             temperature=temperature,
             chunk=cfg.logprob_chunk,
             pad_id=pad_id,
@@ -482,27 +472,15 @@ def rl_update(
 
     # Tokens that carry gradient: every completion token, or with SPO's probability mask (spec §3.2)
     # only those the pre-update policy gave p < rho. Counted up front for the global normaliser.
-    rho = cfg.prob_mask_rho
-    trained = [trained_count(o.exp(), rho) for o in old]
+    trained = [trained_count(o.exp(), cfg.prob_mask_rho) for o in old]
 
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     snapshot = MasterSnapshot(params) if coll.rank == 0 else None  # every rank holds the same weights
     rng = random.Random(seed)
     order = list(range(len(samples)))
-    keys = (
-        "loss",
-        "clipfrac",
-        "clipfrac_upper",
-        "clipfrac_lower",
-        "clipfrac_dual",
-        "ratio_mean",
-        "approx_kl",
-        "kl_ref",
-        "grad_norm",
-    )
-    stats = dict.fromkeys(keys, 0.0)
-    n_updates, total_tokens, skipped, skipped_micro = 0, 0, 0, 0
+    totals = UpdateTotals()
+    guard = NonFiniteGuard(cfg.max_consecutive_skips, consecutive_skips, log)
     steps_per_epoch = math.ceil(len(samples) / cfg.mini_batch_size)
     t0 = time.perf_counter()
     for epoch in range(cfg.epochs):
@@ -530,64 +508,93 @@ def rl_update(
             if coll.world > 1:  # the whole mini-batch's gradient and metric sums, on every rank
                 step = dict(zip(step, coll.sum_grads(params, list(step.values()))))
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            if not (math.isfinite(step["loss"]) and math.isfinite(float(grad_norm))):
+            if not guard.finite(step["loss"], float(grad_norm), epoch * steps_per_epoch + m + 1):
                 optimizer.zero_grad(set_to_none=True)
-                skipped += 1
-                consecutive_skips += 1
-                reason = (
-                    f"train: skipped step {epoch * steps_per_epoch + m + 1} (loss={step['loss']}, "
-                    f"grad_norm={float(grad_norm)}); {consecutive_skips} in a row"
-                )
-                log(reason)
-                if consecutive_skips >= cfg.max_consecutive_skips:
-                    raise NonFiniteTraining(
-                        f"{reason}: train.max_consecutive_skips={cfg.max_consecutive_skips} "
-                        "reached; check rewards/advantages for NaN, or lower train.lr"
-                    )
                 continue
-            consecutive_skips = 0
-            skipped_micro += int(step["skipped_micro_batches"])
             optimizer.step()
             scheduler.step()
-            n_updates += 1
-            total_tokens += int(num_tokens)
-            stats["loss"] += step["loss"]
-            clipped = step["clip_upper"] + step["clip_lower"] + step["clip_dual"]
-            for name, value in (
-                ("clipfrac", clipped),
-                ("clipfrac_upper", step["clip_upper"]),
-                ("clipfrac_lower", step["clip_lower"]),
-                ("clipfrac_dual", step["clip_dual"]),
-                ("ratio_mean", step["ratio"]),
-                ("approx_kl", step["kl_old"]),
-                ("kl_ref", step["kl_ref"]),
-            ):
-                stats[name] += value / num_tokens
-            stats["grad_norm"] += float(grad_norm)
+            totals.add(step, num_tokens, float(grad_norm))
             if on_step:
-                on_step(n_updates, cfg.epochs * steps_per_epoch, step["loss"])  # (done, total, this step's loss)
-    seconds = time.perf_counter() - t0
+                on_step(totals.updates, cfg.epochs * steps_per_epoch, step["loss"])  # (done, total, this step's loss)
     model.eval()
-    out = {k: v / max(1, n_updates) for k, v in stats.items()}
-    if spec.kl_coef == 0:
-        del out["kl_ref"]
+    out = totals.means(with_kl_ref=spec.kl_coef > 0)
     all_tokens = sum(len(o) for o in old)
     out.update(
         train_samples=float(len(samples)),
-        optimizer_steps=float(n_updates),
-        trained_tokens=float(total_tokens),
-        train_tokens_per_second=total_tokens / max(seconds, 1e-9),
+        optimizer_steps=float(totals.updates),
+        trained_tokens=float(totals.tokens),
+        train_tokens_per_second=totals.tokens / max(time.perf_counter() - t0, 1e-9),
         lr=float(scheduler.get_last_lr()[0]),
         entropy=pi_old.entropy_sum / max(1, all_tokens),
         logprob_gap_mean=pi_old.gap_sum / max(1, pi_old.gap_tokens),
         logprob_gap_max=pi_old.gap_max,
         frac_tokens_trained=sum(trained) / max(1, all_tokens),
-        skipped_steps=float(skipped),
-        consecutive_skips=float(consecutive_skips),
+        skipped_steps=float(guard.skipped),
+        consecutive_skips=float(guard.in_a_row),
     )
     if cfg.skip_ratio_above is not None:
-        out["skipped_micro_batches"] = float(skipped_micro)
+        out["skipped_micro_batches"] = float(totals.skipped_micro)
     if snapshot is not None:
         changed, total = snapshot.changed(params)
         out["frac_master_changed"] = changed / max(1, total)
     return out
+
+
+class NonFiniteGuard:
+    """Skips optimiser steps whose loss or gradient norm is NaN/inf, and stops the run after `limit` in a row
+    (counting `in_a_row` carried in from the previous iteration): train.max_consecutive_skips."""
+
+    def __init__(self, limit: int, in_a_row: int, log: Callable[[str], None]):
+        self.limit, self.in_a_row, self.log, self.skipped = limit, in_a_row, log, 0
+
+    def finite(self, loss: float, grad_norm: float, step: int) -> bool:
+        """True for a step to take; False (logged) for one to skip; NonFiniteTraining at the limit."""
+        if math.isfinite(loss) and math.isfinite(grad_norm):
+            self.in_a_row = 0
+            return True
+        self.skipped += 1
+        self.in_a_row += 1
+        reason = f"train: skipped step {step} (loss={loss}, grad_norm={grad_norm}); {self.in_a_row} in a row"
+        self.log(reason)
+        if self.in_a_row >= self.limit:
+            raise NonFiniteTraining(
+                f"{reason}: train.max_consecutive_skips={self.limit} reached; check rewards/advantages for NaN, "
+                "or lower train.lr"
+            )
+        return False
+
+
+class UpdateTotals:
+    """Sums over an iteration's optimiser steps: the loss, the clip fractions, ratio and KLs per trained token
+    of each step, and the gradient norm; `means` divides by the number of steps."""
+
+    KEYS = ("loss", "clipfrac", "clipfrac_upper", "clipfrac_lower", "clipfrac_dual", "ratio_mean", "approx_kl")
+
+    def __init__(self):
+        self.sums = dict.fromkeys((*self.KEYS, "kl_ref", "grad_norm"), 0.0)
+        self.updates, self.tokens, self.skipped_micro = 0, 0, 0
+
+    def add(self, step: dict[str, float], num_tokens: float, grad_norm: float) -> None:
+        """One optimiser step's sums (_accumulate_gradients' keys) over its `num_tokens` trained tokens."""
+        self.updates += 1
+        self.tokens += int(num_tokens)
+        self.skipped_micro += int(step["skipped_micro_batches"])
+        self.sums["loss"] += step["loss"]
+        clipped = step["clip_upper"] + step["clip_lower"] + step["clip_dual"]
+        for name, value in (
+            ("clipfrac", clipped),
+            ("clipfrac_upper", step["clip_upper"]),
+            ("clipfrac_lower", step["clip_lower"]),
+            ("clipfrac_dual", step["clip_dual"]),
+            ("ratio_mean", step["ratio"]),
+            ("approx_kl", step["kl_old"]),
+            ("kl_ref", step["kl_ref"]),
+        ):
+            self.sums[name] += value / num_tokens
+        self.sums["grad_norm"] += grad_norm
+
+    def means(self, with_kl_ref: bool) -> dict[str, float]:
+        out = {k: v / max(1, self.updates) for k, v in self.sums.items()}
+        if not with_kl_ref:
+            del out["kl_ref"]
+        return out

@@ -35,13 +35,14 @@ def _family(cfg) -> str:
 def run_stage(cfg, layout: RunLayout, it: int = 1) -> Path:
     """The stage as flows/rl_train.py calls it (rollout_iteration / tree_iteration); returns its file."""
     if _family(cfg) == "tree":
-        out = compute_advantages.fn(cfg, layout, FileRef.of(layout.tree_nodes(it)), None, None, None, it, CODE_VERSION)
+        out = compute_advantages.fn(cfg, layout, it, CODE_VERSION, nodes=FileRef.of(layout.tree_nodes(it)))
     else:
-        ref = FileRef.of(layout.ref_logprobs(it)) if kl_in_reward(cfg) else None
-        seg = FileRef.of(layout.segments(it)) if _family(cfg) == "segment" else None
-        out = compute_advantages.fn(
-            cfg, layout, FileRef.of(layout.rollouts(it)), FileRef.of(layout.grades(it)), ref, seg, it, CODE_VERSION
-        )
+        inputs = {"rollouts": FileRef.of(layout.rollouts(it)), "grades": FileRef.of(layout.grades(it))}
+        if kl_in_reward(cfg):
+            inputs["reference"] = FileRef.of(layout.ref_logprobs(it))
+        if _family(cfg) == "segment":
+            inputs["segments"] = FileRef.of(layout.segments(it))
+        out = compute_advantages.fn(cfg, layout, it, CODE_VERSION, **inputs)
     assert Path(out.artifact.path) == artifact_of(cfg, layout, it)[0]
     return Path(out.artifact.path)
 

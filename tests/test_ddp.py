@@ -22,13 +22,14 @@ from tasks import tiny_model
 from tasks.distributed import (
     OPTIMIZER_FILE,
     RANKS_FILE,
+    TrainJob,
     ddp_rl_update,
     launch,
-    read_samples,
     write_job,
-    write_samples,
 )
-from tasks.trainer import Sample, make_scheduler, rl_update
+from tasks.sample import Sample
+from tasks.train_samples import read_samples, write_samples
+from tasks.trainer import make_scheduler, rl_update
 
 CPU = torch.device("cpu")
 CFG = TrainSection(lr=3e-3, mini_batch_size=8, micro_batch_size=2, epochs=2)
@@ -94,13 +95,15 @@ def runs(tmp_path_factory):
         job = write_job(
             root / f"job{n}",
             _samples(),
-            CFG,
-            model_dir=root / "model",
-            output_dir=root / f"out{n}",
-            temperature=1.0,
-            pad_id=0,
-            seed=0,
-            total_steps=TOTAL_STEPS,
+            TrainJob(
+                train=CFG,
+                model_dir=root / "model",
+                output_dir=root / f"out{n}",
+                temperature=1.0,
+                pad_id=0,
+                seed=0,
+                total_steps=TOTAL_STEPS,
+            ),
         )
         t0 = time.perf_counter()
         out[n] = launch(job, nprocs=n, timeout_s=300)
@@ -227,22 +230,20 @@ def _alive_with(tag: str) -> list[int]:
 
 
 # Each worker: note that it started, ignore SIGTERM (so only the SIGKILL escalation can end it), hang.
+def _job(tmp_path, samples, cfg: TrainSection, model_dir):
+    """A one-step job in tmp_path/job that writes its checkpoint to tmp_path/out."""
+    job = TrainJob(
+        train=cfg, model_dir=model_dir, output_dir=tmp_path / "out", temperature=1.0, pad_id=0, seed=0, total_steps=1
+    )
+    return write_job(tmp_path / "job", samples, job)
+
+
 HANG = ("--no-python", "sh", "-c", 'trap "" TERM; touch "$2/started.$RANK"; sleep 600', "sh")
 
 
 @pytest.mark.slow
 def test_timeout_kills_torchrun_and_its_workers(tmp_path):
-    job = write_job(
-        tmp_path / "job",
-        _samples()[:2],
-        CFG,
-        model_dir=tmp_path / "none",
-        output_dir=tmp_path / "out",
-        temperature=1.0,
-        pad_id=0,
-        seed=0,
-        total_steps=1,
-    )
+    job = _job(tmp_path, _samples()[:2], CFG, tmp_path / "none")
     tag = f"SEGFLOW_TEST_TAG={uuid.uuid4().hex}"
     t0 = time.perf_counter()
     with pytest.raises(TimeoutError, match=r"train job .*job \(2 processes\) did not finish within 12 s"):
@@ -254,17 +255,7 @@ def test_timeout_kills_torchrun_and_its_workers(tmp_path):
 
 @pytest.mark.slow
 def test_a_failing_job_raises_with_the_stderr_tail(tmp_path):
-    job = write_job(
-        tmp_path / "job",
-        _samples()[:2],
-        CFG,
-        model_dir=tmp_path / "none",
-        output_dir=tmp_path / "out",
-        temperature=1.0,
-        pad_id=0,
-        seed=0,
-        total_steps=1,
-    )
+    job = _job(tmp_path, _samples()[:2], CFG, tmp_path / "none")
     tag = f"SEGFLOW_TEST_TAG={uuid.uuid4().hex}"
     fail = ("--no-python", "sh", "-c", 'echo "rank $RANK: no such model" >&2; exit 3', "sh")
     with pytest.raises(RuntimeError, match=r"(?s)\(2 processes\) failed with exit code 1.*rank 0: no such model"):
@@ -281,17 +272,7 @@ def test_non_finite_training_in_the_workers_is_raised_as_such(tmp_path):
     bad = _samples()
     bad[0].advantage = math.nan
     cfg = TrainSection(lr=3e-3, mini_batch_size=8, micro_batch_size=2, max_consecutive_skips=1)
-    job = write_job(
-        tmp_path / "job",
-        bad,
-        cfg,
-        model_dir=tmp_path / "model",
-        output_dir=tmp_path / "out",
-        temperature=1.0,
-        pad_id=0,
-        seed=0,
-        total_steps=1,
-    )
+    job = _job(tmp_path, bad, cfg, tmp_path / "model")
     with pytest.raises(NonFiniteTraining, match="max_consecutive_skips=1"):
         launch(job, nprocs=2, timeout_s=300)
     assert not (tmp_path / "out" / "model.safetensors").exists()

@@ -65,11 +65,11 @@ def test_train_stage_sleeps_the_engine_then_wakes_it(monkeypatch):
     log = []
     monkeypatch.setattr(tasks.engines.live, "_ENGINE", _Engine(log))
 
-    def stage(name, fn, *args):
+    def stage(name, fn, **kwargs):
         log.append(name)
         return "trained"
 
-    assert train_stage(stage, "start", "policy", 1) == "trained"
+    assert train_stage(stage, "start", "policy", "samples", 1) == "trained"
     assert log == ["sleep", "train_policy", "wake_up"]
 
 
@@ -80,12 +80,12 @@ def test_train_stage_wakes_the_engine_when_training_fails(monkeypatch):
     log = []
     monkeypatch.setattr(tasks.engines.live, "_ENGINE", _Engine(log))
 
-    def stage(name, fn, *args):
+    def stage(name, fn, **kwargs):
         log.append(name)
         raise RuntimeError("CUDA out of memory")
 
     with pytest.raises(RuntimeError, match="out of memory"):
-        train_stage(stage, 1)
+        train_stage(stage, "start", "policy", "samples", 1)
     assert log == ["sleep", "train_policy", "wake_up"]
 
 
@@ -95,10 +95,12 @@ def test_train_stage_leaves_an_engine_that_did_not_sleep_alone(monkeypatch):
 
     log = []
     monkeypatch.setattr(tasks.engines.live, "_ENGINE", _Engine(log, sleeps=False))
-    train_stage(lambda name, fn, *a: log.append(name), 1)
+    train_stage(lambda name, fn, **kw: log.append(name), "start", "policy", "samples", 1)
     assert log == ["sleep", "train_policy"]  # asked, said no (sleep_mode off or CPU): no wake_up
     monkeypatch.setattr(tasks.engines.live, "_ENGINE", None)
-    train_stage(lambda name, fn, *a: log.append(name), 1)  # no engine yet (a cached rerun): nothing to do
+    train_stage(
+        lambda name, fn, **kw: log.append(name), "start", "policy", "samples", 1
+    )  # no engine yet (a cached rerun): nothing to do
     assert log == ["sleep", "train_policy", "train_policy"]
 
 

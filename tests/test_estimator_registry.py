@@ -9,8 +9,7 @@ import pytest
 from configs.loader import resolve
 from configs.schema import Config
 from storage.catalog import SQL_DIR
-from tasks.algos import estimators
-from tasks.algos.registry import ESTIMATORS, REGISTRY, Family, names, spec_of
+from tasks.algos.registry import ESTIMATORS, REGISTRY, Family, names, spec_of, twin
 
 ROOT = Path(__file__).resolve().parent.parent
 PRODUCT = ("flows", "tasks", "storage", "configs")
@@ -73,14 +72,13 @@ def test_every_registered_estimator_has_its_sql_file_twin_and_config_section(nam
     sql = SQL_DIR / spec.sql_file
     assert sql.is_file(), f"{name}: no storage/sql/{spec.sql_file}"
     module, fn = spec.twin.split(":")
-    assert callable(getattr(importlib.import_module(module), fn)), f"{name}: twin {spec.twin} is not a function"
+    assert callable(twin(name)), f"{name}: twin {spec.twin} is not a function"
+    assert twin(name) is getattr(importlib.import_module(module), fn)
     header = "\n".join(line for line in sql.read_text().splitlines() if line.startswith("--"))
     assert f"{module.replace('.', '/')}.py::" in header and f"::{fn}" in header, (
         f"{spec.sql_file} does not name its numpy twin {spec.twin}"
     )
     assert spec.section in Config.model_fields, f"{name}: config has no section {spec.section!r}"
-    if spec.family is Family.RESPONSE:  # the generic SQL-vs-numpy tests dispatch through estimators.REGISTRY
-        assert estimators.REGISTRY[name] is getattr(importlib.import_module(module), fn)
 
 
 def test_every_sql_estimator_file_is_registered():

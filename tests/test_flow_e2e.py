@@ -12,6 +12,7 @@ import pytest
 
 from configs.loader import run_id
 from storage.catalog import query
+from storage.metric_names import describe, flat
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,6 +25,12 @@ STAGES = {
     "compute_advantages",
     "train_policy",
 }
+
+
+def unlisted_metrics(runs: Path) -> list[str]:
+    """Stored metric names missing from storage/metric_names.py ALL_METRICS (they read as `other/<name>`)."""
+    _, rows = query(runs, "select distinct name from metrics")
+    return sorted(name for (name,) in rows if describe(name) is None)
 
 
 def test_flow_end_to_end_then_every_stage_is_a_cache_hit(prefect_harness, live_engine, small_config, tmp_path):
@@ -44,6 +51,7 @@ def test_flow_end_to_end_then_every_stage_is_a_cache_hit(prefect_harness, live_e
     # Every artifact is queryable; sampler and trainer saw the same weights (log-prob gap ~ 0).
     _, rows = query(runs, "select count(*) from rollouts")
     assert rows == [(2 * 8 * 4,)]
+    assert unlisted_metrics(runs) == []
     _, rows = query(
         runs, "select count(*) from grades join advantages using (run_id, iteration, prompt_id, sample_index)"
     )
@@ -59,14 +67,17 @@ def test_flow_end_to_end_then_every_stage_is_a_cache_hit(prefect_harness, live_e
 
     for it in (1, 2):
         ok = [steps_match(text, sol) for i, status, text, sol in rows if i == it and status == "ok"]
-        _, metric = query(runs, f"select value from metrics where name = 'frac_ok_wrong_steps' and iteration = {it}")
+        _, metric = query(
+            runs, f"select value from metrics where name = 'reward/frac_ok_wrong_steps' and iteration = {it}"
+        )
         assert metric == [(pytest.approx((len(ok) - sum(ok)) / max(1, len(ok))),)]
-    _, rows = query(runs, "select max(value) from metrics where name = 'logprob_gap_max'")
+    _, rows = query(runs, "select max(value) from metrics where name = 'actor/logprob_gap_max'")
     assert rows[0][0] < 1e-3
     # New weights reach the running engine by in-place reload (recorded by whichever stage uses them first).
     _, rows = query(
         runs,
-        "select count(*) from metrics where name in ('weight_load_seconds', 'eval_weight_load_seconds') and value > 0",
+        "select count(*) from metrics "
+        "where name in ('perf/weight_load_seconds', 'perf/eval_weight_load_seconds') and value > 0",
     )
     assert rows[0][0] >= 3  # warm start (after the fixture's model), checkpoint 1, checkpoint 2
     _, rows = query(runs, "select preset, final_eval_accuracy from runs")
@@ -78,15 +89,16 @@ def test_flow_end_to_end_then_every_stage_is_a_cache_hit(prefect_harness, live_e
     expected: dict = {}
     first_metrics: dict = {}
     settings = health_settings(small_config)
-    _, ((start,),) = query(runs, "select value from metrics where name = 'eval_accuracy' and iteration = 0")
+    _, ((start,),) = query(runs, "select value from metrics where name = 'eval/accuracy' and iteration = 0")
     for it in (1, 2):
-        _, rows = query(runs, f"select name, value from metrics where iteration = {it} and name not like 'eval_%'")
-        first_metrics = first_metrics or dict(rows)
-        record(expected, diagnose(dict(rows), settings, first_metrics), it)
+        _, rows = query(runs, f"select name, value from metrics where iteration = {it} and stage <> 'eval'")
+        stored = {flat(name): value for name, value in rows}  # the health checks index by flat names
+        first_metrics = first_metrics or stored
+        record(expected, diagnose(stored, settings, first_metrics), it)
         _, ((acc, n),) = query(
             runs,
-            f"select max(value) filter (name = 'eval_accuracy'), "
-            f"max(value) filter (name = 'eval_problems') from metrics where iteration = {it}",
+            f"select max(value) filter (name = 'eval/accuracy'), "
+            f"max(value) filter (name = 'eval/problems') from metrics where iteration = {it}",
         )
         record(expected, eval_regression(start, acc, int(n), settings), it)
     assert first["health"] == expected
@@ -149,6 +161,7 @@ def _assert_live_artifacts_and_ui_labels(flow_run, key: str, cfg) -> None:
     tables = sorted((a for a in arts if a.key == f"{key}-metrics"), key=lambda a: a.created)
     rows = [json.loads(a.data) if isinstance(a.data, str) else a.data for a in tables]
     assert [[r["iteration"] for r in t] for t in rows] == [[1], [1, 2]]  # after iteration 1 already, then updated
+    assert {"reward/mean", "actor/clipfrac", "eval/accuracy"} <= set(rows[-1][-1])  # namespaced columns
     plots = [a for a in arts if a.key == f"{key}-accuracy"]
     assert len(plots) == 2 and all(a.type == "image" and a.data.startswith("data:image/png;base64,") for a in plots)
 
@@ -233,6 +246,7 @@ def test_spo_chain_flow_end_to_end(prefect_harness, live_engine, tmp_path):
     runs = tmp_path / "runs"
     summary = rl_train(cfg, str(runs))
     assert summary["stages_executed"]["spo_values"] == 2 and summary["estimator"] == "spo_chain"
+    assert unlisted_metrics(runs) == []
     # Segments tile every response: they start at 0, are contiguous, and end at its last token.
     _, rows = query(
         runs,
@@ -263,7 +277,7 @@ def test_spo_chain_flow_end_to_end(prefect_harness, live_engine, tmp_path):
         "(run_id, iteration, prompt_id, sample_index, segment_index)",
     )
     assert rows[0][0] > 0
-    _, rows = query(runs, "select min(value) from metrics where name = 'mc_generated_tokens'")
+    _, rows = query(runs, "select min(value) from metrics where name = 'spo/mc_generated_tokens'")
     assert rows[0][0] > 0
     # Each segment lists its cutpoints; with interval 1 every segment after the first starts at one.
     _, rows = query(runs, "select segment_index, start_token, end_token, num_cutpoints, cutpoints from segments")
@@ -271,10 +285,10 @@ def test_spo_chain_flow_end_to_end(prefect_harness, live_engine, tmp_path):
     assert all(c and c[0] == a for j, a, _, _, c in rows if j > 0)
     _, rows = query(
         runs,
-        "select iteration, max(value) filter (name = 'mc_rollouts'), "
-        "max(value) filter (name = 'mc_dedup_savings'), "
-        "max(value) filter (name = 'mc_prefixes_unique') / max(value) filter (name = 'mc_prefixes'), "
-        "max(value) filter (name = 'mc_tokens_per_trained_token'), "
+        "select iteration, max(value) filter (name = 'spo/mc_rollouts'), "
+        "max(value) filter (name = 'spo/mc_dedup_savings'), "
+        "max(value) filter (name = 'spo/mc_prefixes_unique') / max(value) filter (name = 'spo/mc_prefixes'), "
+        "max(value) filter (name = 'spo/mc_tokens_per_trained_token'), "
         "(select count(*) from mc_rollouts m where m.iteration = x.iteration) "
         "from metrics x where iteration > 0 group by 1 order by 1",
     )
@@ -334,9 +348,9 @@ def test_spo_chain_trains_its_monte_carlo_continuations(prefect_harness, live_en
     _, metrics = query(
         runs,
         "select name, value from metrics where iteration = 1 and name in "
-        "('mc_trained_samples', 'train_samples', 'optimizer_steps')",
+        "('spo/mc_trained_samples', 'actor/samples', 'actor/optimizer_steps')",
     )
-    m = dict(metrics)
+    m = {flat(name): value for name, value in metrics}
     _, responses = query(runs, "select count(*) from rollouts where len(completion_token_ids) > 0")
     assert m["mc_trained_samples"] == len(rows) and m["train_samples"] == responses[0][0] + len(rows)
     assert (
@@ -381,7 +395,7 @@ def test_spo_chain_adaptive_n_tops_up_only_prefixes_whose_first_samples_disagree
     # V at a boundary inside a response is the mean of the samples its prefix got, with their count.
     _, counts = query(runs, "select distinct n_start from segments where start_token > 0")
     assert {c for (c,) in counts} == {2, 4}
-    _, metric = query(runs, "select value from metrics where name = 'mc_settled_early' and iteration = 1")
+    _, metric = query(runs, "select value from metrics where name = 'spo/mc_settled_early' and iteration = 1")
     assert metric == [(pytest.approx(settled / (settled + topped)),)]
 
 
@@ -405,6 +419,7 @@ def test_spo_tree_flow_end_to_end_and_replay_buffer_resume(prefect_harness, live
     runs = tmp_path / "runs"
     summary = rl_train(cfg, str(runs))
     assert summary["stages_executed"]["tree_rollouts"] == 3 and "generate_rollouts" not in summary["stages_executed"]
+    assert unlisted_metrics(runs) == []
     # Trees: the root's children tile the response; a leaf's response is its ancestors' tokens + its own.
     _, rows = query(
         runs,

@@ -17,8 +17,9 @@ from storage.handles import FileRef
 from tasks import tiny_model
 from tasks.algos.health import Settings, diagnose
 from tasks.checkpoints import MASTER_DIR, OPTIMIZER_FILE, cast_state, merge_lora
+from tasks.sample import Sample
 from tasks.train import add_lora, load_trainable, restore_optimizer, save_checkpoint
-from tasks.trainer import Sample, make_scheduler, rl_update
+from tasks.trainer import make_scheduler, rl_update
 
 CPU = torch.device("cpu")
 BF16 = ["model.dtype=bfloat16", "run.device=cpu", "train.mini_batch_size=4", "train.micro_batch_size=2"]

@@ -24,6 +24,7 @@ from tasks.algos.policy_loss import LossSpec, kl_estimate, policy_loss
 from tasks.algos.spo_chain import NO_VALUE, segments, token_advantages, value_at
 from tasks.teacher_forcing import recomputes_top_p
 from tasks.train import iteration_batch, micro_batch_whitening
+from tasks.train_samples import rollout_samples, write_train_samples
 from tasks.trainer import (
     Sample,
     _advantages,
@@ -122,7 +123,8 @@ def _chain_rows(cfg):
 
 def _segflow_chain(cfg, tmp_path):
     """The advantages train_policy's trainer trains on, per micro-batch of cfg.train.micro_batch_size
-    consecutive samples: segments -> adv_spo_chain.sql -> train.iteration_batch -> trainer.trained_advantages."""
+    consecutive samples: segments -> adv_spo_chain.sql -> train_samples.parquet -> train.iteration_batch ->
+    trainer.trained_advantages."""
     seg_path = tmp_path / "segments.parquet"
     write_parquet(_chain_rows(cfg), SEGMENTS, seg_path)
     adv = write_parquet(
@@ -151,7 +153,11 @@ def _segflow_chain(cfg, tmp_path):
         ROLLOUTS,
         tmp_path / "rollouts.parquet",
     )
-    samples = iteration_batch(cfg, None, rollouts, adv, None, None, seg_path).samples
+    # The stage's own path: the samples table compute_advantages writes, read back by train_policy's loader.
+    write_train_samples(
+        tmp_path / "train_samples.parquet", "r", 1, rollout_samples(cfg, rollouts.path, adv.path, segments=seg_path)
+    )
+    samples = iteration_batch(cfg, None, tmp_path / "train_samples.parquet").samples
     return _trained(cfg, samples, [probs for _, probs, _, _ in CHAIN])
 
 

@@ -111,10 +111,18 @@ def _run_dir(tmp: Path) -> Path:
     return path
 
 
+def _model_dir(tmp: Path) -> Path:
+    """A directory `segflow eval`'s pre-flight check accepts as a model (it holds a config.json)."""
+    path = tmp / "model"
+    path.mkdir()
+    (path / "config.json").write_text("{}")
+    return path
+
+
 # Commands that use Prefect: each must import it only after PREFECT_API_URL points at the running UI.
 PREFECT_COMMANDS = {
     "run": lambda tmp: ["run", "--runs-dir", str(tmp / "runs")],
-    "eval": lambda tmp: ["eval", "-c", "tiny", "--runs-dir", str(tmp / "runs"), "--limit", "2"],
+    "eval": lambda tmp: ["eval", "-c", str(_model_dir(tmp)), "--runs-dir", str(tmp / "runs"), "--limit", "2"],
     "compare": lambda tmp: ["compare", str(_run_dir(tmp)), "--runs-dir", str(tmp / "runs")],
     "serve": lambda tmp: ["serve", "--config", str(_serve_file(tmp)), "--dry-run"],
     "advantages": lambda tmp: ["advantages", "--run", "no-such-run", "--iteration", "1", "--runs-dir", str(tmp)],

@@ -286,3 +286,53 @@ def test_loader_refuses_a_missing_path_like_source_instead_of_trying_the_hub(tmp
         f"data.source='./gsm8k': no such file or directory ({tmp_path}/gsm8k); relative "
         f"paths resolve from the current directory, {tmp_path}"
     )
+
+
+# `segflow eval --checkpoint`: the same checks as model.name_or_path, named by the flag, before Prefect starts.
+
+
+def test_eval_checkpoint_path_that_is_missing_names_flag_and_directory(tmp_path):
+    line = _fast_refusal(["eval", "--checkpoint", "./no_such_model"], _env(tmp_path, HF_HUB_OFFLINE="1"), tmp_path)
+    assert line == (
+        f"error: --checkpoint='./no_such_model': no such file or directory ({tmp_path}/no_such_model); "
+        f"relative paths resolve from the current directory, {tmp_path}"
+    )
+
+
+def test_eval_checkpoint_empty_directory_says_no_config_json(tmp_path):
+    empty = tmp_path / "empty_model"
+    empty.mkdir()
+    line = _fast_refusal(["eval", "--checkpoint", str(empty)], _env(tmp_path, HF_HUB_OFFLINE="1"))
+    assert line == f"error: --checkpoint='{empty}': directory has no config.json"
+
+
+def test_eval_checkpoint_directory_without_config_json_second_of_two(tmp_path, tiny_model_dir):
+    """A directory with weights but no config.json, given after a good checkpoint: the bad one is named."""
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "model.safetensors").write_bytes(b"")
+    line = _fast_refusal(["eval", "-c", str(tiny_model_dir), "-c", str(partial)], _env(tmp_path, HF_HUB_OFFLINE="1"))
+    assert line == f"error: --checkpoint='{partial}': directory has no config.json"
+
+
+def test_eval_checkpoint_offline_hub_id_not_cached(tmp_path):
+    line = _fast_refusal(["eval", "--checkpoint", "org/uncached"], _env(tmp_path, HF_HUB_OFFLINE="1"))
+    assert line == (
+        "error: --checkpoint='org/uncached': not in the local Hugging Face cache and HF_HUB_OFFLINE is set: "
+        "download it with `huggingface-cli download org/uncached`, or set --checkpoint to a local directory"
+    )
+
+
+def test_eval_checkpoint_preflight_passes_model_dir_run_dir_and_cached_hub_id(tmp_path, tiny_model_dir, monkeypatch):
+    from flows.preflight import checkpoint_problems
+
+    run = tmp_path / "runs" / "abc"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("run: {}\n")  # its latest finished checkpoint is the flow's to find
+    _cache_model(tmp_path, "org/cached")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as hc
+
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert checkpoint_problems([str(tiny_model_dir), str(run), "org/cached"]) is None
+    assert checkpoint_problems(["tiny"]).startswith("--checkpoint='tiny': not in the local Hugging Face cache")

@@ -197,7 +197,7 @@ def test_sharded_eval_equals_single_engine_eval_and_shares_its_cache(
 def _shard_metrics(runs):
     from storage.catalog import query
 
-    _, rows = query(runs, "select count(*), max(value) from metrics where name = 'rollout_engines'")
+    _, rows = query(runs, "select count(*), max(value) from metrics where name = 'rollout/engines'")
     return rows[0]
 
 

@@ -278,8 +278,10 @@ def test_report_is_self_contained_and_escaped(report):
 
 
 def test_report_metrics_and_samples(report):
-    for name in ("reward_mean", "accuracy", "clipfrac", "grad_norm", "train_seconds"):
-        assert f"<th>{name}</th>" in report
+    from storage.metric_names import qualified
+
+    for name in ("reward_mean", "accuracy", "clipfrac", "grad_norm", "train_seconds"):  # namespaced headers
+        assert f'<th><span title="{qualified(name)}">' in report
     for value in ("0.375", "0.1875", "5.5", "0.25", "12"):  # reward_mean/clipfrac at 3, grad_norm at 4, ...
         assert f"<td>{value}</td>" in report
     assert "62.5%" in report and "2,500,000" in report  # best accuracy, generated tokens

@@ -173,7 +173,7 @@ def test_catalog_unions_runs(tmp_path):
         write_metrics(lay.eval_metrics(0), run, 0, "eval", {"eval_accuracy": 0.1})
     cols, rows = query(tmp_path, "select run_id, count(*) from grades group by 1 order by 1")
     assert rows == [("r1", 3), ("r2", 3)]
-    _, rows = query(tmp_path, "select run_id, value from metrics where name='reward_mean' order by 1")
+    _, rows = query(tmp_path, "select run_id, value from metrics where name='reward/mean' order by 1")
     assert rows == [("r1", 0.5), ("r2", 0.25)]
     _, rows = query(tmp_path, "select count(*) from metrics where stage='eval'")
     assert rows == [(2,)]

@@ -2,8 +2,9 @@ import torch
 
 from configs.schema import TinyModelSection, TrainSection
 from tasks import tiny_model
+from tasks.sample import Sample
 from tasks.sft import sft, warm_start_lr_factor
-from tasks.trainer import Sample, completion_logprobs, make_scheduler, pack, rl_update
+from tasks.trainer import completion_logprobs, make_scheduler, pack, rl_update
 
 
 def _model():

@@ -12,9 +12,11 @@ Conventions shared by every estimator here (also stated in each SQL file's heade
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Hashable, Sequence
 
 import numpy as np
+
+from tasks.algos.registry import twin
 
 
 def _group_index(groups: Sequence[Hashable]) -> tuple[np.ndarray, int]:
@@ -163,20 +165,10 @@ def asymre(scores, groups, asymre_shift: float = -0.1) -> np.ndarray:
     return _finish(scores, n, scores - (mean + asymre_shift))
 
 
-REGISTRY: dict[str, Callable[..., np.ndarray]] = {
-    "grpo": grpo,
-    "dr_grpo": dr_grpo,
-    "rloo": rloo,
-    "reinforce_pp_baseline": reinforce_pp_baseline,
-    "rec": rec,
-    "opmd": opmd,
-    "asymre": asymre,
-}
-
-
 def compute(name: str, scores, groups, params: dict, lengths=None, keys=None) -> np.ndarray:
-    """Dispatch by name, passing only the parameters (and columns) the estimator takes."""
-    fn = REGISTRY[name]
+    """Dispatch a response-family estimator by name (its registered twin, tasks/algos/registry.py), passing
+    only the parameters (and columns) it takes."""
+    fn = twin(name)
     wanted = inspect.signature(fn).parameters
     kwargs = {k: v for k, v in params.items() if k in wanted}
     if "lengths" in wanted:

@@ -13,6 +13,7 @@ named as "module:function" (tests/test_estimator_registry.py resolves every one)
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from enum import Enum
 
@@ -93,3 +94,9 @@ def spec_of(name: str) -> EstimatorSpec:
 def names(family: Family) -> tuple[str, ...]:
     """The registered estimators of one family, in registry order."""
     return tuple(s.name for s in REGISTRY.values() if s.family is family)
+
+
+def twin(name: str):
+    """The numpy twin of estimator `name` (its spec's "module:function"), imported on first use."""
+    module, fn = spec_of(name).twin.split(":")
+    return getattr(importlib.import_module(module), fn)
