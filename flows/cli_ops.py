@@ -85,9 +85,10 @@ def eval_(
     except ValidationError as e:
         err = e.errors()[0]
         fail(f"--{'-'.join(str(x) for x in err['loc']).replace('_', '-')}={err.get('input')!r}: {err['msg']}")
-    from flows.preflight import checkpoint_problems
+    from flows.preflight import checkpoint_problems, eval_dataset_problems
 
-    if problem := checkpoint_problems(spec.checkpoints):  # a missing or unloadable model: seconds, before Prefect
+    # A missing or unloadable model or dataset fails in seconds, before Prefect starts.
+    if problem := checkpoint_problems(spec.checkpoints) or eval_dataset_problems(spec):
         fail(problem)
     env_defaults(runs_dir)
     from flows.evaluate import comparison_markdown, evaluate

@@ -4,11 +4,13 @@ evaluation's directory without importing the evaluate flow, which imports notify
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.datasets.registry import TASK_NAMES
+from configs.schema import DataSection
+from tasks.datasets.registry import EVAL_DATASETS, TASK_NAMES
 
 EXECUTION_FIELDS = ("shards", "ray_address")  # EvalSpec fields left out of the eval id
 
@@ -37,3 +39,22 @@ class EvalSpec(BaseModel):
     def eval_id(self) -> str:
         what = self.model_dump_json(exclude=set(EXECUTION_FIELDS))
         return "eval-" + hashlib.sha256(what.encode()).hexdigest()[:10]
+
+
+def dataset_section(name: str, spec: EvalSpec) -> DataSection:
+    """'arith' | 'gsm8k[=SOURCE]' | 'math500[=SOURCE]' | a local .jsonl file or directory (question/answer)."""
+    from configs.loader import resolve
+
+    key, _, source = name.partition("=")
+    if key in EVAL_DATASETS:  # named datasets and the preset whose data section (source, fields, template) they use
+        data = resolve(EVAL_DATASETS[key]).data
+        if source:  # a local copy of the same dataset
+            data = data.model_copy(update={"test_source" if data.test_source else "source": source})
+        return data
+    path = Path(name).expanduser()
+    if not path.exists():
+        raise ValueError(
+            f"dataset {name!r}: not one of {', '.join(EVAL_DATASETS)} (optionally =LOCAL_COPY), "
+            "nor an existing .jsonl file or directory"
+        )
+    return DataSection(task=spec.jsonl_task, source=str(path), test_split=path.stem if path.is_file() else "test")

@@ -19,9 +19,9 @@ from pathlib import Path
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from configs.schema import DataSection, RolloutSection
+from configs.schema import RolloutSection
 from flows.artifact_keys import artifact_key
-from flows.eval_spec import EvalSpec
+from flows.eval_spec import EvalSpec, dataset_section
 from flows.notify import notify_failure
 from storage.handles import FileRef, atomic_write_text
 from storage.layout import EvalLayout
@@ -30,29 +30,9 @@ from storage.schemas import EVAL_SAMPLES
 from tasks.algos.eval_stats import frontier_cost_of_pass, mcnemar, paired_bootstrap
 from tasks.algos.eval_summary import per_problem_scores, table_columns
 from tasks.common import CODE_VERSION, ensure
-from tasks.datasets.registry import EVAL_DATASETS
 from tasks.engines.live import current_engine, shutdown_engine
 from tasks.eval_checkpoint import eval_checkpoint
 from tasks.models import resolve_model_dir
-
-
-def dataset_section(name: str, spec: EvalSpec) -> DataSection:
-    """'arith' | 'gsm8k[=SOURCE]' | 'math500[=SOURCE]' | a local .jsonl file or directory (question/answer)."""
-    from configs.loader import resolve
-
-    key, _, source = name.partition("=")
-    if key in EVAL_DATASETS:  # named datasets and the preset whose data section (source, fields, template) they use
-        data = resolve(EVAL_DATASETS[key]).data
-        if source:  # a local copy of the same dataset
-            data = data.model_copy(update={"test_source" if data.test_source else "source": source})
-        return data
-    path = Path(name).expanduser()
-    if not path.exists():
-        raise ValueError(
-            f"dataset {name!r}: not one of {', '.join(EVAL_DATASETS)} (optionally =LOCAL_COPY), "
-            "nor an existing .jsonl file or directory"
-        )
-    return DataSection(task=spec.jsonl_task, source=str(path), test_split=path.stem if path.is_file() else "test")
 
 
 def checkpoint_dir(name: str) -> Path:

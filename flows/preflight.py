@@ -3,6 +3,7 @@ line naming the config key, its value and what to do, instead of minutes of hub 
 
     problem = run_problems(cfg)        # None, or the message `segflow run` exits 2 with
     problem = checkpoint_problems(spec.checkpoints)   # segflow eval --checkpoint
+    problem = eval_dataset_problems(spec)             # segflow eval --dataset
     problem = compare_problems(names, runs_dir)
 
 Each returns the first problem as a message (the CLI passes it to `fail`) and imports neither Prefect nor
@@ -22,7 +23,8 @@ import threading
 from functools import lru_cache
 from pathlib import Path
 
-from configs.schema import Config
+from configs.schema import Config, DataSection
+from flows.eval_spec import EvalSpec, dataset_section
 from tasks.local_paths import check_model_dir, looks_like_path, missing_path
 
 HUB_TIMEOUT_S = 3.0  # the hub probe's limit; a name lookup is bounded by the same wait (a daemon thread)
@@ -90,11 +92,12 @@ def _dataset_cached(repo_id: str) -> bool:
     )
 
 
-def _hub_problem(key: str, value: str, cached: bool, kind: str) -> str | None:
-    """None when the hub id `value` can be loaded (cached, or the hub has it), else what to do."""
+def _hub_problem(key: str, value: str, cached: bool, kind: str, local: str | None = None) -> str | None:
+    """None when the hub id `value` can be loaded (cached, or the hub has it), else what to do; `local` says
+    how to use a local copy instead (default: set `key` to a local directory)."""
     fetch = (
         f"download it with `huggingface-cli download{' --repo-type dataset' if kind == 'dataset' else ''} "
-        f"{value}`, or set {key} to a local directory"
+        f"{value}`, or {local or f'set {key} to a local directory'}"
     )
     if _hub_offline():
         return (
@@ -159,25 +162,43 @@ def checkpoint_problems(checkpoints: list[str] | tuple[str, ...]) -> str | None:
 def data_problem(cfg: Config) -> str | None:
     """data.source / data.test_source of each split: a local copy whose every row passes the loader's
     checks, or a loadable hub dataset. A synthetic task (arith) reads no source."""
+    return next(filter(None, (split_problem(cfg.data, s) for s in (cfg.data.train_split, cfg.data.test_split))), None)
+
+
+def split_problem(data: DataSection, split: str, local: str | None = None, skip_hint: bool = True) -> str | None:
+    """Why one split of `data` cannot be read (a bad row, a missing path, an uncached hub dataset offline), or
+    None; always None for a synthetic task (arith), which reads no source. `local` says how to point at a local
+    copy (default: the data key); `skip_hint` suggests data.on_bad_row=skip for a bad row."""
     from tasks.datasets.loader import BadRow, load_records_checked, split_source
     from tasks.datasets.registry import spec_of_task
 
-    data = cfg.data
-    if spec_of_task(data.task).synthetic:  # generated problems (arith): no source to read
+    if spec_of_task(data.task).synthetic:  # generated problems: no source to read
         return None
-    for split in (data.train_split, data.test_split):
-        key, source = split_source(data, split)
-        if Path(source).expanduser().exists():
-            try:
-                load_records_checked(data, split)
-            except BadRow as e:  # file, line and value; raised under data.on_bad_row=fail only
-                return f"{e} (to drop bad rows and count them instead: --set data.on_bad_row=skip)"
-            except (ValueError, OSError) as e:  # an empty split, an unreadable file, a directory without train.jsonl
-                return str(e)
-        elif looks_like_path(source):
-            return missing_path(key, source)
-        elif problem := _hub_problem(key, source, _dataset_cached(source), "dataset"):
-            return problem
+    key, source = split_source(data, split)
+    if Path(source).expanduser().exists():
+        try:
+            load_records_checked(data, split)
+        except BadRow as e:  # file, line and value; raised under data.on_bad_row=fail only
+            return f"{e} (to drop bad rows and count them instead: --set data.on_bad_row=skip)" if skip_hint else str(e)
+        except (ValueError, OSError) as e:  # an empty split, an unreadable file, a directory without train.jsonl
+            return str(e)
+    elif looks_like_path(source):
+        return missing_path(key, source)
+    else:
+        return _hub_problem(key, source, _dataset_cached(source), "dataset", local)
+    return None
+
+
+def eval_dataset_problems(spec: EvalSpec) -> str | None:
+    """`segflow eval --dataset` values that name no dataset, or whose test split cannot be read, or None."""
+    for name in spec.datasets:
+        try:
+            data = dataset_section(name, spec)
+        except ValueError as e:  # "dataset 'x': not one of ..."
+            return f"--{e}"
+        local = f"pass a local copy: --dataset {name.partition('=')[0]}=LOCAL_COPY"
+        if problem := split_problem(data, data.test_split, local=local, skip_hint=False):
+            return f"--dataset {name!r}: {problem}"
     return None
 
 

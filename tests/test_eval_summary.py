@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from flows.evaluate import EvalSpec, compare, dataset_section, label
+from flows.eval_spec import dataset_section
+from flows.evaluate import EvalSpec, compare, label
 from tasks.algos.eval_summary import per_problem_scores, summarize
 
 

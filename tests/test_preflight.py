@@ -336,3 +336,38 @@ def test_eval_checkpoint_preflight_passes_model_dir_run_dir_and_cached_hub_id(tm
     monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hub"))
     assert checkpoint_problems([str(tiny_model_dir), str(run), "org/cached"]) is None
     assert checkpoint_problems(["tiny"]).startswith("--checkpoint='tiny': not in the local Hugging Face cache")
+
+
+# `segflow eval --dataset`: a named dataset's source and a local file are checked before Prefect starts too.
+
+
+def test_eval_named_dataset_offline_and_not_cached_names_it_and_the_local_copy_form(tmp_path, tiny_model_dir):
+    args = ["eval", "-c", str(tiny_model_dir), "--dataset", "gsm8k"]
+    line = _fast_refusal(args, _env(tmp_path, HF_HUB_OFFLINE="1"))
+    assert line.startswith("error: --dataset 'gsm8k': ") and "not in the local Hugging Face cache" in line, line
+    assert "--dataset gsm8k=LOCAL_COPY" in line, line
+
+
+def test_eval_dataset_that_names_nothing_fails_before_prefect(tmp_path, tiny_model_dir):
+    line = _fast_refusal(["eval", "-c", str(tiny_model_dir), "--dataset", "gsm9k"], _env(tmp_path, HF_HUB_OFFLINE="1"))
+    assert line.startswith("error: --dataset 'gsm9k': not one of arith, gsm8k, math500"), line
+
+
+def test_eval_local_copy_with_a_bad_row_fails_before_prefect(tmp_path, tiny_model_dir):
+    copy = tmp_path / "gsm8k"
+    copy.mkdir()
+    (copy / "test.jsonl").write_text('{"question": "1+1?", "answer": "2\\n#### 2"}\n{"question": 3}\n')
+    args = ["eval", "-c", str(tiny_model_dir), "--dataset", f"gsm8k={copy}"]
+    line = _fast_refusal(args, _env(tmp_path, HF_HUB_OFFLINE="1"))
+    assert line.startswith(f"error: --dataset 'gsm8k={copy}': ") and "test.jsonl), line 2: no field 'answer'" in line
+    assert "on_bad_row" not in line  # segflow eval has no --set
+
+
+def test_eval_dataset_preflight_passes_arith_and_a_readable_local_copy(tmp_path):
+    from flows.eval_spec import EvalSpec
+    from flows.preflight import eval_dataset_problems
+
+    copy = tmp_path / "gsm8k"
+    copy.mkdir()
+    (copy / "test.jsonl").write_text('{"question": "1+1?", "answer": "2\\n#### 2"}\n')
+    assert eval_dataset_problems(EvalSpec(checkpoints=("x",), datasets=("arith", f"gsm8k={copy}"))) is None
