@@ -115,6 +115,7 @@ def test_runs_list_shows_run_id_and_tags_and_run_page_names_task_runs_by_iterati
     assert f"{rid} {tags}" in page, page[:1500]
     named = set(re.findall(r"\b([a-z_]+\[it=\d+\])", page))
     assert {"evaluate[it=0]", "generate_rollouts[it=1]", "train_policy[it=1]", "evaluate[it=1]"} <= named, named
+    assert f"Beginning flow run '{rid}' for flow 'rl_train'" in page, page[:1500]  # named from its first log line
 
     if os.environ.get("SEGFLOW_SCREENSHOTS") == "1":  # README's pictures; normal runs leave tracked files alone
         screenshot(f"{base}/runs", tmp_path / "shot-list", ROOT / "docs" / "img" / "ui_runs_list.png")
