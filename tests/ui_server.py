@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,15 +22,15 @@ WINDOW = "1400,1000"
 
 
 def wait_healthy(api_url: str, seconds: float = 300) -> bool:
-    """Poll a Prefect server's /health until it answers 200 (True) or `seconds` pass (False)."""
+    """Poll a Prefect server's /health (the CLI's own probe, flows/cli_ops.api_healthy) until it answers
+    (True) or `seconds` pass (False)."""
+    from flows.cli_ops import api_healthy
+
     deadline = time.time() + seconds
     while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(api_url + "/health", timeout=2) as r:
-                if r.status == 200:
-                    return True
-        except OSError:
-            time.sleep(1)
+        if api_healthy(api_url):
+            return True
+        time.sleep(1)
     return False
 
 
