@@ -23,8 +23,9 @@ from storage.metrics import write_metrics
 from tasks.checkpoints import ADAPTER_DIR, OPTIMIZER_FILE, policy_device
 from tasks.common import STAGE, StageOutput
 from tasks.progress import stage
+from tasks.sample import CONTINUATION, RESPONSE
 from tasks.teacher_forcing import policy_logprobs
-from tasks.train_samples import CONTINUATION, RESPONSE, read_samples
+from tasks.train_samples import read_samples
 
 
 def reference_for(cfg: Config, start: FileRef, samples: list) -> None:

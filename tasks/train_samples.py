@@ -38,9 +38,7 @@ from storage.schemas import (
     TRAIN_SAMPLES,
 )
 from tasks.algos.spo_chain import token_advantages
-from tasks.sample import CONTINUATION, EDGE, RESPONSE, Sample
-
-__all__ = ["CONTINUATION", "EDGE", "RESPONSE", "Sample"]  # the contract's record, with the table code
+from tasks.sample import CONTINUATION, EDGE, Sample
 
 
 @dataclass(frozen=True)
