@@ -253,7 +253,7 @@ class RunRecord:
 
     def evaluate(self, policy: FileRef, test: FileRef, it: int) -> float:
         """The evaluate stage on `policy`; judged against the start (evaluated first) after iteration 0."""
-        m = read_metrics(self.stage("evaluate", evaluate, policy, test, it).metrics)
+        m = read_metrics(self.stage("evaluate", evaluate, policy=policy, test=test, iteration=it).metrics)
         if "eval_avg_at_k" in m:
             self.sampled[it] = m["eval_avg_at_k"]
         if it:
@@ -335,7 +335,7 @@ def start_policy(cfg: Config, stage: StageLedger, train: FileRef) -> FileRef:
         return FileRef.of(resolve_model_dir(cfg.model.name_or_path))
     if not cfg.warm_start.enabled:
         raise ValueError("model.name_or_path='tiny' needs warm_start.enabled=true (it starts untrained)")
-    return stage("warm_start", warm_start, train).artifact
+    return stage("warm_start", warm_start, train=train).artifact
 
 
 def iterate(cfg: Config, layout: RunLayout, stage: StageLedger, run: RunRecord, key: str, progress_id) -> None:
@@ -391,15 +391,29 @@ def publish_live(layout: RunLayout, key: str, rows: list[dict], evals: dict[int,
 
 def rollout_iteration(cfg: Config, stage, policy: FileRef, start: FileRef, train: FileRef, it: int) -> tuple:
     """generate_rollouts -> grade -> [reference_logprobs] -> [spo_values] -> compute_advantages -> train_policy."""
-    roll = stage("generate_rollouts", generate_rollouts, policy, it - 1, train, it)
-    grades = stage("grade", grade, roll.artifact, train, it)
-    ref = stage("reference_logprobs", reference_logprobs, start, roll.artifact, it) if cfg.train.kl_coef > 0 else None
+    roll = stage(
+        "generate_rollouts", generate_rollouts, policy=policy, policy_version=it - 1, train=train, iteration=it
+    )
+    grades = stage("grade", grade, rollouts=roll.artifact, train=train, iteration=it)
+    ref = (
+        stage("reference_logprobs", reference_logprobs, reference=start, rollouts=roll.artifact, iteration=it)
+        if cfg.train.kl_coef > 0
+        else None
+    )
     inputs = {"rollouts": roll.artifact, "grades": grades.artifact}
     if ref is not None:
         inputs["reference"] = ref.artifact  # into the rewards or the samples, by train.kl_placement
     spo = None
     if cfg.advantage.spec.reads_segments:
-        spo = stage("spo_values", spo_values, policy, roll.artifact, grades.artifact, train, it)
+        spo = stage(
+            "spo_values",
+            spo_values,
+            policy=policy,
+            rollouts=roll.artifact,
+            grades=grades.artifact,
+            train=train,
+            iteration=it,
+        )
         inputs["segments"] = spo.artifact
         if cfg.spo.mc_train:
             inputs["continuations"] = spo.side
@@ -410,9 +424,17 @@ def rollout_iteration(cfg: Config, stage, policy: FileRef, start: FileRef, train
 
 def tree_iteration(stage, policy: FileRef, start: FileRef, train: FileRef, buffer: FileRef | None, it: int) -> tuple:
     """tree_rollouts -> compute_advantages -> replay_buffer -> train_policy. Returns (outputs, buffer state)."""
-    tree = stage("tree_rollouts", tree_rollouts, policy, it - 1, train, it)
+    tree = stage("tree_rollouts", tree_rollouts, policy=policy, policy_version=it - 1, train=train, iteration=it)
     adv = stage("compute_advantages", compute_advantages, iteration=it, nodes=tree.artifact)
-    replay = stage("replay_buffer", replay_buffer, buffer, tree.artifact, adv.artifact, train, it)
+    replay = stage(
+        "replay_buffer",
+        replay_buffer,
+        previous=buffer,
+        nodes=tree.artifact,
+        advantages=adv.artifact,
+        train=train,
+        iteration=it,
+    )
     trained = train_stage(stage, start, policy, replay.side, it)
     return (tree, adv, replay, trained), replay.state
 
