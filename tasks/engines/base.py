@@ -6,7 +6,8 @@ sample index) and not on batch composition or on the engine that serves it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -80,6 +81,19 @@ class Engine(Protocol):
     def shutdown(self) -> None:
         """Release the engine's memory, processes or actors; the object is unusable afterwards."""
         ...
+
+
+def reload_in_place(engine: Engine, model_dir: str | Path, load: Callable[[str], None]) -> float:
+    """Every engine's `load_weights` bookkeeping around its own `load(model_dir)`: 0.0 when `model_dir` is already
+    loaded, else the seconds the load took, recorded in `engine.reloads`, and `engine.loaded` set after it."""
+    model_dir = str(model_dir)
+    if model_dir == engine.loaded:
+        return 0.0
+    t0 = time.perf_counter()
+    load(model_dir)
+    engine.loaded = model_dir
+    engine.reloads.append(time.perf_counter() - t0)
+    return engine.reloads[-1]
 
 
 def same_keys(a: RolloutSection, b: RolloutSection, keys: Sequence[str]) -> bool:

@@ -23,6 +23,7 @@ from tasks.engines.base import (
     Completion,
     Request,
     release_cached_gpu_memory,
+    reload_in_place,
     resolve_sleep,
 )
 
@@ -68,13 +69,7 @@ class HFEngine:
         self.loaded = model_dir
 
     def load_weights(self, model_dir) -> float:
-        model_dir = str(model_dir)
-        if model_dir == self.loaded:
-            return 0.0
-        t0 = time.perf_counter()
-        self._load(model_dir)
-        self.reloads.append(time.perf_counter() - t0)
-        return self.reloads[-1]
+        return reload_in_place(self, model_dir, self._load)
 
     def generate(
         self,

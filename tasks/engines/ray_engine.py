@@ -20,7 +20,7 @@ import time
 from collections.abc import Sequence
 
 from configs.schema import RolloutSection
-from tasks.engines.base import Completion, Request, same_keys
+from tasks.engines.base import Completion, Request, reload_in_place, same_keys
 from tasks.engines.registry import engine_class
 from tasks.engines.vllm_engine import VLLM_SHAPE_KEYS, vllm_env_defaults
 from tasks.placement import check_shards, gpus_per_shard, visible_gpus
@@ -200,15 +200,7 @@ class ShardedEngine:
         """Every actor loads the checkpoint in place, in parallel. Returns seconds; 0 if already loaded."""
         import ray
 
-        model_dir = str(model_dir)
-        if model_dir == self.loaded:
-            return 0.0
-        t0 = time.perf_counter()
-        ray.get([a.load_weights.remote(model_dir) for a in self.actors])
-        self.loaded = model_dir
-        dt = time.perf_counter() - t0
-        self.reloads.append(dt)
-        return dt
+        return reload_in_place(self, model_dir, lambda d: ray.get([a.load_weights.remote(d) for a in self.actors]))
 
     def generate(
         self,

@@ -23,6 +23,7 @@ from tasks.engines.base import (
     Completion,
     Request,
     release_cached_gpu_memory,
+    reload_in_place,
     resolve_sleep,
     same_keys,
 )
@@ -169,18 +170,13 @@ class VLLMEngine:
 
     def load_weights(self, model_dir: str | Path) -> float:
         """Load a checkpoint's weights into the running engine. Returns seconds; 0 if already loaded."""
-        model_dir = str(model_dir)
-        if model_dir == self.loaded:
-            return 0.0
-        t0 = time.perf_counter()
+        return reload_in_place(self, model_dir, self._reload)
+
+    def _reload(self, model_dir: str) -> None:
         self.llm.collective_rpc("reload_weights", kwargs={"weights_path": model_dir})
         self.llm.collective_rpc(repack_cpu_logits)
         crash_point("weight_load")
         self.llm.reset_prefix_cache()  # cached KV blocks were computed by the old weights
-        self.loaded = model_dir
-        dt = time.perf_counter() - t0
-        self.reloads.append(dt)
-        return dt
 
     def generate(
         self,
